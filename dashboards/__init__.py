@@ -1,0 +1,1 @@
+"""The Dash app: reads the results store and calls the same public API a notebook calls (Dash issue)."""

@@ -1,0 +1,17 @@
+"""Head edits as context managers over a Subject; each restores the model on exit, also on error, and they compose.
+
+Head-output edits (`heads`: ablate, scale, keep_only) act on the input of each attention's output projection;
+attention-weight edits (`perturbation.soft_pag`, `reinforcement.reinforce`, `zerotuning.scale_initial`,
+`calibration.calibrate`) are `kernels.HeadEdits` that the attention kernel applies in-pass.
+`masking.attention_influence` measures what masking a set of heads does to each document's loss.
+"""
+
+from interventions.calibration import calibrate, find_hidden_sinks
+from interventions.heads import ablate, keep_only, scale
+from interventions.masking import attention_influence
+from interventions.perturbation import soft_pag
+from interventions.reinforcement import reinforce
+from interventions.zerotuning import scale_initial, search_scale
+
+__all__ = ["ablate", "attention_influence", "calibrate", "find_hidden_sinks", "keep_only", "reinforce", "scale",
+           "scale_initial", "search_scale", "soft_pag"]

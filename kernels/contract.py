@@ -1,0 +1,99 @@
+"""The statistics contract shared by every attention backend (see DESIGN.md, "Statistics contract").
+
+For head h, query row i and the keys j it may see, with s_ij = scale * q_i . k_j passed through the
+optional softcap, the per-head temperature and the additive key bias:
+
+    p_ij              = softmax_j(s_ij)
+    lse_i             = log sum_j exp(s_ij)
+    entropy_i         = -sum_j p_ij log p_ij                      (nats)
+    sink_mass_i       = sum_{j in sink keys} p_ij
+    max_prob_i        = max_j p_ij
+    argmax_key_i      = argmax_j p_ij                             (position, see below)
+    window_distance_i = sum_j p_ij * min(|i - j|, distance_cap)  (distance_cap=None: no cap)
+    received_j        = sum_i p_ij                                (over real, non-padding query rows)
+
+Positions (sink keys, argmax_key) count from the first non-padding key of each sequence, so a left-padded
+batch gives the same numbers as the unpadded sequence. Query i sits at key position i + (Lk - Lq)
+(bottom-right alignment: chunked prefill and decoding against a KV cache). A row that sees no key
+(a padding query) has out = 0, NaN statistics and argmax_key = -1; it adds nothing to `received`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+QUERY_STATS: tuple[str, ...] = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance")
+KEY_STATS: tuple[str, ...] = ("received",)
+ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS
+
+
+def check_stats(stats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Validate requested statistic names; return them as a tuple. Unknown names raise ValueError."""
+    stats = tuple(stats)
+    unknown = [s for s in stats if s not in ALL_STATS]
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {unknown}; known: {list(ALL_STATS)}")
+    return stats
+
+
+@dataclass(frozen=True)
+class HeadEdits:
+    """Per-head edits that an attention backend applies inside its pass; each field `None` is the identity.
+
+    Shapes use Hq, the number of query heads of the layer.
+    - temperature  [Hq]: divides the (softcapped) logits, s_ij / T_h. T > 1 flattens, T < 1 sharpens.
+    - key_bias     [Hq, n]: added to the logits of keys `bias_keys` (ZeroTuning, ACT, VAR-style
+      redistribution: a bias of log(c) scales a key's unnormalized weight by c, then softmax renormalizes).
+    - bias_keys    [n]: key positions of `key_bias`, counted like sink keys (from the first real key).
+    - gate         [Hq]: multiplies the head's output (0 ablates the head, > 1 reinforces it).
+    - identity_mix [Hq]: a_h in [0, 1]; out_i = (1 - a_h) * attn_out_i + a_h * v_i (SoftPAG, Ahn et al.).
+    Statistics describe the softmax map after temperature and bias; gate and identity_mix act on the output
+    only, so they leave the statistics unchanged.
+    """
+
+    temperature: torch.Tensor | None = None
+    key_bias: torch.Tensor | None = None
+    bias_keys: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+    identity_mix: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key_bias is None) != (self.bias_keys is None):
+            raise ValueError("key_bias and bias_keys must be given together")
+        if self.key_bias is not None and self.key_bias.shape[-1] != self.bias_keys.shape[-1]:
+            raise ValueError(
+                f"key_bias has {self.key_bias.shape[-1]} columns but bias_keys has {self.bias_keys.shape[-1]} keys"
+            )
+
+    def then(self, other: HeadEdits) -> HeadEdits:
+        """The edits of `self` followed by those of `other`, as one HeadEdits.
+
+        Temperatures and gates multiply, key biases add up (on the union of their keys), and identity mixes
+        compose as 1 - (1 - a1)(1 - a2), which is what mixing twice toward v_i gives. Gates act last, on the
+        mixed output, so composed edits do not depend on their order.
+        """
+        def product(a, b):
+            return b if a is None else a if b is None else a * b
+
+        key_bias, bias_keys = self.key_bias, self.bias_keys
+        if other.key_bias is not None:
+            key_bias = other.key_bias if key_bias is None else torch.cat([key_bias, other.key_bias], dim=-1)
+            bias_keys = other.bias_keys if bias_keys is None else torch.cat([bias_keys, other.bias_keys])
+        keep = product(None if self.identity_mix is None else 1 - self.identity_mix,
+                       None if other.identity_mix is None else 1 - other.identity_mix)
+        return HeadEdits(temperature=product(self.temperature, other.temperature), key_bias=key_bias,
+                         bias_keys=bias_keys, gate=product(self.gate, other.gate),
+                         identity_mix=None if keep is None else 1 - keep)
+
+    def is_identity(self) -> bool:
+        """True when no edit is set."""
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+    def check(self, n_heads: int) -> None:
+        """Raise ValueError naming the field whose leading size is not the number of query heads."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name != "bias_keys" and value.shape[0] != n_heads:
+                raise ValueError(f"HeadEdits.{f.name} has {value.shape[0]} heads, the layer has {n_heads}")

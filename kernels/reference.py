@@ -1,0 +1,223 @@
+"""Attention with statistics in plain PyTorch, by chunks of queries: the oracle every kernel is tested against.
+
+It implements `kernels.contract` literally (entropy as -sum p log p, not the one-pass identity the fused
+kernels use), in float32 (float64 for float64 inputs), so it also serves as the CPU backend of the tracer.
+Memory is O(batch x heads x chunk x Lk): the full [batch, head, q, k] map is never held unless it is small
+enough to fit one chunk. Grouped-query attention reads each K/V head once per group, without repeating it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernels.contract import HeadEdits, check_stats
+
+CHUNK_ELEMENTS = 1 << 24  # score elements per chunk: 64 MiB in float32
+
+
+@dataclass
+class _Layout:
+    """What every chunk needs: shapes, masks and per-key tensors, computed once per call."""
+
+    batch: int
+    kv_heads: int
+    group: int
+    lq: int
+    lk: int
+    offset: int  # query i sits at key position i + offset
+    scale: float
+    causal: bool
+    window: int | None
+    softcap: float | None
+    valid_k: torch.Tensor  # [B, Lk] bool
+    start: torch.Tensor  # [B] first real key
+    key_bias: torch.Tensor | None  # [B, Hq, Lk] additive logit bias, or None
+    temperature: torch.Tensor | None  # [Hq]
+
+    @property
+    def heads(self) -> int:
+        return self.kv_heads * self.group
+
+
+def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits) -> _Layout:
+    batch, n_q_heads, lq, head_dim = q.shape
+    kv_heads, lk = k.shape[1], k.shape[2]
+    if n_q_heads % kv_heads:
+        raise ValueError(f"{n_q_heads} query heads are not a multiple of {kv_heads} key-value heads")
+    if lq > lk:
+        raise ValueError(f"more queries ({lq}) than keys ({lk}): queries must be the last Lq positions of the keys")
+    if key_padding is None:
+        valid_k = torch.ones(batch, lk, dtype=torch.bool, device=q.device)
+    else:
+        if key_padding.shape != (batch, lk):
+            raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
+        valid_k = key_padding.to(device=q.device, dtype=torch.bool)
+    start = torch.where(valid_k.any(-1), valid_k.int().argmax(-1), torch.full_like(valid_k[:, 0], lk, dtype=torch.long))
+    edits = edits or HeadEdits()
+    edits.check(n_q_heads)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    bias = None
+    if edits.key_bias is not None:
+        rel = torch.arange(lk, device=q.device)[None, :] - start[:, None]  # [B, Lk]
+        hits = (rel[:, None, :] == edits.bias_keys.to(q.device)[None, :, None]).to(cdt)  # [B, n, Lk]
+        bias = torch.einsum("hn,bnk->bhk", edits.key_bias.to(q.device, cdt), hits)
+    return _Layout(
+        batch=batch, kv_heads=kv_heads, group=n_q_heads // kv_heads, lq=lq, lk=lk, offset=lk - lq,
+        scale=1.0 / math.sqrt(head_dim) if scale is None else float(scale), causal=causal, window=window,
+        softcap=softcap, valid_k=valid_k, start=start, key_bias=bias,
+        temperature=None if edits.temperature is None else edits.temperature.to(q.device, cdt),
+    )
+
+
+def _visible(lay: _Layout, qpos: torch.Tensor) -> torch.Tensor:
+    """[B, 1, C, Lk] bool: which keys each query row (absolute key positions `qpos`) may see."""
+    kpos = torch.arange(lay.lk, device=qpos.device)
+    diff = qpos[:, None] - kpos[None, :]  # [C, Lk]
+    allowed = torch.ones_like(diff, dtype=torch.bool)
+    if lay.causal:
+        allowed &= diff >= 0
+    if lay.window is not None:
+        allowed &= diff.abs() < lay.window
+    query_real = lay.valid_k[:, qpos]  # [B, C]: padding queries see nothing
+    return allowed[None, None] & lay.valid_k[:, None, None, :] & query_real[:, None, :, None]
+
+
+def _scores(lay: _Layout, qc: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+    """Edited, masked logits [B, Hq, C, Lk] (-inf where a key is not visible) for a chunk of queries."""
+    batch, chunk = qc.shape[0], qc.shape[2]
+    qg = qc.reshape(batch, lay.kv_heads, lay.group, chunk, -1)
+    s = torch.einsum("bkgcd,bkld->bkgcl", qg, k).reshape(batch, lay.heads, chunk, lay.lk) * lay.scale
+    if lay.softcap is not None:
+        s = lay.softcap * torch.tanh(s / lay.softcap)
+    if lay.temperature is not None:
+        s = s / lay.temperature[None, :, None, None]
+    if lay.key_bias is not None:
+        s = s + lay.key_bias[:, :, None, :]
+    return s.masked_fill(~_visible(lay, qpos), float("-inf"))
+
+
+def _probabilities(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p, lse, row_ok) from masked logits; rows with no visible key get p = 0, lse = NaN, row_ok = False."""
+    m = s.amax(-1, keepdim=True)
+    row_ok = torch.isfinite(m)
+    e = torch.exp(s - torch.where(row_ok, m, torch.zeros_like(m)))
+    denom = e.sum(-1, keepdim=True)
+    p = torch.where(row_ok, e / denom.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(e))
+    lse = torch.where(row_ok, m + torch.log(denom), torch.full_like(m, float("nan")))
+    return p, lse.squeeze(-1), row_ok.squeeze(-1)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
+    key_padding: torch.Tensor | None = None,
+    stats: Sequence[str] = (),
+    sink_keys: Sequence[int] = (0,),
+    distance_cap: int | None = None,
+    edits: HeadEdits | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Attention output and the requested statistics of `kernels.contract`, computed chunk by chunk.
+
+    q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] with Hq a multiple of Hkv (GQA).
+    causal: bottom-right aligned causal mask. window: keys with |i - j| < window stay visible (HF's
+    sliding_window). key_padding: [B, Lk] bool, True for real tokens. softcap: logits -> c * tanh(s / c).
+    Returns out [B, Hq, Lq, Dv] in q's dtype, and a dict: query statistics [B, Hq, Lq] (float32, argmax_key
+    int64) and `received` [B, Hq, Lk] float32.
+    """
+    stats = check_stats(stats)
+    edits = edits or HeadEdits()
+    lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
+                  key_padding=key_padding, edits=edits)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, kf, vf = q.to(cdt), k.to(cdt), v.to(cdt)
+    batch, heads, lq, lk = lay.batch, lay.heads, lay.lq, lay.lk
+    chunk = chunk_size or max(1, min(lq, CHUNK_ELEMENTS // max(1, batch * heads * lk)))
+
+    kpos = torch.arange(lk, device=q.device)
+    rel_k = kpos[None, :] - lay.start[:, None]  # [B, Lk]
+    sink = torch.isin(rel_k, torch.tensor(list(sink_keys), device=q.device, dtype=torch.long)) & lay.valid_k
+    out = torch.empty(batch, heads, lq, v.shape[-1], dtype=cdt, device=q.device)
+    res = {name: torch.empty(batch, heads, lq, dtype=torch.float32, device=q.device) for name in stats
+           if name not in ("argmax_key", "received")}
+    if "argmax_key" in stats:
+        res["argmax_key"] = torch.empty(batch, heads, lq, dtype=torch.long, device=q.device)
+    if "received" in stats:
+        res["received"] = torch.zeros(batch, heads, lk, dtype=torch.float32, device=q.device)
+
+    for c0 in range(0, lq, chunk):
+        c1 = min(lq, c0 + chunk)
+        qpos = torch.arange(c0, c1, device=q.device) + lay.offset
+        p, lse, row_ok = _probabilities(_scores(lay, qf[:, :, c0:c1], kf, qpos))
+        pg = p.reshape(batch, lay.kv_heads, lay.group, c1 - c0, lk)
+        o = torch.einsum("bkgcl,bkld->bkgcd", pg, vf).reshape(batch, heads, c1 - c0, -1)
+        if edits.identity_mix is not None:
+            a = edits.identity_mix.to(q.device, cdt)[None, :, None, None]
+            v_self = vf[:, :, qpos].repeat_interleave(lay.group, dim=1)
+            o = torch.where(row_ok[..., None], (1 - a) * o + a * v_self, o)
+        if edits.gate is not None:
+            o = o * edits.gate.to(q.device, cdt)[None, :, None, None]
+        out[:, :, c0:c1] = o
+        nan = torch.full_like(lse, float("nan"))
+        if "lse" in res:
+            res["lse"][:, :, c0:c1] = lse
+        if "entropy" in res:
+            res["entropy"][:, :, c0:c1] = torch.where(row_ok, -torch.xlogy(p, p).sum(-1), nan)
+        if "sink_mass" in res:
+            res["sink_mass"][:, :, c0:c1] = torch.where(row_ok, (p * sink[:, None, None, :]).sum(-1), nan)
+        if "max_prob" in res or "argmax_key" in res:
+            top, arg = p.max(-1)
+            if "max_prob" in res:
+                res["max_prob"][:, :, c0:c1] = torch.where(row_ok, top, nan)
+            if "argmax_key" in res:
+                rel_arg = arg - lay.start[:, None, None]
+                res["argmax_key"][:, :, c0:c1] = torch.where(row_ok, rel_arg, torch.full_like(arg, -1))
+        if "window_distance" in res:
+            dist = (qpos[:, None] - kpos[None, :]).abs().to(cdt)
+            if distance_cap is not None:
+                dist = dist.clamp_max(distance_cap)
+            res["window_distance"][:, :, c0:c1] = torch.where(row_ok, (p * dist).sum(-1), nan)
+        if "received" in res:
+            res["received"] += p.sum(2).float()
+    return out.to(q.dtype), res
+
+
+def attention_pattern(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: Sequence[int],
+    span: tuple[int, int],
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
+    key_padding: torch.Tensor | None = None,
+    edits: HeadEdits | None = None,
+) -> torch.Tensor:
+    """The attention map of query heads `heads` over the key positions span = (start, stop): [B, n, span, span].
+
+    Rows are the queries at key positions start..stop-1 and columns the keys there; each row is the exact
+    softmax over all keys the query may see (not renormalized to the span), so rows may sum to less than 1.
+    Only the span's rows are computed: memory O(B x Hq x span x Lk).
+    """
+    lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
+                  key_padding=key_padding, edits=edits)
+    start, stop = span
+    if not 0 <= start < stop <= lay.lk or start < lay.offset:
+        raise ValueError(f"pattern span {span} is outside the query positions {lay.offset}..{lay.lk}")
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qpos = torch.arange(start, stop, device=q.device)
+    s = _scores(lay, q[:, :, start - lay.offset:stop - lay.offset].to(cdt), k.to(cdt), qpos)
+    p, _, _ = _probabilities(s)
+    return p[:, list(heads), :, start:stop].float()

@@ -1,0 +1,25 @@
+"""Test-wide settings: never touch the hub, keep the store and caches inside pytest's temp dirs."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "store.duckdb"))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny Llama with a tiny BPE tokenizer (97 tokens), saved as a Hugging Face folder."""
+    from tiny_models import build, tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build("llama").save_pretrained(path)
+    tokenizer().save_pretrained(path)
+    return path

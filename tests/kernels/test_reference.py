@@ -1,0 +1,224 @@
+"""kernels.reference against a brute-force softmax over the full [q, k] map, in float64.
+
+The brute force builds the whole score matrix, applies every mask and edit by its definition and reads each
+statistic off the materialized probabilities. Tolerances: the output 1e-10 for float64 inputs (both exact up
+to rounding); statistics are stored in float32 by contract, so they are held to float32 rounding (rtol = atol
+= 1e-6); for float32 / bfloat16 / float16 inputs the reference (which computes in float32) is held to 1e-5 on
+the statistics against the brute force run on the same rounded inputs, and to the output dtype's rounding.
+"""
+
+import math
+
+import pytest
+import torch
+
+from kernels import ALL_STATS, HeadEdits
+from kernels.reference import attention, attention_pattern
+
+
+def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, key_padding=None,
+                sink_keys=(0,), distance_cap=None, edits=None):
+    q, k, v = q.double(), k.double(), v.double()
+    B, H, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    g = H // Hkv
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    scale = 1 / math.sqrt(D) if scale is None else scale
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    pad = torch.ones(B, Lk, dtype=torch.bool) if key_padding is None else key_padding
+    start = pad.int().argmax(-1)
+    rel = torch.arange(Lk)[None] - start[:, None]  # [B, Lk]
+    edits = edits or HeadEdits()
+    if edits.temperature is not None:
+        s = s / edits.temperature.double()[None, :, None, None]
+    if edits.key_bias is not None:
+        for n, key in enumerate(edits.bias_keys.tolist()):
+            s = s + edits.key_bias[:, n].double()[None, :, None, None] * (rel == key)[:, None, None, :]
+    qabs = torch.arange(Lq) + (Lk - Lq)
+    diff = qabs[:, None] - torch.arange(Lk)[None]
+    allowed = torch.ones(Lq, Lk, dtype=torch.bool)
+    if causal:
+        allowed &= diff >= 0
+    if window is not None:
+        allowed &= diff.abs() < window
+    allowed = allowed[None, None] & pad[:, None, None, :] & pad[:, qabs][:, None, :, None]
+    s = s.masked_fill(~allowed, -math.inf)
+    ok = allowed.any(-1)
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    out = p @ v
+    if edits.identity_mix is not None:
+        a = edits.identity_mix.double()[None, :, None, None]
+        out = torch.where(ok[..., None], (1 - a) * out + a * v[:, :, qabs], out)
+    if edits.gate is not None:
+        out = out * edits.gate.double()[None, :, None, None]
+    logp = torch.where(p > 0, p.log(), torch.zeros_like(p))
+    dist = diff.abs().double()
+    if distance_cap is not None:
+        dist = dist.clamp_max(distance_cap)
+    sink = torch.zeros(B, Lk, dtype=torch.bool)
+    for key in sink_keys:
+        sink |= rel == key
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+    stats = {
+        "lse": torch.where(ok, torch.logsumexp(s, -1), nan),
+        "entropy": torch.where(ok, -(p * logp).sum(-1), nan),
+        "sink_mass": torch.where(ok, (p * (sink & pad)[:, None, None, :]).sum(-1), nan),
+        "max_prob": torch.where(ok, p.max(-1).values, nan),
+        "argmax_key": torch.where(ok, p.argmax(-1) - start[:, None, None], -1),
+        "window_distance": torch.where(ok, (p * dist).sum(-1), nan),
+        "received": p.sum(2),
+    }
+    return out, stats, p
+
+
+def rand_qkv(B=2, H=4, Hkv=2, Lq=13, Lk=13, D=16, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Lq, D, generator=g, dtype=torch.float64) * 1.5
+    k = torch.randn(B, Hkv, Lk, D, generator=g, dtype=torch.float64) * 1.5
+    v = torch.randn(B, Hkv, Lk, D, generator=g, dtype=torch.float64)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def assert_stats_close(got, want, atol):
+    for name, value in want.items():
+        g = got[name]
+        if name == "argmax_key":
+            assert torch.equal(g, value.to(g.dtype)), name
+        else:
+            torch.testing.assert_close(g.double(), value.double(), atol=atol, rtol=atol, equal_nan=True, msg=name)
+
+
+def padding(B, L, left, right):
+    pad = torch.ones(B, L, dtype=torch.bool)
+    pad[-1, :left] = False
+    if right:
+        pad[0, L - right:] = False
+    return pad
+
+
+CASES = {
+    "causal": {},
+    "bidirectional": {"causal": False},
+    "left_padding": {"key_padding": padding(2, 13, 4, 0)},
+    "right_padding": {"key_padding": padding(2, 13, 0, 3)},
+    "both_padding_bidirectional": {"causal": False, "key_padding": padding(2, 13, 2, 3)},
+    "sliding_window": {"window": 4},
+    "softcap_scale": {"softcap": 5.0, "scale": 0.7},
+    "sinks_and_cap": {"sink_keys": (0, 1, 5), "distance_cap": 3},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("chunk", [1, 5, None])
+def test_reference_matches_brute_force(case, chunk):
+    q, k, v = rand_qkv()
+    opts = CASES[case]
+    out, stats = attention(q, k, v, stats=ALL_STATS, chunk_size=chunk, **opts)
+    want_out, want, _ = brute_force(q, k, v, **opts)
+    torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
+    assert_stats_close(stats, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("Hkv", [1, 2, 4])
+def test_grouped_query_attention(Hkv):
+    q, k, v = rand_qkv(H=4, Hkv=Hkv, seed=Hkv)
+    out, stats = attention(q, k, v, stats=ALL_STATS)
+    want_out, want, _ = brute_force(q, k, v)
+    torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
+    assert_stats_close(stats, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("Lq", [1, 4])
+def test_queries_against_a_longer_cache(Lq):
+    q, k, v = rand_qkv(Lq=Lq, Lk=11, seed=3)
+    for opts in ({}, {"window": 3}, {"key_padding": padding(2, 11, 3, 0)}):
+        out, stats = attention(q, k, v, stats=ALL_STATS, **opts)
+        want_out, want, _ = brute_force(q, k, v, **opts)
+        torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
+        assert_stats_close(stats, want, atol=1e-6)
+
+
+def test_edits_match_brute_force():
+    q, k, v = rand_qkv(seed=7)
+    edits = HeadEdits(
+        temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]),
+        key_bias=torch.tensor([[0.0, 1.0], [-2.0, 0.5], [3.0, 0.0], [-1e4, 1.0]]),
+        bias_keys=torch.tensor([0, 3]),
+        gate=torch.tensor([1.0, 0.0, 2.0, 0.5]),
+        identity_mix=torch.tensor([0.0, 0.3, 1.0, 0.5]),
+    )
+    pad = padding(2, 13, 3, 0)
+    out, stats = attention(q, k, v, stats=ALL_STATS, edits=edits, key_padding=pad)
+    want_out, want, _ = brute_force(q, k, v, edits=edits, key_padding=pad)
+    torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
+    assert_stats_close(stats, want, atol=1e-6)
+    assert out[:, 1].abs().max() == 0  # gate 0 ablates head 1
+
+
+def test_identity_edits_change_nothing():
+    q, k, v = rand_qkv(seed=8)
+    ones, zeros = torch.ones(4), torch.zeros(4)
+    plain, plain_stats = attention(q, k, v, stats=ALL_STATS)
+    edited, edited_stats = attention(q, k, v, stats=ALL_STATS, edits=HeadEdits(
+        temperature=ones, gate=ones, identity_mix=zeros, key_bias=torch.zeros(4, 1), bias_keys=torch.tensor([0])))
+    torch.testing.assert_close(edited, plain, atol=1e-12, rtol=0)
+    assert_stats_close(edited_stats, plain_stats, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    q, k, v = rand_qkv(dtype=dtype, seed=11)
+    out, stats = attention(q, k, v, stats=ALL_STATS)
+    assert out.dtype == dtype and stats["entropy"].dtype == torch.float32
+    want_out, want, _ = brute_force(q, k, v)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]  # output rounding
+    torch.testing.assert_close(out.double(), want_out, atol=tol, rtol=0)
+    assert_stats_close({n: s for n, s in stats.items() if n != "argmax_key"},
+                       {n: s for n, s in want.items() if n != "argmax_key"}, atol=1e-5)
+
+
+def test_pattern_matches_brute_force_rows():
+    q, k, v = rand_qkv(seed=5)
+    pad = padding(2, 13, 2, 0)
+    got = attention_pattern(q, k, [3, 0], (4, 10), key_padding=pad, window=5)
+    _, _, p = brute_force(q, k, v, key_padding=pad, window=5)
+    torch.testing.assert_close(got.double(), p[:, [3, 0], 4:10, 4:10], atol=1e-6, rtol=0)
+
+
+def test_bad_shapes_raise_clear_errors():
+    q, k, v = rand_qkv(H=3, Hkv=2)
+    with pytest.raises(ValueError, match="3 query heads"):
+        attention(q, k, v)
+    q, k, v = rand_qkv(Lq=5, Lk=4)
+    with pytest.raises(ValueError, match="more queries"):
+        attention(q, k, v)
+    q, k, v = rand_qkv()
+    with pytest.raises(ValueError, match="unknown statistic"):
+        attention(q, k, v, stats=("entropy", "entropi"))
+    with pytest.raises(ValueError, match="temperature has 2 heads"):
+        attention(q, k, v, edits=HeadEdits(temperature=torch.ones(2)))
+
+
+def f64(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_composed_edits_act_like_applying_them_one_after_the_other():
+    q, k, v = rand_qkv(seed=12)
+    first = HeadEdits(temperature=f64([1.0, 2.0, 0.5, 1.0]), identity_mix=f64([0.0, 0.5, 0.2, 1.0]),
+                      key_bias=f64([[1.0], [0.0], [-1.0], [2.0]]), bias_keys=torch.tensor([0]))
+    second = HeadEdits(temperature=f64([3.0, 1.0, 1.0, 0.5]), identity_mix=f64([0.4, 0.5, 0.0, 0.3]),
+                       key_bias=f64([[0.5, 1.0]] * 4), bias_keys=torch.tensor([0, 2]),
+                       gate=f64([1.0, 0.0, 3.0, 1.0]))
+    composed, _ = attention(q, k, v, edits=first.then(second))
+    # one after the other: logits edited by both, output mixed by the first then the second, gated last
+    logits_only = HeadEdits(temperature=first.temperature * second.temperature,
+                            key_bias=f64([[1.5, 1.0], [0.5, 1.0], [-0.5, 1.0], [2.5, 1.0]]),
+                            bias_keys=torch.tensor([0, 2]))
+    plain, _ = attention(q, k, v, edits=logits_only)
+    v_self = v.repeat_interleave(2, dim=1)
+    a1, a2 = first.identity_mix[None, :, None, None], second.identity_mix[None, :, None, None]
+    want = ((1 - a2) * ((1 - a1) * plain + a1 * v_self) + a2 * v_self) * second.gate[None, :, None, None]
+    torch.testing.assert_close(composed, want, atol=1e-10, rtol=0)

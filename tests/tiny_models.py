@@ -1,0 +1,73 @@
+"""Tiny random-init Hugging Face models built from configs (no hub): one per supported architecture.
+
+Each has 2-6 layers, hidden size 32 and a 97-token vocabulary; those with grouped-query attention,
+sliding windows or logit softcapping have them switched on, so the tracer meets every case.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+VOCAB = 97
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=64)
+
+CONFIGS = {
+    "gpt2": lambda: (tf.GPT2LMHeadModel, tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                                       n_positions=64)),
+    "gpt_neox": lambda: (tf.GPTNeoXForCausalLM, tf.GPTNeoXConfig(**COMMON)),
+    "llama": lambda: (tf.LlamaForCausalLM, tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
+    "qwen2": lambda: (tf.Qwen2ForCausalLM, tf.Qwen2Config(**COMMON, num_key_value_heads=2, use_sliding_window=True,
+                                                          sliding_window=4, max_window_layers=1)),
+    "qwen3": lambda: (tf.Qwen3ForCausalLM, tf.Qwen3Config(**COMMON, num_key_value_heads=1, head_dim=8)),
+    "mistral": lambda: (tf.MistralForCausalLM, tf.MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=5)),
+    "gemma": lambda: (tf.GemmaForCausalLM, tf.GemmaConfig(**COMMON, num_key_value_heads=1, head_dim=8)),
+    "gemma2": lambda: (tf.Gemma2ForCausalLM, tf.Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=8,
+                                                             sliding_window=4, attn_logit_softcapping=5.0,
+                                                             query_pre_attn_scalar=8)),
+    "gemma3_text": lambda: (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 6},
+                                                                     num_key_value_heads=1, head_dim=8,
+                                                                     sliding_window=4, query_pre_attn_scalar=8)),
+    "bert": lambda: (tf.BertModel, tf.BertConfig(**COMMON)),
+}
+CAUSAL = [name for name in CONFIGS if name != "bert"]
+
+
+def build(name: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """The tiny model `name` in float32, eval mode, with weights from `seed` (scaled up so attention is peaked)."""
+    cls, config = CONFIGS[name]()
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(4.0)  # init std 0.02 gives near-uniform attention; larger weights give structure
+    return model
+
+
+def token_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+TOKENIZER_TEXT = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk. He wound the clockwork, trimmed "
+    "the wick and wrote the weather in a leather logbook: wind from the west, a light swell, two ships passing "
+    "north. The secret code is 12 34 56. What is the secret code? 0 1 2 3 4 5 6 7 8 9"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer() -> tf.PreTrainedTokenizerFast:
+    """A BPE tokenizer of VOCAB tokens (with <s>, </s>, <unk>) trained on a paragraph, for tiny models."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([TOKENIZER_TEXT] * 3, trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                      pad_token="</s>")

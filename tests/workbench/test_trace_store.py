@@ -1,0 +1,106 @@
+"""Trace save/load round trip, the tidy tables, and the DuckDB results store's all-or-nothing writes."""
+
+import duckdb
+import pandas as pd
+import pytest
+import torch
+from tiny_models import build, token_ids
+
+import workbench
+from workbench.errors import WorkbenchError
+from workbench.store import Store
+
+
+@pytest.fixture(scope="module")
+def trace():
+    subject = workbench.load(build("llama"))
+    ids = token_ids(2, 14, seed=2)
+    # two sequences of 14 and 11 tokens: the second is right-padded by 3
+    return workbench.trace(subject, [ids[0].tolist(), ids[1, 3:].tolist()], patterns=[(1, 2)], hidden_states=True)
+
+
+def test_round_trip_is_bit_identical(trace, tmp_path):
+    path = trace.save(tmp_path / "t")
+    back = workbench.Trace.load(path)
+    assert back.model_id == trace.model_id and back.tokens == trace.tokens and back.config == trace.config
+    assert back.options == trace.options and back.pattern_window == trace.pattern_window
+    assert torch.equal(back.token_ids, trace.token_ids) and torch.equal(back.attention_mask, trace.attention_mask)
+    assert back.stats.keys() == trace.stats.keys()
+    for name in trace.stats:
+        assert torch.equal(back.stats[name], trace.stats[name]) or torch.equal(
+            back.stats[name].isnan(), trace.stats[name].isnan()) and torch.equal(
+            back.stats[name].nan_to_num(), trace.stats[name].nan_to_num())
+    assert torch.equal(back.hidden_states, trace.hidden_states)
+    assert back.patterns.keys() == trace.patterns.keys()
+    assert torch.equal(back.patterns[(1, 2)], trace.patterns[(1, 2)])
+    pd.testing.assert_frame_equal(pd.read_parquet(path / "heads.parquet"), trace.head_table())
+    trace.save(path)  # saving over an existing trace replaces it whole
+    assert sorted(p.name for p in path.iterdir()) == ["heads.parquet", "meta.json", "tensors.safetensors"]
+
+
+def test_head_table_is_the_mean_over_real_tokens(trace):
+    table = trace.head_table()
+    assert list(table.columns) == ["layer", "head", "metric", "value"]
+    assert set(table.metric) == {"entropy", "sink_mass", "max_prob", "lse", "window_distance"}
+    row = table[(table.layer == 1) & (table["head"] == 3) & (table.metric == "entropy")].value.item()
+    real = torch.cat([trace.sequence("entropy", 0)[1, 3], trace.sequence("entropy", 1)[1, 3]])
+    assert row == pytest.approx(float(real.double().mean()), rel=1e-6)
+
+
+def test_token_table_skips_padding(trace):
+    table = trace.token_table()
+    n_real = int(trace.attention_mask.sum())
+    assert len(table) == n_real * 2 * 4 * len(trace.stats)
+    assert not table.value[table.metric == "entropy"].isna().any()
+    first = table[(table.batch == 1) & (table.position == 0) & (table.metric == "sink_mass")]
+    assert (first.value == 1.0).all()  # the first real token attends only to itself
+    assert first.token.iloc[0] == trace.tokens[1][0]
+    assert trace.attention_mask[1].tolist() == [True] * 11 + [False] * 3
+
+
+def test_load_rejects_a_folder_that_is_not_a_trace(tmp_path):
+    with pytest.raises(WorkbenchError, match="not a saved trace"):
+        workbench.Trace.load(tmp_path)
+
+
+def test_store_writes_and_reads_runs(trace, tmp_path):
+    with Store(tmp_path / "r.duckdb") as store:
+        run = store.write_run("trace", trace.model_id, trace.head_table(), trace.token_table(),
+                              command="workbench trace", params={"n": 1})
+        assert store.runs().run_id.tolist() == [run]
+        heads = store.head_metrics(run)
+        pd.testing.assert_frame_equal(
+            heads.sort_values(["metric", "layer", "head"]).reset_index(drop=True),
+            trace.head_table().sort_values(["metric", "layer", "head"]).reset_index(drop=True),
+            check_dtype=False)
+        assert len(store.token_metrics(run)) == len(trace.token_table())
+        with pytest.raises(WorkbenchError, match="no run 'nope'"):
+            store.head_metrics("nope")
+
+
+def test_a_write_that_fails_midway_leaves_no_partial_run(trace, tmp_path, monkeypatch):
+    path = tmp_path / "r.duckdb"
+    with Store(path) as store:
+        store.write_run("trace", "first", trace.head_table())
+        original = Store._insert
+
+        def failing(self, table, run_id, frame):
+            if table == "token_metrics":
+                raise RuntimeError("disk full")
+            original(self, table, run_id, frame)
+
+        monkeypatch.setattr(Store, "_insert", failing)
+        with pytest.raises(RuntimeError, match="disk full"):
+            store.write_run("trace", "second", trace.head_table(), trace.token_table())
+    con = duckdb.connect(str(path))
+    assert con.execute("SELECT model_id FROM runs").fetchall() == [("first",)]
+    n_heads = con.execute("SELECT count(*) FROM head_metrics").fetchone()[0]
+    assert n_heads == len(trace.head_table())
+    assert con.execute("SELECT count(*) FROM token_metrics").fetchone()[0] == 0
+
+
+def test_store_rejects_tables_without_the_contract_columns(tmp_path):
+    with Store(tmp_path / "r.duckdb") as store:
+        with pytest.raises(WorkbenchError, match=r"lacks column\(s\) \['metric'\]"):
+            store.write_run("trace", "m", pd.DataFrame({"layer": [0], "head": [0], "value": [1.0]}))
+        assert store.runs().empty

@@ -1,0 +1,28 @@
+"""Attention Workbench: load a transformer, trace what every attention head does, store and report it.
+
+    import workbench
+    subject = workbench.load()                      # SmolLM2-135M, offline from PyPI
+    trace = workbench.trace(subject, "The capital of France is Paris.")
+    trace.head_table()                              # layer, head, metric, value
+"""
+
+from workbench.errors import (
+    ContextLengthError,
+    DeviceError,
+    HeadNotFoundError,
+    UnknownModelError,
+    WorkbenchError,
+)
+from workbench.loading import DEFAULT_MODEL, known_names, load
+from workbench.store import Store
+from workbench.subject import Subject
+from workbench.trace import Trace, layer_summary
+from workbench.tracer import DEFAULT_STATS, capture, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL", "DEFAULT_STATS", "ContextLengthError", "DeviceError", "HeadNotFoundError", "Store",
+    "Subject", "Trace", "UnknownModelError", "WorkbenchError", "capture", "known_names", "layer_summary",
+    "load", "trace",
+]

@@ -1,0 +1,194 @@
+"""The Trace: what one traced model run recorded, per layer and head, and its on-disk form.
+
+Tensors are kept in the padded batch layout the model saw, with `attention_mask` saying which positions
+are real tokens: query statistics [layer, batch, head, q], `received` [layer, batch, head, k], optional
+hidden states [layer + 1, batch, pos, d] and attention patterns [batch, span, span] per (layer, head).
+On disk a Trace is a folder: meta.json (ids, token strings, options), tensors.safetensors (every tensor,
+bit for bit) and heads.parquet (the tidy per-head table, for tools that read Parquet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from workbench.errors import WorkbenchError
+
+FORMAT_VERSION = 1
+PER_KEY = ("received",)
+NOT_AVERAGED = ("argmax_key",)  # positions: a mean over queries means nothing
+
+
+@dataclass
+class Trace:
+    """Per-head attention statistics of one model run (see the module docstring for the layout)."""
+
+    model_id: str
+    config: dict
+    token_ids: torch.Tensor  # [B, L] int64
+    attention_mask: torch.Tensor  # [B, L] bool
+    tokens: list[list[str]]
+    stats: dict[str, torch.Tensor]
+    hidden_states: torch.Tensor | None = None
+    patterns: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    pattern_window: tuple[int, int] | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config["n_layers"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.config["n_heads"])
+
+    def sequence(self, name: str, batch: int = 0) -> torch.Tensor:
+        """Statistic `name` of sequence `batch` without its padding: [layer, head, n_real_tokens]."""
+        if name not in self.stats:
+            raise WorkbenchError(f"statistic {name!r} was not traced; traced: {sorted(self.stats)}")
+        if not 0 <= batch < self.token_ids.shape[0]:
+            raise WorkbenchError(f"batch index {batch} is outside the trace's {self.token_ids.shape[0]} sequences")
+        return self.stats[name][:, batch][..., self.attention_mask[batch]]
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of `layer` (None for a full-attention layer)."""
+        kinds = self.config.get("layer_types") or ["full_attention"] * self.n_layers
+        return self.config.get("sliding_window") if kinds[layer] == "sliding_attention" else None
+
+    def visible_keys(self, layer: int) -> torch.Tensor:
+        """[B, L] how many keys each query row of `layer` may see (0 on padding), by causality and window."""
+        real = self.attention_mask
+        position = real.long().cumsum(-1) - 1
+        n_real = real.sum(-1, keepdim=True)
+        window = self.window(layer) or n_real.max().item()
+        if self.config.get("is_causal", True):
+            visible = (position + 1).clamp_max(window)
+        else:
+            visible = (position + window).clamp_max(n_real) - (position - window + 1).clamp_min(0)
+        return visible.where(real, 0)
+
+    def real_tokens(self, batch: int = 0) -> list[str]:
+        """The token strings of sequence `batch` without its padding."""
+        return [t for t, real in zip(self.tokens[batch], self.attention_mask[batch].tolist(), strict=True) if real]
+
+    def head_table(self) -> pd.DataFrame:
+        """Tidy per-head table (layer, head, metric, value): each query statistic's mean over real tokens."""
+        rows = []
+        real = self.attention_mask[None, :, None, :]  # [1, B, 1, L]
+        for name, tensor in self.stats.items():
+            if name in PER_KEY or name in NOT_AVERAGED:
+                continue
+            t = tensor.float().where(real, torch.nan)
+            mean = t.nanmean(dim=(1, 3))  # [layer, head]
+            rows.extend(
+                (layer, head, name, float(mean[layer, head]))
+                for layer in range(mean.shape[0]) for head in range(mean.shape[1])
+            )
+        return pd.DataFrame(rows, columns=["layer", "head", "metric", "value"])
+
+    def token_table(self) -> pd.DataFrame:
+        """Tidy per-token table (batch, position, token, layer, head, metric, value) over real tokens.
+
+        Positions count from each sequence's first real token; `received` is filed under the key's position.
+        """
+        frames = []
+        for b in range(self.token_ids.shape[0]):
+            tokens = self.real_tokens(b)
+            for name in self.stats:
+                values = self.sequence(name, b).float()  # [layer, head, n]
+                n_layers, n_heads, n = values.shape
+                index = pd.MultiIndex.from_product([range(n_layers), range(n_heads), range(n)],
+                                                   names=["layer", "head", "position"])
+                frame = pd.DataFrame({"value": values.reshape(-1).numpy()}, index=index).reset_index()
+                frame["metric"], frame["batch"] = name, b
+                frame["token"] = [tokens[p] for p in frame["position"]]
+                frames.append(frame)
+        columns = ["batch", "position", "token", "layer", "head", "metric", "value"]
+        return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the trace to `directory` (created; replaced whole if it exists). Returns the path.
+
+        The folder is written beside its destination and renamed into place, so an interrupted save never
+        leaves a half-written trace.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            tensors = {"token_ids": self.token_ids, "attention_mask": self.attention_mask}
+            tensors.update({f"stat.{k}": v for k, v in self.stats.items()})
+            tensors.update({f"pattern.{l}.{h}": v for (l, h), v in self.patterns.items()})
+            if self.hidden_states is not None:
+                tensors["hidden_states"] = self.hidden_states
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "tensors.safetensors")
+            meta = {
+                "format_version": FORMAT_VERSION, "model_id": self.model_id, "config": self.config,
+                "tokens": self.tokens, "pattern_window": self.pattern_window, "options": self.options,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
+            self.head_table().to_parquet(tmp / "heads.parquet", index=False)
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Trace:
+        """Read a trace written by `save`; tensors come back bit-identical."""
+        directory = Path(directory)
+        if not (directory / "meta.json").is_file():
+            raise WorkbenchError(f"{str(directory)!r} is not a saved trace (no meta.json)")
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise WorkbenchError(f"trace format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        tensors = load_file(directory / "tensors.safetensors")
+        patterns = {}
+        for key, value in tensors.items():
+            if key.startswith("pattern."):
+                _, layer, head = key.split(".")
+                patterns[(int(layer), int(head))] = value
+        window = meta["pattern_window"]
+        return cls(
+            model_id=meta["model_id"], config=meta["config"], token_ids=tensors["token_ids"],
+            attention_mask=tensors["attention_mask"], tokens=meta["tokens"],
+            stats={k[len("stat."):]: v for k, v in tensors.items() if k.startswith("stat.")},
+            hidden_states=tensors.get("hidden_states"), patterns=patterns,
+            pattern_window=tuple(window) if window else None, options=meta["options"],
+        )
+
+
+def layer_summary(trace: Trace, sink_threshold: float = 0.3) -> pd.DataFrame:
+    """Per-layer means of the head table, plus the share of heads whose sink mass exceeds `sink_threshold`.
+
+    The share is Sink_k^eps of Gu et al. 2024 ("When Attention Sink Emerges in Language Models"), eps = 0.3.
+    Entropy is also given normalized by log(number of visible keys), averaged over real query rows.
+    """
+    heads = trace.head_table().pivot_table(index=["layer", "head"], columns="metric", values="value")
+    summary = heads.groupby(level="layer").mean()
+    if "sink_mass" in heads:
+        summary["sink_heads"] = (heads["sink_mass"] > sink_threshold).groupby(level="layer").mean()
+    if "entropy" in trace.stats:
+        summary["entropy_norm"] = normalized_entropy(trace).nanmean(dim=(1, 2, 3)).numpy()
+    return summary.reset_index()
+
+
+def normalized_entropy(trace: Trace) -> torch.Tensor:
+    """entropy / log(visible keys) per query row [layer, batch, head, q]; NaN on padding and 1-key rows."""
+    rows = []
+    for layer in range(trace.n_layers):
+        visible = trace.visible_keys(layer).float()
+        log_keys = torch.log(visible).where(visible > 1, torch.nan)
+        rows.append(trace.stats["entropy"][layer].float() / log_keys[:, None, :])
+    return torch.stack(rows)

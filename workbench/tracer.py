@@ -1,0 +1,205 @@
+"""The tracer: transformers' AttentionInterface entry `workbench`, and `trace()` built on it.
+
+While a `capture` is active, every attention call of the model goes through `kernels.attention`, which
+returns the attention output and the requested statistics in the same pass; the capture files them by
+layer. The model's own forward is otherwise untouched, so its logits equal those of its `sdpa` run.
+The matching mask function hands the kernel a [batch, keys] padding mask (or None) instead of a
+[batch, 1, q, k] mask: causality and sliding windows are applied inside the kernel, and no q x k tensor
+is ever built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+import kernels
+from kernels import HeadEdits
+from workbench.errors import WorkbenchError
+from workbench.subject import Subject
+from workbench.trace import Trace
+
+IMPLEMENTATION = "workbench"
+DEFAULT_STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance")
+MAX_DEFAULT_PATTERN = 512  # patterns over longer inputs need an explicit pattern_window
+
+
+@dataclass
+class Capture:
+    """The state of one capture: what to compute, the edits to apply, and what was recorded, per layer."""
+
+    layer_of: dict[int, int]
+    stats: tuple[str, ...] = ()
+    sink_keys: tuple[int, ...] = (0,)
+    distance_cap: int | None = None
+    edits: dict[int, HeadEdits] = field(default_factory=dict)
+    patterns: dict[int, list[int]] = field(default_factory=dict)  # layer -> heads
+    pattern_window: tuple[int, int] | None = None
+    backend: str = "auto"
+    records: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    pattern_records: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    def keep(self, layer: int, stats: dict[str, torch.Tensor], pattern_of) -> None:
+        """File this capture's share of one attention call's statistics, and its patterns, under `layer`."""
+        self.records[layer] = {name: stats[name].detach().cpu() for name in self.stats}
+        heads = self.patterns.get(layer)
+        if heads:
+            pattern = pattern_of(heads, self.pattern_window)
+            for i, head in enumerate(heads):
+                self.pattern_records[(layer, head)] = pattern[:, i].cpu()
+
+
+_ACTIVE: list[Capture] = []
+
+
+def _key_padding(attention_mask: torch.Tensor | None, kv_length: int) -> torch.Tensor | None:
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2:
+        raise WorkbenchError(
+            f"the workbench attention takes a [batch, keys] padding mask, got shape {tuple(attention_mask.shape)}"
+        )
+    return attention_mask[:, -kv_length:].bool()
+
+
+def workbench_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                        scaling: float | None = None, is_causal: bool | None = None,
+                        sliding_window: int | None = None, softcap: float | None = None, **kwargs):
+    """AttentionInterface function: q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] -> ([B, Lq, Hq, Dv], None).
+
+    Every active capture of this module's model takes part: the kernel computes the union of their
+    statistics with the composition of their edits, and each capture keeps what it asked for.
+    """
+    if dropout:
+        raise WorkbenchError(f"attention dropout {dropout} is not supported: put the model in eval mode")
+    causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+    captures = [c for c in _ACTIVE if id(module) in c.layer_of]
+    layer = captures[0].layer_of[id(module)] if captures else None
+    edits = HeadEdits()
+    for c in captures:
+        edits = edits.then(c.edits.get(layer, HeadEdits()))
+    stats = tuple(dict.fromkeys(name for c in captures for name in c.stats))
+    options = dict(causal=causal, scale=scaling, softcap=softcap, window=sliding_window,
+                   key_padding=_key_padding(attention_mask, key.shape[2]))
+    backend = captures[-1].backend if captures else "auto"
+    out, computed = kernels.attention(query, key, value, stats=stats, edits=edits, backend=backend,
+                                      sink_keys=captures[-1].sink_keys if captures else (0,),
+                                      distance_cap=captures[-1].distance_cap if captures else None, **options)
+
+    def pattern_of(heads, window):
+        span = window or (0, key.shape[2])
+        return kernels.attention_pattern(query, key, heads, span, edits=edits, **options)
+
+    for c in captures:
+        c.keep(layer, computed, pattern_of)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                 mask_function=None, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+    """AttentionMaskInterface function: the [batch, kv_length] padding mask, None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    attention_mask = attention_mask[:, -kv_length:]
+    return None if bool(attention_mask.all()) else attention_mask
+
+
+AttentionInterface.register(IMPLEMENTATION, workbench_attention)
+AttentionMaskInterface.register(IMPLEMENTATION, padding_mask)
+
+
+@contextlib.contextmanager
+def capture(
+    subject: Subject,
+    *,
+    stats: Sequence[str] = DEFAULT_STATS,
+    sink_keys: Sequence[int] = (0,),
+    distance_cap: int | None = None,
+    edits: dict[int, HeadEdits] | None = None,
+    patterns: Sequence[tuple[int, int]] | None = None,
+    pattern_window: tuple[int, int] | None = None,
+    backend: str = "auto",
+) -> Iterator[Capture]:
+    """Route the subject's attention through the workbench kernels while the block runs; yield the Capture.
+
+    The model's attention implementation is restored on exit, also on error. Captures nest: the innermost
+    one's sink_keys, distance_cap and backend apply, every one's edits compose (`HeadEdits.then`) and each
+    gets the statistics it asked for. `edits` maps a layer to the HeadEdits its kernel applies.
+    """
+    adapter = subject.adapter
+    for layer, head in patterns or ():
+        adapter.check_head(layer, head)
+    for layer in edits or {}:
+        adapter.check_head(layer, 0)
+    kernels.resolve_backend(subject.device, backend)
+    grouped: dict[int, list[int]] = {}
+    for layer, head in patterns or ():
+        grouped.setdefault(layer, []).append(head)
+    state = Capture(
+        layer_of=adapter.layer_of(), stats=kernels.check_stats(stats), sink_keys=tuple(sink_keys),
+        distance_cap=distance_cap, edits=dict(edits or {}), patterns=grouped, pattern_window=pattern_window,
+        backend=backend,
+    )
+    model = subject.model
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(IMPLEMENTATION)
+    _ACTIVE.append(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.remove(state)
+        model.set_attn_implementation(previous)
+
+
+def trace(
+    subject: Subject,
+    inputs,
+    *,
+    stats: Sequence[str] = DEFAULT_STATS,
+    sink_keys: Sequence[int] = (0,),
+    distance_cap: int | None = None,
+    patterns: Sequence[tuple[int, int]] | None = None,
+    pattern_window: tuple[int, int] | None = None,
+    hidden_states: bool = False,
+    backend: str = "auto",
+) -> Trace:
+    """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
+
+    Statistics are those of `kernels.contract`: per query [layer, batch, head, q] and `received`
+    [layer, batch, head, k]. patterns: (layer, head) pairs whose attention map is kept over
+    `pattern_window` = (start, stop) positions (default: the whole input, up to 512 tokens).
+    hidden_states: keep the residual stream [layer + 1, batch, pos, d].
+    """
+    enc = subject.encode(inputs)
+    length = enc["input_ids"].shape[1]
+    if patterns and pattern_window is None and length > MAX_DEFAULT_PATTERN:
+        raise WorkbenchError(
+            f"input of {length} tokens: pass pattern_window=(start, stop) to bound the patterns' size"
+        )
+    with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
+                                  patterns=patterns, pattern_window=pattern_window, backend=backend) as cap:
+        out = subject.model(**enc, output_hidden_states=hidden_states, use_cache=False)
+    missing = sorted(set(range(subject.adapter.n_layers)) - set(cap.records))
+    if missing:
+        raise WorkbenchError(f"layers {missing} did not go through the workbench attention")
+    layers = range(subject.adapter.n_layers)
+    tensors = {name: torch.stack([cap.records[i][name] for i in layers]) for name in cap.stats}
+    hidden = torch.stack([h.detach().float().cpu() for h in out.hidden_states]) if hidden_states else None
+    return Trace(
+        model_id=subject.name,
+        config=subject.adapter.facts(),
+        token_ids=enc["input_ids"].cpu(),
+        attention_mask=enc["attention_mask"].bool().cpu(),
+        tokens=subject.token_strings(enc["input_ids"]),
+        stats=tensors,
+        hidden_states=hidden,
+        patterns=dict(cap.pattern_records),
+        pattern_window=pattern_window or ((0, length) if patterns else None),
+        options={"sink_keys": list(sink_keys), "distance_cap": distance_cap,
+                 "backend": kernels.resolve_backend(subject.device, backend)},
+    )
