@@ -1,0 +1,72 @@
+"""The Result every probe returns: a tidy table plus the raw arrays it was computed from.
+
+`table` has one row per finding: columns `layer`, `head`, `metric`, `value` (and `position` / `token`
+where a finding is about a token). Layer-level rows carry head = -1; model-level rows layer = -1 too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LAYER_LEVEL = -1  # the `head` (and for model-level rows also `layer`) of rows that are not about one head
+
+
+@dataclass
+class Result:
+    """A probe's findings: `table` (tidy DataFrame), `arrays` (raw numpy arrays by name), `params` (options)."""
+
+    probe: str
+    table: pd.DataFrame
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+    def metric(self, name: str) -> pd.DataFrame:
+        """The rows of one metric."""
+        return self.table[self.table.metric == name].reset_index(drop=True)
+
+    def top(self, name: str, k: int = 10, largest: bool = True) -> pd.DataFrame:
+        """The k per-head rows with the largest (or smallest) value of metric `name`."""
+        rows = self.metric(name)
+        rows = rows[rows["head"] != LAYER_LEVEL]
+        return (rows.nlargest(k, "value") if largest else rows.nsmallest(k, "value")).reset_index(drop=True)
+
+    def head_matrix(self, name: str) -> np.ndarray:
+        """Metric `name` as a [layer, head] array (NaN where a head has no row)."""
+        rows = self.metric(name)
+        rows = rows[rows["head"] != LAYER_LEVEL]
+        out = np.full((int(rows.layer.max()) + 1, int(rows["head"].max()) + 1), np.nan)
+        out[rows.layer.to_numpy(int), rows["head"].to_numpy(int)] = rows.value.to_numpy(float)
+        return out
+
+    def head_metrics(self) -> pd.DataFrame:
+        """The rows that fit the store's head_metrics table (layer, head, metric, value)."""
+        rows = self.table
+        if "position" in rows:
+            rows = rows[rows.position.isna()]
+        return rows[["layer", "head", "metric", "value"]].reset_index(drop=True)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write table.parquet and arrays.npz into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.table.to_parquet(directory / f"{self.probe}.parquet", index=False)
+        if self.arrays:
+            np.savez_compressed(directory / f"{self.probe}_arrays.npz", **self.arrays)
+        return directory
+
+
+def head_rows(values: np.ndarray, metric: str) -> pd.DataFrame:
+    """Tidy rows (layer, head, metric, value) from a [layer, head] array."""
+    layers, heads = np.indices(values.shape)
+    return pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(), "metric": metric,
+                         "value": values.astype(float).ravel()})
+
+
+def layer_rows(values: np.ndarray, metric: str) -> pd.DataFrame:
+    """Tidy layer-level rows (head = -1) from a [layer] array."""
+    return pd.DataFrame({"layer": np.arange(len(values)), "head": LAYER_LEVEL, "metric": metric,
+                         "value": values.astype(float)})

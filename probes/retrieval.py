@@ -1,0 +1,115 @@
+"""Retrieval heads by needle-in-a-haystack copy-paste (Wu et al. 2024, "Retrieval Head Mechanistically
+Explains Long-Context Factuality").
+
+The model greedily generates the needle's answer. At each generated token, a head scores a hit when its
+argmax key (the key it attends to most, from the query that produced the token) lies inside the needle's
+value and holds the very token being generated: the head is copying it. A head's score on a prompt is
+hits over the needle's length; its retrieval score averages that over context lengths and depths. Heads
+above 0.1 are retrieval heads. Only `argmax_key` is computed in-kernel: no attention map is built.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from probes.haystack import NeedleCase, needle_case
+from probes.result import Result, head_rows
+from workbench.subject import Subject
+from workbench.tracer import capture
+
+RETRIEVAL_THRESHOLD = 0.1
+Builder = Callable[[object, int, float, int], NeedleCase]
+
+
+def copy_paste_hits(
+    subject: Subject, case: NeedleCase, backend: str = "auto"
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Greedily generate len(case.answer) tokens; return per-head hit counts [layer, head], the tokens, and
+    each step's argmax keys [step, layer, head]."""
+    adapter = subject.adapter
+    ids = torch.tensor([case.ids], device=subject.device)
+    start, stop = case.value_span
+    hits = np.zeros((adapter.n_layers, adapter.n_heads))
+    generated: list[int] = []
+    steps = []
+    with torch.no_grad(), capture(subject, stats=("argmax_key",), backend=backend) as cap:
+        out = subject.model(input_ids=ids, use_cache=True)
+        for _ in case.answer:
+            token = int(out.logits[0, -1].argmax())
+            argmax = torch.stack([cap.records[layer]["argmax_key"][0, :, -1] for layer in range(adapter.n_layers)])
+            inside = (argmax >= start) & (argmax < stop)
+            copies = torch.tensor(case.ids)[argmax.clamp(0, len(case.ids) - 1)] == token
+            hits += (inside & copies).numpy()
+            generated.append(token)
+            steps.append(argmax.numpy())
+            out = subject.model(input_ids=torch.tensor([[token]], device=subject.device),
+                                past_key_values=out.past_key_values, use_cache=True)
+    return hits, generated, np.stack(steps)
+
+
+def retrieval_heads(
+    subject: Subject,
+    lengths: Sequence[int] = (256, 512, 1024),
+    depths: Sequence[float] = (0.1, 0.5, 0.9),
+    seeds: Sequence[int] = (0,),
+    builder: Builder = needle_case,
+    checkpoint: str | Path | None = None,
+    backend: str = "auto",
+) -> Result:
+    """Retrieval scores of every head over a grid of context lengths x needle depths x seeds.
+
+    builder(tokenizer, length, depth, seed) -> NeedleCase makes each prompt (default: stdlib-prose haystacks).
+    checkpoint: a JSONL file that receives each finished case; cases already in it are not run again, so a
+    long scan that was interrupted (Ctrl-C) resumes where it stopped. An interrupt returns the cases done.
+    Metrics per head: `retrieval_score`, `is_retrieval_head` (score > 0.1). Arrays: `retrieval_score`
+    [layer, head] and per-case `accuracy` (1 when the generated answer equals the needle's value).
+    """
+    grid = list(itertools.product(lengths, depths, seeds))
+    done = _read_checkpoint(checkpoint)
+    interrupted = False
+    try:
+        for length, depth, seed in tqdm(grid, desc="needles", unit="case"):
+            key = f"{subject.name}/{length}/{depth}/{seed}"
+            if key in done:
+                continue
+            case = builder(subject.tokenizer, length, depth, seed)
+            hits, generated, _ = copy_paste_hits(subject, case, backend=backend)
+            done[key] = {"score": (hits / len(case.answer)).tolist(), "correct": generated == case.answer}
+            if checkpoint is not None:
+                with open(checkpoint, "a") as f:
+                    f.write(json.dumps({"key": key, **done[key]}) + "\n")
+    except KeyboardInterrupt:
+        interrupted = True
+    keys = [k for k in (f"{subject.name}/{length}/{depth}/{seed}" for length, depth, seed in grid) if k in done]
+    if not keys:
+        return Result("retrieval", pd.DataFrame(columns=["layer", "head", "metric", "value"]), {},
+                      {"interrupted": interrupted, "cases": 0})
+    scores = np.mean([np.array(done[k]["score"]) for k in keys], axis=0)
+    accuracy = np.array([float(done[k]["correct"]) for k in keys])
+    table = pd.concat([head_rows(scores, "retrieval_score"),
+                       head_rows((scores > RETRIEVAL_THRESHOLD).astype(float), "is_retrieval_head")],
+                      ignore_index=True)
+    params = {"lengths": list(lengths), "depths": list(depths), "seeds": list(seeds), "cases": len(keys),
+              "needle_accuracy": float(accuracy.mean()), "interrupted": interrupted}
+    return Result("retrieval", table, {"retrieval_score": scores, "accuracy": accuracy}, params)
+
+
+def _read_checkpoint(path: str | Path | None) -> dict[str, dict]:
+    if path is None or not Path(path).exists():
+        return {}
+    done = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by an interrupt: that case runs again
+            continue
+        done[row.pop("key")] = row
+    return done

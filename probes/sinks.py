@@ -1,0 +1,119 @@
+"""Attention sinks: first-token sink scores, non-initial (secondary / hidden) sinks, massive activations.
+
+- Sink score and Sink_k^eps: Gu et al. 2024, "When Attention Sink Emerges in Language Models": a head's sink
+  score is its mean attention on the first token; Sink^eps is the share of heads whose score exceeds eps.
+- Non-initial sinks: tokens other than the first that receive far more attention than the uniform share, the
+  secondary sinks of Wang et al. 2025 ("What are you sinking?") and the hidden sinks that ACT ("Unveiling and
+  Harnessing Hidden Attention Sinks", Yu et al. 2024) calibrates; with the layers where each appears and
+  how long it persists (its sink levels).
+- Massive activations: Sun et al. 2024, hidden-state entries whose magnitude is over 100x the median.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probes.result import LAYER_LEVEL, Result, head_rows, layer_rows
+from workbench.errors import WorkbenchError
+from workbench.trace import Trace
+
+
+def _need(trace: Trace, *names: str) -> None:
+    missing = [n for n in names if n not in trace.stats and n != "hidden_states"]
+    if "hidden_states" in names and trace.hidden_states is None:
+        missing.append("hidden_states")
+    if missing:
+        raise WorkbenchError(f"this probe needs {missing}, which the trace lacks: trace with them included")
+
+
+def sink_scores(trace: Trace, eps: float = 0.3) -> Result:
+    """Per-head first-token sink score (mean sink_mass over real query rows after the first) and Sink^eps.
+
+    The first query row is left out: it sees only the first token, so its mass is 1 by construction.
+    Table metrics: `sink_score` per head; `sink_share` (share of heads over eps) per layer and, at
+    layer = -1, for the whole model.
+    """
+    _need(trace, "sink_mass")
+    if trace.options.get("sink_keys", [0]) != [0]:
+        raise WorkbenchError(f"sink scores need sink_keys=(0,), the trace used {trace.options['sink_keys']}")
+    rows = trace.attention_mask.clone()
+    rows[torch.arange(rows.shape[0]), rows.int().argmax(-1)] = False  # drop each sequence's first real query
+    mass = trace.stats["sink_mass"].double().where(rows[None, :, None, :], torch.nan)
+    score = mass.nanmean(dim=(1, 3)).numpy()  # [layer, head]
+    share = (score > eps).mean(axis=1)
+    total = pd.DataFrame({"layer": [LAYER_LEVEL], "head": [LAYER_LEVEL], "metric": ["sink_share"],
+                          "value": [float((score > eps).mean())]})
+    table = pd.concat([head_rows(score, "sink_score"), layer_rows(share, "sink_share"), total], ignore_index=True)
+    return Result("sinks", table, {"sink_score": score, "sink_share": share}, {"eps": eps})
+
+
+def uniform_received(trace: Trace, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([n] attention each real key would receive if every query attended uniformly, [n] queries that see it)."""
+    visible = trace.visible_keys(layer)[batch][trace.attention_mask[batch]].double()  # [n]
+    n = visible.shape[0]
+    window = trace.window(layer) or n
+    share = torch.cat([torch.zeros(1, dtype=torch.float64), (1.0 / visible).cumsum(0)])  # prefix sums
+    j = torch.arange(n)
+    if trace.config.get("is_causal", True):
+        first, last = j, (j + window - 1).clamp_max(n - 1)  # the queries that see key j
+    else:
+        first, last = (j - window + 1).clamp_min(0), (j + window - 1).clamp_max(n - 1)
+    return share[last + 1] - share[first], last - first + 1
+
+
+def secondary_sinks(trace: Trace, ratio: float = 5.0, min_queries: int = 4) -> Result:
+    """Non-initial tokens that receive over `ratio` times their uniform share of attention in some head.
+
+    A key is judged only if at least `min_queries` queries see it (the last few keys of a causal sequence
+    are seen by too few to tell). Per hit, a row (layer, head, position, token, metric `received_ratio`);
+    per sink token, its levels: `first_layer`, `last_layer`, `n_layers` (layers with a hit in any head),
+    `persistence` (the longest run of consecutive such layers) and `n_heads` (heads with a hit), at
+    layer = head = -1.
+    """
+    _need(trace, "received")
+    hits, levels = [], []
+    for b in range(trace.token_ids.shape[0]):
+        tokens = trace.real_tokens(b)
+        received = trace.sequence("received", b).double()  # [layer, head, n]
+        n = received.shape[-1]
+        flagged = np.zeros((trace.n_layers, trace.n_heads, n), dtype=bool)
+        for layer in range(trace.n_layers):
+            expected, seen_by = uniform_received(trace, layer, b)
+            judged = seen_by >= min_queries
+            judged[0] = False  # the first token is the initial sink, scored by sink_scores
+            r = received[layer] / expected
+            flagged[layer] = ((r > ratio) & judged).numpy()
+            for head, pos in zip(*np.nonzero(flagged[layer]), strict=True):
+                hits.append((layer, head, b, pos, tokens[pos], "received_ratio", float(r[head, pos])))
+        for pos in np.nonzero(flagged.any(axis=(0, 1)))[0]:
+            layers = flagged[:, :, pos].any(axis=1)
+            runs = np.diff(np.flatnonzero(np.diff(np.r_[0, layers.astype(int), 0])))[::2]
+            levels_of = {"first_layer": layers.argmax(), "last_layer": len(layers) - 1 - layers[::-1].argmax(),
+                         "n_layers": layers.sum(), "persistence": runs.max(), "n_heads": flagged[:, :, pos].sum()}
+            for metric, value in levels_of.items():
+                levels.append((LAYER_LEVEL, LAYER_LEVEL, b, pos, tokens[pos], metric, float(value)))
+    columns = ["layer", "head", "batch", "position", "token", "metric", "value"]
+    table = pd.DataFrame(hits + levels, columns=columns)
+    return Result("secondary_sinks", table, {}, {"ratio": ratio, "min_queries": min_queries})
+
+
+def massive_activations(trace: Trace, factor: float = 100.0) -> Result:
+    """Hidden-state entries whose magnitude exceeds `factor` x the median magnitude of their layer (Sun et al.).
+
+    Rows: layer (0 = the embeddings, l = the output of block l), position, token, dim, metric
+    `massive_activation` with value |h| and metric `massive_ratio` with |h| / median.
+    """
+    _need(trace, "hidden_states")
+    rows = []
+    for b in range(trace.token_ids.shape[0]):
+        tokens = trace.real_tokens(b)
+        hidden = trace.hidden_states[:, b][:, trace.attention_mask[b]].abs().double()  # [layer+1, n, d]
+        median = hidden.flatten(1).median(dim=1).values
+        for layer, pos, dim in torch.nonzero(hidden > factor * median[:, None, None]).tolist():
+            value = float(hidden[layer, pos, dim])
+            rows.append((layer, LAYER_LEVEL, b, pos, tokens[pos], dim, "massive_activation", value))
+            rows.append((layer, LAYER_LEVEL, b, pos, tokens[pos], dim, "massive_ratio", value / float(median[layer])))
+    table = pd.DataFrame(rows, columns=["layer", "head", "batch", "position", "token", "dim", "metric", "value"])
+    return Result("massive_activations", table, {}, {"factor": factor})
