@@ -1,0 +1,205 @@
+"""Each intervention against a brute-force version: edited weights, or attention weights read from an eager
+run and edited by hand; restore on error; composition."""
+
+import pytest
+import torch
+from tiny_models import build, token_ids, tokenizer
+
+import workbench
+from interventions import (
+    ablate,
+    attention_influence,
+    calibrate,
+    keep_only,
+    reinforce,
+    scale,
+    scale_initial,
+    search_scale,
+    soft_pag,
+)
+from interventions.zerotuning import answer_logprob
+from workbench.head_outputs import record_head_outputs
+
+DH, H, G = 8, 4, 2  # tiny llama: head_dim, query heads, query heads per kv head
+IDS = token_ids(2, 12, seed=5)
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def edited_weights(edits):
+    """A fresh tiny llama whose o_proj columns of each (layer, head) are multiplied by edits[(layer, head)]."""
+    model = build("llama")
+    with torch.no_grad():
+        for (layer, head), factor in edits.items():
+            model.model.layers[layer].self_attn.o_proj.weight[:, head * DH:(head + 1) * DH] *= factor
+    return model
+
+
+def eager_heads(ids, edit_rows=None):
+    """Head outputs [layer, B, L, H, Dh] from an eager run's attention weights, optionally edited per layer.
+
+    Each layer reads the plain run's hidden states, so an edit is reproduced exactly only in the layers up to
+    and including the first edited one; the tests edit one layer.
+    """
+    model = build("llama", "eager")
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+        result = []
+        for l, layer in enumerate(model.model.layers):
+            x = layer.input_layernorm(out.hidden_states[l])
+            v = layer.self_attn.v_proj(x).view(*ids.shape, -1, DH).transpose(1, 2).repeat_interleave(G, 1)
+            attn = out.attentions[l].double()
+            if edit_rows is not None:
+                attn = edit_rows(l, attn)
+            result.append((attn @ v.double()).transpose(1, 2))
+    return torch.stack(result).float(), v  # v of the last layer, for identity checks
+
+
+def test_zero_ablation_equals_zeroed_weights():
+    subject = workbench.load(build("llama"))
+    with ablate(subject, [(0, 1), (1, 3)]):
+        got = logits(subject.model)
+    torch.testing.assert_close(got, logits(edited_weights({(0, 1): 0.0, (1, 3): 0.0})), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(subject.model), logits(build("llama")))  # restored
+
+
+def test_scale_and_reinforce_equal_scaled_weights():
+    subject = workbench.load(build("llama"))
+    want = logits(edited_weights({(1, 2): 3.0}))
+    with scale(subject, [(1, 2)], 3.0):
+        torch.testing.assert_close(logits(subject.model), want, atol=1e-5, rtol=1e-5)
+    with reinforce(subject, [(1, 2)], 3.0):
+        torch.testing.assert_close(logits(subject.model), want, atol=1e-5, rtol=1e-5)
+
+
+def test_edits_compose():
+    subject = workbench.load(build("llama"))
+    with ablate(subject, [(0, 1)]), reinforce(subject, [(1, 2)], 2.0), scale(subject, [(1, 2)], 1.5):
+        got = logits(subject.model)
+    torch.testing.assert_close(got, logits(edited_weights({(0, 1): 0.0, (1, 2): 3.0})), atol=1e-5, rtol=1e-5)
+
+
+def test_mean_ablation_uses_the_reference_mean():
+    subject = workbench.load(build("llama"))
+    reference = token_ids(3, 10, seed=9)
+    heads, _ = eager_heads(reference)
+    mean = heads[0, :, :, 2].mean(dim=(0, 1))  # layer 0, head 2, over all reference tokens
+    with ablate(subject, [(0, 2)], mode="mean", reference=reference):
+        seen, _ = record_head_outputs(subject, IDS)
+    torch.testing.assert_close(seen[0, :, :, 2], mean.expand(2, 12, DH), atol=1e-5, rtol=1e-5)
+    unchanged, _ = record_head_outputs(subject, IDS)
+    torch.testing.assert_close(seen[0, :, :, :2], unchanged[0, :, :, :2])
+
+
+def test_resampling_an_input_with_itself_changes_nothing():
+    subject = workbench.load(build("llama"))
+    ids = IDS[:1]
+    with ablate(subject, [(0, 0), (1, 1)], mode="resample", reference=ids):
+        got = logits(subject.model, ids)
+    torch.testing.assert_close(got, logits(subject.model, ids), atol=1e-5, rtol=1e-5)
+    with pytest.raises(workbench.WorkbenchError, match="longer than the reference"):
+        with ablate(subject, [(0, 0)], mode="resample", reference=ids[:, :5]):
+            logits(subject.model, ids)
+
+
+def test_keep_only_ablates_the_rest():
+    subject = workbench.load(build("llama"))
+    with keep_only(subject, [(0, 0), (1, 2)]):
+        got = logits(subject.model)
+    rest = {(l, h): 0.0 for l in range(2) for h in range(4) if (l, h) not in [(0, 0), (1, 2)]}
+    torch.testing.assert_close(got, logits(edited_weights(rest)), atol=1e-5, rtol=1e-5)
+
+
+def test_every_edit_restores_the_model_on_error():
+    subject = workbench.load(build("llama"))
+    clean = logits(subject.model)
+    for edit in (ablate(subject, [(0, 1)]), reinforce(subject, [(0, 1)], 2.0), soft_pag(subject, [(0, 1)], 0.5),
+                 scale_initial(subject, {(0, 1): 2.0})):
+        with pytest.raises(RuntimeError, match="boom"), edit:
+            raise RuntimeError("boom")
+    assert subject.model.config._attn_implementation == "sdpa"
+    assert all(not proj._forward_pre_hooks for proj in subject.adapter.out_projections)
+    torch.testing.assert_close(logits(subject.model), clean)
+
+
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+def test_soft_pag_interpolates_toward_the_identity(strength):
+    subject = workbench.load(build("llama"))
+    with soft_pag(subject, [(1, 3)], strength):
+        seen, _ = record_head_outputs(subject, IDS)
+    plain, v = eager_heads(IDS)
+    want = (1 - strength) * plain[1, :, :, 3] + strength * v[:, 3].float()
+    torch.testing.assert_close(seen[1, :, :, 3], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen[0], plain[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(workbench.WorkbenchError, match="strength 1.5"):
+        with soft_pag(subject, [(1, 3)], 1.5):
+            pass
+
+
+def test_scale_initial_reweights_the_first_token():
+    subject = workbench.load(build("llama"))
+    with scale_initial(subject, {(1, 1): 3.0, (1, 0): 0.5}):
+        seen, _ = record_head_outputs(subject, IDS)
+
+    def reweight(layer, attn):
+        attn = attn.clone()
+        if layer == 1:
+            attn[:, 1, :, 0] *= 3.0
+            attn[:, 0, :, 0] *= 0.5
+        return attn / attn.sum(-1, keepdim=True)
+
+    want, _ = eager_heads(IDS, reweight)
+    torch.testing.assert_close(seen, want, atol=1e-5, rtol=1e-5)
+
+
+def test_calibrate_scales_the_sinks_it_finds():
+    subject = workbench.load(build("llama"))
+    with calibrate(subject, IDS, heads=[(0, h) for h in range(4)], beta=0.4, ratio=1.2) as sinks:
+        seen, _ = record_head_outputs(subject, IDS)
+    assert sinks == {(0, 3): [8]}  # a random model has weak sinks: found at 1.2x the uniform share
+
+    def reweight(layer, attn):
+        attn = attn.clone()
+        for (l, h), positions in sinks.items():
+            if l == layer:
+                attn[:, h, :, positions] *= 0.4
+        return attn / attn.sum(-1, keepdim=True)
+
+    want, _ = eager_heads(IDS, reweight)
+    torch.testing.assert_close(seen[0], want[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(seen[0, :, :, 3], eager_heads(IDS)[0][0, :, :, 3], atol=1e-4)
+
+
+def test_attention_influence_is_the_loss_difference():
+    subject = workbench.load(build("llama"), tokenizer=tokenizer())
+    docs = ["The keeper wound the clockwork.", "Two ships passing north in a light swell."]
+    result = attention_influence(subject, docs, [(1, 0), (1, 1)])
+
+    def loss(model, text):
+        ids = subject.encode(text)["input_ids"]
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=ids)
+        return float(out.loss)
+
+    masked = edited_weights({(1, 0): 0.0, (1, 1): 0.0})
+    for i, doc in enumerate(docs):
+        assert result.arrays["loss"][i] == pytest.approx(loss(build("llama"), doc), rel=1e-5)
+        assert result.arrays["influence"][i] == pytest.approx(loss(masked, doc) - loss(build("llama"), doc),
+                                                             abs=1e-5)
+
+
+def test_search_scale_scores_each_candidate():
+    subject = workbench.load(build("llama"), tokenizer=tokenizer())
+    examples = [("The secret code is", " 12"), ("wind from the", " west")]
+    best, table = search_scale(subject, examples, heads=[(0, 0), (1, 1)], candidates=(0.5, 1.0, 2.0))
+    plain = [answer_logprob(subject, p, a) for p, a in examples]
+    assert table.set_index("scale").loc[1.0, "logprob"] == pytest.approx(sum(lp for lp, _ in plain) / 2)
+    assert best == table.loc[table.logprob.idxmax(), "scale"] and len(table) == 3
+    ids = subject.encode("The secret code is")["input_ids"][0].tolist()
+    ids += tokenizer().encode(" 12", add_special_tokens=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(subject.model(input_ids=torch.tensor([ids])).logits[0, -2], -1)
+    assert plain[0][0] == pytest.approx(float(logp[ids[-1]]), rel=1e-6)
