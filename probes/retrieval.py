@@ -44,7 +44,8 @@ def copy_paste_hits(
         out = subject.model(input_ids=ids, use_cache=True)
         for _ in case.answer:
             token = int(out.logits[0, -1].argmax())
-            argmax = torch.stack([cap.records[layer]["argmax_key"][0, :, -1] for layer in range(adapter.n_layers)])
+            argmax = torch.stack([cap.records[layer]["argmax_key"][0, :, -1]
+                                  for layer in range(adapter.n_layers)]).cpu()
             inside = (argmax >= start) & (argmax < stop)
             copies = torch.tensor(case.ids)[argmax.clamp(0, len(case.ids) - 1)] == token
             hits += (inside & copies).numpy()

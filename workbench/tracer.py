@@ -45,13 +45,16 @@ class Capture:
     pattern_records: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
     def keep(self, layer: int, stats: dict[str, torch.Tensor], pattern_of) -> None:
-        """File this capture's share of one attention call's statistics, and its patterns, under `layer`."""
-        self.records[layer] = {name: stats[name].detach().cpu() for name in self.stats}
+        """File this capture's share of one attention call's statistics, and its patterns, under `layer`.
+
+        They stay on the model's device (no synchronization per layer); `trace` moves them to the host once.
+        """
+        self.records[layer] = {name: stats[name].detach() for name in self.stats}
         heads = self.patterns.get(layer)
         if heads:
             pattern = pattern_of(heads, self.pattern_window)
             for i, head in enumerate(heads):
-                self.pattern_records[(layer, head)] = pattern[:, i].cpu()
+                self.pattern_records[(layer, head)] = pattern[:, i]
 
 
 _ACTIVE: list[Capture] = []
@@ -188,7 +191,7 @@ def trace(
     if missing:
         raise WorkbenchError(f"layers {missing} did not go through the workbench attention")
     layers = range(subject.adapter.n_layers)
-    tensors = {name: torch.stack([cap.records[i][name] for i in layers]) for name in cap.stats}
+    tensors = {name: torch.stack([cap.records[i][name] for i in layers]).cpu() for name in cap.stats}
     hidden = torch.stack([h.detach().float().cpu() for h in out.hidden_states]) if hidden_states else None
     return Trace(
         model_id=subject.name,
@@ -198,7 +201,7 @@ def trace(
         tokens=subject.token_strings(enc["input_ids"]),
         stats=tensors,
         hidden_states=hidden,
-        patterns=dict(cap.pattern_records),
+        patterns={head: p.cpu() for head, p in cap.pattern_records.items()},
         pattern_window=pattern_window or ((0, length) if patterns else None),
         options={"sink_keys": list(sink_keys), "distance_cap": distance_cap,
                  "backend": kernels.resolve_backend(subject.device, backend)},

@@ -1,0 +1,230 @@
+"""Speed and memory of attention with statistics on a GPU, against PyTorch SDPA (flash) and eager attention.
+
+Kernel level (batch 1, 32 heads, head_dim 128, causal, bf16), for each context length, median time
+(CUDA events, warm-up and autotuning excluded) and peak extra memory of:
+  (a) sdpa_flash      torch SDPA forced onto its flash backend
+  (b) ours_plain      our kernel, no statistics
+  (c) ours_stats      our kernel, the one-pass statistics (lse, entropy, sink mass, max prob, argmax, distance)
+  (d) ours_received   (c) plus the second, dK-style pass for `received`
+  (e) eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
+Model level: a random-init Llama-shaped model (about 1.1B parameters) in bf16, its plain sdpa forward against
+`workbench.capture` with our kernel and no statistics, with the one-pass statistics, and with every statistic
+(`received` too) moved to host memory at the end, as `workbench.trace` does.
+
+Usage: python benchmarks/attention_stats.py [--lengths 2048,4096,...] [--model-lengths 1024,...] [--out DIR]
+Writes attention_stats_{kernel,model}_<gpu>.json and .md into --out (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kernels import ALL_STATS, QUERY_STATS
+from kernels.triton_attention import attention
+
+DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
+
+
+def measure(fn, budget_ms: float = 1000.0) -> dict:
+    """Median ms and peak extra memory (GiB) of fn(); {'error': 'OOM'} when it runs out of memory.
+
+    The first call compiles and autotunes and is not timed; the peak is read on the second call; then
+    3 to 50 further calls (about `budget_ms` in all) are timed one by one with CUDA events.
+    """
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    try:
+        fn()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        first = timed(fn)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+        times = [first] + [timed(fn) for _ in range(max(2, min(49, int(budget_ms / max(first, 1e-3)))))]
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"error": "OOM"}
+    return {"ms": statistics.median(times), "peak_gib": peak, "runs": len(times)}
+
+
+def timed(fn) -> float:
+    """Milliseconds of one call of fn, between CUDA events."""
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end)
+
+
+def eager_entropy(q, k, v):
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    s = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    L = q.shape[2]
+    s.masked_fill_(torch.ones(L, L, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    p = torch.softmax(s, -1)
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    return p.to(v.dtype) @ v, entropy
+
+
+def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int]) -> dict:
+    """Time and memory of every variant at context length L, for (query heads, kv heads, head_dim) `shape`."""
+    heads, kv_heads, head_dim = shape
+    g = torch.Generator(device="cuda").manual_seed(L)
+    q, k, v = (torch.randn(1, h, L, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+               for h in (heads, kv_heads, kv_heads))
+    flops = 2 * heads * L * L * head_dim  # causal: half of the 4 L^2 D of QK^T and PV
+
+    def flash():
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
+
+    cases = {
+        "sdpa_flash": flash,
+        "ours_plain": lambda: attention(q, k, v),
+        "ours_stats": lambda: attention(q, k, v, stats=QUERY_STATS, distance_cap=128),
+        "ours_received": lambda: attention(q, k, v, stats=ALL_STATS, distance_cap=128),
+    }
+    if with_eager:
+        cases["eager_entropy"] = lambda: eager_entropy(q, k, v)
+    row = {"L": L}
+    for name, fn in cases.items():
+        row[name] = measure(fn)
+        if "ms" in row[name]:
+            row[name]["tflops"] = flops / row[name]["ms"] / 1e9
+    row.setdefault("eager_entropy", {"error": "OOM at a shorter length"})
+    if "ms" in row["sdpa_flash"]:
+        for name in ("ours_plain", "ours_stats", "ours_received", "eager_entropy"):
+            if "ms" in row[name]:
+                row[name]["vs_flash"] = row[name]["ms"] / row["sdpa_flash"]["ms"]
+    return row
+
+
+def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE) -> list[dict]:
+    rows, with_eager = [], True
+    for L in lengths:
+        rows.append({**kernel_row(L, with_eager, shape), "shape": list(shape)})
+        with_eager = with_eager and "ms" in rows[-1]["eager_entropy"]
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def model_level(lengths: list[int]) -> list[dict]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import workbench
+
+    config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=32000, max_position_embeddings=131072,
+                         attn_implementation="sdpa")
+    with torch.device("cuda"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    subject = workbench.load(model)
+    params = sum(p.numel() for p in model.parameters())
+    rows = []
+    for L in lengths:
+        rows.append(model_row(subject, L, params))
+        print(json.dumps(rows[-1]), flush=True)
+        if "error" in rows[-1]["trace_all_stats"]:
+            break
+    return rows
+
+
+def model_row(subject, L: int, params: int) -> dict:
+    """Plain sdpa forward against captures of no, the one-pass and all statistics, at context length L."""
+    import workbench
+
+    model = subject.model
+    ids = torch.randint(0, model.config.vocab_size, (1, L), device="cuda")
+
+    def run(stats=None):
+        def forward():
+            with torch.no_grad():
+                if stats is None:
+                    return model(input_ids=ids, logits_to_keep=1, use_cache=False).logits
+                with workbench.capture(subject, stats=stats, distance_cap=128) as cap:
+                    model(input_ids=ids, logits_to_keep=1, use_cache=False)
+                return [t.cpu() for layer in cap.records.values() for t in layer.values()]
+        return forward
+
+    row = {"L": L, "params": params, "plain_sdpa": measure(run())}
+    for name, stats in (("ours_no_stats", ()), ("ours_query_stats", QUERY_STATS), ("trace_all_stats", ALL_STATS)):
+        row[name] = measure(run(stats))
+        if "ms" in row["plain_sdpa"] and "ms" in row[name]:
+            row[name]["vs_plain"] = row[name]["ms"] / row["plain_sdpa"]["ms"]
+    return row
+
+
+def cell(entry: dict, ratio: str | None = None) -> str:
+    if "error" in entry:
+        return entry["error"]
+    text = f"{entry['ms']:.2f} ms, {entry['peak_gib']:.2f} GiB"
+    return text + (f" ({entry[ratio]:.2f}x)" if ratio and ratio in entry else "")
+
+
+def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict]) -> str:
+    lines = [f"# Attention with statistics on {gpu}", ""]
+    if kernel_rows:
+        heads, kv_heads, head_dim = kernel_rows[0]["shape"]
+        lines += [f"Kernel level: batch 1, {heads} query heads, {kv_heads} key-value heads, head_dim {head_dim}, "
+                  "causal, bf16; median time, peak extra memory, (ratio to SDPA flash).", "",
+                  "| L | (a) SDPA flash | (b) ours, no stats | (c) ours, one-pass stats | (d) ours + received | "
+                  "(e) eager softmax + entropy |", "|---|---|---|---|---|---|"]
+    for r in kernel_rows:
+        lines.append(f"| {r['L']} | {cell(r['sdpa_flash'])} | {cell(r['ours_plain'], 'vs_flash')} | "
+                     f"{cell(r['ours_stats'], 'vs_flash')} | {cell(r['ours_received'], 'vs_flash')} | "
+                     f"{cell(r['eager_entropy'], 'vs_flash')} |")
+    if model_rows:
+        lines += [f"Model level: random-init Llama-shaped model, {model_rows[0]['params'] / 1e9:.2f}B parameters, "
+                  "bf16, batch 1; median time, peak extra memory, (ratio to the plain forward).", "",
+                  "| L | plain sdpa forward | ours, no statistics | ours, one-pass statistics | "
+                  "all statistics, to host (trace) |", "|---|---|---|---|---|"]
+        for r in model_rows:
+            lines.append(f"| {r['L']} | {cell(r['plain_sdpa'])} | {cell(r['ours_no_stats'], 'vs_plain')} | "
+                         f"{cell(r['ours_query_stats'], 'vs_plain')} | {cell(r['trace_all_stats'], 'vs_plain')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="2048,4096,8192,16384,32768,65536,131072",
+                        help="kernel-level context lengths (empty: skip the kernel level)")
+    parser.add_argument("--model-lengths", default="1024,4096,16384,32768,65536,131072",
+                        help="model-level context lengths (empty: skip the model level)")
+    parser.add_argument("--shape", default="32,32,128", help="kernel level: query heads, kv heads, head_dim")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    shape = tuple(int(x) for x in args.shape.split(","))
+    gpu = torch.cuda.get_device_name()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = (("kernel", args.lengths, lambda ls: kernel_level(ls, shape)), ("model", args.model_lengths, model_level))
+    for part, lengths, run in parts:
+        if not lengths:
+            continue
+        start = time.time()
+        rows = run([int(x) for x in lengths.split(",")])
+        if part == "kernel" and shape != DEFAULT_SHAPE:
+            part = "kernel_" + "-".join(map(str, shape))
+        meta = {"gpu": gpu, "torch": torch.__version__, "seconds": math.ceil(time.time() - start)}
+        (out / f"attention_stats_{part}_{slug}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+        table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part == "model" else [])
+        (out / f"attention_stats_{part}_{slug}.md").write_text(table)
+        print(table, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Launch the fused Triton kernels: `attention(...)` with the arguments and results of `kernels.reference`.
+
+On CUDA the block sizes are autotuned over a small Hopper-minded space (WORKBENCH_TRITON_AUTOTUNE=0 fixes
+one configuration, for tests); under TRITON_INTERPRET=1 (CPU tests) one small fixed configuration runs.
+fp16 / bf16 / fp32 inputs, fp32 accumulation; fp32 inputs use IEEE products (no TF32), so the kernel can be
+held to the fp32 reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import torch
+import triton
+
+from kernels.contract import HeadEdits, check_stats
+from kernels.triton_forward import _received, _stats_forward
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = not INTERPRET and os.environ.get("WORKBENCH_TRITON_AUTOTUNE", "1") == "1"
+_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)]
+]
+_KEY = ["lq", "lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "PADDED"]
+_RECEIVED_KEY = ["lq", "lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED"]
+
+if AUTOTUNE:
+    _forward = triton.autotune(_CONFIGS, key=_KEY)(_stats_forward)
+    _received_pass = triton.autotune(_CONFIGS, key=_RECEIVED_KEY)(_received)
+else:  # the interpreter, and GPU tests that would otherwise compile every configuration of every case
+    _forward, _received_pass = _stats_forward, _received
+
+
+@functools.cache
+def _on_device(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A small int32 tensor made once per device (no host-to-device copy on every attention call)."""
+    return torch.tensor(values, device=device, dtype=torch.int32)
+
+
+def _fixed_blocks() -> dict:
+    if AUTOTUNE:
+        return {}
+    return {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4,
+                                                                "num_stages": 2}
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
+    key_padding: torch.Tensor | None = None,
+    stats: Sequence[str] = (),
+    sink_keys: Sequence[int] = (0,),
+    distance_cap: int | None = None,
+    edits: HeadEdits | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Fused attention with statistics; same contract, shapes and dtypes as `kernels.reference.attention`."""
+    stats = check_stats(stats)
+    edits = edits or HeadEdits()
+    batch, n_heads, lq, head_dim = q.shape
+    kv_heads, lk = k.shape[1], k.shape[2]
+    if n_heads % kv_heads:
+        raise ValueError(f"{n_heads} query heads are not a multiple of {kv_heads} key-value heads")
+    if lq > lk:
+        raise ValueError(f"more queries ({lq}) than keys ({lk}): queries must be the last Lq positions of the keys")
+    if v.shape[-1] != head_dim:
+        raise ValueError(f"value head_dim {v.shape[-1]} differs from query head_dim {head_dim}")
+    edits.check(n_heads)
+    device = q.device
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if key_padding is not None and key_padding.shape != (batch, lk):
+        raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
+    padded = key_padding is not None and not bool(key_padding.all())
+    if padded:
+        valid = key_padding.to(device=device, dtype=torch.int8).contiguous()
+        start = torch.where(valid.any(-1), valid.argmax(-1), lk).to(torch.int32)
+    else:
+        valid = torch.empty(1, dtype=torch.int8, device=device)
+        start = torch.zeros(batch, dtype=torch.int32, device=device)
+    f32 = dict(device=device, dtype=torch.float32)
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, n_heads, lq, **f32)
+    want_max = "max_prob" in stats or "argmax_key" in stats
+    res = {name: torch.empty(batch, n_heads, lq, **f32) for name in ("entropy", "sink_mass", "window_distance")
+           if name in stats}
+    if want_max:
+        res["max_prob"] = torch.empty(batch, n_heads, lq, **f32)
+        res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
+    dummy = torch.empty(1, **f32)
+    sinks = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
+    n_bias = 0 if edits.key_bias is None else edits.bias_keys.numel()
+    key_bias = dummy if edits.key_bias is None else edits.key_bias.to(**f32).contiguous()
+    bias_keys = dummy if edits.bias_keys is None else edits.bias_keys.to(device=device, dtype=torch.int32)
+    temperature = dummy if edits.temperature is None else edits.temperature.to(**f32).contiguous()
+    gate = dummy if edits.gate is None else edits.gate.to(**f32).contiguous()
+    mix = dummy if edits.identity_mix is None else edits.identity_mix.to(**f32).contiguous()
+    flags = dict(
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), CAUSAL=causal,
+        WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
+        TEMPERATURE=edits.temperature is not None, N_BIAS=n_bias,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    scalars = dict(n_heads=n_heads, group=n_heads // kv_heads, lq=lq, lk=lk,
+                   scale=head_dim ** -0.5 if scale is None else float(scale),
+                   softcap=float(softcap or 1.0), window=int(window or 0))
+
+    def grid(meta):
+        return triton.cdiv(lq, meta["BLOCK_M"]), batch * n_heads
+
+    _forward[grid](
+        q, k, v, out, valid, start, sinks, temperature, key_bias, bias_keys, gate, mix,
+        lse, res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
+        res.get("argmax_key", dummy), res.get("window_distance", dummy),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
+        N_SINK=max(1, len(sink_keys)), ENTROPY="entropy" in stats, SINK="sink_mass" in stats,
+        MAX=want_max, DISTANCE="window_distance" in stats,
+        CAP=distance_cap is not None, **scalars, **flags, **_fixed_blocks(),
+    )
+    res["lse"] = lse
+    if "received" in stats:
+        received = torch.empty(batch, n_heads, lk, **f32)
+
+        def key_grid(meta):
+            return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads
+
+        _received_pass[key_grid](
+            q, k, valid, start, temperature, key_bias, bias_keys, lse, received,
+            *q.stride()[:3], *k.stride()[:3], **scalars, **flags, **_fixed_blocks(),
+        )
+        res["received"] = received
+    return out, {name: res[name] for name in stats}
