@@ -5,6 +5,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton reads this once, when first imported (possibly by another package during collection): the kernels
+# run in Triton's CPU interpreter unless WORKBENCH_GPU_TESTS asks for the GPU.
+os.environ.setdefault("TRITON_INTERPRET", "0" if os.environ.get("WORKBENCH_GPU_TESTS") else "1")
 
 import pytest  # noqa: E402
 
