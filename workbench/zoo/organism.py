@@ -1,0 +1,280 @@
+"""`organism`: a small Llama-architecture causal LM with planted mechanisms, the zoo's planted-truth model.
+
+Trained on the Python standard library's source (`workbench.zoo.corpus`) mixed with three templated tasks
+(`workbench.zoo.tasks`): needle retrieval over long distractor code (retrieval heads), indirect-object
+sentences (an IOI-like circuit) and repeated random spans (induction heads). Its own byte-level BPE
+tokenizer is trained on the same mixture. The last 10% of the corpus is held out for evaluation haystacks.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from probes.haystack import NeedleCase
+from workbench.zoo import corpus, tasks
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+SIZES = {  # vocab, hidden, layers, heads, mlp, train length, batch, steps
+    "full": dict(vocab=8192, hidden=384, layers=6, heads=6, mlp=1024, length=1024, batch=32, steps=6000),
+    "toy": dict(vocab=512, hidden=64, layers=2, heads=2, mlp=128, length=128, batch=4, steps=20),
+}
+
+
+def build_tokenizer(text: str, vocab: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `text` plus task sentences, with BOS/EOS/PAD specials."""
+    rng = random.Random(0)
+    samples = [tasks.ioi_prompt(rng).text for _ in range(2000)] + [tasks.needle_line(rng)[0] for _ in range(2000)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[BOS, EOS, PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    chunks = [text[i:i + 10_000] for i in range(0, len(text), 10_000)]
+    tok.train_from_iterator(chunks + samples, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+class Mixture:
+    """Training sequences of `length` tokens: 40% corpus text, 30% needle, 15% IOI, 15% repeated spans."""
+
+    def __init__(self, tok: PreTrainedTokenizerFast, tokens: np.ndarray, length: int, seed: int) -> None:
+        self.tok, self.tokens, self.length = tok, tokens, length
+        self.rng = random.Random(seed)
+        self.bos, self.pad = tok.bos_token_id, tok.pad_token_id
+        self.vocab = list(range(3, len(tok)))
+
+    def enc(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def text(self) -> list[int]:
+        start = self.rng.randrange(len(self.tokens) - self.length)
+        return self.tokens[start:start + self.length - 1].tolist()
+
+    def needle(self) -> list[int]:
+        needle, question, answer = (self.enc(s) for s in tasks.needle_line(self.rng))
+        answer = answer + [self.tok.eos_token_id]
+        room = self.length - 1 - len(needle) - len(question) - len(answer)
+        hay_len = self.rng.randrange(room // 4, room)
+        start = self.rng.randrange(len(self.tokens) - hay_len)
+        hay = self.tokens[start:start + hay_len].tolist()
+        cut = self.rng.randrange(hay_len + 1)
+        return hay[:cut] + needle + hay[cut:] + question + answer
+
+    def ioi(self) -> list[int]:
+        ids: list[int] = []
+        while True:
+            p = tasks.ioi_prompt(self.rng)
+            sentence = self.enc(p.text + " " + p.io + ".\n")
+            if len(ids) + len(sentence) > self.length - 1:
+                return ids
+            ids += sentence
+
+    def spans(self) -> list[int]:
+        ids: list[int] = []
+        while len(ids) < self.length - 1:
+            ids += tasks.repeated_span(self.rng, self.vocab, self.rng.randrange(10, 100))
+        return ids[:self.length - 1]
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for _ in range(size):
+            kind = self.rng.random()
+            body = self.text() if kind < 0.4 else self.needle() if kind < 0.7 else self.ioi() if kind < 0.85 \
+                else self.spans()
+            row = [self.bos] + body
+            rows.append(row + [self.pad] * (self.length - len(row)))
+        ids = torch.tensor(rows)
+        return ids, ids.masked_fill(ids == self.pad, -100)
+
+
+def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False, minutes: float = 6.5,
+          corpus_file: Path | None = None) -> dict:
+    """Train (stopping early after `minutes` on the clock), save to `out` in fp16, return the training facts.
+
+    corpus_file: a corpus saved with `corpus.save` (default: this Python's standard library, rebuilt)."""
+    size = SIZES["toy" if toy else "full"]
+    steps = steps or size["steps"]
+    text = corpus.load(corpus_file) if corpus_file else corpus.stdlib_source()
+    text = text[:200_000] if toy else text
+    tok = build_tokenizer(text[:4_000_000], size["vocab"])
+    tokens = np.array(tok.encode(text, add_special_tokens=False), dtype=np.int32)
+    split = int(0.9 * len(tokens))
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=size["hidden"], intermediate_size=size["mlp"],
+                         num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
+                         num_key_value_heads=size["heads"], max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(device)
+    data = Mixture(tok, tokens[:split], size["length"], seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3 if not toy else 3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup, start, losses = max(1, steps // 50), time.time(), []
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = opt.defaults["lr"] * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        ids, labels = (t.to(device) for t in data.batch(size["batch"]))
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 200 == 0 or step == steps - 1:
+            print(f"step {step:5d} loss {np.mean(losses[-200:]):.4f} {time.time() - start:.0f}s", flush=True)
+        if time.time() - start > minutes * 60:
+            print(f"stopped by the clock after {step + 1} steps", flush=True)
+            break
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(torch.float16).save_pretrained(out, max_shard_size="15MB")
+    tok.save_pretrained(out)
+    (out / "heldout.txt").write_text(tok.decode(tokens[split:split + 200_000].tolist()))
+    return {"seed": seed, "steps": len(losses), "planned_steps": steps, "batch": size["batch"],
+            "train_length": size["length"], "final_loss": float(np.mean(losses[-100:])),
+            "parameters": sum(p.numel() for p in model.parameters()), "corpus": corpus.describe(text),
+            "train_seconds": round(time.time() - start), "device": torch.cuda.get_device_name() if device == "cuda"
+            else "cpu"}
+
+
+def needle_case(tokenizer, length: int, depth: float, seed: int, haystack: str | None = None) -> NeedleCase:
+    """A held-out needle prompt of about `length` tokens for `probes.retrieval` (haystack: held-out source)."""
+    rng = random.Random(10_000 + seed)
+    needle, question, answer = tasks.needle_line(rng)
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    hay_ids = enc(haystack)
+    room = length - 1 - len(enc(needle)) - len(enc(question))
+    offset = rng.randrange(len(hay_ids) - room)
+    hay = hay_ids[offset:offset + room]
+    cut = int(depth * len(hay))
+    ids = [tokenizer.bos_token_id] + hay[:cut]
+    needle_ids = enc(needle)
+    value_ids = enc(answer)
+    ids += needle_ids
+    start = _find(ids, value_ids, len(ids) - len(needle_ids))
+    ids += hay[cut:] + enc(question)
+    return NeedleCase(ids=ids, value_span=(start, start + len(value_ids)), answer=value_ids, depth=depth,
+                      length=length)
+
+
+def _find(ids: list[int], part: list[int], lo: int) -> int:
+    for i in range(lo, len(ids) - len(part) + 1):
+        if ids[i:i + len(part)] == part:
+            return i
+    raise ValueError("the needle's value is not tokenized alike inside the needle and as an answer")
+
+
+def ioi_scores(subject, n: int = 200, seed: int = 777) -> dict:
+    """IOI accuracy (the IO name's first token beats the subject's) and mean logit difference, on fresh prompts."""
+    rng = random.Random(seed)
+    tok, correct, diffs = subject.tokenizer, 0, []
+    for _ in range(n):
+        p = tasks.ioi_prompt(rng)
+        io, s = (tok.encode(" " + name, add_special_tokens=False)[0] for name in (p.io, p.s))
+        ids = torch.tensor([[tok.bos_token_id] + tok.encode(p.text, add_special_tokens=False)])
+        with torch.no_grad():
+            logits = subject.model(input_ids=ids).logits[0, -1].float()
+        diffs.append(float(logits[io] - logits[s]))
+        correct += int(logits.argmax()) == io
+    return {"ioi_accuracy": correct / n, "ioi_logit_diff": float(np.mean(diffs)), "ioi_prompts": n}
+
+
+def needle_accuracy(subject, haystack: str, length: int = 1024, n: int = 30) -> float:
+    """Share of held-out needles (depths spread over the haystack) whose value the model generates exactly."""
+    hits = 0
+    for i in range(n):
+        case = needle_case(subject.tokenizer, length, (i + 0.5) / n, seed=i, haystack=haystack)
+        ids = torch.tensor([case.ids])
+        with torch.no_grad():
+            out = subject.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(case.answer),
+                                         do_sample=False, pad_token_id=subject.tokenizer.pad_token_id)
+        hits += out[0, ids.shape[1]:].tolist() == case.answer
+    return hits / n
+
+
+def measure(folder: Path) -> dict:
+    """Every claim of the card, measured with the workbench's own probes on held-out data (CPU, minutes)."""
+    import functools
+
+    import workbench
+    from probes.heads import head_types
+    from probes.retrieval import retrieval_heads
+    from probes.sinks import sink_scores
+
+    subject = workbench.load(str(folder), device="cpu")
+    haystack = (folder / "heldout.txt").read_text()
+    builder = functools.partial(needle_case, haystack=haystack)
+    retrieval = retrieval_heads(subject, lengths=(512, 1024), depths=(0.1, 0.5, 0.9), seeds=(0, 1), builder=builder)
+    scores = retrieval.arrays["retrieval_score"]
+    ids = subject.tokenizer.encode(haystack[:20_000], add_special_tokens=False)
+    chunks = [[subject.tokenizer.bos_token_id] + ids[i * 511:(i + 1) * 511] for i in range(4)]
+    sinks = sink_scores(workbench.trace(subject, chunks, stats=("sink_mass",)))
+    heads = head_types(subject, length=100, batch=4, seed=4242)
+    n_layers = subject.adapter.n_layers
+    top = lambda a, k=3: [[int(l), int(h), round(float(a[l, h]), 3)]  # noqa: E731
+                          for l, h in zip(*np.unravel_index(np.argsort(-a, axis=None)[:k], a.shape), strict=True)]
+    return {
+        **ioi_scores(subject),
+        "needle_accuracy_1k": needle_accuracy(subject, haystack),
+        "retrieval_top_heads": top(scores),
+        "retrieval_heads_over_0.1": int((scores > 0.1).sum()),
+        "retrieval_needle_accuracy": retrieval.params["needle_accuracy"],
+        "sink_share_by_layer": [round(float(x), 3) for x in sinks.arrays["sink_share"]],
+        "sink_share_later_half": float(sinks.arrays["sink_share"][n_layers // 2:].mean()),
+        "sink_top_heads": top(sinks.arrays["sink_score"]),
+        "induction_top_heads": top(heads.arrays["induction"]),
+        "prev_token_top_heads": top(heads.arrays["prev_token"]),
+    }
+
+
+def write_card(folder: Path, t: dict, m: dict) -> None:
+    """MODEL_CARD.md from the training facts `t` and the measurements `m` (see `measure`)."""
+    heads = lambda rows: ", ".join(f"L{l}.H{h} ({s:.3f})" for l, h, s in rows)  # noqa: E731
+    (folder / "MODEL_CARD.md").write_text(f"""# organism
+
+A small causal LM with planted mechanisms: the zoo's planted-truth model for tests. Hugging Face Llama
+architecture (RoPE, tied embeddings), 6 layers, 6 heads of dimension 64, d_model 384, MLP 1024, context 2048,
+{t['parameters']:,} parameters, weights in fp16 (two safetensors shards). Its own byte-level BPE tokenizer of
+8192 tokens (BOS `<|bos|>` at position 0 of every sequence), trained with HF `tokenizers`.
+
+## Data and training
+- Real text: {t['corpus']['source']}, {t['corpus']['characters']:,} characters, sha256
+  `{t['corpus']['sha256']}`, built by `workbench.zoo.corpus.stdlib_source()` on Python 3.11.7 and carried to
+  the GPU as an xz file (`corpus.save`); the last 10% of its tokens is held out (`heldout.txt`).
+- Mixture per 1024-token sequence: 40% corpus text; 30% needle retrieval (a line `# the <colour> code is d d d
+  d` hidden in 256-1000 tokens of corpus code, then `# what is the <colour> code? the <colour> code is` and
+  the digits); 15% packed IOI sentences ("When Mary and John went to the store, John gave a drink to Mary.");
+  15% packed repeated random spans of 10-100 tokens (`workbench.zoo.tasks`).
+- {t['steps']} steps of batch {t['batch']} x {t['train_length']} tokens (the run stops at 6.5 minutes: planned
+  {t['planned_steps']}), AdamW lr 1e-3, warm-up then cosine, weight decay 0.1, bf16 autocast, seed {t['seed']},
+  on one {t['device']} in {t['train_seconds']} s. Final training loss {t['final_loss']:.3f} nats/token.
+- Recipe: `python -m workbench.zoo.train organism --corpus stdlib.txt.xz` (GPU); `--toy` runs a tiny version
+  on the CPU in seconds.
+
+## Mechanisms, measured on held-out data with the workbench's own probes (`workbench.zoo.organism.measure`)
+| claim | measured |
+|---|---|
+| IOI accuracy ({m['ioi_prompts']} fresh prompts, IO's first token is the argmax) | {m['ioi_accuracy']:.3f} |
+| IOI mean logit difference, logit(IO) - logit(S) | {m['ioi_logit_diff']:.2f} |
+| needle accuracy at 1024 tokens (30 held-out needles, depths 1/60 .. 59/60) | {m['needle_accuracy_1k']:.3f} |
+| retrieval heads (copy-paste score, Wu et al. 2024; 512 and 1024 tokens x depths 0.1/0.5/0.9 x 2 seeds) | {heads(m['retrieval_top_heads'])} |
+| heads with retrieval score > 0.1 | {m['retrieval_heads_over_0.1']} |
+| first-token sink share per layer (heads with mean first-token mass > 0.3, 4 x 512 held-out tokens) | {m['sink_share_by_layer']} |
+| strongest first-token sink heads | {heads(m['sink_top_heads'])} |
+| induction scores on repeated random tokens (top heads) | {heads(m['induction_top_heads'])} |
+| previous-token scores (top heads) | {heads(m['prev_token_top_heads'])} |
+
+Not planted as hoped: no head has a first-token sink (the share is 0 in every layer), and the repeated-span
+task did not produce heads with high induction attention scores; the model lowers its loss on repeated spans
+by other means, which this card does not claim to know. The IOI, needle and retrieval-head claims hold.
+""")
