@@ -38,6 +38,19 @@ def check_stats(stats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return stats
 
 
+def check_shapes(q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor | None = None) -> None:
+    """Raise ValueError naming the mismatch: query heads not a multiple of key-value heads (GQA), more
+    queries than keys, or a key_padding that is not [batch, keys]."""
+    batch, n_heads, lq = q.shape[:3]
+    kv_heads, lk = k.shape[1], k.shape[2]
+    if n_heads % kv_heads:
+        raise ValueError(f"{n_heads} query heads are not a multiple of {kv_heads} key-value heads")
+    if lq > lk:
+        raise ValueError(f"more queries ({lq}) than keys ({lk}): queries must be the last Lq positions of the keys")
+    if key_padding is not None and tuple(key_padding.shape) != (batch, lk):
+        raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
+
+
 @dataclass(frozen=True)
 class HeadEdits:
     """Per-head edits that an attention backend applies inside its pass; each field `None` is the identity.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.contract import HeadEdits, check_stats
+from kernels.contract import HeadEdits, check_shapes, check_stats
 
 CHUNK_ELEMENTS = 1 << 24  # score elements per chunk: 64 MiB in float32
 
@@ -44,17 +44,12 @@ class _Layout:
 
 
 def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits) -> _Layout:
+    check_shapes(q, k, key_padding)
     batch, n_q_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
-    if n_q_heads % kv_heads:
-        raise ValueError(f"{n_q_heads} query heads are not a multiple of {kv_heads} key-value heads")
-    if lq > lk:
-        raise ValueError(f"more queries ({lq}) than keys ({lk}): queries must be the last Lq positions of the keys")
     if key_padding is None:
         valid_k = torch.ones(batch, lk, dtype=torch.bool, device=q.device)
     else:
-        if key_padding.shape != (batch, lk):
-            raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
         valid_k = key_padding.to(device=q.device, dtype=torch.bool)
     start = torch.where(valid_k.any(-1), valid_k.int().argmax(-1), torch.full_like(valid_k[:, 0], lk, dtype=torch.long))
     edits = edits or HeadEdits()

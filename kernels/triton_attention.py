@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import triton
 
-from kernels.contract import HeadEdits, check_stats
+from kernels.contract import HeadEdits, check_shapes, check_stats
 from kernels.triton_forward import _received, _stats_forward
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -65,19 +65,14 @@ def attention(
     """Fused attention with statistics; same contract, shapes and dtypes as `kernels.reference.attention`."""
     stats = check_stats(stats)
     edits = edits or HeadEdits()
+    check_shapes(q, k, key_padding)
     batch, n_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
-    if n_heads % kv_heads:
-        raise ValueError(f"{n_heads} query heads are not a multiple of {kv_heads} key-value heads")
-    if lq > lk:
-        raise ValueError(f"more queries ({lq}) than keys ({lk}): queries must be the last Lq positions of the keys")
     if v.shape[-1] != head_dim:
         raise ValueError(f"value head_dim {v.shape[-1]} differs from query head_dim {head_dim}")
     edits.check(n_heads)
     device = q.device
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if key_padding is not None and key_padding.shape != (batch, lk):
-        raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
     padded = key_padding is not None and not bool(key_padding.all())
     if padded:
         valid = key_padding.to(device=device, dtype=torch.int8).contiguous()
