@@ -1,4 +1,4 @@
-"""Test-wide settings: never touch the hub, keep the store and caches inside pytest's temp dirs."""
+"""Test-wide settings: never touch the hub; the store in pytest's temp dirs, the model cache apart from the user's."""
 
 import os
 
@@ -8,6 +8,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Triton reads this once, when first imported (possibly by another package during collection): the kernels
 # run in Triton's CPU interpreter unless WORKBENCH_GPU_TESTS asks for the GPU.
 os.environ.setdefault("TRITON_INTERPRET", "0" if os.environ.get("WORKBENCH_GPU_TESTS") else "1")
+
+from platformdirs import user_cache_dir  # noqa: E402
+
+# Named models convert once into a cache of the test suite's own (kept between runs), apart from the user's.
+os.environ.setdefault("WORKBENCH_CACHE", os.path.join(user_cache_dir("attention-workbench"), "tests"))
 
 import pytest  # noqa: E402
 

@@ -69,6 +69,21 @@ def test_an_interrupted_conversion_leaves_no_folder(smollm2, tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == []
 
 
+def test_gemma3_loads_with_its_sliding_layers():
+    subject = workbench.load("gemma3-270m")
+    facts = subject.adapter.facts()
+    assert (facts["n_layers"], facts["n_heads"], facts["n_kv_heads"], facts["sliding_window"]) == (18, 4, 1, 512)
+    assert facts["layer_types"] == (["sliding_attention"] * 5 + ["full_attention"]) * 3
+    enc = subject.encode("The capital of France is Paris. The capital of Germany is")
+    with torch.no_grad():
+        plain = subject.model(**enc).logits
+        with workbench.capture(subject):
+            traced = subject.model(**enc).logits
+        out = subject.model.generate(**enc, max_new_tokens=2, do_sample=False)
+    torch.testing.assert_close(traced, plain, atol=1e-3, rtol=1e-3)  # 18 layers of float32 reordering
+    assert subject.tokenizer.decode(out[0, enc["input_ids"].shape[1]:]).startswith(" Berlin")
+
+
 def test_minilm_is_a_real_sentence_encoder():
     subject = workbench.load("minilm")
     assert subject.adapter.facts()["is_causal"] is False and subject.adapter.n_layers == 6
