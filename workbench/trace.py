@@ -10,9 +10,6 @@ bit for bit) and heads.parquet (the tidy per-head table, for tools that read Par
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from workbench.atomic import atomic_folder
 from workbench.errors import WorkbenchError
 
 FORMAT_VERSION = 1
@@ -121,9 +119,7 @@ class Trace:
         leaves a half-written trace.
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_folder(directory) as tmp:
             tensors = {"token_ids": self.token_ids, "attention_mask": self.attention_mask}
             tensors.update({f"stat.{k}": v for k, v in self.stats.items()})
             tensors.update({f"pattern.{l}.{h}": v for (l, h), v in self.patterns.items()})
@@ -136,12 +132,6 @@ class Trace:
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
             self.head_table().to_parquet(tmp / "heads.parquet", index=False)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

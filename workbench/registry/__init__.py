@@ -18,12 +18,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from workbench.atomic import atomic_folder
 from workbench.errors import UnknownModelError, WorkbenchError
 
 MARKER = "workbench-model.json"
@@ -133,19 +133,16 @@ def _pip_install(name: str, packages: tuple[str, ...]) -> Path:
     target = cache_dir() / "packages" / name
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
-               "--target", str(tmp), *packages]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise WorkbenchError(
-            f"could not install {name!r} from the package index ({' / '.join(tail)}). On a machine that can "
-            f"reach it, run: {sys.executable} -m pip install --no-deps --target {target} {' '.join(packages)}"
-        )
-    os.replace(tmp, target)
+    with atomic_folder(target) as tmp:
+        command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
+                   "--target", str(tmp), *packages]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise WorkbenchError(
+                f"could not install {name!r} from the package index ({' / '.join(tail)}). On a machine that can "
+                f"reach it, run: {sys.executable} -m pip install --no-deps --target {target} {' '.join(packages)}"
+            )
     return target
 
 

@@ -9,9 +9,6 @@ folder is built in a temporary directory and renamed into place: an interrupted 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +16,7 @@ from rich.console import Console
 from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from workbench.atomic import atomic_folder
 from workbench.registry import MARKER, sha256
 
 console = Console(stderr=True)
@@ -26,23 +24,15 @@ console = Console(stderr=True)
 
 def convert_gguf(gguf: Path, dest: Path, meta: dict) -> Path:
     """Write `gguf` as a Hugging Face folder at `dest` (replacing it whole) and return `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        with console.status(f"Converting {gguf.name} once into {dest} (float32 safetensors)..."):
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            model.config.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            record = {**meta, "dtype": "float32", "gguf_file": gguf.name, "gguf_sha256": sha256(gguf),
-                      "weights_sha256": sha256(tmp / "model.safetensors")}
-            (tmp / MARKER).write_text(json.dumps(record, indent=1))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    status = console.status(f"Converting {gguf.name} once into {dest} (float32 safetensors)...")
+    with atomic_folder(dest) as tmp, status:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {**meta, "dtype": "float32", "gguf_file": gguf.name, "gguf_sha256": sha256(gguf),
+                  "weights_sha256": sha256(tmp / "model.safetensors")}
+        (tmp / MARKER).write_text(json.dumps(record, indent=1))
     return dest
