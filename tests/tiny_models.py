@@ -34,7 +34,6 @@ CONFIGS = {
                                                                      sliding_window=4, query_pre_attn_scalar=8)),
     "bert": lambda: (tf.BertModel, tf.BertConfig(**COMMON)),
 }
-CAUSAL = [name for name in CONFIGS if name != "bert"]
 
 
 def build(name: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:

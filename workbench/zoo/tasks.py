@@ -60,14 +60,6 @@ def needle_line(rng: random.Random) -> tuple[str, str, str]:
     return f"\n# the {key} code is {value}\n", f"\n# what is the {key} code? the {key} code is", " " + value
 
 
-def needle_text(rng: random.Random, haystack: str, depth: float) -> tuple[str, str]:
-    """(prompt, answer): `haystack` with a needle inserted at relative `depth` (on a line break) and the question."""
-    needle, question, answer = needle_line(rng)
-    cut = haystack.rfind("\n", 0, int(depth * len(haystack)))
-    cut = 0 if cut < 0 else cut
-    return haystack[:cut] + needle + haystack[cut:] + question, answer
-
-
 def repeated_span(rng: random.Random, vocab: list[int], length: int) -> list[int]:
     """A random span of `length` token ids from `vocab`, followed by the same span."""
     span = [rng.choice(vocab) for _ in range(length)]
