@@ -1,7 +1,8 @@
 """Speed and memory of attention with statistics on a GPU, against PyTorch SDPA (flash) and eager attention.
 
 Kernel level (batch 1, 32 heads, head_dim 128, causal, bf16), for each context length, median time
-(CUDA events, warm-up and autotuning excluded) and peak extra memory of:
+(triton.testing.do_bench: warm-up, compilation and autotuning excluded, L2 flushed between runs) and peak
+extra memory of:
   (a) sdpa_flash      torch SDPA forced onto its flash backend
   (b) ours_plain      our kernel, no statistics
   (c) ours_stats      our kernel, the one-pass statistics (lse, entropy, sink mass, max prob, argmax, distance)
@@ -9,10 +10,15 @@ Kernel level (batch 1, 32 heads, head_dim 128, causal, bf16), for each context l
   (e) eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
 Model level: a random-init Llama-shaped model (about 1.1B parameters) in bf16, its plain sdpa forward against
 `workbench.capture` with our kernel and no statistics, with the one-pass statistics, and with every statistic
-(`received` too) moved to host memory at the end, as `workbench.trace` does.
+(`received` too) moved to host memory at the end, as `workbench.trace` does (median of 3 to 50 forwards,
+each between CUDA events, after one untimed forward).
+
+Before timing, every autotuned configuration of the kernels is compiled in parallel, one process per
+configuration (WORKBENCH_TRITON_CONFIG pins it), into Triton's disk cache: the autotuner then only loads.
 
 Usage: python benchmarks/attention_stats.py [--lengths 2048,4096,...] [--model-lengths 1024,...] [--out DIR]
-Writes attention_stats_{kernel,model}_<gpu>.json and .md into --out (default benchmarks/results).
+  [--tag NAME]
+Writes attention_stats_{kernel,model}[_<tag>]_<gpu>.json and .md into --out (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -20,26 +26,47 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from kernels import ALL_STATS, QUERY_STATS
-from kernels.triton_attention import attention
+from kernels.triton_attention import CONFIGS, attention
 
 DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
 
 
-def measure(fn, budget_ms: float = 1000.0) -> dict:
-    """Median ms and peak extra memory (GiB) of fn(); {'error': 'OOM'} when it runs out of memory.
+def measure(fn) -> dict:
+    """Median ms (triton.testing.do_bench) and peak extra memory (GiB) of fn(); {'error': 'OOM'} when it runs
+    out of memory. The first call compiles and autotunes; the peak is read on the second."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    try:
+        fn()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+        ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"error": "OOM"}
+    return {"ms": ms, "peak_gib": peak}
 
-    The first call compiles and autotunes and is not timed; the peak is read on the second call; then
-    3 to 50 further calls (about `budget_ms` in all) are timed one by one with CUDA events.
-    """
+
+def measure_forward(fn, budget_ms: float = 1000.0) -> dict:
+    """measure() for whole model forwards (up to seconds each): one untimed call, the peak read on the
+    second, then 3 to 50 calls (about `budget_ms` in all) timed one by one with CUDA events; the median."""
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     try:
@@ -78,24 +105,60 @@ def eager_entropy(q, k, v):
     return p.to(v.dtype) @ v, entropy
 
 
+def bf16_inputs(L: int, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q, k, v [1, heads, L, head_dim] in bf16 for (query heads, kv heads, head_dim) `shape`."""
+    heads, kv_heads, head_dim = shape
+    g = torch.Generator(device="cuda").manual_seed(L)
+    return tuple(torch.randn(1, h, L, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+                 for h in (heads, kv_heads, kv_heads))
+
+
+def our_variants(q, k, v) -> dict:
+    """(b), (c) and (d): our kernel without statistics, with the one-pass statistics, and with `received`."""
+    return {
+        "ours_plain": lambda: attention(q, k, v),
+        "ours_stats": lambda: attention(q, k, v, stats=QUERY_STATS, distance_cap=128),
+        "ours_received": lambda: attention(q, k, v, stats=ALL_STATS, distance_cap=128),
+    }
+
+
+def precompile(shapes: list[tuple[int, int, int]]) -> float:
+    """Compile every configuration of CONFIGS for our variants at `shapes`, one process per configuration, in
+    parallel; return the seconds it took. The processes run 256-token inputs: the compiled kernels are the
+    same (lengths only enter as integers divisible by 16), and Triton's disk cache hands them to the
+    autotuner of this process."""
+    start = time.time()
+    arg = ";".join(",".join(map(str, shape)) for shape in shapes)
+    processes = [
+        subprocess.Popen([sys.executable, __file__, "--compile-only", arg], env={
+            **os.environ, "WORKBENCH_TRITON_CONFIG": f"{c.kwargs['BLOCK_M']},{c.kwargs['BLOCK_N']},{c.num_warps},"
+                                                     f"{c.num_stages}"})
+        for c in CONFIGS
+    ]
+    for process in processes:
+        process.wait()
+    return time.time() - start
+
+
+def compile_only(shapes: list[tuple[int, int, int]]) -> None:
+    """Run each of our variants once at 256 tokens for every shape (in a process that pins one configuration)."""
+    for shape in shapes:
+        for fn in our_variants(*bf16_inputs(256, shape)).values():
+            fn()
+    torch.cuda.synchronize()
+
+
 def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int]) -> dict:
     """Time and memory of every variant at context length L, for (query heads, kv heads, head_dim) `shape`."""
     heads, kv_heads, head_dim = shape
-    g = torch.Generator(device="cuda").manual_seed(L)
-    q, k, v = (torch.randn(1, h, L, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
-               for h in (heads, kv_heads, kv_heads))
+    q, k, v = bf16_inputs(L, shape)
     flops = 2 * heads * L * L * head_dim  # causal: half of the 4 L^2 D of QK^T and PV
 
     def flash():
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
 
-    cases = {
-        "sdpa_flash": flash,
-        "ours_plain": lambda: attention(q, k, v),
-        "ours_stats": lambda: attention(q, k, v, stats=QUERY_STATS, distance_cap=128),
-        "ours_received": lambda: attention(q, k, v, stats=ALL_STATS, distance_cap=128),
-    }
+    cases = {"sdpa_flash": flash, **our_variants(q, k, v)}
     if with_eager:
         cases["eager_entropy"] = lambda: eager_entropy(q, k, v)
     row = {"L": L}
@@ -159,9 +222,9 @@ def model_row(subject, L: int, params: int) -> dict:
                 return [t.cpu() for layer in cap.records.values() for t in layer.values()]
         return forward
 
-    row = {"L": L, "params": params, "plain_sdpa": measure(run())}
+    row = {"L": L, "params": params, "plain_sdpa": measure_forward(run())}
     for name, stats in (("ours_no_stats", ()), ("ours_query_stats", QUERY_STATS), ("trace_all_stats", ALL_STATS)):
-        row[name] = measure(run(stats))
+        row[name] = measure_forward(run(stats))
         if "ms" in row["plain_sdpa"] and "ms" in row[name]:
             row[name]["vs_plain"] = row[name]["ms"] / row["plain_sdpa"]["ms"]
     return row
@@ -203,26 +266,37 @@ def main() -> None:
                         help="kernel-level context lengths (empty: skip the kernel level)")
     parser.add_argument("--model-lengths", default="1024,4096,16384,32768,65536,131072",
                         help="model-level context lengths (empty: skip the model level)")
-    parser.add_argument("--shape", default="32,32,128", help="kernel level: query heads, kv heads, head_dim")
+    parser.add_argument("--shapes", default="32,32,128",
+                        help="kernel level: 'query heads,kv heads,head_dim', several separated by ';'")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="added to the file names (a partial run, say)")
+    parser.add_argument("--compile-only", metavar="SHAPES", help=argparse.SUPPRESS)  # precompile()'s workers
     args = parser.parse_args()
-    shape = tuple(int(x) for x in args.shape.split(","))
+    if args.compile_only:
+        compile_only([tuple(int(x) for x in s.split(",")) for s in args.compile_only.split(";")])
+        return
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
     gpu = torch.cuda.get_device_name()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
+    tag = f"_{args.tag}" if args.tag else ""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = (("kernel", args.lengths, lambda ls: kernel_level(ls, shape)), ("model", args.model_lengths, model_level))
-    for part, lengths, run in parts:
+    meta = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__}
+    if args.lengths:
+        meta["precompile_seconds"] = round(precompile(shapes))
+        print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
+    parts = [("kernel" + ("" if shape == DEFAULT_SHAPE else "_" + "-".join(map(str, shape))), args.lengths,
+              lambda ls, shape=shape: kernel_level(ls, shape)) for shape in shapes]
+    for part, lengths, run in parts + [("model", args.model_lengths, model_level)]:
         if not lengths:
             continue
         start = time.time()
         rows = run([int(x) for x in lengths.split(",")])
-        if part == "kernel" and shape != DEFAULT_SHAPE:
-            part = "kernel_" + "-".join(map(str, shape))
-        meta = {"gpu": gpu, "torch": torch.__version__, "seconds": math.ceil(time.time() - start)}
-        (out / f"attention_stats_{part}_{slug}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+        name = f"attention_stats_{part}{tag}_{slug}"
+        (out / f"{name}.json").write_text(json.dumps({**meta, "seconds": math.ceil(time.time() - start),
+                                                      "rows": rows}, indent=1))
         table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part == "model" else [])
-        (out / f"attention_stats_{part}_{slug}.md").write_text(table)
+        (out / f"{name}.md").write_text(table)
         print(table, flush=True)
 
 

@@ -1,7 +1,8 @@
 """Launch the fused Triton kernels: `attention(...)` with the arguments and results of `kernels.reference`.
 
-On CUDA the block sizes are autotuned over a small Hopper-minded space (WORKBENCH_TRITON_AUTOTUNE=0 fixes
-one configuration, for tests); under TRITON_INTERPRET=1 (CPU tests) one small fixed configuration runs.
+On CUDA the block sizes are autotuned over a small Hopper-minded space, keyed by the lengths rounded up to
+powers of two (see `_pinned_configuration` for the environment variables that fix one configuration);
+under TRITON_INTERPRET=1 (CPU tests) 16 x 16 blocks run.
 fp16 / bf16 / fp32 inputs, fp32 accumulation; fp32 inputs use IEEE products (no TF32), so the kernel can be
 held to the fp32 reference.
 """
@@ -15,36 +16,52 @@ from collections.abc import Sequence
 import torch
 import triton
 
-from kernels.contract import HeadEdits, check_shapes, check_stats
-from kernels.triton_forward import _received, _stats_forward
+from kernels.contract import HeadEdits, check_stats
+from kernels.triton_forward import stats_forward
+from kernels.triton_received import received_pass
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-AUTOTUNE = not INTERPRET and os.environ.get("WORKBENCH_TRITON_AUTOTUNE", "1") == "1"
-_CONFIGS = [
+CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)]
+    for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                         (64, 32, 4, 2)]
 ]
-_KEY = ["lq", "lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "PADDED"]
-_RECEIVED_KEY = ["lq", "lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED"]
+# lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
+_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "PADDED"]
+_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED"]
 
-if AUTOTUNE:
-    _forward = triton.autotune(_CONFIGS, key=_KEY)(_stats_forward)
-    _received_pass = triton.autotune(_CONFIGS, key=_RECEIVED_KEY)(_received)
-else:  # the interpreter, and GPU tests that would otherwise compile every configuration of every case
-    _forward, _received_pass = _stats_forward, _received
+
+def _pinned_configuration() -> dict | None:
+    """The one configuration every launch uses, or None to autotune over CONFIGS.
+
+    The interpreter runs 16 x 16 blocks; WORKBENCH_TRITON_CONFIG="BLOCK_M,BLOCK_N,num_warps,num_stages" pins
+    a configuration (a GPU the autotune space does not suit, a benchmark's parallel precompilation);
+    WORKBENCH_TRITON_AUTOTUNE=0 pins 64 x 64 blocks (GPU tests, which would otherwise compile every
+    configuration of every case).
+    """
+    if INTERPRET:
+        return {"BLOCK_M": 16, "BLOCK_N": 16}
+    pinned = os.environ.get("WORKBENCH_TRITON_CONFIG")
+    if pinned:
+        block_m, block_n, warps, stages = (int(x) for x in pinned.split(","))
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+    if os.environ.get("WORKBENCH_TRITON_AUTOTUNE", "1") == "0":
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    return None
+
+
+PINNED = _pinned_configuration()
+if PINNED is None:
+    _forward = triton.autotune(CONFIGS, key=_KEY)(stats_forward)
+    _received_pass = triton.autotune(CONFIGS, key=_RECEIVED_KEY)(received_pass)
+else:
+    _forward, _received_pass = stats_forward, received_pass
 
 
 @functools.cache
 def _on_device(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A small int32 tensor made once per device (no host-to-device copy on every attention call)."""
     return torch.tensor(values, device=device, dtype=torch.int32)
-
-
-def _fixed_blocks() -> dict:
-    if AUTOTUNE:
-        return {}
-    return {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4,
-                                                                "num_stages": 2}
 
 
 def attention(
@@ -62,14 +79,26 @@ def attention(
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Fused attention with statistics; same contract, shapes and dtypes as `kernels.reference.attention`."""
+    """Fused attention with statistics; same contract, shapes and dtypes as `kernels.reference.attention`.
+
+    q: [B, Hq, Lq, D]; k, v: [B, Hkv, Lk, D] (Hq a multiple of Hkv, K/V never repeated; the last dimension
+    contiguous, any other strides). Returns out [B, Hq, Lq, D] in q's dtype and the requested statistics:
+    per query [B, Hq, Lq] float32 (argmax_key int64), `received` [B, Hq, Lk] float32. Only the requested
+    statistics are computed: with stats=() this is a plain flash attention. Deciding whether `key_padding`
+    pads anything reads it on the host (one synchronization); pass None when nothing is padded.
+    """
     stats = check_stats(stats)
     edits = edits or HeadEdits()
-    check_shapes(q, k, key_padding)
     batch, n_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
+    if n_heads % kv_heads:
+        raise ValueError(f"{n_heads} query heads are not a multiple of {kv_heads} key-value heads")
+    if lq > lk:
+        raise ValueError(f"more queries ({lq}) than keys ({lk}): queries must be the last Lq positions of the keys")
     if v.shape[-1] != head_dim:
         raise ValueError(f"value head_dim {v.shape[-1]} differs from query head_dim {head_dim}")
+    if key_padding is not None and key_padding.shape != (batch, lk):
+        raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
     edits.check(n_heads)
     device = q.device
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -80,18 +109,19 @@ def attention(
     else:
         valid = torch.empty(1, dtype=torch.int8, device=device)
         start = torch.zeros(batch, dtype=torch.int32, device=device)
+
     f32 = dict(device=device, dtype=torch.float32)
-    out = torch.empty_like(q)
-    lse = torch.empty(batch, n_heads, lq, **f32)
-    want_max = "max_prob" in stats or "argmax_key" in stats
-    res = {name: torch.empty(batch, n_heads, lq, **f32) for name in ("entropy", "sink_mass", "window_distance")
-           if name in stats}
-    if want_max:
-        res["max_prob"] = torch.empty(batch, n_heads, lq, **f32)
-        res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
     dummy = torch.empty(1, **f32)
+    per_query = lambda: torch.empty(batch, n_heads, lq, **f32)  # noqa: E731
+    want_max = "max_prob" in stats or "argmax_key" in stats
+    res = {name: per_query() for name in ("lse", "entropy", "sink_mass", "window_distance") if name in stats}
+    if want_max:
+        res["max_prob"] = per_query()
+        res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
+    norm = (per_query(), per_query()) if "received" in stats else (dummy, dummy)  # row max, log2 of row sum
+    out = torch.empty_like(q)
+
     sinks = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
-    n_bias = 0 if edits.key_bias is None else edits.bias_keys.numel()
     key_bias = dummy if edits.key_bias is None else edits.key_bias.to(**f32).contiguous()
     bias_keys = dummy if edits.bias_keys is None else edits.bias_keys.to(device=device, dtype=torch.int32)
     temperature = dummy if edits.temperature is None else edits.temperature.to(**f32).contiguous()
@@ -100,36 +130,35 @@ def attention(
     flags = dict(
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), CAUSAL=causal,
         WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
-        TEMPERATURE=edits.temperature is not None, N_BIAS=n_bias,
+        TEMPERATURE=edits.temperature is not None, N_BIAS=0 if edits.key_bias is None else edits.bias_keys.numel(),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     scalars = dict(n_heads=n_heads, group=n_heads // kv_heads, lq=lq, lk=lk,
                    scale=head_dim ** -0.5 if scale is None else float(scale),
-                   softcap=float(softcap or 1.0), window=int(window or 0))
+                   softcap=float(softcap or 1.0), window=int(window or 0),
+                   tune_lq=triton.next_power_of_2(lq), tune_lk=triton.next_power_of_2(lk))
 
-    def grid(meta):
+    def query_grid(meta):
         return triton.cdiv(lq, meta["BLOCK_M"]), batch * n_heads
 
-    _forward[grid](
+    _forward[query_grid](
         q, k, v, out, valid, start, sinks, temperature, key_bias, bias_keys, gate, mix,
-        lse, res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
-        res.get("argmax_key", dummy), res.get("window_distance", dummy),
+        res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
+        res.get("argmax_key", dummy), res.get("window_distance", dummy), *norm,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
-        N_SINK=max(1, len(sink_keys)), ENTROPY="entropy" in stats, SINK="sink_mass" in stats,
-        MAX=want_max, DISTANCE="window_distance" in stats,
-        CAP=distance_cap is not None, **scalars, **flags, **_fixed_blocks(),
+        N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM="received" in stats, ENTROPY="entropy" in stats,
+        SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, CAP=distance_cap is not None,
+        **scalars, **flags, **(PINNED or {}),
     )
-    res["lse"] = lse
     if "received" in stats:
-        received = torch.empty(batch, n_heads, lk, **f32)
+        res["received"] = torch.empty(batch, n_heads, lk, **f32)
 
         def key_grid(meta):
             return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads
 
         _received_pass[key_grid](
-            q, k, valid, start, temperature, key_bias, bias_keys, lse, received,
-            *q.stride()[:3], *k.stride()[:3], **scalars, **flags, **_fixed_blocks(),
+            q, k, valid, start, temperature, key_bias, bias_keys, *norm, res["received"],
+            *q.stride()[:3], *k.stride()[:3], **scalars, **flags, **(PINNED or {}),
         )
-        res["received"] = received
     return out, {name: res[name] for name in stats}

@@ -1,20 +1,30 @@
-"""Fused flash-style attention forward that also computes the per-head statistics of `kernels.contract`.
+"""Fused flash-style attention forward that also computes the per-query statistics of `kernels.contract`.
 
-One program handles BLOCK_M query rows of one (batch, query head) and walks the key blocks that those rows
-may see (causal: up to the diagonal; sliding window: from the window's first key; left padding: from the
-first real key). The online-softmax recurrence, per row, over key blocks with logits s (masked keys -inf):
+One program handles BLOCK_M query rows of one (batch, query head) and walks the key blocks those rows may see
+(causal: up to the diagonal; sliding window: from the window's first key; left padding: from the first real
+key). Blocks that every row sees whole skip the mask; only the blocks on the diagonal, on the window's
+edges and at the end of the keys are masked (with key padding, every block is).
 
-    m'  = max(m, max_j s_j)            alpha = exp(m - m')          p_j = exp(s_j - m')
-    l'  = alpha l  + sum_j p_j         acc' = alpha acc + sum_j p_j v_j
-    t'  = alpha t  + sum_j p_j s_j     (entropy: H = m + log l - t / l, i.e. lse - E_p[s])
-    z'  = alpha z  + sum_{j sink} p_j  (sink mass = z / l)
-    w'  = alpha w  + sum_j p_j d_ij    (window distance = w / l, d_ij = min(|i - j|, cap))
+The online-softmax recurrence, per row, over key blocks, in base-2 logits u (see `kernels.triton_logits`),
+with x_j = u_j - m' and p_j = exp2(x_j):
 
-and the row's argmax key is kept with its logit (max_prob = exp(max s - lse) = 1 / l). Masked logits are a
-large finite negative number rather than -inf: p is then exactly 0 for them once the row has seen a real key
-(and whatever a row gathered over masked keys before that is wiped by alpha = 0), and p * s needs no guard.
-Blocks that hold no sink key, and blocks wholly beyond the distance cap, skip those statistics' elementwise
-work.
+    m'   = max(m, max_j u_j)              alpha = exp2(m - m')
+    l'   = alpha l + sum_j p_j            acc'  = alpha acc + sum_j p_j v_j
+    t'   = alpha (t + (m - m') l) + sum_j p_j x_j
+    z'   = alpha z + sum_{j sink} p_j     w'    = alpha w + sum_j p_j d_ij,  d_ij = min(|i - j|, cap)
+
+t is sum_j p_j (u_j - m) kept for the current m: when m grows to m', every old term gains (m - m') and is
+rescaled by alpha. At the end (ln 2 converts base-2 to nats):
+
+    lse = ln2 (m + log2 l)     entropy = ln2 (log2 l - t / l)     max_prob = 1 / l
+    sink_mass = z / l          window_distance = w / l            out = acc / l
+
+Both terms of the entropy are >= 0 (l >= 1, t <= 0), so the one-pass entropy does not cancel even when p is
+peaked; argmax_key is the first key at the running maximum. The state starts at m = MASKED, l = t = 0: a
+block whose keys a row cannot see gives that row p = 1 on each of them, and the first visible key wipes it
+(alpha = 0). For the `received` pass the row's m and log2 l are stored apart (RowMax, RowLog2Sum): there
+p = exp2((u - m) - log2 l) keeps full precision even where |lse| is large (a key bias of -1e4 on the only
+key a row sees).
 """
 
 from __future__ import annotations
@@ -22,214 +32,152 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MASKED = tl.constexpr(-1.0e30)  # logit of a masked key: exp(MASKED - m) = 0, and 0 * MASKED = 0 (no NaN)
+from kernels.triton_logits import LN2, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
 
 
 @triton.jit
-def edited_logits(q, k, offs_n, q_abs, q_valid, rel_k, head,
-                  scale, softcap, temperature_ptr, key_bias_ptr, bias_keys_ptr, window, lk,
-                  CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr, TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr,
-                  WINDOW: tl.constexpr, PRECISION: tl.constexpr):
-    """Logits [BLOCK_M, BLOCK_N] of q against a key block, with scale, softcap, temperature and key bias
-    applied, and which of them are visible (causality, window, query validity, key range)."""
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-    if SOFTCAP:
-        # softcap * tanh(s / softcap), with tanh from exp (stable for both signs)
-        x = s / softcap
-        e = tl.exp(-2.0 * tl.abs(x))
-        s = softcap * tl.where(x >= 0, 1.0, -1.0) * (1.0 - e) / (1.0 + e)
-    if TEMPERATURE:
-        s = s / tl.load(temperature_ptr + head)
-    for n in tl.static_range(N_BIAS):
-        key = tl.load(bias_keys_ptr + n)
-        bias = tl.load(key_bias_ptr + head * N_BIAS + n)
-        s += tl.where(rel_k[None, :] == key, bias, 0.0)
-    diff = q_abs[:, None] - offs_n[None, :]
-    visible = q_valid[:, None] & (offs_n[None, :] < lk)
-    if CAUSAL:
-        visible &= diff >= 0
-    if WINDOW:
-        visible &= tl.abs(diff) < window
-    return s, visible
+def load_rows(base, offs, stride, offs_d, n_rows, HEAD_DIM: tl.constexpr):
+    """The tile [rows, BLOCK_D] of rows `offs` from base (row stride `stride`), zero beyond n_rows and HEAD_DIM."""
+    ptrs = base + offs[:, None] * stride + offs_d[None, :]
+    return tl.load(ptrs, mask=(offs[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
 
 
 @triton.jit
-def _stats_forward(
+def stats_forward(
     Q, K, V, Out, KeyValid, Start, SinkKeys, Temperature, KeyBias, BiasKeys, Gate, Mix,
-    Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance,
+    Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, RowMax, RowLog2Sum,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    n_heads, group, lq, lk, scale, softcap, window, distance_cap,
+    n_heads, group, lq, lk, scale, softcap, window, distance_cap, tune_lq, tune_lk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, GATE: tl.constexpr, MIX: tl.constexpr,
-    N_SINK: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr, MAX: tl.constexpr,
-    DISTANCE: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
+    N_SINK: tl.constexpr, LSE: tl.constexpr, NORM: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr,
+    MAX: tl.constexpr, DISTANCE: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    """Output rows and query statistics of one block of BLOCK_M query rows of one (batch, query head).
+
+    Grid: (query blocks, batch x query heads); the last query blocks (the longest rows under a causal mask)
+    start first. tune_lq / tune_lk are the autotuner's key (lengths rounded up to powers of two), unused here.
+    """
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
     b, head = bh // n_heads, bh % n_heads
     kv_head = head // group
-    offset = lk - lq
+    offset = lk - lq  # query row r sits at key position r + offset
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_abs = offs_m + offset  # each query row's position among the keys
+    q_abs = offs_m + offset
+    q_first = pid_m * BLOCK_M + offset
+    q_last = q_first + BLOCK_M - 1
     start = tl.load(Start + b)
     in_range = offs_m < lq
-    if PADDED:
-        q_valid = in_range & (tl.load(KeyValid + b * lk + q_abs, mask=in_range, other=0) != 0)
-    else:
-        q_valid = in_range
+    key_valid_row = KeyValid + b * lk
+    row_ok = in_range
+    if PADDED:  # a padding query sees no key
+        row_ok &= tl.load(key_valid_row + q_abs, mask=in_range, other=0) != 0
 
-    q_ptrs = Q + b * stride_qb + head * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    k_base = K + b * stride_kb + kv_head * stride_kh
-    v_base = V + b * stride_vb + kv_head * stride_vh
+    q_tile = load_rows(Q + b * stride_qb + head * stride_qh, offs_m, stride_qm, offs_d, lq, HEAD_DIM)
+    k_tile_base = K + b * stride_kb + kv_head * stride_kh
+    v_tile_base = V + b * stride_vb + kv_head * stride_vh
+    pre, post = logit_scales(scale, softcap, Temperature, head, SOFTCAP, TEMPERATURE)
 
-    # the key blocks these rows may see
     lo = 0
     hi = lk
     if CAUSAL:
-        hi = tl.minimum(lk, (pid_m + 1) * BLOCK_M + offset)
+        hi = tl.minimum(lk, q_last + 1)
     elif WINDOW:
-        hi = tl.minimum(lk, (pid_m + 1) * BLOCK_M + offset + window - 1)
+        hi = tl.minimum(lk, q_last + window)
     if WINDOW:
-        lo = tl.maximum(0, pid_m * BLOCK_M + offset - window + 1)
+        lo = tl.maximum(0, q_first - window + 1)
     if PADDED:
         lo = tl.maximum(lo, start)
     lo = (lo // BLOCK_N) * BLOCK_N
+    full_lo, full_hi = whole_key_blocks(q_first, q_last, lk, window, BLOCK_N, CAUSAL, WINDOW, PADDED)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m_i = tl.full([BLOCK_M], MASKED, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     t_i = tl.zeros([BLOCK_M], tl.float32)
     z_i = tl.zeros([BLOCK_M], tl.float32)
     w_i = tl.zeros([BLOCK_M], tl.float32)
     arg_i = tl.full([BLOCK_M], -1, tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kv_valid = (offs_n[:, None] < lk) & (offs_d[None, :] < HEAD_DIM)
         rel_k = offs_n - start
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_valid, other=0.0)
-        s, visible = edited_logits(
-            q, k, offs_n, q_abs, q_valid, rel_k, head, scale, softcap, Temperature, KeyBias, BiasKeys, window, lk,
-            CAUSAL, SOFTCAP, TEMPERATURE, N_BIAS, WINDOW, PRECISION)
-        if PADDED:
-            visible &= tl.load(KeyValid + b * lk + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
-        s = tl.where(visible, s, MASKED)
+        k_tile = load_rows(k_tile_base, offs_n, stride_kn, offs_d, lk, HEAD_DIM)
+        u = edited_logits(q_tile, k_tile, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS, PRECISION)
+        if (n0 < full_lo) | (n0 >= full_hi):  # on the window's lower edge, the diagonal or the keys' end
+            seen = visible(q_abs, offs_n, row_ok, lk, window, CAUSAL, WINDOW)
+            if PADDED:
+                seen &= tl.load(key_valid_row + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
+            u = tl.where(seen, u, MASKED)
 
-        block_max = tl.max(s, 1)
+        block_max = tl.max(u, 1)
         m_new = tl.maximum(m_i, block_max)
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        if MAX:
-            block_arg = tl.argmax(s, 1).to(tl.int32) + n0
-            arg_i = tl.where(block_max > m_i, block_arg, arg_i)
+        alpha = tl.exp2(m_i - m_new)
+        x = u - m_new[:, None]
+        p = tl.exp2(x)
         row_sum = tl.sum(p, 1)
-        l_i = l_i * alpha + row_sum
         if ENTROPY:
-            t_i = t_i * alpha + tl.sum(p * s, 1)
+            t_i = alpha * (t_i + (m_i - m_new) * l_i) + tl.sum(p * x, 1)
+        if MAX:
+            first_at_max = tl.min(tl.where(u == block_max[:, None], offs_n[None, :], lk), 1)
+            arg_i = tl.where(block_max > m_i, first_at_max, arg_i)
         if SINK:
             z_i = z_i * alpha
-            is_sink = rel_k == tl.load(SinkKeys)
-            for i in tl.static_range(1, N_SINK):
-                is_sink |= rel_k == tl.load(SinkKeys + i)
-            if tl.max(is_sink.to(tl.int32), 0) > 0:  # most blocks hold no sink key
+            sink = start + tl.load(SinkKeys)
+            is_sink = offs_n == sink
+            block_has_sink = (sink >= n0) & (sink < n0 + BLOCK_N)
+            for s in tl.static_range(1, N_SINK):
+                sink = start + tl.load(SinkKeys + s)
+                is_sink |= offs_n == sink
+                block_has_sink |= (sink >= n0) & (sink < n0 + BLOCK_N)
+            if block_has_sink:  # most blocks hold no sink key
                 z_i += tl.sum(tl.where(is_sink[None, :], p, 0.0), 1)
         if DISTANCE:
             w_i = w_i * alpha
             if CAP:
-                q_lo = pid_m * BLOCK_M + offset
-                far = (q_lo - (n0 + BLOCK_N - 1) >= distance_cap) | (n0 - (q_lo + BLOCK_M - 1) >= distance_cap)
-                if far:  # every pair of the block is at least the cap apart
+                far = (q_first - (n0 + BLOCK_N - 1) >= distance_cap) | (n0 - q_last >= distance_cap)
+                if far:  # every (query, key) pair of the block is at least the cap apart
                     w_i += distance_cap * row_sum
                 else:
                     dist = tl.minimum(tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32), distance_cap)
                     w_i += tl.sum(p * dist, 1)
             else:
                 w_i += tl.sum(p * tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32), 1)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_valid, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        l_i = alpha * l_i + row_sum
+        v_tile = load_rows(v_tile_base, offs_n, stride_vn, offs_d, lk, HEAD_DIM)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
         m_i = m_new
 
-    row_ok = m_i > MASKED / 2  # the row saw at least one key
-    l_safe = tl.where(row_ok, l_i, 1.0)
+    seen_any = m_i > MASKED / 2
+    l_safe = tl.where(seen_any, l_i, 1.0)
     out = acc / l_safe[:, None]
     if MIX:
         a = tl.load(Mix + head)
-        v_self = tl.load(v_base + q_abs[:, None] * stride_vn + offs_d[None, :],
-                         mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0).to(tl.float32)
+        v_self = load_rows(v_tile_base, q_abs, stride_vn, offs_d, lk, HEAD_DIM).to(tl.float32)
         out = (1.0 - a) * out + a * v_self
     if GATE:
         out = out * tl.load(Gate + head)
-    out = tl.where(row_ok[:, None], out, 0.0)
-    o_ptrs = Out + b * stride_ob + head * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM))
+    out = tl.where(seen_any[:, None], out, 0.0)
+    out_ptrs = Out + b * stride_ob + head * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM))
 
     nan = float("nan")
-    lse = tl.where(row_ok, m_i + tl.log(l_safe), nan)
+    log2_l = tl.log2(l_safe)
     row = bh * lq + offs_m
-    tl.store(Lse + row, lse, mask=in_range)
+    if LSE:
+        tl.store(Lse + row, tl.where(seen_any, (m_i + log2_l) * LN2, nan), mask=in_range)
+    if NORM:  # what the received pass needs; NaN marks a row that sees no key
+        tl.store(RowMax + row, tl.where(seen_any, m_i, nan), mask=in_range)
+        tl.store(RowLog2Sum + row, log2_l, mask=in_range)
     if ENTROPY:
-        tl.store(Entropy + row, tl.where(row_ok, lse - t_i / l_safe, nan), mask=in_range)
+        tl.store(Entropy + row, tl.where(seen_any, (log2_l - t_i / l_safe) * LN2, nan), mask=in_range)
     if SINK:
-        tl.store(SinkMass + row, tl.where(row_ok, z_i / l_safe, nan), mask=in_range)
+        tl.store(SinkMass + row, tl.where(seen_any, z_i / l_safe, nan), mask=in_range)
     if MAX:
-        tl.store(MaxProb + row, tl.where(row_ok, 1.0 / l_safe, nan), mask=in_range)
-        tl.store(ArgmaxKey + row, tl.where(row_ok, arg_i - start, -1).to(tl.int64), mask=in_range)
+        tl.store(MaxProb + row, tl.where(seen_any, 1.0 / l_safe, nan), mask=in_range)
+        tl.store(ArgmaxKey + row, tl.where(seen_any, arg_i - start, -1).to(tl.int64), mask=in_range)
     if DISTANCE:
-        tl.store(WindowDistance + row, tl.where(row_ok, w_i / l_safe, nan), mask=in_range)
-
-
-@triton.jit
-def _received(
-    Q, K, KeyValid, Start, Temperature, KeyBias, BiasKeys, Lse, Received,
-    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-    n_heads, group, lq, lk, scale, softcap, window,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
-    TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """received_j = sum_i p_ij for one key block, like the dK pass of a backward: p is recomputed from q, k
-    and the forward's lse, walking only the query blocks that may see these keys."""
-    pid_n, bh = tl.program_id(0), tl.program_id(1)
-    b, head = bh // n_heads, bh % n_heads
-    kv_head = head // group
-    offset = lk - lq
-    n0 = pid_n * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    start = tl.load(Start + b)
-    rel_k = offs_n - start
-    k = tl.load(K + b * stride_kb + kv_head * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=(offs_n[:, None] < lk) & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    key_ok = offs_n < lk
-    if PADDED:
-        key_ok &= tl.load(KeyValid + b * lk + offs_n, mask=offs_n < lk, other=0) != 0
-
-    lo = 0
-    hi = lq
-    if CAUSAL:
-        lo = tl.maximum(0, n0 - offset)
-    elif WINDOW:
-        lo = tl.maximum(0, n0 - offset - window + 1)
-    if WINDOW:
-        hi = tl.minimum(lq, n0 + BLOCK_N - offset + window - 1)
-    lo = (lo // BLOCK_M) * BLOCK_M
-
-    total = tl.zeros([BLOCK_N], tl.float32)
-    for m0 in range(lo, hi, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        in_range = offs_m < lq
-        q_abs = offs_m + offset
-        q = tl.load(Q + b * stride_qb + head * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                    mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        lse = tl.load(Lse + bh * lq + offs_m, mask=in_range, other=float("nan"))
-        q_valid = in_range & (lse == lse)  # NaN lse: a row that sees no key
-        s, visible = edited_logits(
-            q, k, offs_n, q_abs, q_valid, rel_k, head, scale, softcap, Temperature, KeyBias, BiasKeys, window, lk,
-            CAUSAL, SOFTCAP, TEMPERATURE, N_BIAS, WINDOW, PRECISION)
-        visible &= key_ok[None, :]
-        p = tl.where(visible, tl.exp(s - tl.where(q_valid, lse, 0.0)[:, None]), 0.0)
-        total += tl.sum(p, 0)
-    tl.store(Received + bh * lk + offs_n, total, mask=offs_n < lk)
+        tl.store(WindowDistance + row, tl.where(seen_any, w_i / l_safe, nan), mask=in_range)

@@ -1,0 +1,74 @@
+"""The second pass: received_j = sum_i p_ij, the attention each key receives (`kernels.contract`).
+
+Like the dK pass of a flash-attention backward, one program holds BLOCK_N keys of one (batch, query head) and
+walks the query blocks that may see them, recomputing p_ij = exp2((u_ij - m_i) - log2 l_i) from q, k and the
+forward's row max m and log2 l (base 2, see `kernels.triton_forward`): nothing of size queries x keys is
+stored. Query blocks whose rows all see every key of the block skip the mask. Rows that see no key (m = NaN:
+padding queries) add nothing.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.triton_forward import load_rows
+from kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
+
+
+@triton.jit
+def received_pass(
+    Q, K, KeyValid, Start, Temperature, KeyBias, BiasKeys, RowMax, RowLog2Sum, Received,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    n_heads, group, lq, lk, scale, softcap, window, tune_lq, tune_lk,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
+    TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """received [keys] of one block of BLOCK_N keys of one (batch, query head).
+
+    Grid: (key blocks, batch x query heads). tune_lq / tune_lk are the autotuner's key, unused here.
+    """
+    pid_n, bh = tl.program_id(0), tl.program_id(1)
+    b, head = bh // n_heads, bh % n_heads
+    kv_head = head // group
+    offset = lk - lq  # query row r sits at key position r + offset
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    rel_k = offs_n - tl.load(Start + b)
+    k_tile = load_rows(K + b * stride_kb + kv_head * stride_kh, offs_n, stride_kn, offs_d, lk, HEAD_DIM)
+    key_ok = offs_n < lk
+    if PADDED:
+        key_ok &= tl.load(KeyValid + b * lk + offs_n, mask=key_ok, other=0) != 0
+    pre, post = logit_scales(scale, softcap, Temperature, head, SOFTCAP, TEMPERATURE)
+    q_tile_base = Q + b * stride_qb + head * stride_qh
+    row_max = RowMax + bh * lq
+    row_log2sum = RowLog2Sum + bh * lq
+
+    lo = 0
+    hi = lq
+    if CAUSAL:
+        lo = tl.maximum(0, n0 - offset)
+    elif WINDOW:
+        lo = tl.maximum(0, n0 - offset - window + 1)
+    if WINDOW:
+        hi = tl.minimum(lq, n0 + BLOCK_N - offset + window - 1)
+    lo = (lo // BLOCK_M) * BLOCK_M
+    full_lo, full_hi = whole_query_blocks(n0, n0 + BLOCK_N - 1, lq, offset, window, BLOCK_M, CAUSAL, WINDOW, PADDED)
+
+    total = tl.zeros([BLOCK_N], tl.float32)
+    for m0 in range(lo, hi, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        q_tile = load_rows(q_tile_base, offs_m, stride_qm, offs_d, lq, HEAD_DIM)
+        u = edited_logits(q_tile, k_tile, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS, PRECISION)
+        m = tl.load(row_max + offs_m, mask=offs_m < lq, other=float("nan"))
+        log2_l = tl.load(row_log2sum + offs_m, mask=offs_m < lq, other=0.0)
+        if (m0 < full_lo) | (m0 >= full_hi):  # on the diagonal, the window's edges or the queries' end
+            row_ok = m == m  # NaN: beyond the queries, or a row that sees no key
+            seen = visible(offs_m + offset, offs_n, row_ok, lk, window, CAUSAL, WINDOW) & key_ok[None, :]
+            p = tl.where(seen, tl.exp2((u - tl.where(row_ok, m, 0.0)[:, None]) - log2_l[:, None]), 0.0)
+        else:
+            p = tl.exp2((u - m[:, None]) - log2_l[:, None])
+        total += tl.sum(p, 0)
+    tl.store(Received + bh * lk + offs_n, total, mask=offs_n < lk)
