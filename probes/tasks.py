@@ -88,7 +88,7 @@ def encode(subject: Subject, which: str, task: Task) -> dict[str, torch.Tensor]:
 
 def score_logits(task: Task, logits: torch.Tensor, enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-example metrics [n] (differentiable) from logits [n, L, V] of `encode`'s batch."""
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least, float64 kept
     if task.examples[0].answer is None:  # the loss task: mean next-token loss over each text
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), enc["input_ids"][:, 1:],
                                                 reduction="none")
