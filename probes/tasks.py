@@ -192,20 +192,18 @@ def needle(subject: Subject, n: int = 16, seed: int = 0, length: int = 192) -> T
 
 def induction(subject: Subject, n: int = 32, seed: int = 0, span: int = 20) -> Task:
     """Repeated random spans (`workbench.zoo.tasks.repeated_span`) cut inside the repeat: right = the token that
-    followed the current one in the first copy (the copied token). corrupted = that first-copy token replaced by
-    another (wrong = it), so copying now points at the wrong token."""
+    followed the current one in the first copy (the copied token). corrupted = the first copy replaced by fresh
+    random tokens, so there is nothing to copy from (wrong = the fresh copy's token at the same place); both the
+    previous-token and the induction step see the change (K- and V-composition)."""
     special = set(getattr(subject.tokenizer, "all_special_ids", None) or [])
     vocab = [t for t in range(subject.model.config.vocab_size) if t not in special]
     rng, bos, examples = random.Random(seed), _ids(subject, "") if subject.tokenizer else (), []
     while len(examples) < n:
         tokens = templates.repeated_span(rng, vocab, span)
         k = rng.randrange(1, span)  # the prompt ends after k tokens of the repeat
-        wrong = rng.choice([t for t in vocab[:4 * span + 1] if t not in tokens])
-        first = tokens[:span]
-        corrupted_first = first[:k] + [wrong] + first[k + 1:]
-        examples.append(Example(bos + tuple(first + tokens[span:span + k]),
-                                bos + tuple(corrupted_first + tokens[span:span + k]),
-                                first[k], wrong, f"span of {span}, repeat cut after {k}"))
+        fresh = rng.sample([t for t in vocab[:4 * span] if t not in tokens], span)
+        examples.append(Example(bos + tuple(tokens[:span + k]), bos + tuple(fresh + tokens[span:span + k]),
+                                tokens[k], fresh[k], f"span of {span}, repeat cut after {k}"))
     return Task("induction", examples)
 
 

@@ -68,8 +68,8 @@ def test_induction_on_induction_2l_copies_the_first_copy():
     task = T.induction(subject, n=16, span=16)
     task.check_pairs()
     clean, corrupted = T.evaluate(subject, task), T.evaluate(subject, task, "corrupted")
-    assert clean["accuracy"].mean() == 1.0
-    assert (corrupted["logit_diff"] < 0).all()  # the corrupted first copy points at the wrong token
+    assert clean["accuracy"].mean() == 1.0 and clean["logit_diff"].mean() > 10
+    assert corrupted["accuracy"].mean() <= 0.2 and abs(corrupted["logit_diff"].mean()) < 2  # nothing to copy
 
 
 def test_needle_pairs_align_and_differ_only_in_the_value():
