@@ -115,10 +115,9 @@ def evaluate(subject: Subject, task: Task, which: str = "clean") -> dict[str, np
 
 
 def normalized(value: float, clean: float, corrupted: float) -> float:
-    """(value - corrupted) / (clean - corrupted): 1 = the clean run's score, 0 = the corrupted run's."""
-    if clean == corrupted:
-        raise TaskError(f"the clean and corrupted runs score alike ({clean:.4g}): the normalized metric is undefined")
-    return (value - corrupted) / (clean - corrupted)
+    """(value - corrupted) / (clean - corrupted): 1 = the clean run's score, 0 = the corrupted run's; NaN where
+    the two runs score alike (then there is no scale, e.g. a prompt patched with itself)."""
+    return float("nan") if clean == corrupted else (value - corrupted) / (clean - corrupted)
 
 
 def _ids(subject: Subject, text: str, bos: bool = True) -> tuple[int, ...]:
