@@ -61,6 +61,15 @@ def _table(subject: Subject, task: Task, target: str, units: list[tuple], run: C
                                    "clean": clean, "corrupted": corrupted})
 
 
+def _per_head(subject: Subject, task: Task, target: str, run: Callable[[tuple], float], name: str) -> Result:
+    """_table over every (layer, head), with [layer, head] arrays of patched / effect / normalized."""
+    a = subject.adapter
+    units = [(l, h) for l in range(a.n_layers) for h in range(a.n_heads)]
+    result = _table(subject, task, target, units, run, name, ("layer", "head"))
+    result.arrays = {m: result.head_matrix(m) for m in ("patched", "effect", "normalized")}
+    return result
+
+
 def patch_heads(subject: Subject, task: Task, source: str = "corrupted") -> Result:
     """Patch each head's output from `source` prompts into the other run; rows per (layer, head)."""
     source, target = _sides(task, source)
@@ -79,11 +88,7 @@ def patch_heads(subject: Subject, task: Task, source: str = "corrupted") -> Resu
         with head_output_hook(subject, edit):
             return float(evaluate(subject, task, target)[task.metric].mean())
 
-    a = subject.adapter
-    units = [(l, h) for l in range(a.n_layers) for h in range(a.n_heads)]
-    result = _table(subject, task, target, units, run, "patch_heads", ("layer", "head"))
-    result.arrays = {m: result.head_matrix(m) for m in ("patched", "effect", "normalized")}
-    return result
+    return _per_head(subject, task, target, run, "patch_heads")
 
 
 @contextlib.contextmanager
@@ -192,8 +197,4 @@ def patch_patterns(subject: Subject, task: Task, source: str = "corrupted") -> R
         with pattern_patching(subject, {layer: {head: patterns[layer][:, head]}}):
             return float(evaluate(subject, task, target)[task.metric].mean())
 
-    a = subject.adapter
-    units = [(l, h) for l in range(a.n_layers) for h in range(a.n_heads)]
-    result = _table(subject, task, target, units, run, "patch_patterns", ("layer", "head"))
-    result.arrays = {m: result.head_matrix(m) for m in ("patched", "effect", "normalized")}
-    return result
+    return _per_head(subject, task, target, run, "patch_patterns")
