@@ -77,10 +77,10 @@ def test_eap_ig_is_complete_and_one_step_is_eap():
     """Integrated gradients are complete (Sundararajan et al. 2017): the input node's edges sum to
     M(corrupted) - M(clean) up to the Riemann sum's error; with one step (alpha = 1) EAP-IG is EAP."""
     subject, task = tiny("gpt2", double=True), tiny_task()
-    ig = attribution_scores(subject, task, "eap-ig", steps=64)
+    ig = attribution_scores(subject, task, "eap-ig", steps=16)
     total = ig[ig.source == "input"].score.sum()
     want = metric(subject, task, "corrupted") - metric(subject, task)
-    assert total == pytest.approx(want, rel=0.05)
+    assert total == pytest.approx(want, rel=0.03)  # measured: 1.2% off with 16 steps, 0.6% with 32
     eap, one = attribution_scores(subject, task, "eap"), attribution_scores(subject, task, "eap-ig", steps=1)
     torch.testing.assert_close(torch.tensor(one.score.to_numpy()), torch.tensor(eap.score.to_numpy()))
 
