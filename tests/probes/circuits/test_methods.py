@@ -65,7 +65,7 @@ def test_eap_is_the_derivative_of_path_patching(name, eps, tol):
     computes in float32 even in a float64 model, hence its larger step and looser tolerance)."""
     subject, task = tiny(name, double=True), tiny_task()
     edges = attribution_scores(subject, task, "eap")
-    sample = edges.sample(10, random_state=0)
+    sample = edges.sample(6, random_state=0)
     pairs = list(zip(sample.source, sample.target, strict=True))
     up, down = path_patch(subject, task, pairs, scale=eps), path_patch(subject, task, pairs, scale=-eps)
     derivative = (up.patched.to_numpy() - down.patched.to_numpy()) / (2 * eps)
