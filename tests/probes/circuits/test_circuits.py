@@ -41,8 +41,10 @@ def test_induction_2l_circuit_is_previous_token_head_into_induction_heads(method
 
 
 def test_organism_ioi_circuit_is_faithful_with_few_heads():
-    """Issue #7: faithfulness >= 0.8 with at most 20% of the heads (measured: 0.85 with 1 of 36 heads, L0.H5;
-    the figure depends on top_k, see the circuits report)."""
+    """Issue #7: faithfulness >= 0.8 with at most 20% of the heads. Measured with EAP-IG on these 8 prompts:
+    0.853 with top_k=10 (L0.H5 and MLPs 0-4). The figure depends on top_k: 0.487 (k=5, M2-M4 left out),
+    0.666 (k=8), 0.631 (k=12, L0.H1 added: it works against the answer), 0.823 (k=20); on 16 prompts 0.894
+    (k=10) and 0.799 (k=20)."""
     subject = zoo("organism")
     circuit = find_circuit(subject, organism_ioi(), "eap-ig", top_k=10, max_heads=7)
     assert len(circuit.heads) <= 0.2 * 36
