@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from interventions.ablate_cli import ablate_command
 from kernels import check_stats
+from probes.circuits.cli import circuit_command
 from probes.cli import app as scan_app
 from workbench.cli_common import (
     DeviceOption,
@@ -30,6 +32,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Look inside transformer language models through their attention heads.")
 app.add_typer(models_app, name="models", help="List and install the named real models (SmolLM2, Gemma-3, MiniLM).")
 app.add_typer(scan_app, name="scan", help="Run a probe (sinks, entropy, erank, heads, retrieval) and report its heads.")
+app.command("ablate")(ablate_command)
+app.command("circuit")(circuit_command)
 
 
 @app.command("trace")

@@ -1,0 +1,246 @@
+"""The computational graph on the residual stream: senders, receivers, and the hooks that give each receiver
+its own copy of its input.
+
+Nodes (Elhage et al. 2021's residual-stream view): `input` (the residual entering layer 0), each head `L{l}.H{h}`
+(its output projected into the residual stream), each MLP `M{l}`, and `logits` (the residual entering the final
+norm). An edge u -> v exists when u writes to the residual before v reads it. A receiver's input is the sum of
+its senders' outputs, read through its own pre-norm; `split_receivers` re-runs each attention on one copy of
+the residual per head (and each MLP on its own copy), so a delta can be added to one receiver's input alone
+(path patching) or its gradient taken alone (edge attribution patching).
+
+Supported: pre-norm sequential blocks (GPT-2; Llama, Mistral, Qwen2/3, Gemma).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from workbench.errors import WorkbenchError
+from workbench.head_outputs import head_output_hook
+from workbench.subject import Subject
+
+_LLAMA = ("layers", "input_layernorm", "post_attention_layernorm", "mlp", "norm")
+# model_type -> (layer list, attention pre-norm, MLP pre-norm, MLP, final norm); paths relative to base_model / layer
+SITES = {"gpt2": ("h", "ln_1", "ln_2", "mlp", "ln_f"), "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
+         "qwen3": _LLAMA, "gemma": _LLAMA}
+
+
+@dataclass
+class Sites:
+    """The modules where the residual stream is read and written, per layer."""
+
+    layers: list[nn.Module]
+    attn_norms: list[nn.Module]
+    mlp_norms: list[nn.Module]
+    mlps: list[nn.Module]
+    final_norm: nn.Module
+
+
+def sites(subject: Subject) -> Sites:
+    """The Sites of a subject; WorkbenchError naming an architecture without a sequential pre-norm residual."""
+    model_type = subject.adapter.model_type
+    if model_type not in SITES:
+        raise WorkbenchError(f"circuits need a sequential pre-norm architecture; {model_type!r} is not one of "
+                             f"{sorted(SITES)}")
+    layers_path, attn_norm, mlp_norm, mlp, final = SITES[model_type]
+    base = subject.model.base_model
+    layers = list(base.get_submodule(layers_path))
+    return Sites(layers, [m.get_submodule(attn_norm) for m in layers], [m.get_submodule(mlp_norm) for m in layers],
+                 [m.get_submodule(mlp) for m in layers], base.get_submodule(final))
+
+
+def head_name(layer: int, head: int) -> str:
+    return f"L{layer}.H{head}"
+
+
+def senders(subject: Subject) -> list[str]:
+    """Sender node ids in graph order: input, then per layer its heads and its MLP."""
+    a = subject.adapter
+    return ["input"] + [n for l in range(a.n_layers) for n in [*(head_name(l, h) for h in range(a.n_heads)), f"M{l}"]]
+
+
+def receivers(subject: Subject) -> list[str]:
+    """Receiver node ids in graph order: per layer its heads and its MLP, then logits."""
+    return senders(subject)[1:] + ["logits"]
+
+
+def position(node: str, n_layers: int) -> tuple[int, int]:
+    """(layer, stage) of a node: stage 0 = attention, 1 = MLP; input is (-1, 1) and logits (n_layers, 0)."""
+    if node == "input":
+        return -1, 1
+    if node == "logits":
+        return n_layers, 0
+    if node.startswith("M"):
+        return int(node[1:]), 1
+    return int(node[1:].split(".")[0]), 0
+
+
+def is_edge(sender: str, receiver: str, n_layers: int) -> bool:
+    """Whether `sender` writes to the residual stream before `receiver` reads it."""
+    return position(sender, n_layers) < position(receiver, n_layers)
+
+
+@dataclass
+class Activations:
+    """Each sender's output in the residual stream: input [B, L, d], heads [layer, head, B, L, d],
+    mlps [layer, B, L, d]."""
+
+    input: torch.Tensor
+    heads: torch.Tensor
+    mlps: torch.Tensor
+
+    def __sub__(self, other: Activations) -> Activations:
+        return Activations(self.input - other.input, self.heads - other.heads, self.mlps - other.mlps)
+
+    def of(self, node: str) -> torch.Tensor:
+        """The [B, L, d] output of sender `node`."""
+        if node == "input":
+            return self.input
+        if node.startswith("M"):
+            return self.mlps[int(node[1:])]
+        layer, head = (int(x) for x in node[1:].split(".H"))
+        return self.heads[layer, head]
+
+
+def head_contributions(proj: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Each head's term of the output projection: z [B, L, H, Dh] -> [H, B, L, d] with proj(z) = sum + bias."""
+    n_heads = z.shape[2]
+    eye = torch.eye(n_heads, dtype=z.dtype, device=z.device)
+    masked = z[None] * eye[:, None, None, :, None]  # [H, B, L, H, Dh]: copy h keeps head h only
+    flat = masked.reshape(n_heads, *z.shape[:2], -1)
+    return proj.forward(flat) - proj.forward(torch.zeros_like(flat[:1]))  # forward: no hooks
+
+
+def record(subject: Subject, enc: dict[str, torch.Tensor]) -> Activations:
+    """Run the model once (no grad) and return every sender's output in the residual stream."""
+    s, adapter = sites(subject), subject.adapter
+    kept: dict[str, torch.Tensor] = {}
+    heads: dict[int, torch.Tensor] = {}
+
+    def keep_z(layer: int, z: torch.Tensor) -> None:
+        heads[layer] = head_contributions(adapter.out_projections[layer], z)
+
+    handles = [s.attn_norms[0].register_forward_pre_hook(lambda m, args: kept.__setitem__("input", args[0]))]
+    handles += [mlp.register_forward_hook(lambda m, args, out, l=l: kept.__setitem__(f"M{l}", out))
+                for l, mlp in enumerate(s.mlps)]
+    try:
+        with torch.no_grad(), head_output_hook(subject, keep_z):
+            subject.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return Activations(kept["input"].float(), torch.stack([heads[l] for l in range(adapter.n_layers)]).float(),
+                       torch.stack([kept[f"M{l}"] for l in range(adapter.n_layers)]).float())
+
+
+@dataclass
+class ReceiverDeltas:
+    """What is added to each receiver's input: heads [layer, head, B, L, d], mlps [layer, B, L, d], logits [B, L, d].
+    Leaves with requires_grad collect each receiver's input gradient in `.grad`."""
+
+    heads: torch.Tensor
+    mlps: torch.Tensor
+    logits: torch.Tensor
+
+    @classmethod
+    def zeros(cls, subject: Subject, batch: int, length: int, requires_grad: bool = False) -> ReceiverDeltas:
+        a, d = subject.adapter, subject.model.config.hidden_size
+        make = lambda *shape: torch.zeros(*shape, device=subject.device, requires_grad=requires_grad)  # noqa: E731
+        return cls(make(a.n_layers, a.n_heads, batch, length, d), make(a.n_layers, batch, length, d),
+                   make(batch, length, d))
+
+    def of(self, node: str) -> torch.Tensor:
+        """The [B, L, d] slot of receiver `node` (a view: writing to it changes the deltas)."""
+        if node == "logits":
+            return self.logits
+        if node.startswith("M"):
+            return self.mlps[int(node[1:])]
+        layer, head = (int(x) for x in node[1:].split(".H"))
+        return self.heads[layer, head]
+
+
+def _expand(value, batch: int, copies: int):
+    """Repeat batch-shaped tensors (dim 0 == batch, 2+ dims) `copies` times along dim 0, inside tuples too."""
+    if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == batch and batch > 1:
+        return value.repeat(copies, *([1] * (value.ndim - 1)))
+    if isinstance(value, tuple):
+        return tuple(_expand(v, batch, copies) for v in value)
+    return value
+
+
+@contextlib.contextmanager
+def split_receivers(subject: Subject, deltas: ReceiverDeltas) -> Iterator[None]:
+    """While the block runs, each head reads its own copy of the residual plus deltas.heads[l, h], each MLP its
+    own copy plus deltas.mlps[l], and the final norm the residual plus deltas.logits. With zero deltas the
+    model's outputs are unchanged. Hooks are removed on exit, also on error."""
+    s, adapter = sites(subject), subject.adapter
+    n_heads = adapter.n_heads
+    stash: dict[str, torch.Tensor] = {}
+    inside: list[int] = []  # the layer whose attention is being re-run
+
+    def combine(layer: int, z: torch.Tensor) -> torch.Tensor | None:
+        if not inside or inside[-1] != layer:
+            return None
+        copies = z.reshape(n_heads, -1, *z.shape[1:])  # [copy, B, L, H, Dh]
+        own = torch.stack([copies[h, :, :, h] for h in range(n_heads)], dim=2)  # head h from copy h
+        return torch.cat([own[None], torch.zeros_like(copies[1:])]).reshape(z.shape)
+
+    def stash_input(key):
+        def hook(module, args):
+            if not inside:
+                stash[key] = args[0]
+        return hook
+
+    def rerun_attention(layer: int):
+        def hook(module, args, kwargs, output):
+            if inside:
+                return None
+            x = stash.pop(f"a{layer}")
+            batch = x.shape[0]
+            copies = (x[None] + deltas.heads[layer].to(x.dtype)).reshape(n_heads * batch, *x.shape[1:])
+            inside.append(layer)
+            try:
+                hidden = s.attn_norms[layer](copies)
+                new_args = (hidden, *(_expand(a, batch, n_heads) for a in args[1:])) if args else ()
+                new_kwargs = {k: None if "past" in k else _expand(v, batch, n_heads) for k, v in kwargs.items()}
+                if not args:
+                    new_kwargs["hidden_states"] = hidden
+                out = module(*new_args, **new_kwargs)
+            finally:
+                inside.pop()
+            return (out[0][:batch], *output[1:])
+        return hook
+
+    def rerun_mlp(layer: int):
+        def hook(module, args, output):
+            if inside:
+                return None
+            x = stash.pop(f"m{layer}")
+            inside.append(-1)
+            try:
+                return module(s.mlp_norms[layer](x + deltas.mlps[layer].to(x.dtype)))
+            finally:
+                inside.pop()
+        return hook
+
+    def add_logits(module, args):
+        return (args[0] + deltas.logits.to(args[0].dtype), *args[1:])
+
+    handles = [s.final_norm.register_forward_pre_hook(add_logits)]
+    for layer in range(adapter.n_layers):
+        handles.append(s.attn_norms[layer].register_forward_pre_hook(stash_input(f"a{layer}")))
+        handles.append(adapter.attention_modules[layer].register_forward_hook(rerun_attention(layer),
+                                                                              with_kwargs=True))
+        handles.append(s.mlp_norms[layer].register_forward_pre_hook(stash_input(f"m{layer}")))
+        handles.append(s.mlps[layer].register_forward_hook(rerun_mlp(layer)))
+    try:
+        with head_output_hook(subject, combine):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
