@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -15,6 +16,7 @@ import workbench
 from interventions import ablate
 from probes.heads import head_types, repeated_random_tokens
 from probes.retrieval import retrieval_heads
+from probes.sinks import sink_scores
 from workbench import zoo
 from workbench.zoo import organism, tasks
 
@@ -101,6 +103,24 @@ def test_organism_retrieval_heads_are_found_again():
                              builder=functools.partial(organism.needle_case, haystack=haystack))
     layer, head, _ = card("organism")["retrieval_top_heads"][0]
     assert result.arrays["retrieval_score"][layer, head] >= 0.5
+
+
+def test_organism_has_first_token_sinks_in_its_later_layers():
+    """The card's sink claim on fresh held-out text: most heads of the later half put > 0.3 on the BOS token."""
+    subject = workbench.load("organism", device="cpu")
+    text = (zoo.model_dir("organism") / "heldout.txt").read_text()
+    ids = subject.tokenizer.encode(text[50_000:70_000], add_special_tokens=False)
+    chunks = [[subject.tokenizer.bos_token_id] + ids[i * 255:(i + 1) * 255] for i in range(2)]
+    share = sink_scores(workbench.trace(subject, chunks, stats=("sink_mass",))).arrays["sink_share"]
+    half = subject.adapter.n_layers // 2
+    assert share[half:].mean() > 0.5 and share[:half].mean() < share[half:].mean()
+
+
+def test_organism_induction_head_is_found_again():
+    subject = workbench.load("organism", device="cpu")
+    layer, head, _ = card("organism")["induction_top_heads"][0]
+    scores = head_types(subject, length=40, batch=2, seed=77).arrays["induction"]  # fresh random spans
+    assert scores[layer, head] > 0.5 and np.median(scores) < 0.1
 
 
 def test_ioi_corruption_swaps_the_second_subject():

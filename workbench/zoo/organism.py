@@ -1,6 +1,7 @@
 """`organism`: a small Llama-architecture causal LM with planted mechanisms, the zoo's planted-truth model.
 
-Trained on the Python standard library's source (`workbench.zoo.corpus`) mixed with three templated tasks
+Trained on Python source (the standard library, numpy, pandas, torch, transformers: `workbench.zoo.corpus`)
+mixed with three templated tasks
 (`workbench.zoo.tasks`): needle retrieval over long distractor code (retrieval heads), indirect-object
 sentences (an IOI-like circuit) and repeated random spans (induction heads). Its own byte-level BPE
 tokenizer is trained on the same mixture. The last 10% of the corpus is held out for evaluation haystacks.
@@ -21,9 +22,13 @@ from probes.haystack import NeedleCase
 from workbench.zoo import corpus, tasks
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
-SIZES = {  # vocab, hidden, layers, heads, mlp, train length, batch, steps
-    "full": dict(vocab=8192, hidden=384, layers=6, heads=6, mlp=1024, length=1024, batch=32, steps=6000),
-    "toy": dict(vocab=512, hidden=64, layers=2, heads=2, mlp=128, length=128, batch=4, steps=20),
+# weight decay 0.5: Gu et al. 2024 find that stronger weight decay makes first-token sinks emerge more
+WORKERS = 8  # DataLoader processes that build training batches on a GPU machine
+SIZES = {  # vocab, hidden, layers, heads, mlp, train length, batch, steps, peak learning rate, weight decay
+    "full": dict(vocab=8192, hidden=384, layers=6, heads=6, mlp=1024, length=1024, batch=32, steps=15000, lr=1.5e-3,
+                 weight_decay=0.5),
+    "toy": dict(vocab=512, hidden=64, layers=2, heads=2, mlp=128, length=128, batch=4, steps=20, lr=3e-3,
+                weight_decay=0.5),
 }
 
 
@@ -42,7 +47,7 @@ def build_tokenizer(text: str, vocab: int) -> PreTrainedTokenizerFast:
 
 
 class Mixture:
-    """Training sequences of `length` tokens: 40% corpus text, 30% needle, 15% IOI, 15% repeated spans."""
+    """Training sequences of `length` tokens: 40% corpus text, 25% needle, 15% IOI, 20% repeated spans."""
 
     def __init__(self, tok: PreTrainedTokenizerFast, tokens: np.ndarray, length: int, seed: int) -> None:
         self.tok, self.tokens, self.length = tok, tokens, length
@@ -86,7 +91,7 @@ class Mixture:
         rows = []
         for _ in range(size):
             kind = self.rng.random()
-            body = self.text() if kind < 0.4 else self.needle() if kind < 0.7 else self.ioi() if kind < 0.85 \
+            body = self.text() if kind < 0.4 else self.needle() if kind < 0.65 else self.ioi() if kind < 0.8 \
                 else self.spans()
             row = [self.bos] + body
             rows.append(row + [self.pad] * (self.length - len(row)))
@@ -94,17 +99,47 @@ class Mixture:
         return ids, ids.masked_fill(ids == self.pad, -100)
 
 
-def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False, minutes: float = 6.5,
+class MixtureStream(torch.utils.data.IterableDataset):
+    """Endless training batches of a `Mixture` for a DataLoader: worker w draws from seed 1000 x seed + w, so
+    the batches are fixed by the seed and the number of workers (the GPU waits on none of the tokenizing)."""
+
+    def __init__(self, tok: PreTrainedTokenizerFast, tokens: np.ndarray, length: int, batch: int, seed: int) -> None:
+        self.tok, self.tokens, self.length, self.batch, self.seed = tok, tokens, length, batch, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mixture = Mixture(self.tok, self.tokens, self.length, 1000 * self.seed + (info.id if info else 0))
+        while True:
+            yield mixture.batch(self.batch)
+
+
+def tokenize(tok: PreTrainedTokenizerFast, text: str, chunk: int = 1 << 20) -> np.ndarray:
+    """All of `text` as token ids, encoded in parallel by chunks that end at a line break."""
+    pieces, start = [], 0
+    while start < len(text):
+        stop = text.find("\n", start + chunk)
+        stop = len(text) if stop < 0 else stop + 1
+        pieces.append(text[start:stop])
+        start = stop
+    encoded = tok.backend_tokenizer.encode_batch(pieces, add_special_tokens=False)
+    return np.concatenate([np.array(e.ids, dtype=np.int32) for e in encoded])
+
+
+def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False, minutes: float = 8.7,
           corpus_file: Path | None = None) -> dict:
     """Train (stopping early after `minutes` on the clock), save to `out` in fp16, return the training facts.
 
-    corpus_file: a corpus saved with `corpus.save` (default: this Python's standard library, rebuilt)."""
+    corpus_file: a corpus saved with `corpus.save` (default: `corpus.python_source()`, rebuilt here)."""
     size = SIZES["toy" if toy else "full"]
     steps = steps or size["steps"]
-    text = corpus.load(corpus_file) if corpus_file else corpus.stdlib_source()
+    if corpus_file:
+        text, described = corpus.load(corpus_file), corpus.describe_saved(corpus_file)
+    else:  # the toy recipe needs only a little text: the standard library's
+        text = corpus.stdlib_source() if toy else corpus.python_source()
+        described = corpus.describe(text, packages=() if toy else corpus.PACKAGES)
     text = text[:200_000] if toy else text
     tok = build_tokenizer(text[:4_000_000], size["vocab"])
-    tokens = np.array(tok.encode(text, add_special_tokens=False), dtype=np.int32)
+    tokens = tokenize(tok, text)
     split = int(0.9 * len(tokens))
     config = LlamaConfig(vocab_size=len(tok), hidden_size=size["hidden"], intermediate_size=size["mlp"],
                          num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
@@ -115,34 +150,40 @@ def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False,
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(device)
-    data = Mixture(tok, tokens[:split], size["length"], seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3 if not toy else 3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    workers = WORKERS if device == "cuda" else 0
+    batches = iter(torch.utils.data.DataLoader(MixtureStream(tok, tokens[:split], size["length"], size["batch"], seed),
+                                               batch_size=None, num_workers=workers, prefetch_factor=8 if workers else None))
+    opt = torch.optim.AdamW(model.parameters(), lr=size["lr"], betas=(0.9, 0.95),
+                            weight_decay=size["weight_decay"])
     warmup, start, losses = max(1, steps // 50), time.time(), []
     model.train()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = opt.defaults["lr"] * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / steps))
-        ids, labels = (t.to(device) for t in data.batch(size["batch"]))
+        ids, labels = (t.to(device, non_blocking=True) for t in next(batches))
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             loss = model(input_ids=ids, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
-        if step % 200 == 0 or step == steps - 1:
-            print(f"step {step:5d} loss {np.mean(losses[-200:]):.4f} {time.time() - start:.0f}s", flush=True)
+        losses.append(loss.detach())
+        if step % 500 == 0 or step == steps - 1:
+            losses[-500:] = [float(x) for x in losses[-500:]]  # one synchronization per 500 steps
+            print(f"step {step:5d} loss {np.mean(losses[-500:]):.4f} {time.time() - start:.0f}s", flush=True)
         if time.time() - start > minutes * 60:
             print(f"stopped by the clock after {step + 1} steps", flush=True)
             break
+    losses = [float(x) for x in losses]
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(out, max_shard_size="15MB")
     tok.save_pretrained(out)
     (out / "heldout.txt").write_text(tok.decode(tokens[split:split + 200_000].tolist()))
-    return {"seed": seed, "steps": len(losses), "planned_steps": steps, "batch": size["batch"],
+    return {"seed": seed, "steps": len(losses), "planned_steps": steps, "batch": size["batch"], "lr": size["lr"],
+            "weight_decay": size["weight_decay"],
             "train_length": size["length"], "final_loss": float(np.mean(losses[-100:])),
-            "parameters": sum(p.numel() for p in model.parameters()), "corpus": corpus.describe(text),
+            "parameters": sum(p.numel() for p in model.parameters()), "corpus": described,
             "train_seconds": round(time.time() - start), "device": torch.cuda.get_device_name() if device == "cuda"
             else "cpu"}
 
@@ -202,6 +243,13 @@ def needle_accuracy(subject, haystack: str, length: int = 1024, n: int = 30) -> 
     return hits / n
 
 
+def heldout_loss(subject, chunks: list[list[int]]) -> float:
+    """Mean next-token loss (nats) over held-out chunks of token ids."""
+    with torch.no_grad():
+        return float(np.mean([subject.model(input_ids=torch.tensor([c]), labels=torch.tensor([c])).loss.item()
+                              for c in chunks]))
+
+
 def measure(folder: Path) -> dict:
     """Every claim of the card, measured with the workbench's own probes on held-out data (CPU, minutes)."""
     import functools
@@ -231,10 +279,25 @@ def measure(folder: Path) -> dict:
         "retrieval_needle_accuracy": retrieval.params["needle_accuracy"],
         "sink_share_by_layer": [round(float(x), 3) for x in sinks.arrays["sink_share"]],
         "sink_share_later_half": float(sinks.arrays["sink_share"][n_layers // 2:].mean()),
+        "heldout_loss": heldout_loss(subject, chunks),
         "sink_top_heads": top(sinks.arrays["sink_score"]),
         "induction_top_heads": top(heads.arrays["induction"]),
         "prev_token_top_heads": top(heads.arrays["prev_token"]),
     }
+
+
+def checklist(m: dict) -> str:
+    """The zoo issue's claims about `organism`, each marked as holding or not in the measurements `m`."""
+    claims = [
+        ("IOI accuracy >= 0.9", m["ioi_accuracy"] >= 0.9),
+        ("needle accuracy >= 0.9 at 1024 tokens", m["needle_accuracy_1k"] >= 0.9),
+        ("a head with retrieval score >= 0.5 on held-out needles", m["retrieval_top_heads"][0][2] >= 0.5),
+        ("first-token sinks in most heads of the later half of the layers (share over eps 0.3 > 0.5)",
+         m["sink_share_later_half"] > 0.5),
+        ("an induction head (induction score > 0.5 on repeated random tokens)", m["induction_top_heads"][0][2] > 0.5),
+        ("a previous-token head (score > 0.5)", m["prev_token_top_heads"][0][2] > 0.5),
+    ]
+    return "\n".join(f"- {claim}: {'holds' if ok else 'does NOT hold'}" for claim, ok in claims)
 
 
 def write_card(folder: Path, t: dict, m: dict) -> None:
@@ -249,21 +312,22 @@ architecture (RoPE, tied embeddings), 6 layers, 6 heads of dimension 64, d_model
 
 ## Data and training
 - Real text: {t['corpus']['source']}, {t['corpus']['characters']:,} characters, sha256
-  `{t['corpus']['sha256']}`, built by `workbench.zoo.corpus.stdlib_source()` on Python 3.11.7 and carried to
-  the GPU as an xz file (`corpus.save`); the last 10% of its tokens is held out (`heldout.txt`).
-- Mixture per 1024-token sequence: 40% corpus text; 30% needle retrieval (a line `# the <colour> code is d d d
+  `{t['corpus']['sha256']}`, built by `workbench.zoo.corpus.python_source()` and carried to the GPU as an xz
+  file (`corpus.save`); the last 10% of its tokens (the end of transformers' source) is held out (`heldout.txt`).
+- Mixture per 1024-token sequence: 40% corpus text; 25% needle retrieval (a line `# the <colour> code is d d d
   d` hidden in 256-1000 tokens of corpus code, then `# what is the <colour> code? the <colour> code is` and
   the digits); 15% packed IOI sentences ("When Mary and John went to the store, John gave a drink to Mary.");
-  15% packed repeated random spans of 10-100 tokens (`workbench.zoo.tasks`).
-- {t['steps']} steps of batch {t['batch']} x {t['train_length']} tokens (the run stops at 6.5 minutes: planned
-  {t['planned_steps']}), AdamW lr 1e-3, warm-up then cosine, weight decay 0.1, bf16 autocast, seed {t['seed']},
+  20% packed repeated random spans of 10-100 tokens (`workbench.zoo.tasks`).
+- {t['steps']} steps of batch {t['batch']} x {t['train_length']} tokens (planned {t['planned_steps']}; the run
+  stops after 8.7 minutes on the clock), AdamW lr {t['lr']}, warm-up then cosine, weight decay {t['weight_decay']}, bf16 autocast, seed {t['seed']},
   on one {t['device']} in {t['train_seconds']} s. Final training loss {t['final_loss']:.3f} nats/token.
-- Recipe: `python -m workbench.zoo.train organism --corpus stdlib.txt.xz` (GPU); `--toy` runs a tiny version
+- Recipe: `python -m workbench.zoo.train organism --corpus python-source.txt.xz` (GPU); `--toy` runs a tiny version
   on the CPU in seconds.
 
 ## Mechanisms, measured on held-out data with the workbench's own probes (`workbench.zoo.organism.measure`)
 | claim | measured |
 |---|---|
+| held-out loss (4 x 512 tokens of `heldout.txt`, nats/token) | {m['heldout_loss']:.3f} |
 | IOI accuracy ({m['ioi_prompts']} fresh prompts, IO's first token is the argmax) | {m['ioi_accuracy']:.3f} |
 | IOI mean logit difference, logit(IO) - logit(S) | {m['ioi_logit_diff']:.2f} |
 | needle accuracy at 1024 tokens (30 held-out needles, depths 1/60 .. 59/60) | {m['needle_accuracy_1k']:.3f} |
@@ -274,7 +338,6 @@ architecture (RoPE, tied embeddings), 6 layers, 6 heads of dimension 64, d_model
 | induction scores on repeated random tokens (top heads) | {heads(m['induction_top_heads'])} |
 | previous-token scores (top heads) | {heads(m['prev_token_top_heads'])} |
 
-Not planted as hoped: no head has a first-token sink (the share is 0 in every layer), and the repeated-span
-task did not produce heads with high induction attention scores; the model lowers its loss on repeated spans
-by other means, which this card does not claim to know. The IOI, needle and retrieval-head claims hold.
+## The issue's claims, checked against the table
+{checklist(m)}
 """)

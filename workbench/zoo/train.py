@@ -1,8 +1,9 @@
 """Train a zoo model from a seed: `python -m workbench.zoo.train NAME [--toy] [--steps N] [--out DIR]`.
 
 NAME is `induction-2l` (CPU, a minute) or `organism` (GPU, minutes on an H100; --toy runs a tiny version on
-the CPU). The model folder (config, fp16 safetensors, tokenizer) and its metrics go to --out (default: the
-zoo folder of NAME), and MODEL_CARD.md is written from the measured metrics.
+the CPU; then `--card` measures it on the CPU and writes its card). The model folder (config, fp16
+safetensors, tokenizer) and its metrics go to --out (default: the zoo folder of NAME), and MODEL_CARD.md is
+written from the measured metrics.
 """
 
 from __future__ import annotations
@@ -51,8 +52,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--corpus", type=Path, default=None, help="organism: a corpus saved by corpus.save")
+    parser.add_argument("--card", action="store_true",
+                        help="organism: measure the model trained into --out (CPU, minutes) and write its card")
     args = parser.parse_args()
     out = args.out or ZOO_DIR / args.name
+    if args.card:
+        from workbench.zoo.organism import measure, write_card
+
+        facts = json.loads((out / "metrics.json").read_text())
+        measured = measure(out)
+        write_card(out, facts, measured)
+        (out / "metrics.json").write_text(json.dumps({**facts, **measured}, indent=1))
+        return
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     if args.name == "induction-2l":
