@@ -10,8 +10,8 @@ extra memory of:
   (e) eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
 Model level: a random-init Llama-shaped model (about 1.1B parameters) in bf16, its plain sdpa forward against
 `workbench.capture` with our kernel and no statistics, with the one-pass statistics, and with every statistic
-(`received` too) moved to host memory at the end, as `workbench.trace` does (median of 3 to 50 forwards,
-each between CUDA events, after one untimed forward).
+(`received` too); the statistics are moved to host memory at the end by `workbench.tracer.to_host`, as
+`workbench.trace` does (median of 3 to 50 forwards, each between CUDA events, after one untimed forward).
 
 Before timing, every autotuned configuration of the kernels is compiled in parallel, one process per
 configuration (WORKBENCH_TRITON_CONFIG pins it), into Triton's disk cache: the autotuner then only loads.
@@ -208,6 +208,7 @@ def model_level(lengths: list[int]) -> list[dict]:
 def model_row(subject, L: int, params: int) -> dict:
     """Plain sdpa forward against captures of no, the one-pass and all statistics, at context length L."""
     import workbench
+    from workbench.tracer import to_host
 
     model = subject.model
     ids = torch.randint(0, model.config.vocab_size, (1, L), device="cuda")
@@ -219,7 +220,7 @@ def model_row(subject, L: int, params: int) -> dict:
                     return model(input_ids=ids, logits_to_keep=1, use_cache=False).logits
                 with workbench.capture(subject, stats=stats, distance_cap=128) as cap:
                     model(input_ids=ids, logits_to_keep=1, use_cache=False)
-                return [t.cpu() for layer in cap.records.values() for t in layer.values()]
+                return {name: to_host([layer[name] for layer in cap.records.values()]) for name in stats}
         return forward
 
     row = {"L": L, "params": params, "plain_sdpa": measure_forward(run())}
