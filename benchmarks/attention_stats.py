@@ -8,7 +8,8 @@ extra memory of:
   (c) ours_stats      our kernel, the one-pass statistics (lse, entropy, sink mass, max prob, argmax, distance)
   (d) ours_received   (c) plus the second, dK-style pass for `received`
   (e) eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
-Model level: a random-init Llama-shaped model (about 1.1B parameters) in bf16, its plain sdpa forward against
+Model level: random-init models of the shapes in benchmarks/configs/ (--model-configs: a 1.1B Llama, SmolLM2-135M,
+Gemma-3-270M, Llama-3-8B; speed does not depend on the weights) in bf16, the plain sdpa forward against
 `workbench.capture` with our kernel and no statistics, with the one-pass statistics, and with every statistic
 (`received` too); the statistics are moved to host memory at the end by `workbench.tracer.to_host`, as
 `workbench.trace` does (median of 3 to 50 forwards, each between CUDA events, after one untimed forward).
@@ -42,6 +43,7 @@ from kernels import ALL_STATS, QUERY_STATS
 from kernels.triton_attention import CONFIGS, attention
 
 DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
+CONFIGS_DIR = Path(__file__).parent / "configs"  # model shapes: llama-1.1b, smollm2-135m, gemma3-270m, llama3-8b
 
 
 def measure(fn) -> dict:
@@ -183,25 +185,29 @@ def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE
     return rows
 
 
-def model_level(lengths: list[int]) -> list[dict]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def model_level(lengths: list[int], config_name: str) -> list[dict]:
+    """model_row at each length for a random-init model of the shape benchmarks/configs/NAME.json (speed does
+    not depend on the weights); stops after the first length whose full trace runs out of memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     import workbench
 
-    config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=32000, max_position_embeddings=131072,
-                         attn_implementation="sdpa")
+    fields = json.loads((CONFIGS_DIR / f"{config_name}.json").read_text())
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config.max_position_embeddings = max(config.max_position_embeddings, max(lengths))
     with torch.device("cuda"):
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16).eval()
     subject = workbench.load(model)
     params = sum(p.numel() for p in model.parameters())
     rows = []
     for L in lengths:
-        rows.append(model_row(subject, L, params))
+        rows.append({**model_row(subject, L, params), "config": config_name})
         print(json.dumps(rows[-1]), flush=True)
         if "error" in rows[-1]["trace_all_stats"]:
             break
+    del model, subject
+    torch.cuda.empty_cache()
     return rows
 
 
@@ -251,8 +257,9 @@ def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict]) -> str:
                      f"{cell(r['ours_stats'], 'vs_flash')} | {cell(r['ours_received'], 'vs_flash')} | "
                      f"{cell(r['eager_entropy'], 'vs_flash')} |")
     if model_rows:
-        lines += [f"Model level: random-init Llama-shaped model, {model_rows[0]['params'] / 1e9:.2f}B parameters, "
-                  "bf16, batch 1; median time, peak extra memory, (ratio to the plain forward).", "",
+        lines += [f"Model level: random-init model of the shape of {model_rows[0]['config']} "
+                  f"(benchmarks/configs/), {model_rows[0]['params'] / 1e9:.2f}B parameters, bf16, batch 1; "
+                  "median time, peak extra memory, (ratio to the plain forward).", "",
                   "| L | plain sdpa forward | ours, no statistics | ours, one-pass statistics | "
                   "all statistics, to host (trace) |", "|---|---|---|---|---|"]
         for r in model_rows:
@@ -269,6 +276,8 @@ def main() -> None:
                         help="model-level context lengths (empty: skip the model level)")
     parser.add_argument("--shapes", default="32,32,128",
                         help="kernel level: 'query heads,kv heads,head_dim', several separated by ';'")
+    parser.add_argument("--model-configs", default="llama-1.1b",
+                        help="model level: comma-separated names of benchmarks/configs/*.json")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="added to the file names (a partial run, say)")
     parser.add_argument("--compile-only", metavar="SHAPES", help=argparse.SUPPRESS)  # precompile()'s workers
@@ -288,7 +297,9 @@ def main() -> None:
         print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
     parts = [("kernel" + ("" if shape == DEFAULT_SHAPE else "_" + "-".join(map(str, shape))), args.lengths,
               lambda ls, shape=shape: kernel_level(ls, shape)) for shape in shapes]
-    for part, lengths, run in parts + [("model", args.model_lengths, model_level)]:
+    parts += [(f"model_{name}", args.model_lengths, lambda ls, name=name: model_level(ls, name))
+              for name in args.model_configs.split(",")]
+    for part, lengths, run in parts:
         if not lengths:
             continue
         start = time.time()
@@ -296,7 +307,7 @@ def main() -> None:
         name = f"attention_stats_{part}{tag}_{slug}"
         (out / f"{name}.json").write_text(json.dumps({**meta, "seconds": math.ceil(time.time() - start),
                                                       "rows": rows}, indent=1))
-        table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part == "model" else [])
+        table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [])
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)
 
