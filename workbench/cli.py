@@ -23,6 +23,7 @@ from workbench.cli_common import (
     read_text,
     store_run,
 )
+from workbench.cli_dash import dash_command
 from workbench.errors import WorkbenchError
 from workbench.registry.cli import app as models_app
 
@@ -30,6 +31,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Look inside transformer language models through their attention heads.")
 app.add_typer(models_app, name="models", help="List and install the named real models (SmolLM2, Gemma-3, MiniLM).")
 app.add_typer(scan_app, name="scan", help="Run a probe (sinks, entropy, erank, heads, retrieval) and report its heads.")
+app.command("dash")(dash_command)
 
 
 @app.command("trace")
