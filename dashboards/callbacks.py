@@ -89,12 +89,16 @@ def register(app: Dash, session: Session) -> None:
 
     @app.callback(Output("head", "value"), Output("head", "options", allow_duplicate=True),
                   Output("head-model", "data", allow_duplicate=True), Output("tabs", "value"),
-                  Input(head_source(ALL, ALL), "clickData"), prevent_initial_call=True)
-    def open_head(_):
+                  Input(head_source(ALL, ALL), "clickData"), State("trace-id", "data"), prevent_initial_call=True)
+    def open_head(_, run_id):
         click = ctx.triggered[0]["value"] if ctx.triggered else None
         if not click or not click.get("points"):
             raise PreventUpdate
-        layer, head, model = click["points"][0].get("customdata") or (None, None, None)
+        point = click["points"][0]
+        if "customdata" in point:  # a circuit node: [layer, head, model]
+            layer, head, model = point["customdata"]
+        else:  # a heatmap cell of the traced model (Plotly does not pass a heatmap's customdata on)
+            layer, head, model = point["y"], point["x"], session.trace_run(run_id).model
         if head is None:  # an input, MLP or logits node of a circuit
             raise PreventUpdate
         return _head_name(layer, head), _head_options(session, model), model, "head"
@@ -171,23 +175,21 @@ def register(app: Dash, session: Session) -> None:
         return (figures.circuit_figure(circuit, only_circuit="only" in (only or [])),
                 f"{path}: heads in the circuit: {heads or 'none'}. Click a head to open its view.")
 
-    @app.callback(Output("runs-table", "data"), Input("runs-refresh", "n_clicks"), Input("tabs", "value"))
+    @app.callback(Output("runs-select", "options"), Input("runs-refresh", "n_clicks"), Input("tabs", "value"))
     def list_runs(_, tab):
         if tab != "runs" and ctx.triggered_id != "runs-refresh":
             raise PreventUpdate
-        runs = session.runs()
-        runs["created"] = runs.created.dt.strftime("%Y-%m-%d %H:%M:%S")
-        runs["id"] = runs.run_id
-        return runs.astype(str).to_dict("records")
+        return [{"label": f"{r.created:%Y-%m-%d %H:%M:%S}  {r.kind:<16} {r.model_id:<16} {r.run_id}  {r.command}",
+                 "value": r.run_id} for r in session.runs().itertuples()]
 
     @app.callback(Output("runs-metric", "options"), Output("runs-metric", "value"),
-                  Input("runs-table", "selected_row_ids"), State("runs-metric", "value"), prevent_initial_call=True)
+                  Input("runs-select", "value"), State("runs-metric", "value"), prevent_initial_call=True)
     def run_metrics(run_ids, metric):
         metrics = sorted({m for r in run_ids or [] for m in session.run_table(r).metric.unique()})
         return metrics, metric if metric in metrics else (metrics[0] if metrics else None)
 
     @app.callback(Output("runs-figure", "figure"), Input("runs-metric", "value"),
-                  Input("runs-table", "selected_row_ids"), prevent_initial_call=True)
+                  Input("runs-select", "value"), prevent_initial_call=True)
     def compare_runs(metric, run_ids):
         if not metric or not run_ids:
             return figures.empty_figure("select runs and a metric")

@@ -1,7 +1,8 @@
 """The app's figures: pure functions from arrays and tables to `go.Figure` (tested without a browser).
 
-Heads are drawn with layers as rows and heads as columns; every head-level figure carries, in each
-point's `customdata`, [layer, head, model] so that one pattern-matching callback can open any head's view.
+Heads are drawn with layers as rows and heads as columns (a heatmap cell's x is its head, y its layer); the
+nodes of a circuit graph carry [layer, head, model] in their `customdata`, so that one pattern-matching
+callback can open the view of any head clicked.
 Numbers go into the figures as plain lists (NaN as None), not plotly's base64 arrays, so that the browser's
 copy of a figure reads back as the same numbers.
 """
@@ -33,12 +34,11 @@ def _layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
 
 
 def head_heatmap(matrix: np.ndarray, title: str, model: str, colorscale: str = "Viridis") -> go.Figure:
-    """A [layer, head] matrix as a heatmap (layer 0 at the top); hover and click give L{layer}.H{head}."""
+    """A [layer, head] matrix of `model` as a heatmap (layer 0 at the top); hover shows L{layer}.H{head}."""
     matrix = np.asarray(matrix, dtype=float)
     n_layers, n_heads = matrix.shape
-    custom = [[[layer, head, model] for head in range(n_heads)] for layer in range(n_layers)]
     fig = go.Figure(go.Heatmap(
-        z=_values(matrix), x=list(range(n_heads)), y=list(range(n_layers)), customdata=custom, colorscale=colorscale,
+        z=_values(matrix), x=list(range(n_heads)), y=list(range(n_layers)), colorscale=colorscale, name=model,
         hovertemplate="L%{y}.H%{x}: %{z:.3f}<extra></extra>", xgap=1, ygap=1,
     ))
     fig.update_xaxes(title="head", dtick=1)

@@ -7,7 +7,7 @@ pattern-matching callback opens the head view from a click on any of them.
 
 from __future__ import annotations
 
-from dash import dash_table, dcc, html
+from dash import dcc, html
 
 import workbench
 from dashboards.session import EDITS, OVERVIEW, TASKS, WINDOW
@@ -98,14 +98,13 @@ def circuits_page() -> html.Div:
 
 
 def runs_page() -> html.Div:
-    columns = ["run_id", "created", "kind", "model_id", "command", "trace_dir"]
     return html.Div([
         html.Div([html.Button("Refresh", id="runs-refresh", n_clicks=0),
                   html.Label("Metric"), dcc.Dropdown(id="runs-metric", style={"width": "260px"})], style=ROW),
-        dash_table.DataTable(id="runs-table", columns=[{"name": c, "id": c} for c in columns], data=[],
-                             row_selectable="multi", selected_rows=[], page_size=12,
-                             style_cell={"fontFamily": "monospace", "fontSize": "12px", "textAlign": "left",
-                                         "maxWidth": "360px", "overflow": "hidden", "textOverflow": "ellipsis"}),
+        html.P("Tick up to three runs to compare them, metric by metric."),
+        dcc.Checklist(id="runs-select", options=[], value=[],
+                      labelStyle={"display": "block", "fontFamily": "monospace", "fontSize": "12px",
+                                  "whiteSpace": "pre"}),
         dcc.Graph(id="runs-figure", figure={}),
     ])
 

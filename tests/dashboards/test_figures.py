@@ -19,7 +19,7 @@ def test_head_heatmap_carries_values_and_heads():
     matrix[1, 2] = np.nan
     trace = figures.head_heatmap(matrix, "t", "organism").data[0]
     assert list(trace.z[0]) == [0.0, 0.1, 0.2, 0.3] and trace.z[1][2] is None
-    assert list(trace.customdata[2][1]) == [2, 1, "organism"]
+    assert list(trace.x) == [0, 1, 2, 3] and list(trace.y) == [0, 1, 2] and trace.name == "organism"
 
 
 def test_pattern_figure_labels_positions_and_checks_shape():
