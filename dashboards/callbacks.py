@@ -209,5 +209,5 @@ def _received_spans(labels: list[str], received) -> list[html.Span]:
     top = max(float(max(received[1:], default=0.0)), 1e-9)
     return [html.Span(label, title=f"{i}: {value:.3f}",
                       style={"backgroundColor": f"rgba(220, 50, 32, {min(1.0, float(value) / top):.2f})",
-                             "whiteSpace": "pre"})
+                             "whiteSpace": "pre-wrap"})
             for i, (label, value) in enumerate(zip(labels, received, strict=True))]

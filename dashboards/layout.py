@@ -55,14 +55,16 @@ def head_page() -> html.Div:
         html.Div([
             html.Label("Head"), dcc.Dropdown(id="head", options=[], style={"width": "140px"}, clearable=False),
             html.Label(f"Window start (the map shows at most {WINDOW} positions)"),
-            dcc.Input(id="window-start", type="number", min=0, placeholder="end of text", debounce=True),
+            dcc.Input(id="window-start", type="number", min=0, placeholder="end of text", debounce=True,
+                      style={"width": "160px"}),
             html.Button("Edit this head", id="edit-this-head", n_clicks=0),
         ], style=ROW),
         dcc.Loading([
             html.Div(id="head-info"),
             dcc.Graph(id="pattern", figure={}),
             html.H4("Attention received per token"),
-            html.Div(id="received-text", style={"lineHeight": "1.9", "fontFamily": "monospace"}),
+            html.Div(id="received-text",
+                     style={"lineHeight": "1.9", "fontFamily": "monospace", "whiteSpace": "pre-wrap"}),
             dcc.Graph(id="received", figure={}),
             dcc.Graph(id="query-entropy", figure={}),
         ]),
@@ -75,7 +77,7 @@ def intervene_page() -> html.Div:
             html.Label("Heads"), dcc.Dropdown(id="edit-heads", options=[], multi=True, style={"width": "360px"}),
             html.Label("Value", title="scale: the factor; calibrate: ACT's beta in (0, 1]; ZeroTuning: the "
                        "first-token scale > 0; ablations take none"),
-            dcc.Input(id="edit-value", type="number", value=0.5, step=0.05),
+            dcc.Input(id="edit-value", type="number", value=0.5, step=0.05, style={"width": "140px"}),
             html.Button("Apply", id="apply", n_clicks=0),
         ], style=ROW),
         dcc.RadioItems(id="edit", options=[{"label": v, "value": k} for k, v in EDITS.items()],
