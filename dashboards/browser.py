@@ -133,3 +133,12 @@ def text(driver, element_id: str) -> str:
 def selected_tab(driver) -> str | None:
     """The id of the selected tab (tab-overview, tab-head, ...)."""
     return driver.execute_script("const t = document.querySelector('.tab--selected'); return t ? t.id : null;")
+
+
+def choose(driver, dropdown_id: str, label: str) -> None:
+    """Open the dcc.Dropdown `dropdown_id` and click its first option whose text contains `label`."""
+    from selenium.webdriver.common.by import By
+
+    click(driver, dropdown_id)
+    options = wait(driver, lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if label in o.text])
+    options[0].click()

@@ -5,7 +5,8 @@
 Traces the model on the sample paragraph in a fresh temporary store, opens the head view of --head by
 clicking it on the overview, zero-ablates it, opens the circuit in DIR (a folder with a circuit.json, or the
 newest circuit run of --store when given) and compares the app's runs. Writes overview.png, head.png,
-intervene.png, circuits.png (when there is a circuit) and runs.png.
+intervene.png, circuits.png (when there is a circuit) and runs.png (the paragraph's run beside an IOI
+sentence's).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from dashboards.app import create_app
-from dashboards.browser import chromium, click, click_point, graph_data, served, text, wait, wait_graph
+from dashboards.browser import choose, chromium, click, click_point, graph_data, served, text, wait, wait_graph
 from dashboards.circuits import circuit_runs
 from dashboards.layout import head_source
 
@@ -73,11 +74,15 @@ def take(out: Path, model: str, head: tuple[int, int], circuit: Path | None, sto
             else:
                 print("no circuit given (--circuit DIR, or a --store with circuit runs): circuits.png not taken")
 
+            choose(driver, "task", "indirect object")  # a second trace, to compare two runs
+            wait(driver, lambda d: "filled in" in text(d, "status"))
+            click(driver, "run")
+            wait(driver, lambda d: "traced" in text(d, "status-done"))
             click(driver, "tab-runs")
-            wait(driver, lambda d: d.execute_script(
-                "return document.querySelectorAll('#runs-select input[type=checkbox]').length"))
-            driver.execute_script("document.querySelector('#runs-select input[type=checkbox]').click();")
-            wait_graph(driver, "runs-figure", lambda g: g[0].get("z"))
+            boxes = "#runs-select input[type=checkbox]"
+            wait(driver, lambda d: d.execute_script(f"return document.querySelectorAll('{boxes}').length") >= 2)
+            driver.execute_script(f"document.querySelectorAll('{boxes}').forEach(b => b.click());")
+            wait_graph(driver, "runs-figure", lambda g: len(g) == 2)
             _shot(driver, out / "runs.png")
 
 

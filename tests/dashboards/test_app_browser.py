@@ -6,6 +6,7 @@ and click one of its heads. Every figure's numbers, read back from the browser's
 against the same public API called here directly (probes, workbench.trace, interventions).
 """
 
+import random
 import re
 
 import numpy as np
@@ -16,13 +17,14 @@ import torch
 import workbench
 from dashboards import browser
 from dashboards.app import create_app
-from dashboards.browser import click, click_point, selected_tab, text, wait, wait_graph
+from dashboards.browser import choose, click, click_point, selected_tab, text, wait, wait_graph
 from interventions import ablate
 from interventions.masking import document_loss
 from probes.entropy import entropy_profile
 from probes.heads import head_types
 from probes.sinks import sink_scores
 from workbench.cli_common import SAMPLE_TEXT
+from workbench.zoo import tasks
 
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=f"no headless browser: {browser.missing()}")
 
@@ -118,18 +120,13 @@ def test_trace_click_a_head_ablate_it_and_browse_runs(page, subject, store):
 
 
 def test_a_circuit_from_the_store_opens_its_heads(page, store, write_circuit):
-    from selenium.webdriver.common.by import By
-
     driver = page
     folder = write_circuit("found")
     with workbench.Store(store) as db:
         db.write_run("circuit", "organism", pd.DataFrame(columns=["layer", "head", "metric", "value"]),
                      trace_dir=folder)
     click(driver, "tab-circuits")
-    click(driver, "circuit-run")
-    option = wait(driver, lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]")
-                                      if "organism" in o.text])
-    option[0].click()
+    choose(driver, "circuit-run", "organism")
     graph = {"type": "head-source", "page": "circuits", "metric": "circuit"}
     data = wait_graph(driver, graph, lambda g: any(t["name"] == "head" for t in g))
     heads = next(t for t in data if t["name"] == "head")
@@ -138,3 +135,11 @@ def test_a_circuit_from_the_store_opens_its_heads(page, store, write_circuit):
     click_point(driver, graph, 5, -2)  # the node L5.H2
     wait(driver, lambda d: "L5.H2" in text(d, "head-info"))
     assert selected_tab(driver) == "tab-head"
+
+
+def test_a_built_in_task_fills_the_text(page):
+    driver = page
+    choose(driver, "task", "indirect object")
+    want = tasks.ioi_prompt(random.Random(0)).text
+    wait(driver, lambda d: d.find_element("id", "text").get_attribute("value") == want)
+    assert "filled in" in text(driver, "status")
