@@ -34,6 +34,7 @@ from workbench.zoo import tasks
 
 WINDOW = 48  # the most positions a head's attention map is drawn over (the app never draws an L x L map)
 RETRIEVAL_LENGTH = 256  # needle prompt length of the app's retrieval scan (capped by the model's context)
+ANSWER_ROOM = 16  # positions left free after the needle prompt for the generated answer
 MAX_MODELS = 2
 EDITS = {
     "ablate-zero": "ablate (zero)", "ablate-mean": "ablate (mean over the text)", "scale": "scale outputs",
@@ -135,7 +136,7 @@ class Session:
                 if probe == "heads":
                     result = head_types(subject, length=min(50, (subject.adapter.context_length - 1) // 2))
                 else:
-                    length = min(RETRIEVAL_LENGTH, subject.adapter.context_length)
+                    length = min(RETRIEVAL_LENGTH, subject.adapter.context_length - ANSWER_ROOM)
                     result = retrieval_heads(subject, lengths=(length,), depths=(0.5,), builder=_needles(model))
                 self._model_results[key] = result
             return self._model_results[key]

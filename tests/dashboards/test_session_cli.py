@@ -7,9 +7,12 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
+import torch
 
 from dashboards.session import Session
+from interventions import ablate, calibrate, scale, scale_initial
 from workbench.errors import HeadNotFoundError, WorkbenchError
 
 
@@ -68,3 +71,31 @@ def test_head_view_window_is_bounded_and_tasks_fill_text(session):
     late = session.head_view("organism", text, 5, 3, start=10_000)  # clamped to the last full window
     assert late.start == len(late.labels) - 48
 
+
+
+def test_a_local_folder_traces_and_writes_a_store_run(tiny_folder, tmp_path):
+    session = Session(str(tiny_folder), tmp_path / "runs.duckdb")
+    run = session.run_trace(str(tiny_folder), "the cat sat on the mat")
+    assert session.overview(run.run_id, "sink_score").shape == (run.trace.n_layers, run.trace.n_heads)
+    assert session.runs().run_id.tolist() == [run.run_id]
+
+
+@pytest.mark.parametrize("edit, value", [("ablate-mean", 0.0), ("scale", 2.0), ("calibrate", 0.4),
+                                         ("zerotuning", 0.5)])
+def test_each_edit_gives_what_the_intervention_gives(session, edit, value):
+    text, heads = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))", [(5, 3), (1, 1)]
+    subject = session.subject("organism")
+    editing = {"ablate-mean": lambda: ablate(subject, heads, mode="mean", reference=[text]),
+               "scale": lambda: scale(subject, heads, value),
+               "calibrate": lambda: calibrate(subject, text, heads, beta=value),
+               "zerotuning": lambda: scale_initial(subject, dict.fromkeys(heads, value))}[edit]
+    outcome = session.intervene("organism", text, heads, edit, value)
+    enc = subject.encode(text)
+    with torch.no_grad():
+        plain = torch.softmax(subject.model(**enc).logits[0, -1].float(), -1)
+        with editing():
+            edited = torch.softmax(subject.model(**enc).logits[0, -1].float(), -1)
+    top = torch.argsort(plain, descending=True)[:8]
+    np.testing.assert_allclose(outcome.before[:8], plain[top].numpy(), atol=1e-6)
+    assert not np.allclose(outcome.before, outcome.after, atol=1e-5), f"{edit} changed nothing"
+    np.testing.assert_allclose(np.sort(outcome.after)[::-1][:3], np.sort(edited.numpy())[::-1][:3], atol=1e-6)
