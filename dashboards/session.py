@@ -36,6 +36,7 @@ WINDOW = 48  # the most positions a head's attention map is drawn over (the app 
 RETRIEVAL_LENGTH = 256  # needle prompt length of the app's retrieval scan (capped by the model's context)
 ANSWER_ROOM = 16  # positions left free after the needle prompt for the generated answer
 MAX_MODELS = 2
+MAX_TRACES = 8  # traces kept for the overview and head clicks; older ones must be run again
 EDITS = {
     "ablate-zero": "ablate (zero)", "ablate-mean": "ablate (mean over the text)", "scale": "scale outputs",
     "calibrate": "calibrate hidden sinks (ACT)", "zerotuning": "ZeroTuning: scale first-token attention",
@@ -95,7 +96,7 @@ class Session:
         self.lock = threading.RLock()
         self._subjects: OrderedDict[str, Subject] = OrderedDict()
         self._model_results: dict[tuple[str, str], Result] = {}
-        self._traces: dict[str, TraceRun] = {}
+        self._traces: OrderedDict[str, TraceRun] = OrderedDict()
 
     def subject(self, name: str) -> Subject:
         """The loaded model `name` (kept for reuse; the least recently used is dropped past MAX_MODELS)."""
@@ -120,6 +121,8 @@ class Session:
                                       params={"n_tokens": len(trace.tokens[0]), "source": "dashboard"})
         run = TraceRun(model, text, trace, results, run_id)
         self._traces[run_id] = run
+        while len(self._traces) > MAX_TRACES:
+            self._traces.popitem(last=False)
         return run
 
     def trace_run(self, run_id: str) -> TraceRun:
