@@ -1,1 +1,2 @@
-"""The Dash app: reads the results store and calls the same public API a notebook calls (Dash issue)."""
+"""The Dash app (`workbench dash`): layout, callbacks, figures and the session that calls the workbench's public
+API (traces, probes, interventions, the results store). Nothing outside this package imports it."""

@@ -25,6 +25,7 @@ from workbench.cli_common import (
     read_text,
     store_run,
 )
+from workbench.cli_dash import dash_command
 from workbench.errors import WorkbenchError
 from workbench.registry.cli import app as models_app
 
@@ -34,6 +35,7 @@ app.add_typer(models_app, name="models", help="List and install the named real m
 app.add_typer(scan_app, name="scan", help="Run a probe (sinks, entropy, erank, heads, retrieval) and report its heads.")
 app.command("ablate")(ablate_command)
 app.command("circuit")(circuit_command)
+app.command("dash")(dash_command)
 
 
 @app.command("trace")
