@@ -243,6 +243,13 @@ def needle_accuracy(subject, haystack: str, length: int = 1024, n: int = 30) -> 
     return hits / n
 
 
+def heldout_chunks(tokenizer, haystack: str, n: int = 8, length: int = 512) -> list[list[int]]:
+    """n chunks of `length` tokens (BOS first) spread evenly over the held-out text."""
+    ids = tokenizer.encode(haystack, add_special_tokens=False)
+    step = (len(ids) - length) // (n - 1)
+    return [[tokenizer.bos_token_id] + ids[i * step:i * step + length - 1] for i in range(n)]
+
+
 def heldout_loss(subject, chunks: list[list[int]]) -> float:
     """Mean next-token loss (nats) over held-out chunks of token ids."""
     with torch.no_grad():
@@ -264,9 +271,10 @@ def measure(folder: Path) -> dict:
     builder = functools.partial(needle_case, haystack=haystack)
     retrieval = retrieval_heads(subject, lengths=(512, 1024), depths=(0.1, 0.5, 0.9), seeds=(0, 1), builder=builder)
     scores = retrieval.arrays["retrieval_score"]
-    ids = subject.tokenizer.encode(haystack[:20_000], add_special_tokens=False)
-    chunks = [[subject.tokenizer.bos_token_id] + ids[i * 511:(i + 1) * 511] for i in range(4)]
+    chunks = heldout_chunks(subject.tokenizer, haystack)
     sinks = sink_scores(workbench.trace(subject, chunks, stats=("sink_mass",)))
+    per_chunk = [sink_scores(workbench.trace(subject, [c], stats=("sink_mass",))).arrays["sink_share"] for c in chunks]
+    later_half = [float(share[len(share) // 2:].mean()) for share in per_chunk]
     heads = head_types(subject, length=100, batch=4, seed=4242)
     n_layers = subject.adapter.n_layers
     top = lambda a, k=3: [[int(l), int(h), round(float(a[l, h]), 3)]  # noqa: E731
@@ -279,6 +287,7 @@ def measure(folder: Path) -> dict:
         "retrieval_needle_accuracy": retrieval.params["needle_accuracy"],
         "sink_share_by_layer": [round(float(x), 3) for x in sinks.arrays["sink_share"]],
         "sink_share_later_half": float(sinks.arrays["sink_share"][n_layers // 2:].mean()),
+        "sink_share_later_half_per_chunk": [round(x, 3) for x in later_half],
         "heldout_loss": heldout_loss(subject, chunks),
         "sink_top_heads": top(sinks.arrays["sink_score"]),
         "induction_top_heads": top(heads.arrays["induction"]),
@@ -327,13 +336,14 @@ architecture (RoPE, tied embeddings), 6 layers, 6 heads of dimension 64, d_model
 ## Mechanisms, measured on held-out data with the workbench's own probes (`workbench.zoo.organism.measure`)
 | claim | measured |
 |---|---|
-| held-out loss (4 x 512 tokens of `heldout.txt`, nats/token) | {m['heldout_loss']:.3f} |
+| held-out loss (8 x 512 tokens spread over `heldout.txt`, nats/token) | {m['heldout_loss']:.3f} |
 | IOI accuracy ({m['ioi_prompts']} fresh prompts, IO's first token is the argmax) | {m['ioi_accuracy']:.3f} |
 | IOI mean logit difference, logit(IO) - logit(S) | {m['ioi_logit_diff']:.2f} |
 | needle accuracy at 1024 tokens (30 held-out needles, depths 1/60 .. 59/60) | {m['needle_accuracy_1k']:.3f} |
 | retrieval heads (copy-paste score, Wu et al. 2024; 512 and 1024 tokens x depths 0.1/0.5/0.9 x 2 seeds) | {heads(m['retrieval_top_heads'])} |
 | heads with retrieval score > 0.1 | {m['retrieval_heads_over_0.1']} |
-| first-token sink share per layer (heads with mean first-token mass > 0.3, 4 x 512 held-out tokens) | {m['sink_share_by_layer']} |
+| first-token sink share per layer (heads with mean first-token mass > 0.3, the same 8 x 512 held-out tokens) | {m['sink_share_by_layer']} |
+| sink share of the later half of the layers, chunk by chunk | {m['sink_share_later_half_per_chunk']} |
 | strongest first-token sink heads | {heads(m['sink_top_heads'])} |
 | induction scores on repeated random tokens (top heads) | {heads(m['induction_top_heads'])} |
 | previous-token scores (top heads) | {heads(m['prev_token_top_heads'])} |
