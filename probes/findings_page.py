@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from probes.findings import Findings, findings_json, retrieval_scores
 from probes.result import LAYER_LEVEL
@@ -126,35 +127,44 @@ def _reproduce(command: str, python: str, seconds: float, what: str) -> str:
             f"*Wall time:* {seconds:.1f} s ({what}).")
 
 
-def _secondary_by_layer(findings: Findings) -> dict[int, str]:
-    """Per layer: the number of (head, key) hits and the three strongest non-initial sink keys with their mass."""
+def _hits_with_mass(findings: Findings) -> pd.DataFrame:
+    """The secondary-sink hits (layer, head, batch, position, token, value = ratio) with their `mass`."""
     text = findings.sections["text"].results
     hits = text["secondary_sinks"].table
     hits = hits[hits.metric == "received_ratio"]
     fai = text["fai"].table
     fai = fai[fai["head"] != LAYER_LEVEL][["layer", "head", "batch", "position", "value"]].rename(
         columns={"value": "mass"})
-    hits = hits.merge(fai, on=["layer", "head", "batch", "position"], how="left")
+    return hits.merge(fai, on=["layer", "head", "batch", "position"], how="left")
+
+
+def _secondary_by_layer(hits: pd.DataFrame) -> dict[int, str]:
+    """Per layer: the number of (head, key) hits and the three keys with the most mass in one head.
+
+    Ranked by mass, not by ratio: late keys are seen by few queries, so local attention alone gives them a
+    large ratio to their small uniform share while they hold little of any query's attention."""
     cells = {}
     for layer, rows in hits.groupby("layer"):
-        best = rows.sort_values("value", ascending=False).drop_duplicates(["batch", "position"]).head(3)
-        keys = ", ".join(f"{_token(r.token)}@{r.batch}:{r.position} x{r.value:.0f} ({r.mass:.2f})"
+        best = rows.sort_values("mass", ascending=False).drop_duplicates(["batch", "position"]).head(3)
+        keys = ", ".join(f"{_token(r.token)}@{r.batch}:{r.position} {r.mass:.2f} (H{r.head} x{r.value:.0f})"
                          for r in best.itertuples())
         cells[int(layer)] = f"{len(rows)} in {rows['head'].nunique()} heads: {keys}"
     return cells
 
 
-def _sink_levels(findings: Findings) -> str:
+def _sink_levels(findings: Findings, hits: pd.DataFrame) -> str:
     levels = findings.sections["text"].results["secondary_sinks"].table
     levels = levels[levels.layer == LAYER_LEVEL]
     if levels.empty:
         return "No non-initial key passed the threshold in any head."
     wide = levels.pivot_table(index=["batch", "position", "token"], columns="metric", values="value").reset_index()
-    wide = wide.sort_values(["n_heads", "position"], ascending=[False, True]).head(TOP)
-    rows = [[_token(r.token), f"{int(r.batch)}:{int(r.position)}", int(r.first_layer), int(r.last_layer),
-             int(r.n_layers), int(r.persistence), int(r.n_heads)] for r in wide.itertuples()]
-    header = ["token", "text:position", "first layer", "last layer", "layers", "longest run", "heads"]
-    intro = f"The {len(rows)} non-initial sink keys seen by the most heads, with their levels:"
+    mass = hits.groupby(["batch", "position"]).mass.max().rename("max_mass").reset_index()
+    wide = wide.merge(mass, on=["batch", "position"]).sort_values("max_mass", ascending=False).head(TOP)
+    rows = [[_token(r.token), f"{int(r.batch)}:{int(r.position)}", f"{r.max_mass:.2f}", int(r.first_layer),
+             int(r.last_layer), int(r.n_layers), int(r.persistence), int(r.n_heads)] for r in wide.itertuples()]
+    header = ["token", "text:position", "most mass in one head", "first layer", "last layer", "layers",
+              "longest run", "heads"]
+    intro = f"The {len(rows)} non-initial sink keys with the most mass in one head, with their levels:"
     return intro + "\n\n" + _table(header, rows)
 
 
@@ -181,7 +191,8 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
     c, text = findings.config, findings.sections["text"]
     score = text.results["sinks"].arrays["sink_score"]
     share = text.results["sinks"].arrays["sink_share"]
-    secondary = _secondary_by_layer(findings)
+    hits = _hits_with_mass(findings)
+    secondary = _secondary_by_layer(hits)
     types = findings.facts["layer_types"]
     rows = []
     for layer in range(score.shape[0]):
@@ -189,7 +200,7 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
         rows.append([layer, types[layer].split("_")[0], f"{np.nanmean(score[layer]):.3f}",
                      f"{share[layer]:.2f}", f"H{head} {score[layer, head]:.3f}", secondary.get(layer, "none")])
     header = ["layer", "attention", "mean first-token sink score", f"share of heads > {c.eps}", "strongest head",
-              f"non-initial sinks (hits > {c.ratio:g}x uniform; top keys: token@text:position xratio (mass))"]
+              f"non-initial sinks (hits > {c.ratio:g}x uniform; top keys: token@text:position mass (head, ratio))"]
     python = (f"{load}\nfrom probes.findings import prose_inputs\n"
               f"from probes.sinks import sink_scores, secondary_sinks\n"
               f"t = workbench.trace(s, prose_inputs(s, {c.text_tokens}, {c.texts}), "
@@ -206,7 +217,7 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
         f"(`probes.entropy.future_attention_influence`). Tokens are spelled as the tokenizer spells them (Ġ and ▁ "
         f"mark a leading space); text:position counts from the first token of the text.",
         "![first-token sink score per head](" + f"{Path(findings.model).name}/sinks.png)",
-        _table(header, rows), _sink_levels(findings),
+        _table(header, rows), _sink_levels(findings, hits),
         _reproduce(command, python, text.seconds, "one trace of the prose plus every probe of the sinks, entropy "
                    "and effective-rank sections"),
     ])
@@ -347,8 +358,8 @@ def markdown(findings: Findings, command: str, name: str) -> str:
              f"own probes (`probes/`); `{name}/findings.json` holds them in machine-readable form. The sinks, "
              f"entropy and effective-rank sections read {c.texts} texts of {c.text_tokens} tokens of English prose "
              f"(the docstrings of Python {findings.machine['python']}'s standard library, `probes.haystack`), "
-             f"starting with {first}. Sizes were chosen so the whole page takes about ten minutes on two shared "
-             f"CPU cores.")
+             f"starting with {first}. The sizes (the command's options) were chosen for a CPU run of about ten "
+             f"minutes on two shared cores; wall times are measured on this run, with other jobs sharing the CPU.")
     parts = [f"# {findings.model}: attention findings", intro, "## The model", _facts(findings),
              _sinks(findings, command, load), _entropy(findings, command, load), _erank(findings, command, load),
              _induction(findings, command, load), _retrieval(findings, command, load), _gpu(findings),
