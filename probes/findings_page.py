@@ -207,6 +207,12 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
               f"stats=('sink_mass', 'received', 'entropy'), hidden_states=True)\n"
               f"sink_scores(t, {c.eps}).arrays['sink_score'], secondary_sinks(t, {c.ratio}, {c.min_queries}).table")
     total = float(np.mean(score > c.eps))
+    window = findings.facts["sliding_window"]
+    caveat = ""
+    if window and "sliding_attention" in types and c.text_tokens > window:
+        caveat = (f" In the sliding layers (window {window}) a query {window} or more positions after the first token "
+                  f"no longer sees it; over texts of {c.text_tokens} tokens a sliding layer's sink score is therefore "
+                  f"at most about {(window - 1) / (c.text_tokens - 1):.2f}, the share of queries that see the token.")
     return "\n\n".join([
         "## Attention sinks",
         f"A head's first-token sink score is its mean attention on position 0 over all real queries but the first "
@@ -215,7 +221,7 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
         f"judged where at least {c.min_queries} queries see the key (`probes.sinks.secondary_sinks`); their mass "
         f"is the mean attention they receive from the queries that see them "
         f"(`probes.entropy.future_attention_influence`). Tokens are spelled as the tokenizer spells them (Ġ and ▁ "
-        f"mark a leading space); text:position counts from the first token of the text.",
+        f"mark a leading space); text:position counts from the first token of the text.{caveat}",
         "![first-token sink score per head](" + f"{Path(findings.model).name}/sinks.png)",
         _table(header, rows), _sink_levels(findings, hits),
         _reproduce(command, python, text.seconds, "one trace of the prose plus every probe of the sinks, entropy "
