@@ -11,6 +11,7 @@ from interventions.ablate_cli import ablate_command
 from kernels import check_stats
 from probes.circuits.cli import circuit_command
 from probes.cli import app as scan_app
+from probes.report_cli import app as report_app
 from workbench.cli_common import (
     DeviceOption,
     FileOption,
@@ -32,6 +33,7 @@ from workbench.registry.cli import app as models_app
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Look inside transformer language models through their attention heads.")
 app.add_typer(models_app, name="models", help="List and install the named real models (SmolLM2, Gemma-3, MiniLM).")
+app.add_typer(report_app, name="report", help="Write a model's findings page (docs/models/NAME.md) from the probes.")
 app.add_typer(scan_app, name="scan", help="Run a probe (sinks, entropy, erank, heads, retrieval) and report its heads.")
 app.command("ablate")(ablate_command)
 app.command("circuit")(circuit_command)
