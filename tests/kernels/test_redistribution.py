@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_triton import inputs
+from test_triton import DEVICE, WINDOW, L, check, inputs, padding
 
 from kernels import ALL_STATS, HeadEdits, reference
 
@@ -133,3 +133,26 @@ def test_bad_edits_name_the_bad_value(kwargs, message):
 def test_edits_need_all_three_fields():
     with pytest.raises(ValueError, match="must be given together"):
         HeadEdits(redistribute=torch.zeros(4), source_keys=torch.tensor([0]))
+
+
+TRITON_CASES = {  # (input shape, options): sinks that are sources, targets and neither; masks that hide targets
+    "causal_padded": ({"B": 2}, {"key_padding": padding(2, L, left=9), "sink_keys": (0, 5, 11)}),
+    "window_bidirectional": ({"Lq": L + 5}, {"window": WINDOW - 10, "causal": False, "distance_cap": 6}),
+    "peaked_softcap": ({"peak": 8.0}, {"softcap": 4.0}),
+    "chunked_prefill": ({"Lq": 9, "Lk": L}, {"distance_cap": 6}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRITON_CASES))
+def test_triton_matches_reference(case):
+    shape, opts = TRITON_CASES[case]
+    check(*inputs(seed=len(case), **shape), edits=redistribution(device=DEVICE), **opts)
+
+
+def test_triton_low_precision_and_composed_edits():
+    edits = HeadEdits(temperature=torch.tensor([1.0, 0.5, 2.0, 1.3], device=DEVICE),
+                      key_bias=torch.tensor([[0.0], [2.0], [-3.0], [1.0]], device=DEVICE),
+                      bias_keys=torch.tensor([5], device=DEVICE),
+                      gate=torch.tensor([1.0, 0.0, 2.0, 0.5], device=DEVICE)).then(redistribution(device=DEVICE))
+    check(*inputs(seed=31), dtype=torch.float16, edits=redistribution(device=DEVICE))
+    check(*inputs(seed=32), edits=edits, sink_keys=(0, 30))
