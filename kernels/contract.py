@@ -62,9 +62,12 @@ def _same_keys(a: torch.Tensor, b: torch.Tensor) -> bool:
     return sorted(a.tolist()) == sorted(b.tolist())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HeadEdits:
     """Per-head edits that an attention backend applies inside its pass; each field `None` is the identity.
+
+    Instances compare by identity: a field-wise == of tensors has no truth value (and a tracer capture that
+    holds two alike edits must still be found in its list of active captures).
 
     Shapes use Hq, the number of query heads of the layer.
     - temperature  [Hq]: divides the (softcapped) logits, s_ij / T_h. T > 1 flattens, T < 1 sharpens.
