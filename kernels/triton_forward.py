@@ -169,9 +169,9 @@ def stats_forward(
                 if CAP:
                     dist = tl.minimum(dist, distance_cap)
             shift = m_i - m_new
-            z_s, t_s, w_s, k_s = update_set(z_s, t_s, w_s, k_s, p, x, dist, shift, alpha, is_s, is_sink,
+            z_s, t_s, w_s, k_s = update_set(z_s, t_s, w_s, k_s, p, x, dist, shift, alpha, is_s, block_has_s, is_sink,
                                             ENTROPY, SINK, DISTANCE)
-            z_t, t_t, w_t, k_t = update_set(z_t, t_t, w_t, k_t, p, x, dist, shift, alpha, is_t, is_sink,
+            z_t, t_t, w_t, k_t = update_set(z_t, t_t, w_t, k_t, p, x, dist, shift, alpha, is_t, block_has_t, is_sink,
                                             ENTROPY, SINK, DISTANCE)
             acc_s *= alpha[:, None]
             if block_has_s:
@@ -181,8 +181,10 @@ def stats_forward(
                 acc_t += tl.dot(tl.where(is_t[None, :], p, 0.0).to(v_tile.dtype), v_tile, input_precision=PRECISION)
             if MAX:
                 m_r, arg_r = update_max(m_r, arg_r, u, ~(is_s | is_t), offs_n, lk)
-                m_s, arg_s = update_max(m_s, arg_s, u, is_s, offs_n, lk)
-                m_t, arg_t = update_max(m_t, arg_t, u, is_t, offs_n, lk)
+                if block_has_s:
+                    m_s, arg_s = update_max(m_s, arg_s, u, is_s, offs_n, lk)
+                if block_has_t:
+                    m_t, arg_t = update_max(m_t, arg_t, u, is_t, offs_n, lk)
         l_i = alpha * l_i + row_sum
         acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
         m_i = m_new

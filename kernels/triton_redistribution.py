@@ -41,18 +41,27 @@ def key_set(offs_n, n0, start, keys_ptr, N: tl.constexpr, BLOCK_N: tl.constexpr)
 
 
 @triton.jit
-def update_set(z, t, w, zs, p, x, dist, shift, alpha, hit, is_sink,
+def update_set(z, t, w, zs, p, x, dist, shift, alpha, hit, inside, is_sink,
                ENTROPY: tl.constexpr, SINK: tl.constexpr, DISTANCE: tl.constexpr):
     """One key block's step of the running sums of a key set `hit`: mass z, t = sum p x (shift = m_old - m_new),
-    distance sum w and mass zs on the statistics' sink keys `is_sink`."""
-    p_in = tl.where(hit[None, :], p, 0.0)
+    distance sum w and mass zs on the statistics' sink keys `is_sink`. inside: the block holds a key of the set
+    (else the sums are only rescaled)."""
     if ENTROPY:
-        t = alpha * (t + shift * z) + tl.sum(p_in * x, 1)
-    z = alpha * z + tl.sum(p_in, 1)
+        t = alpha * (t + shift * z)
+    z = alpha * z
     if SINK:
-        zs = alpha * zs + tl.sum(tl.where(is_sink[None, :], p_in, 0.0), 1)
+        zs = alpha * zs
     if DISTANCE:
-        w = alpha * w + tl.sum(p_in * dist, 1)
+        w = alpha * w
+    if inside:
+        p_in = tl.where(hit[None, :], p, 0.0)
+        if ENTROPY:
+            t += tl.sum(p_in * x, 1)
+        z += tl.sum(p_in, 1)
+        if SINK:
+            zs += tl.sum(tl.where(is_sink[None, :], p_in, 0.0), 1)
+        if DISTANCE:
+            w += tl.sum(p_in * dist, 1)
     return z, t, w, zs
 
 
