@@ -71,8 +71,8 @@ class HeadEdits:
 
     Shapes use Hq, the number of query heads of the layer.
     - temperature  [Hq]: divides the (softcapped) logits, s_ij / T_h. T > 1 flattens, T < 1 sharpens.
-    - key_bias     [Hq, n]: added to the logits of keys `bias_keys` (ZeroTuning, ACT, VAR-style
-      redistribution: a bias of log(c) scales a key's unnormalized weight by c, then softmax renormalizes).
+    - key_bias     [Hq, n]: added to the logits of keys `bias_keys` (ZeroTuning, ACT: a bias of log(c)
+      scales a key's unnormalized weight by c, then softmax renormalizes).
     - bias_keys    [n]: key positions of `key_bias`, counted like sink keys (from the first real key).
     - gate         [Hq]: multiplies the head's output (0 ablates the head, > 1 reinforces it).
     - identity_mix [Hq]: a_h in [0, 1]; out_i = (1 - a_h) * attn_out_i + a_h * v_i (SoftPAG, Ahn et al.).
