@@ -1,5 +1,6 @@
 """The VAR redistribution edit (`HeadEdits.redistribute`): the chunked reference against a brute-force edit of
-the materialized attention map, row by row with the formula of `kernels.contract` (float64, to 1e-12); the
+the materialized attention map, row by row with the formula of `kernels.contract` (float64 inputs: out to
+1e-12, the statistics, which the reference returns in float32, to 1e-6); the
 fused Triton kernels against the reference in Triton's CPU interpreter, with the tolerance scheme of
 tests/kernels/test_triton.py (its `check`).
 """
