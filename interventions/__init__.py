@@ -2,7 +2,8 @@
 
 Head-output edits (`heads`: ablate, scale, keep_only) act on the input of each attention's output projection;
 attention-weight edits (`perturbation.soft_pag`, `reinforcement.reinforce`, `zerotuning.scale_initial`,
-`calibration.calibrate`) are `kernels.HeadEdits` that the attention kernel applies in-pass.
+`calibration.calibrate`, `redistribution.redistribute`) are `kernels.HeadEdits` that the attention kernel
+applies in-pass.
 `masking.attention_influence` measures what masking a set of heads does to each document's loss.
 """
 
@@ -10,8 +11,9 @@ from interventions.calibration import calibrate, find_hidden_sinks
 from interventions.heads import ablate, keep_only, scale
 from interventions.masking import attention_influence
 from interventions.perturbation import soft_pag
+from interventions.redistribution import redistribute
 from interventions.reinforcement import reinforce
 from interventions.zerotuning import scale_initial, search_scale
 
-__all__ = ["ablate", "attention_influence", "calibrate", "find_hidden_sinks", "keep_only", "reinforce", "scale",
-           "scale_initial", "search_scale", "soft_pag"]
+__all__ = ["ablate", "attention_influence", "calibrate", "find_hidden_sinks", "keep_only", "redistribute",
+           "reinforce", "scale", "scale_initial", "search_scale", "soft_pag"]

@@ -12,6 +12,10 @@ optional softcap, the per-head temperature and the additive key bias:
     window_distance_i = sum_j p_ij * min(|i - j|, distance_cap)  (distance_cap=None: no cap)
     received_j        = sum_i p_ij                                (over real, non-padding query rows)
 
+With a redistribution edit (`HeadEdits.redistribute`, VAR), every statistic but lse describes the edited
+map p' of that edit in place of p (out_i = sum_j p'_ij v_j); lse stays the log-normalizer of the edited
+logits, log sum_j exp(s_ij), which is what the redistribution leaves untouched.
+
 Positions (sink keys, argmax_key) count from the first non-padding key of each sequence, so a left-padded
 batch gives the same numbers as the unpadded sequence. Query i sits at key position i + (Lk - Lq)
 (bottom-right alignment: chunked prefill and decoding against a KV cache). A row that sees no key
@@ -51,19 +55,37 @@ def check_shapes(q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor | N
         raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
 
 
-@dataclass(frozen=True)
+_KEY_FIELDS = ("bias_keys", "source_keys", "target_keys")  # per key position, not per head
+
+
+def _same_keys(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return sorted(a.tolist()) == sorted(b.tolist())
+
+
+@dataclass(frozen=True, eq=False)
 class HeadEdits:
     """Per-head edits that an attention backend applies inside its pass; each field `None` is the identity.
 
+    Instances compare by identity: a field-wise == of tensors has no truth value (and a tracer capture that
+    holds two alike edits must still be found in its list of active captures).
+
     Shapes use Hq, the number of query heads of the layer.
     - temperature  [Hq]: divides the (softcapped) logits, s_ij / T_h. T > 1 flattens, T < 1 sharpens.
-    - key_bias     [Hq, n]: added to the logits of keys `bias_keys` (ZeroTuning, ACT, VAR-style
-      redistribution: a bias of log(c) scales a key's unnormalized weight by c, then softmax renormalizes).
+    - key_bias     [Hq, n]: added to the logits of keys `bias_keys` (ZeroTuning, ACT: a bias of log(c)
+      scales a key's unnormalized weight by c, then softmax renormalizes).
     - bias_keys    [n]: key positions of `key_bias`, counted like sink keys (from the first real key).
     - gate         [Hq]: multiplies the head's output (0 ablates the head, > 1 reinforces it).
     - identity_mix [Hq]: a_h in [0, 1]; out_i = (1 - a_h) * attn_out_i + a_h * v_i (SoftPAG, Ahn et al.).
-    Statistics describe the softmax map after temperature and bias; gate and identity_mix act on the output
-    only, so they leave the statistics unchanged.
+    - redistribute [Hq]: f_h in [0, 1], with source_keys [m] and target_keys [n] (disjoint positions, counted
+      like sink keys): VAR (Kang et al. 2025, "See What You Are Told: Visual Attention Sink in Large
+      Multimodal Models") moves the fraction f_h of each row's attention on the source keys to the target
+      keys, in proportion to what the targets already get. With S_i, T_i the row's mass on sources, targets:
+          p'_ij = (1 - f) p_ij                 j a source
+          p'_ij = p_ij (1 + f S_i / T_i)       j a target
+          p'_ij = p_ij                         otherwise, and on every key of a row with T_i = 0.
+      Rows still sum to 1. It depends on the whole row, so it is no logit bias: the kernels apply it in-pass.
+    Statistics describe the softmax map after temperature and bias, then the redistribution (see the module
+    docstring for lse); gate and identity_mix act on the output only, so they leave the statistics unchanged.
     """
 
     temperature: torch.Tensor | None = None
@@ -71,6 +93,9 @@ class HeadEdits:
     bias_keys: torch.Tensor | None = None
     gate: torch.Tensor | None = None
     identity_mix: torch.Tensor | None = None
+    redistribute: torch.Tensor | None = None
+    source_keys: torch.Tensor | None = None
+    target_keys: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.key_bias is None) != (self.bias_keys is None):
@@ -79,26 +104,61 @@ class HeadEdits:
             raise ValueError(
                 f"key_bias has {self.key_bias.shape[-1]} columns but bias_keys has {self.bias_keys.shape[-1]} keys"
             )
+        given = [self.redistribute is not None, self.source_keys is not None, self.target_keys is not None]
+        if any(given) and not all(given):
+            raise ValueError("redistribute, source_keys and target_keys must be given together")
+        if all(given):
+            self._check_redistribution()
+
+    def _check_redistribution(self) -> None:
+        fractions = self.redistribute.tolist()
+        bad = [f for f in fractions if not 0.0 <= f <= 1.0]
+        if bad:
+            raise ValueError(f"HeadEdits.redistribute fractions {bad} are outside [0, 1]")
+        sources, targets = self.source_keys.tolist(), self.target_keys.tolist()
+        for name, keys in (("source_keys", sources), ("target_keys", targets)):
+            if not keys or any(key < 0 for key in keys) or len(set(keys)) != len(keys):
+                raise ValueError(f"HeadEdits.{name} {keys} must be distinct non-negative positions, at least one")
+        both = sorted(set(sources) & set(targets))
+        if both:
+            raise ValueError(f"keys {both} are both source and target of the redistribution")
 
     def then(self, other: HeadEdits) -> HeadEdits:
         """The edits of `self` followed by those of `other`, as one HeadEdits.
 
         Temperatures and gates multiply, key biases add up (on the union of their keys), and identity mixes
         compose as 1 - (1 - a1)(1 - a2), which is what mixing twice toward v_i gives. Gates act last, on the
-        mixed output, so composed edits do not depend on their order.
+        mixed output, so composed edits do not depend on their order. Redistributions act on the map after
+        every logit edit; two of them compose only over the same source and target keys, as
+        1 - (1 - f1)(1 - f2), which is exactly what redistributing twice gives (the second one finds the
+        targets' mass grown by f1 S, in the same proportions); other pairs raise ValueError.
         """
         def product(a, b):
             return b if a is None else a if b is None else a * b
+
+        def complement(x):
+            return None if x is None else 1 - x
 
         key_bias, bias_keys = self.key_bias, self.bias_keys
         if other.key_bias is not None:
             key_bias = other.key_bias if key_bias is None else torch.cat([key_bias, other.key_bias], dim=-1)
             bias_keys = other.bias_keys if bias_keys is None else torch.cat([bias_keys, other.bias_keys])
-        keep = product(None if self.identity_mix is None else 1 - self.identity_mix,
-                       None if other.identity_mix is None else 1 - other.identity_mix)
+        source_keys, target_keys = self.source_keys, self.target_keys
+        if self.redistribute is not None and other.redistribute is not None and not (
+                _same_keys(self.source_keys, other.source_keys) and _same_keys(self.target_keys, other.target_keys)):
+            raise ValueError(
+                f"cannot compose redistributions from keys {self.source_keys.tolist()} to "
+                f"{self.target_keys.tolist()} and from {other.source_keys.tolist()} to {other.target_keys.tolist()}"
+            )
+        if self.redistribute is None:
+            source_keys, target_keys = other.source_keys, other.target_keys
         return HeadEdits(temperature=product(self.temperature, other.temperature), key_bias=key_bias,
                          bias_keys=bias_keys, gate=product(self.gate, other.gate),
-                         identity_mix=None if keep is None else 1 - keep)
+                         identity_mix=complement(product(complement(self.identity_mix),
+                                                         complement(other.identity_mix))),
+                         redistribute=complement(product(complement(self.redistribute),
+                                                         complement(other.redistribute))),
+                         source_keys=source_keys, target_keys=target_keys)
 
     def is_identity(self) -> bool:
         """True when no edit is set."""
@@ -108,5 +168,5 @@ class HeadEdits:
         """Raise ValueError naming the field whose leading size is not the number of query heads."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and f.name != "bias_keys" and value.shape[0] != n_heads:
+            if value is not None and f.name not in _KEY_FIELDS and value.shape[0] != n_heads:
                 raise ValueError(f"HeadEdits.{f.name} has {value.shape[0]} heads, the layer has {n_heads}")

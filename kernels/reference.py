@@ -37,6 +37,9 @@ class _Layout:
     start: torch.Tensor  # [B] first real key
     key_bias: torch.Tensor | None  # [B, Hq, Lk] additive logit bias, or None
     temperature: torch.Tensor | None  # [Hq]
+    fraction: torch.Tensor | None  # [Hq] redistributed fraction, or None
+    source: torch.Tensor | None  # [B, Lk] bool: the redistribution's source keys
+    target: torch.Tensor | None  # [B, Lk] bool: its target keys
 
     @property
     def heads(self) -> int:
@@ -55,16 +58,23 @@ def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits) -> _Lay
     edits = edits or HeadEdits()
     edits.check(n_q_heads)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    rel = torch.arange(lk, device=q.device)[None, :] - start[:, None]  # [B, Lk]
+
+    def at(keys: torch.Tensor) -> torch.Tensor:  # [B, n, Lk]: key position n of each sequence
+        return (rel[:, None, :] == keys.to(q.device)[None, :, None]) & valid_k[:, None, :]
+
     bias = None
     if edits.key_bias is not None:
-        rel = torch.arange(lk, device=q.device)[None, :] - start[:, None]  # [B, Lk]
-        hits = (rel[:, None, :] == edits.bias_keys.to(q.device)[None, :, None]).to(cdt)  # [B, n, Lk]
-        bias = torch.einsum("hn,bnk->bhk", edits.key_bias.to(q.device, cdt), hits)
+        bias = torch.einsum("hn,bnk->bhk", edits.key_bias.to(q.device, cdt), at(edits.bias_keys).to(cdt))
+    redistributing = edits.redistribute is not None
     return _Layout(
         batch=batch, kv_heads=kv_heads, group=n_q_heads // kv_heads, lq=lq, lk=lk, offset=lk - lq,
         scale=1.0 / math.sqrt(head_dim) if scale is None else float(scale), causal=causal, window=window,
         softcap=softcap, valid_k=valid_k, start=start, key_bias=bias,
         temperature=None if edits.temperature is None else edits.temperature.to(q.device, cdt),
+        fraction=edits.redistribute.to(q.device, cdt) if redistributing else None,
+        source=at(edits.source_keys).any(1) if redistributing else None,
+        target=at(edits.target_keys).any(1) if redistributing else None,
     )
 
 
@@ -104,6 +114,18 @@ def _probabilities(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     p = torch.where(row_ok, e / denom.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(e))
     lse = torch.where(row_ok, m + torch.log(denom), torch.full_like(m, float("nan")))
     return p, lse.squeeze(-1), row_ok.squeeze(-1)
+
+
+def _redistribute(lay: _Layout, p: torch.Tensor) -> torch.Tensor:
+    """The map p [B, Hq, C, Lk] after the VAR redistribution of `kernels.contract.HeadEdits` (p if none)."""
+    if lay.fraction is None:
+        return p
+    source, target = lay.source[:, None, None, :], lay.target[:, None, None, :]
+    moved = (p * source).sum(-1, keepdim=True)  # S_i
+    held = (p * target).sum(-1, keepdim=True)  # T_i
+    f = torch.where(held > 0, lay.fraction[None, :, None, None], torch.zeros_like(held))
+    boost = 1 + f * moved / held.clamp_min(torch.finfo(p.dtype).tiny)
+    return p * torch.where(source, 1 - f, torch.where(target, boost, torch.ones_like(boost)))
 
 
 def attention(
@@ -154,6 +176,7 @@ def attention(
         c1 = min(lq, c0 + chunk)
         qpos = torch.arange(c0, c1, device=q.device) + lay.offset
         p, lse, row_ok = _probabilities(_scores(lay, qf[:, :, c0:c1], kf, qpos))
+        p = _redistribute(lay, p)
         pg = p.reshape(batch, lay.kv_heads, lay.group, c1 - c0, lk)
         o = torch.einsum("bkgcl,bkld->bkgcd", pg, vf).reshape(batch, heads, c1 - c0, -1)
         if edits.identity_mix is not None:
@@ -203,7 +226,8 @@ def attention_pattern(
     """The attention map of query heads `heads` over the key positions span = (start, stop): [B, n, span, span].
 
     Rows are the queries at key positions start..stop-1 and columns the keys there; each row is the exact
-    softmax over all keys the query may see (not renormalized to the span), so rows may sum to less than 1.
+    softmax over all keys the query may see (after every edit of `edits`; not renormalized to the span), so
+    rows may sum to less than 1.
     Only the span's rows are computed: memory O(B x Hq x span x Lk).
     """
     lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
@@ -214,5 +238,5 @@ def attention_pattern(
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     qpos = torch.arange(start, stop, device=q.device)
     s = _scores(lay, q[:, :, start - lay.offset:stop - lay.offset].to(cdt), k.to(cdt), qpos)
-    p, _, _ = _probabilities(s)
+    p = _redistribute(lay, _probabilities(s)[0])
     return p[:, list(heads), :, start:stop].float()

@@ -27,8 +27,8 @@ CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
                          (64, 32, 4, 2)]
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
-_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "PADDED"]
-_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED"]
+_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "PADDED", "REDIST"]
+_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST"]
 
 
 def _pinned_configuration() -> dict | None:
@@ -118,7 +118,10 @@ def attention(
     if want_max:
         res["max_prob"] = per_query()
         res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
-    norm = (per_query(), per_query()) if "received" in stats else (dummy, dummy)  # row max, log2 of row sum
+    redist = edits.redistribute is not None
+    # the received pass's per-row numbers: row max, log2 of row sum, and the redistribution's keep and boost
+    norm = (per_query(), per_query()) if "received" in stats else (dummy, dummy)
+    factors = (per_query(), per_query()) if "received" in stats and redist else (dummy, dummy)
     out = torch.empty_like(q)
 
     sinks = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
@@ -127,11 +130,15 @@ def attention(
     temperature = dummy if edits.temperature is None else edits.temperature.to(**f32).contiguous()
     gate = dummy if edits.gate is None else edits.gate.to(**f32).contiguous()
     mix = dummy if edits.identity_mix is None else edits.identity_mix.to(**f32).contiguous()
+    fraction = edits.redistribute.to(**f32).contiguous() if redist else dummy
+    source_keys, target_keys = (edits.source_keys.to(device=device, dtype=torch.int32), edits.target_keys.to(
+        device=device, dtype=torch.int32)) if redist else (dummy, dummy)
     flags = dict(
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), CAUSAL=causal,
         WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
         TEMPERATURE=edits.temperature is not None, N_BIAS=0 if edits.key_bias is None else edits.bias_keys.numel(),
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", REDIST=redist,
+        N_SOURCE=edits.source_keys.numel() if redist else 0, N_TARGET=edits.target_keys.numel() if redist else 0,
     )
     scalars = dict(n_heads=n_heads, group=n_heads // kv_heads, lq=lq, lk=lk,
                    scale=head_dim ** -0.5 if scale is None else float(scale),
@@ -143,8 +150,9 @@ def attention(
 
     _forward[query_grid](
         q, k, v, out, valid, start, sinks, temperature, key_bias, bias_keys, gate, mix,
+        fraction, source_keys, target_keys,
         res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
-        res.get("argmax_key", dummy), res.get("window_distance", dummy), *norm,
+        res.get("argmax_key", dummy), res.get("window_distance", dummy), *norm, *factors,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
         N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM="received" in stats, ENTROPY="entropy" in stats,
@@ -159,6 +167,7 @@ def attention(
 
         _received_pass[key_grid](
             q, k, valid, start, temperature, key_bias, bias_keys, *norm, res["received"],
+            source_keys, target_keys, *factors,
             *q.stride()[:3], *k.stride()[:3], **scalars, **flags, **(PINNED or {}),
         )
     return out, {name: res[name] for name in stats}

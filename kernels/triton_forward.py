@@ -22,7 +22,8 @@ rescaled by alpha. At the end (ln 2 converts base-2 to nats):
 Both terms of the entropy are >= 0 (l >= 1, t <= 0), so the one-pass entropy does not cancel even when p is
 peaked; argmax_key is the first key at the running maximum. The state starts at m = MASKED, l = t = 0: a
 block whose keys a row cannot see gives that row p = 1 on each of them, and the first visible key wipes it
-(alpha = 0). For the `received` pass the row's m and log2 l are stored apart (RowMax, RowLog2Sum): there
+(alpha = 0). The VAR redistribution edit (REDIST) keeps more running sums, see `kernels.triton_redistribution`.
+For the `received` pass the row's m and log2 l are stored apart (RowMax, RowLog2Sum): there
 p = exp2((u - m) - log2 l) keeps full precision even where |lse| is large (a key bias of -1e4 on the only
 key a row sees).
 """
@@ -33,6 +34,14 @@ import triton
 import triton.language as tl
 
 from kernels.triton_logits import LN2, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
+from kernels.triton_redistribution import (
+    edited_entropy_bits,
+    edited_max,
+    factors,
+    key_set,
+    update_max,
+    update_set,
+)
 
 
 @triton.jit
@@ -45,13 +54,15 @@ def load_rows(base, offs, stride, offs_d, n_rows, HEAD_DIM: tl.constexpr):
 @triton.jit
 def stats_forward(
     Q, K, V, Out, KeyValid, Start, SinkKeys, Temperature, KeyBias, BiasKeys, Gate, Mix,
-    Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, RowMax, RowLog2Sum,
+    Redistribute, SourceKeys, TargetKeys,
+    Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, RowMax, RowLog2Sum, RowKeep, RowBoost,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     n_heads, group, lq, lk, scale, softcap, window, distance_cap, tune_lq, tune_lk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, GATE: tl.constexpr, MIX: tl.constexpr,
+    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr,
     N_SINK: tl.constexpr, LSE: tl.constexpr, NORM: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr,
     MAX: tl.constexpr, DISTANCE: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -102,6 +113,12 @@ def stats_forward(
     w_i = tl.zeros([BLOCK_M], tl.float32)
     arg_i = tl.full([BLOCK_M], -1, tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if REDIST:  # running sums over the source (_s) and target (_t) keys; m_r, arg_r: the other keys' maximum
+        z_s, t_s, w_s, k_s = l_i, t_i, w_i, z_i
+        z_t, t_t, w_t, k_t = l_i, t_i, w_i, z_i
+        acc_s, acc_t = acc, acc
+        m_r, m_s, m_t = m_i, m_i, m_i
+        arg_r, arg_s, arg_t = arg_i, arg_i, arg_i
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         rel_k = offs_n - start
@@ -126,13 +143,7 @@ def stats_forward(
             arg_i = tl.where(block_max > m_i, first_at_max, arg_i)
         if SINK:
             z_i = z_i * alpha
-            sink = start + tl.load(SinkKeys)
-            is_sink = offs_n == sink
-            block_has_sink = (sink >= n0) & (sink < n0 + BLOCK_N)
-            for s in tl.static_range(1, N_SINK):
-                sink = start + tl.load(SinkKeys + s)
-                is_sink |= offs_n == sink
-                block_has_sink |= (sink >= n0) & (sink < n0 + BLOCK_N)
+            is_sink, block_has_sink = key_set(offs_n, n0, start, SinkKeys, N_SINK, BLOCK_N)
             if block_has_sink:  # most blocks hold no sink key
                 z_i += tl.sum(tl.where(is_sink[None, :], p, 0.0), 1)
         if DISTANCE:
@@ -146,13 +157,58 @@ def stats_forward(
                     w_i += tl.sum(p * dist, 1)
             else:
                 w_i += tl.sum(p * tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32), 1)
-        l_i = alpha * l_i + row_sum
         v_tile = load_rows(v_tile_base, offs_n, stride_vn, offs_d, lk, HEAD_DIM)
+        if REDIST:
+            is_s, block_has_s = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)
+            is_t, block_has_t = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)
+            if not SINK:
+                is_sink = is_s
+            dist = 0.0
+            if DISTANCE:
+                dist = tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32)
+                if CAP:
+                    dist = tl.minimum(dist, distance_cap)
+            shift = m_i - m_new
+            z_s, t_s, w_s, k_s = update_set(z_s, t_s, w_s, k_s, p, x, dist, shift, alpha, is_s, block_has_s, is_sink,
+                                            ENTROPY, SINK, DISTANCE)
+            z_t, t_t, w_t, k_t = update_set(z_t, t_t, w_t, k_t, p, x, dist, shift, alpha, is_t, block_has_t, is_sink,
+                                            ENTROPY, SINK, DISTANCE)
+            acc_s *= alpha[:, None]
+            if block_has_s:
+                acc_s += tl.dot(tl.where(is_s[None, :], p, 0.0).to(v_tile.dtype), v_tile, input_precision=PRECISION)
+            acc_t *= alpha[:, None]
+            if block_has_t:
+                acc_t += tl.dot(tl.where(is_t[None, :], p, 0.0).to(v_tile.dtype), v_tile, input_precision=PRECISION)
+            if MAX:
+                m_r, arg_r = update_max(m_r, arg_r, u, ~(is_s | is_t), offs_n, lk)
+                if block_has_s:
+                    m_s, arg_s = update_max(m_s, arg_s, u, is_s, offs_n, lk)
+                if block_has_t:
+                    m_t, arg_t = update_max(m_t, arg_t, u, is_t, offs_n, lk)
+        l_i = alpha * l_i + row_sum
         acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
         m_i = m_new
 
     seen_any = m_i > MASKED / 2
     l_safe = tl.where(seen_any, l_i, 1.0)
+    log2_l = tl.log2(l_safe)
+    if REDIST:  # the corrections of `kernels.triton_redistribution`
+        keep, boost = factors(z_s, z_t, tl.load(Redistribute + head))
+        keep, boost = tl.where(seen_any, keep, 1.0), tl.where(seen_any, boost, 1.0)
+        acc += (boost - 1.0)[:, None] * acc_t - (1.0 - keep)[:, None] * acc_s
+        if ENTROPY:
+            bits = edited_entropy_bits(log2_l - t_i / l_safe, t_s, z_s, t_t, z_t, l_safe, log2_l, keep, boost)
+        if SINK:
+            z_i += (boost - 1.0) * k_t - (1.0 - keep) * k_s
+        if DISTANCE:
+            w_i += (boost - 1.0) * w_t - (1.0 - keep) * w_s
+        if MAX:
+            top, arg_i = edited_max(m_i, m_r, arg_r, m_s, arg_s, m_t, arg_t, keep, boost, lk)
+    else:
+        if ENTROPY:
+            bits = log2_l - t_i / l_safe
+        if MAX:
+            top = tl.full([BLOCK_M], 1.0, tl.float32)  # p of the maximal key, exp2(m - m)
     out = acc / l_safe[:, None]
     if MIX:
         a = tl.load(Mix + head)
@@ -165,19 +221,21 @@ def stats_forward(
     tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM))
 
     nan = float("nan")
-    log2_l = tl.log2(l_safe)
     row = bh * lq + offs_m
     if LSE:
         tl.store(Lse + row, tl.where(seen_any, (m_i + log2_l) * LN2, nan), mask=in_range)
     if NORM:  # what the received pass needs; NaN marks a row that sees no key
         tl.store(RowMax + row, tl.where(seen_any, m_i, nan), mask=in_range)
         tl.store(RowLog2Sum + row, log2_l, mask=in_range)
+        if REDIST:
+            tl.store(RowKeep + row, keep, mask=in_range)
+            tl.store(RowBoost + row, boost, mask=in_range)
     if ENTROPY:
-        tl.store(Entropy + row, tl.where(seen_any, (log2_l - t_i / l_safe) * LN2, nan), mask=in_range)
+        tl.store(Entropy + row, tl.where(seen_any, bits * LN2, nan), mask=in_range)
     if SINK:
         tl.store(SinkMass + row, tl.where(seen_any, z_i / l_safe, nan), mask=in_range)
     if MAX:
-        tl.store(MaxProb + row, tl.where(seen_any, 1.0 / l_safe, nan), mask=in_range)
+        tl.store(MaxProb + row, tl.where(seen_any, top / l_safe, nan), mask=in_range)
         tl.store(ArgmaxKey + row, tl.where(seen_any, arg_i - start, -1).to(tl.int64), mask=in_range)
     if DISTANCE:
         tl.store(WindowDistance + row, tl.where(seen_any, w_i / l_safe, nan), mask=in_range)

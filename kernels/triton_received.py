@@ -4,7 +4,8 @@ Like the dK pass of a flash-attention backward, one program holds BLOCK_N keys o
 walks the query blocks that may see them, recomputing p_ij = exp2((u_ij - m_i) - log2 l_i) from q, k and the
 forward's row max m and log2 l (base 2, see `kernels.triton_forward`): nothing of size queries x keys is
 stored. Query blocks whose rows all see every key of the block skip the mask. Rows that see no key (m = NaN:
-padding queries) add nothing.
+padding queries) add nothing. Under the VAR redistribution edit (REDIST) each p_ij is multiplied by its row's
+keep (source keys) or boost (target keys) factor, which the forward stores (`kernels.triton_redistribution`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import triton.language as tl
 
 from kernels.triton_forward import load_rows
 from kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
+from kernels.triton_redistribution import key_set
 
 
 @triton.jit
 def received_pass(
     Q, K, KeyValid, Start, Temperature, KeyBias, BiasKeys, RowMax, RowLog2Sum, Received,
+    SourceKeys, TargetKeys, RowKeep, RowBoost,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     n_heads, group, lq, lk, scale, softcap, window, tune_lq, tune_lk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr,
 ):
     """received [keys] of one block of BLOCK_N keys of one (batch, query head).
 
@@ -36,7 +40,8 @@ def received_pass(
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    rel_k = offs_n - tl.load(Start + b)
+    start = tl.load(Start + b)
+    rel_k = offs_n - start
     k_tile = load_rows(K + b * stride_kb + kv_head * stride_kh, offs_n, stride_kn, offs_d, lk, HEAD_DIM)
     key_ok = offs_n < lk
     if PADDED:
@@ -57,6 +62,9 @@ def received_pass(
     lo = (lo // BLOCK_M) * BLOCK_M
     full_lo, full_hi = whole_query_blocks(n0, n0 + BLOCK_N - 1, lq, offset, window, BLOCK_M, CAUSAL, WINDOW, PADDED)
 
+    if REDIST:
+        is_source = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)[0]
+        is_target = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)[0]
     total = tl.zeros([BLOCK_N], tl.float32)
     for m0 in range(lo, hi, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -70,5 +78,9 @@ def received_pass(
             p = tl.where(seen, tl.exp2((u - tl.where(row_ok, m, 0.0)[:, None]) - log2_l[:, None]), 0.0)
         else:
             p = tl.exp2((u - m[:, None]) - log2_l[:, None])
+        if REDIST:
+            keep = tl.load(RowKeep + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
+            boost = tl.load(RowBoost + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
+            p *= tl.where(is_source[None, :], keep[:, None], tl.where(is_target[None, :], boost[:, None], 1.0))
         total += tl.sum(p, 0)
     tl.store(Received + bh * lk + offs_n, total, mask=offs_n < lk)
