@@ -306,7 +306,12 @@ def checklist(m: dict) -> str:
         ("an induction head (induction score > 0.5 on repeated random tokens)", m["induction_top_heads"][0][2] > 0.5),
         ("a previous-token head (score > 0.5)", m["prev_token_top_heads"][0][2] > 0.5),
     ]
-    return "\n".join(f"- {claim}: {'holds' if ok else 'does NOT hold'}" for claim, ok in claims)
+    lines = [f"- {claim}: {'holds' if ok else 'does NOT hold'}" for claim, ok in claims]
+    per_chunk = m["sink_share_later_half_per_chunk"]
+    lines[3] += (f" when the eight chunks are pooled ({m['sink_share_later_half']:.2f}); chunk by chunk the share is "
+                 f"{min(per_chunk):.2f}-{max(per_chunk):.2f} (median {float(np.median(per_chunk)):.2f}): on every chunk "
+                 "most heads of one layer are sinks, while the other later layers' heads sit near the threshold")
+    return "\n".join(lines)
 
 
 def write_card(folder: Path, t: dict, m: dict) -> None:
