@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import triton
 
-from kernels.contract import HeadEdits, check_stats
+from kernels.contract import HeadEdits, check_shapes, check_stats
 from kernels.triton_forward import stats_forward
 from kernels.triton_received import received_pass
 
@@ -91,14 +91,9 @@ def attention(
     edits = edits or HeadEdits()
     batch, n_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
-    if n_heads % kv_heads:
-        raise ValueError(f"{n_heads} query heads are not a multiple of {kv_heads} key-value heads")
-    if lq > lk:
-        raise ValueError(f"more queries ({lq}) than keys ({lk}): queries must be the last Lq positions of the keys")
+    check_shapes(q, k, key_padding)
     if v.shape[-1] != head_dim:
         raise ValueError(f"value head_dim {v.shape[-1]} differs from query head_dim {head_dim}")
-    if key_padding is not None and key_padding.shape != (batch, lk):
-        raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
     edits.check(n_heads)
     device = q.device
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

@@ -29,9 +29,11 @@ DEFAULT_STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "recei
 MAX_DEFAULT_PATTERN = 512  # patterns over longer inputs need an explicit pattern_window
 
 
-@dataclass
+@dataclass(eq=False)
 class Capture:
-    """The state of one capture: what to compute, the edits to apply, and what was recorded, per layer."""
+    """The state of one capture: what to compute, the edits to apply, and what was recorded, per layer.
+
+    Compared by identity (eq=False): the active list must remove this capture, not an equal-looking one."""
 
     layer_of: dict[int, int]
     stats: tuple[str, ...] = ()
