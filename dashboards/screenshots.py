@@ -1,6 +1,6 @@
 """Screenshots of every page of the app, taken in the same headless Chromium the browser tests use.
 
-    python -m dashboards.screenshots [--model organism] [--head 5.3] [--circuit DIR] [--out docs/screenshots]
+    python -m dashboards.screenshots [--model organism] [--head 3.0] [--circuit DIR] [--out docs/screenshots]
 
 Traces the model on the sample paragraph in a fresh temporary store, opens the head view of --head by
 clicking it on the overview, zero-ablates it, opens the circuit in DIR (a folder with a circuit.json, or the
@@ -79,9 +79,9 @@ def take(out: Path, model: str, head: tuple[int, int], circuit: Path | None, sto
             click(driver, "run")
             wait(driver, lambda d: "traced" in text(d, "status-done"))
             click(driver, "tab-runs")
-            boxes = "#runs-select input[type=checkbox]"
-            wait(driver, lambda d: d.execute_script(f"return document.querySelectorAll('{boxes}').length") >= 2)
-            driver.execute_script(f"document.querySelectorAll('{boxes}').forEach(b => b.click());")
+            traces = "[...document.querySelectorAll('#runs-select label')].filter(l => / trace /.test(l.textContent))"
+            wait(driver, lambda d: d.execute_script(f"return {traces}.length") >= 2)  # the store's circuit runs aside
+            driver.execute_script(f"{traces}.forEach(l => l.querySelector('input').click());")
             wait_graph(driver, "runs-figure", lambda g: len(g) == 2)
             _shot(driver, out / "runs.png")
 
@@ -89,7 +89,8 @@ def take(out: Path, model: str, head: tuple[int, int], circuit: Path | None, sto
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
-    parser.add_argument("--head", default="5.3", help="LAYER.HEAD of the head to open and ablate")
+    parser.add_argument("--head", default="3.0",
+                        help="LAYER.HEAD of the head to open and ablate (default: organism's retrieval head L3.H0)")
     parser.add_argument("--circuit", type=Path, help="a folder holding circuit.json (or the file)")
     parser.add_argument("--store", type=Path, help="a results store to read circuit runs from and write to")
     parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))

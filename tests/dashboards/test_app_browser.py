@@ -6,6 +6,7 @@ and click one of its heads. Every figure's numbers, read back from the browser's
 against the same public API called here directly (probes, workbench.trace, interventions).
 """
 
+import json
 import random
 import re
 
@@ -23,8 +24,13 @@ from interventions.masking import document_loss
 from probes.entropy import entropy_profile
 from probes.heads import head_types
 from probes.sinks import sink_scores
+from workbench import zoo
 from workbench.cli_common import SAMPLE_TEXT
 from workbench.zoo import tasks
+
+CARD = json.loads((zoo.model_dir("organism") / "metrics.json").read_text())  # the model card's measurements
+RETRIEVAL = sorted((layer, head) for layer, head, score in CARD["retrieval_top_heads"] if score > 0.9)
+HEAD = tuple(CARD["retrieval_top_heads"][0][:2])  # the card's strongest retrieval head, opened and ablated
 
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=f"no headless browser: {browser.missing()}")
 
@@ -66,22 +72,26 @@ def test_trace_click_a_head_ablate_it_and_browse_runs(page, subject, store):
         shown = np.array(wait_graph(driver, overview_id(metric))[0]["z"], dtype=float)
         np.testing.assert_allclose(shown, matrix, atol=1e-6, err_msg=metric)
     retrieval = np.array(wait_graph(driver, overview_id("retrieval_score"))[0]["z"], dtype=float)
-    top = sorted(zip(*np.unravel_index(np.argsort(-retrieval, axis=None)[:2], retrieval.shape), strict=True))
-    assert top == [(5, 2), (5, 3)] and retrieval[5, 2] > 0.9 and retrieval[5, 3] > 0.9  # the model card's heads
+    top = sorted(zip(*np.unravel_index(np.argsort(-retrieval, axis=None)[:len(RETRIEVAL)], retrieval.shape),
+                     strict=True))
+    assert len(RETRIEVAL) >= 2 and top == RETRIEVAL  # the model card's retrieval heads, found again by the app
+    assert all(retrieval[h] > 0.9 for h in RETRIEVAL) and np.sort(retrieval, axis=None)[-len(RETRIEVAL) - 1] < 0.5
 
-    # Clicking L5.H3 on the sink map opens its head view: the last 48 positions' map, received, entropy.
-    click_point(driver, overview_id("sink_score"), 3, 5)
-    wait(driver, lambda d: "L5.H3" in text(d, "head-info"))
+    # Clicking the card's retrieval head on the sink map opens its head view: the last 48 positions' map,
+    # received, entropy.
+    name = f"L{HEAD[0]}.H{HEAD[1]}"
+    click_point(driver, overview_id("sink_score"), HEAD[1], HEAD[0])
+    wait(driver, lambda d: name in text(d, "head-info"))
     assert selected_tab(driver) == "tab-head"
-    own = workbench.trace(subject, SAMPLE_TEXT, stats=("entropy", "received"), patterns=[(5, 3)],
+    own = workbench.trace(subject, SAMPLE_TEXT, stats=("entropy", "received"), patterns=[HEAD],
                           pattern_window=(80, 128))
     pattern = np.array(wait_graph(driver, "pattern")[0]["z"], dtype=float)
-    np.testing.assert_allclose(pattern, own.patterns[(5, 3)][0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(pattern, own.patterns[HEAD][0].numpy(), atol=1e-6)
     assert pattern.shape == (48, 48) and np.all(pattern.sum(1) <= 1 + 1e-5)
     received = wait_graph(driver, "received")[0]["y"]
-    np.testing.assert_allclose(received, own.sequence("received")[5, 3].numpy(), atol=1e-5)
+    np.testing.assert_allclose(received, own.sequence("received")[HEAD].numpy(), atol=1e-5)
     entropy = wait_graph(driver, "query-entropy")[0]["y"]
-    np.testing.assert_allclose(entropy, own.sequence("entropy")[5, 3].numpy(), atol=1e-5)
+    np.testing.assert_allclose(entropy, own.sequence("entropy")[HEAD].numpy(), atol=1e-5)
 
     # Edit this head: zero-ablate it and read the next-token distributions and losses before and after.
     click(driver, "edit-this-head")
@@ -92,7 +102,7 @@ def test_trace_click_a_head_ablate_it_and_browse_runs(page, subject, store):
     enc = subject.encode(SAMPLE_TEXT)
     with torch.no_grad():
         plain = torch.softmax(subject.model(**enc).logits[0, -1].float(), -1).numpy()
-        with ablate(subject, [(5, 3)]):
+        with ablate(subject, [HEAD]):
             edited = torch.softmax(subject.model(**enc).logits[0, -1].float(), -1).numpy()
             loss_after = document_loss(subject, SAMPLE_TEXT)
     ids = list(dict.fromkeys(np.argsort(-plain)[:8].tolist() + np.argsort(-edited)[:8].tolist()))

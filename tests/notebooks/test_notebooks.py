@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+FIGURES = {"image/png", "application/vnd.plotly.v1+json"}  # a matplotlib or a Plotly figure
 CELL_TIMEOUT = 120  # seconds; each notebook as a whole is meant to run in under two minutes
 
 
@@ -36,5 +37,5 @@ def test_notebook_runs(path):
     errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
               if o.output_type == "error"]
     assert not errors, errors
-    assert any(o.get("data", {}).get("image/png") for cell in notebook.cells if cell.cell_type == "code"
+    assert any(set(o.get("data", {})) & FIGURES for cell in notebook.cells if cell.cell_type == "code"
                for o in cell.outputs), f"{path.name} draws no figure"
