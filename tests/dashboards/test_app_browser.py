@@ -60,7 +60,8 @@ def test_trace_click_a_head_ablate_it_and_browse_runs(page, subject, store):
     driver = page
     click(driver, "run")
     wait(driver, lambda d: "traced" in text(d, "status-done"))
-    assert re.match(r"organism: traced 128 tokens through 6 layers x 6 heads", text(driver, "status-done"))
+    n_tokens = subject.encode(SAMPLE_TEXT)["input_ids"].shape[1]  # <|bos|> and the paragraph
+    assert re.match(rf"organism: traced {n_tokens} tokens through 6 layers x 6 heads", text(driver, "status-done"))
 
     # Overview: the heatmaps hold the probes' numbers.
     trace = workbench.trace(subject, SAMPLE_TEXT)
@@ -84,7 +85,7 @@ def test_trace_click_a_head_ablate_it_and_browse_runs(page, subject, store):
     wait(driver, lambda d: name in text(d, "head-info"))
     assert selected_tab(driver) == "tab-head"
     own = workbench.trace(subject, SAMPLE_TEXT, stats=("entropy", "received"), patterns=[HEAD],
-                          pattern_window=(80, 128))
+                          pattern_window=(n_tokens - 48, n_tokens))
     pattern = np.array(wait_graph(driver, "pattern")[0]["z"], dtype=float)
     np.testing.assert_allclose(pattern, own.patterns[HEAD][0].numpy(), atol=1e-6)
     assert pattern.shape == (48, 48) and np.all(pattern.sum(1) <= 1 + 1e-5)

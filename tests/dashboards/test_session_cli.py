@@ -13,6 +13,7 @@ import torch
 
 from dashboards.session import Session
 from interventions import ablate, calibrate, scale, scale_initial
+from interventions.calibration import find_hidden_sinks
 from workbench.errors import HeadNotFoundError, WorkbenchError
 
 
@@ -83,8 +84,10 @@ def test_a_local_folder_traces_and_writes_a_store_run(tiny_folder, tmp_path):
 @pytest.mark.parametrize("edit, value", [("ablate-mean", 0.0), ("scale", 2.0), ("calibrate", 0.4),
                                          ("zerotuning", 0.5)])
 def test_each_edit_gives_what_the_intervention_gives(session, edit, value):
-    text, heads = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))", [(5, 3), (1, 1)]
+    text = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))"
     subject = session.subject("organism")
+    heads = list(find_hidden_sinks(subject, text))[-2:]  # heads that have hidden sinks here, for ACT to act on
+    assert len(heads) == 2
     editing = {"ablate-mean": lambda: ablate(subject, heads, mode="mean", reference=[text]),
                "scale": lambda: scale(subject, heads, value),
                "calibrate": lambda: calibrate(subject, text, heads, beta=value),

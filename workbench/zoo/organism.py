@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from probes.haystack import NeedleCase
@@ -43,7 +43,15 @@ def build_tokenizer(text: str, vocab: int) -> PreTrainedTokenizerFast:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     chunks = [text[i:i + 10_000] for i in range(0, len(text), 10_000)]
     tok.train_from_iterator(chunks + samples, trainer)
+    with_bos(tok)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+def with_bos(tok: Tokenizer) -> None:
+    """Make encoding put BOS first, as in every training sequence: the model's first-token sinks sit on it.
+    (The recipe's own encodings pass add_special_tokens=False and place BOS themselves.)"""
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B:1",
+                                                       special_tokens=[(BOS, tok.token_to_id(BOS))])
 
 
 class Mixture:
