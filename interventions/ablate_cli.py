@@ -18,6 +18,7 @@ from workbench.cli_common import (
     console,
     default_out,
     fail,
+    load_subject,
     store_run,
 )
 from workbench.errors import WorkbenchError
@@ -41,14 +42,12 @@ def ablate_command(
     device: DeviceOption = None,
 ) -> None:
     """Ablate each head alone on a task; rank heads by the change of the task's loss or metric; write a report."""
-    import workbench
     from interventions.report import TOP_K, report_data, write_report
     from interventions.sweep import ablation_sweep, parse_heads
     from probes.tasks import load_task
 
     try:
-        with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
-            subject = workbench.load(model, device=device)
+        subject = load_subject(model, device)
         chosen = parse_heads(subject, heads)
         the_task = load_task(subject, task, n=examples, seed=seed)
         console.print(f"{subject.name}: {mode}-ablating {len(chosen)} heads on {the_task.name} "

@@ -21,6 +21,7 @@ from workbench.cli_common import (
     console,
     default_out,
     fail,
+    load_subject,
     read_text,
     store_run,
 )
@@ -33,11 +34,8 @@ TOP = 8
 
 def _run(probe: str, model: str | None, device: str | None, make: Callable, out, store, no_store) -> None:
     """Load the model, call make(subject) -> [Result], print, save and store the results."""
-    import workbench
-
     try:
-        with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
-            subject = workbench.load(model, device=device)
+        subject = load_subject(model, device)
         results = make(subject)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err

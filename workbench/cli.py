@@ -23,6 +23,7 @@ from workbench.cli_common import (
     console,
     default_out,
     fail,
+    load_subject,
     read_text,
     store_run,
 )
@@ -61,8 +62,7 @@ def trace_command(
         text = read_text(text, file)
         stat_names = check_stats(tuple(s.strip() for s in stats.split(",") if s.strip()))
         sinks = tuple(int(s) for s in sink_keys.split(",") if s.strip())
-        with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
-            subject = workbench.load(model, device=device)
+        subject = load_subject(model, device)
         with console.status(f"Tracing {len(text)} characters..."):
             trace = workbench.trace(subject, text, stats=stat_names, sink_keys=sinks, backend=backend)
     except (WorkbenchError, ValueError) as err:

@@ -34,6 +34,14 @@ StoreOption = Annotated[Path | None, typer.Option(help="DuckDB results store (de
 NoStoreOption = Annotated[bool, typer.Option("--no-store", help="Do not write a store run.")]
 
 
+def load_subject(model: str | None, device: str | None = None):
+    """workbench.load(model, device) under a "Loading ..." spinner (model None: the default model)."""
+    import workbench
+
+    with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
+        return workbench.load(model, device=device)
+
+
 def fail(err: Exception) -> typer.Exit:
     """Print a user error in red and return the Exit (code 2) to raise."""
     console.print(f"[bold red]error:[/] {err}")

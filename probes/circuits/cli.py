@@ -16,6 +16,7 @@ from workbench.cli_common import (
     console,
     default_out,
     fail,
+    load_subject,
     store_run,
 )
 from workbench.errors import WorkbenchError
@@ -38,15 +39,13 @@ def circuit_command(
 ) -> None:
     """Score every edge between heads and MLPs on a clean/corrupted task, keep the strongest as the circuit,
     and measure its faithfulness (everything outside it mean-ablated)."""
-    import workbench
     from probes.circuits.circuit import save
     from probes.circuits.discover import find_circuit
     from probes.tasks import load_task
     from workbench.atomic import atomic_folder
 
     try:
-        with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
-            subject = workbench.load(model, device=device)
+        subject = load_subject(model, device)
         the_task = load_task(subject, task, n=examples, seed=seed)
         console.print(f"{subject.name}: {method} on {the_task.name} ({len(the_task.examples)} examples, "
                       f"metric {the_task.metric})")
