@@ -224,7 +224,8 @@ def _find(ids: list[int], part: list[int], lo: int) -> int:
 
 
 def ioi_scores(subject, n: int = 200, seed: int = 777) -> dict:
-    """IOI accuracy (the IO name's first token beats the subject's) and mean logit difference, on fresh prompts."""
+    """IOI accuracy (the IO name's first token is the top next token) and mean logit difference logit(IO) - logit(S),
+    on fresh prompts."""
     rng = random.Random(seed)
     tok, correct, diffs = subject.tokenizer, 0, []
     for _ in range(n):
