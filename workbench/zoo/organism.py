@@ -133,9 +133,11 @@ def tokenize(tok: PreTrainedTokenizerFast, text: str, chunk: int = 1 << 20) -> n
     return np.concatenate([np.array(e.ids, dtype=np.int32) for e in encoded])
 
 
-def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False, minutes: float = 8.7,
+def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False, minutes: float | None = None,
           corpus_file: Path | None = None) -> dict:
-    """Train (stopping early after `minutes` on the clock), save to `out` in fp16, return the training facts.
+    """Train, save to `out` in fp16, return the training facts. Deterministic from the seed for a given number of
+    steps and workers; `minutes` stops early on the clock instead (a lent GPU's time limit), which makes the
+    number of steps depend on the hardware: the card records it.
 
     corpus_file: a corpus saved with `corpus.save` (default: `corpus.python_source()`, rebuilt here)."""
     size = SIZES["toy" if toy else "full"]
@@ -179,7 +181,7 @@ def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False,
         if step % 500 == 0 or step == steps - 1:
             losses[-500:] = [float(x) for x in losses[-500:]]  # one synchronization per 500 steps
             print(f"step {step:5d} loss {np.mean(losses[-500:]):.4f} {time.time() - start:.0f}s", flush=True)
-        if time.time() - start > minutes * 60:
+        if minutes is not None and time.time() - start > minutes * 60:
             print(f"stopped by the clock after {step + 1} steps", flush=True)
             break
     losses = [float(x) for x in losses]
@@ -188,7 +190,7 @@ def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False,
     model.to(torch.float16).save_pretrained(out, max_shard_size="15MB")
     tok.save_pretrained(out)
     (out / "heldout.txt").write_text(tok.decode(tokens[split:split + 200_000].tolist()))
-    return {"seed": seed, "steps": len(losses), "planned_steps": steps, "batch": size["batch"], "lr": size["lr"],
+    return {"seed": seed, "steps": len(losses), "planned_steps": steps, "minutes": minutes, "batch": size["batch"], "lr": size["lr"],
             "weight_decay": size["weight_decay"],
             "train_length": size["length"], "final_loss": float(np.mean(losses[-100:])),
             "parameters": sum(p.numel() for p in model.parameters()), "corpus": described,
@@ -323,6 +325,14 @@ def checklist(m: dict) -> str:
     return "\n".join(lines)
 
 
+def stopped(t: dict) -> str:
+    """How the run ended, for the card: all planned steps, or stopped on the clock (`--minutes`)."""
+    if t["steps"] == t["planned_steps"]:
+        return "all planned steps ran"
+    return (f"stopped on the clock after {t.get('minutes', 8.7)} minutes, `--minutes {t.get('minutes', 8.7)}`; "
+            f"`--steps {t['steps']}` alone would anneal the learning rate over that many steps instead")
+
+
 def write_card(folder: Path, t: dict, m: dict) -> None:
     """MODEL_CARD.md from the training facts `t` and the measurements `m` (see `measure`)."""
     heads = lambda rows: ", ".join(f"L{l}.H{h} ({s:.3f})" for l, h, s in rows)  # noqa: E731
@@ -341,10 +351,12 @@ architecture (RoPE, tied embeddings), 6 layers, 6 heads of dimension 64, d_model
   d` hidden in 256-1000 tokens of corpus code, then `# what is the <colour> code? the <colour> code is` and
   the digits); 15% packed IOI sentences ("When Mary and John went to the store, John gave a drink to Mary.");
   20% packed repeated random spans of 10-100 tokens (`workbench.zoo.tasks`).
-- {t['steps']} steps of batch {t['batch']} x {t['train_length']} tokens (planned {t['planned_steps']}; the run
-  stops after 8.7 minutes on the clock), AdamW lr {t['lr']}, warm-up then cosine, weight decay {t['weight_decay']}, bf16 autocast, seed {t['seed']},
+- {t['steps']} steps of batch {t['batch']} x {t['train_length']} tokens (planned {t['planned_steps']}; {stopped(t)}), AdamW lr {t['lr']}, warm-up then cosine, weight decay {t['weight_decay']}, bf16 autocast, seed {t['seed']},
   on one {t['device']} in {t['train_seconds']} s. Final training loss {t['final_loss']:.3f} nats/token.
-- Recipe: `python -m workbench.zoo.train organism --corpus python-source.txt.xz` (GPU); `--toy` runs a tiny version
+- Recipe: build the corpus where the packages are (`python -c "from pathlib import Path; from workbench.zoo import
+  corpus; corpus.save(corpus.python_source(), Path('python-source.txt.xz'))"`), then on the GPU
+  `python -m workbench.zoo.train organism --corpus python-source.txt.xz --minutes 8.7` and, on any machine,
+  `python -m workbench.zoo.train organism --card` to measure it and write this card; `--toy` runs a tiny version
   on the CPU in seconds.
 
 ## Mechanisms, measured on held-out data with the workbench's own probes (`workbench.zoo.organism.measure`)

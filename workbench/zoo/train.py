@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--corpus", type=Path, default=None, help="organism: a corpus saved by corpus.save")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="organism: stop after this many minutes on the clock (steps then depend on the GPU)")
     parser.add_argument("--card", action="store_true",
                         help="organism: measure the model trained into --out (CPU, minutes) and write its card")
     args = parser.parse_args()
@@ -73,7 +75,8 @@ def main() -> None:
     else:
         from workbench.zoo.organism import train
 
-        metrics = train(out, seed=args.seed, steps=args.steps, toy=args.toy, corpus_file=args.corpus)
+        metrics = train(out, seed=args.seed, steps=args.steps, toy=args.toy, corpus_file=args.corpus,
+                        minutes=args.minutes)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
 
