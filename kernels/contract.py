@@ -10,6 +10,7 @@ optional softcap, the per-head temperature and the additive key bias:
     max_prob_i        = max_j p_ij
     argmax_key_i      = argmax_j p_ij                             (position, see below)
     window_distance_i = sum_j p_ij * min(|i - j|, distance_cap)  (distance_cap=None: no cap)
+    self_mass_i       = p_ii                                      (the row's attention to its own position)
     received_j        = sum_i p_ij                                (over real, non-padding query rows)
 
 With a redistribution edit (`HeadEdits.redistribute`, VAR), every statistic but lse describes the edited
@@ -28,7 +29,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-QUERY_STATS: tuple[str, ...] = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance")
+QUERY_STATS: tuple[str, ...] = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance",
+                                 "self_mass")
 KEY_STATS: tuple[str, ...] = ("received",)
 ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS
 

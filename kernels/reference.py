@@ -205,6 +205,9 @@ def attention(
             if distance_cap is not None:
                 dist = dist.clamp_max(distance_cap)
             res["window_distance"][:, :, c0:c1] = torch.where(row_ok, (p * dist).sum(-1), nan)
+        if "self_mass" in res:
+            own = p[:, :, torch.arange(c1 - c0, device=q.device), qpos]  # [B, Hq, C]: p at the row's own key
+            res["self_mass"][:, :, c0:c1] = torch.where(row_ok, own, nan)
         if "received" in res:
             res["received"] += p.sum(2).float()
     return out.to(q.dtype), res

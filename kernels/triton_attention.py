@@ -27,7 +27,8 @@ CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
                          (64, 32, 4, 2)]
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
-_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "PADDED", "REDIST"]
+_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
+        "REDIST"]
 _RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST"]
 
 
@@ -109,7 +110,8 @@ def attention(
     dummy = torch.empty(1, **f32)
     per_query = lambda: torch.empty(batch, n_heads, lq, **f32)  # noqa: E731
     want_max = "max_prob" in stats or "argmax_key" in stats
-    res = {name: per_query() for name in ("lse", "entropy", "sink_mass", "window_distance") if name in stats}
+    res = {name: per_query() for name in ("lse", "entropy", "sink_mass", "window_distance", "self_mass")
+           if name in stats}
     if want_max:
         res["max_prob"] = per_query()
         res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
@@ -147,11 +149,12 @@ def attention(
         q, k, v, out, valid, start, sinks, temperature, key_bias, bias_keys, gate, mix,
         fraction, source_keys, target_keys,
         res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
-        res.get("argmax_key", dummy), res.get("window_distance", dummy), *norm, *factors,
+        res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm, *factors,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
         N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM="received" in stats, ENTROPY="entropy" in stats,
-        SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, CAP=distance_cap is not None,
+        SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, SELF="self_mass" in stats,
+        CAP=distance_cap is not None,
         **scalars, **flags, **(PINNED or {}),
     )
     if "received" in stats:

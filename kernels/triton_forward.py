@@ -55,7 +55,7 @@ def load_rows(base, offs, stride, offs_d, n_rows, HEAD_DIM: tl.constexpr):
 def stats_forward(
     Q, K, V, Out, KeyValid, Start, SinkKeys, Temperature, KeyBias, BiasKeys, Gate, Mix,
     Redistribute, SourceKeys, TargetKeys,
-    Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, RowMax, RowLog2Sum, RowKeep, RowBoost,
+    Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, SelfMass, RowMax, RowLog2Sum, RowKeep, RowBoost,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     n_heads, group, lq, lk, scale, softcap, window, distance_cap, tune_lq, tune_lk,
@@ -64,7 +64,7 @@ def stats_forward(
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, GATE: tl.constexpr, MIX: tl.constexpr,
     REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr,
     N_SINK: tl.constexpr, LSE: tl.constexpr, NORM: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr,
-    MAX: tl.constexpr, DISTANCE: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
+    MAX: tl.constexpr, DISTANCE: tl.constexpr, SELF: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Output rows and query statistics of one block of BLOCK_M query rows of one (batch, query head).
 
@@ -111,6 +111,7 @@ def stats_forward(
     t_i = tl.zeros([BLOCK_M], tl.float32)
     z_i = tl.zeros([BLOCK_M], tl.float32)
     w_i = tl.zeros([BLOCK_M], tl.float32)
+    d_i = tl.zeros([BLOCK_M], tl.float32)  # the row's weight on its own key position (self_mass)
     arg_i = tl.full([BLOCK_M], -1, tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if REDIST:  # running sums over the source (_s) and target (_t) keys; m_r, arg_r: the other keys' maximum
@@ -157,6 +158,10 @@ def stats_forward(
                     w_i += tl.sum(p * dist, 1)
             else:
                 w_i += tl.sum(p * tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32), 1)
+        if SELF:
+            d_i = d_i * alpha
+            if (n0 <= q_last) & (n0 + BLOCK_N > q_first):  # the block holds some row's own key
+                d_i += tl.sum(tl.where(offs_n[None, :] == q_abs[:, None], p, 0.0), 1)
         v_tile = load_rows(v_tile_base, offs_n, stride_vn, offs_d, lk, HEAD_DIM)
         if REDIST:
             is_s, block_has_s = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)
@@ -204,6 +209,10 @@ def stats_forward(
             w_i += (boost - 1.0) * w_t - (1.0 - keep) * w_s
         if MAX:
             top, arg_i = edited_max(m_i, m_r, arg_r, m_s, arg_s, m_t, arg_t, keep, boost, lk)
+        if SELF:  # the row's own key scales like any source or target key
+            own_s, _ = key_set(q_abs, 0, start, SourceKeys, N_SOURCE, BLOCK_N)
+            own_t, _ = key_set(q_abs, 0, start, TargetKeys, N_TARGET, BLOCK_N)
+            d_i *= tl.where(own_s, keep, tl.where(own_t, boost, 1.0))
     else:
         if ENTROPY:
             bits = log2_l - t_i / l_safe
@@ -239,3 +248,5 @@ def stats_forward(
         tl.store(ArgmaxKey + row, tl.where(seen_any, arg_i - start, -1).to(tl.int64), mask=in_range)
     if DISTANCE:
         tl.store(WindowDistance + row, tl.where(seen_any, w_i / l_safe, nan), mask=in_range)
+    if SELF:
+        tl.store(SelfMass + row, tl.where(seen_any, d_i / l_safe, nan), mask=in_range)

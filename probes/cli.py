@@ -100,7 +100,7 @@ def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption
     from workbench import trace
 
     def make(subject):
-        t = trace(subject, read_text(text, file), stats=("entropy", "window_distance", "received"),
+        t = trace(subject, read_text(text, file), stats=("entropy", "window_distance", "received", "self_mass"),
                   distance_cap=window)
         return [entropy_profile(t), local_global(t), future_attention_influence(t)]
 

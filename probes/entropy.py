@@ -72,19 +72,24 @@ def local_global(trace: Trace, threshold: float = 0.25) -> Result:
 
 
 def future_attention_influence(trace: Trace) -> Result:
-    """Per token (and head), the mean attention it receives from the queries that see it (itself included).
+    """Per token (and head), the mean attention it receives from the other queries that see it: for a causal
+    model, from the later tokens ("Attention Illuminates LLM Reasoning"): fai_j = (received_j - p_jj) / (n_j - 1),
+    n_j the number of queries that see key j (NaN where no other query does, the last token of a causal model).
 
     Metrics: `fai` per (layer, head, batch, position), and per (layer, batch, position) averaged over heads
-    at head = -1. Arrays: `fai` for batch 0 [layer, head, n].
+    at head = -1. Arrays: `fai` for batch 0 [layer, head, n]. Needs the trace's `received` and `self_mass`.
     """
-    if "received" not in trace.stats:
-        raise WorkbenchError("future attention influence needs 'received': trace with it included")
+    missing = [name for name in ("received", "self_mass") if name not in trace.stats]
+    if missing:
+        raise WorkbenchError(f"future attention influence needs {missing}: trace with them included")
     frames, first = [], None
     for b in range(trace.token_ids.shape[0]):
         tokens = trace.real_tokens(b)
         received = trace.sequence("received", b).double()  # [layer, head, n]
+        own = trace.sequence("self_mass", b).double()  # [layer, head, n]: each token's attention to itself
         seen_by = torch.stack([uniform_received(trace, layer, b)[1] for layer in range(trace.n_layers)])
-        fai = (received / seen_by[:, None, :]).numpy()
+        others = (seen_by - 1)[:, None, :]
+        fai = torch.where(others > 0, (received - own) / others.clamp_min(1), torch.nan).numpy()
         first = fai if first is None else first
         layers, heads, positions = np.indices(fai.shape)
         frames.append(pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(), "batch": b,

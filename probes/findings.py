@@ -145,7 +145,7 @@ def text_section(subject: Subject, config: FindingsConfig) -> tuple[Section, lis
     """Sinks, entropy and effective rank from one trace of prose (plus one run recording head outputs)."""
     inputs = prose_inputs(subject, config.text_tokens, config.texts)
     start = time.perf_counter()
-    t = trace(subject, inputs, stats=("sink_mass", "received", "entropy"), hidden_states=True)
+    t = trace(subject, inputs, stats=("sink_mass", "received", "self_mass", "entropy"), hidden_states=True)
     results = {
         "sinks": sink_scores(t, config.eps),
         "secondary_sinks": secondary_sinks(t, config.ratio, config.min_queries),

@@ -47,7 +47,7 @@ def trace_command(
     text: TextOption = None,
     file: FileOption = None,
     stats: Annotated[str, typer.Option(help="Comma-separated statistics.")] = ",".join(
-        ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance")),
+        ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance", "self_mass")),
     sink_keys: Annotated[str, typer.Option(help="Comma-separated sink key positions.")] = "0",
     out: OutOption = None,
     store: StoreOption = None,

@@ -25,7 +25,8 @@ from workbench.subject import Subject
 from workbench.trace import Trace
 
 IMPLEMENTATION = "workbench"
-DEFAULT_STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance")
+DEFAULT_STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance",
+                 "self_mass")
 MAX_DEFAULT_PATTERN = 512  # patterns over longer inputs need an explicit pattern_window
 
 

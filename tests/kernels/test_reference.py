@@ -68,6 +68,7 @@ def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, 
         "max_prob": torch.where(ok, p.max(-1).values, nan),
         "argmax_key": torch.where(ok, p.argmax(-1) - start[:, None, None], -1),
         "window_distance": torch.where(ok, (p * dist).sum(-1), nan),
+        "self_mass": torch.where(ok, p.diagonal(Lk - Lq, -2, -1), nan),
         "received": p.sum(2),
     }
     return out, stats, p

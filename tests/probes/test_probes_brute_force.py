@@ -61,8 +61,10 @@ def test_local_global_and_fai(llama_run):
     np.testing.assert_allclose(result.head_matrix("waad"), waad, atol=ATOL)
     np.testing.assert_array_equal(result.head_matrix("is_local"), (waad / 5 < 0.5).astype(float))
     fai = future_attention_influence(trace)
-    want = w[:, 0].sum(-2) / torch.arange(20, 0, -1).double()  # queries i >= j see key j
+    later = w[:, 0].sum(-2) - w[:, 0].diagonal(0, -2, -1)  # from the queries i > j
+    want = later / torch.arange(19, -1, -1).double()  # 19 - j of them; none for the last token (NaN)
     np.testing.assert_allclose(fai.arrays["fai"], want.numpy(), atol=ATOL)
+    assert np.isnan(fai.arrays["fai"][..., -1]).all() and not np.isnan(fai.arrays["fai"][..., :-1]).any()
 
 
 def planted_trace(received: torch.Tensor, hidden=None) -> workbench.Trace:

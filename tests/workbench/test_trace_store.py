@@ -41,7 +41,7 @@ def test_round_trip_is_bit_identical(trace, tmp_path):
 def test_head_table_is_the_mean_over_real_tokens(trace):
     table = trace.head_table()
     assert list(table.columns) == ["layer", "head", "metric", "value"]
-    assert set(table.metric) == {"entropy", "sink_mass", "max_prob", "lse", "window_distance"}
+    assert set(table.metric) == {"entropy", "sink_mass", "max_prob", "lse", "window_distance", "self_mass"}
     row = table[(table.layer == 1) & (table["head"] == 3) & (table.metric == "entropy")].value.item()
     real = torch.cat([trace.sequence("entropy", 0)[1, 3], trace.sequence("entropy", 1)[1, 3]])
     assert row == pytest.approx(float(real.double().mean()), rel=1e-6)

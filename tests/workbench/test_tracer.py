@@ -15,7 +15,7 @@ from tiny_models import CONFIGS, build, token_ids
 import workbench
 from workbench.errors import HeadNotFoundError, WorkbenchError
 
-STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance")
+STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance", "self_mass")
 
 
 def reference_impl(name):
@@ -52,6 +52,7 @@ def stats_from_weights(attn: torch.Tensor, causal: bool, sink=(0,)) -> dict[str,
         "sink_mass": p[..., list(sink)].sum(-1),
         "max_prob": p.max(-1).values,
         "window_distance": (p * dist).sum(-1),
+        "self_mass": p.diagonal(0, -2, -1),
         "received": p.sum(-2),
     }
 
