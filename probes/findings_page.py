@@ -204,7 +204,7 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
     python = (f"{load}\nfrom probes.findings import prose_inputs\n"
               f"from probes.sinks import sink_scores, secondary_sinks\n"
               f"t = workbench.trace(s, prose_inputs(s, {c.text_tokens}, {c.texts}), "
-              f"stats=('sink_mass', 'received', 'entropy'), hidden_states=True)\n"
+              f"stats=('sink_mass', 'received', 'self_mass', 'entropy'), hidden_states=True)\n"
               f"sink_scores(t, {c.eps}).arrays['sink_score'], secondary_sinks(t, {c.ratio}, {c.min_queries}).table")
     total = float(np.mean(score > c.eps))
     window = findings.facts["sliding_window"]
@@ -219,7 +219,7 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
         f"(`probes.sinks.sink_scores`, Gu et al. 2024); {total:.0%} of all heads score over {c.eps}. Non-initial "
         f"sinks are keys that receive over {c.ratio:g} times the attention uniform attention would give them, "
         f"judged where at least {c.min_queries} queries see the key (`probes.sinks.secondary_sinks`); their mass "
-        f"is the mean attention they receive from the queries that see them "
+        f"is the mean attention they receive from the later queries "
         f"(`probes.entropy.future_attention_influence`). Tokens are spelled as the tokenizer spells them (Ġ and ▁ "
         f"mark a leading space); text:position counts from the first token of the text.{caveat}",
         "![first-token sink score per head](" + f"{Path(findings.model).name}/sinks.png)",
