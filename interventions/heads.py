@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +22,21 @@ from workbench.subject import Subject
 MODES = ("zero", "mean", "resample")
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Every head's output on reference inputs, recorded once (`record_reference`): outputs
+    [layer, B, L, H, Dh] and the attention mask [B, L]. Pass it as `reference` to ablate many times
+    without running the model on the reference inputs again."""
+
+    outputs: torch.Tensor
+    mask: torch.Tensor
+
+
+def record_reference(subject: Subject, inputs) -> Reference:
+    """Run the subject once on `inputs` (texts or token ids) and keep every head's output for ablations."""
+    return Reference(*record_head_outputs(subject, inputs))
+
+
 def _replacement(subject: Subject, mode: str, reference, seed: int):
     """fn(layer, x, heads) -> the values that replace heads' outputs in x [B, L, H, Dh]."""
     if mode not in MODES:
@@ -29,7 +45,8 @@ def _replacement(subject: Subject, mode: str, reference, seed: int):
         return lambda layer, x, heads: torch.zeros_like(x[..., heads, :])
     if reference is None:
         raise WorkbenchError(f"{mode} ablation needs reference inputs")
-    outputs, mask = record_head_outputs(subject, reference)  # [layer, B, L, H, Dh]
+    recorded = reference if isinstance(reference, Reference) else record_reference(subject, reference)
+    outputs, mask = recorded.outputs, recorded.mask  # [layer, B, L, H, Dh], [B, L]
     if mode == "mean":
         real = mask[None, :, :, None, None].float()
         mean = (outputs * real).sum(dim=(1, 2)) / real.sum(dim=(1, 2))  # [layer, H, Dh]
@@ -51,7 +68,8 @@ def _replacement(subject: Subject, mode: str, reference, seed: int):
 def ablate(subject: Subject, heads: Iterable[Head], mode: str = "zero", reference=None,
            seed: int = 0) -> Iterator[None]:
     """Replace the outputs of `heads` while the block runs: zero, their mean over `reference`, or resampled
-    from `reference` (texts or token ids at least as long as the inputs). Restores the model on exit."""
+    from `reference` (texts or token ids at least as long as the inputs, or a `Reference` recorded once).
+    Restores the model on exit."""
     heads = check_heads(subject, heads)
     replace = _replacement(subject, mode, reference, seed)
     by_layer: dict[int, list[int]] = {}

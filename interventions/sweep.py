@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from interventions.heads import MODES, ablate
+from interventions.heads import MODES, ablate, record_reference
 from interventions.select import Head, check_heads
 from probes.result import Result
 from probes.tasks import Task, evaluate
@@ -54,8 +54,9 @@ def ablation_sweep(subject: Subject, task: Task, heads: Sequence[Head] | None = 
     start = time.perf_counter()
     base = evaluate(subject, task)
     if on_start is not None:
-        on_start((time.perf_counter() - start) * len(heads) * (1 if mode == "zero" else 2))
-    reference = None if mode == "zero" else [list(e.clean) for e in task.examples]
+        on_start((time.perf_counter() - start) * len(heads))
+    # the heads' outputs on the task's own clean prompts, recorded once for every head's mean/resample ablation
+    reference = None if mode == "zero" else record_reference(subject, [list(e.clean) for e in task.examples])
     sign = 1.0 if task.higher_is_better else -1.0
     rows, deltas = [], []
     for layer, head in tqdm(heads, desc=f"{mode}-ablating heads on {task.name}", unit="head"):
