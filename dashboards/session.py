@@ -20,7 +20,7 @@ import torch
 
 import workbench
 from interventions import ablate, calibrate, scale, scale_initial
-from interventions.masking import document_loss
+from interventions.masking import logits_and_loss
 from probes.entropy import entropy_profile
 from probes.heads import head_types, repeated_random_tokens
 from probes.result import Result
@@ -192,9 +192,9 @@ class Session:
             raise WorkbenchError("pick at least one head to edit")
         with self.lock:
             subject = self.subject(model)
-            before, loss_before = _next_token(subject, text), document_loss(subject, text)
+            before, loss_before = _next_token(subject, text)
             with _edit(subject, text, heads, edit, value):
-                after, loss_after = _next_token(subject, text), document_loss(subject, text)
+                after, loss_after = _next_token(subject, text)
         ids = list(dict.fromkeys(np.argsort(-before)[:top].tolist() + np.argsort(-after)[:top].tolist()))
         tokens = _readable(subject, subject.token_strings(torch.tensor([ids]))[0])
         return EditOutcome(tokens, before[ids], after[ids], loss_before, loss_after)
@@ -217,11 +217,10 @@ def _readable(subject: Subject, tokens: list[str]) -> list[str]:
     return [subject.tokenizer.convert_tokens_to_string([t]) for t in tokens]
 
 
-def _next_token(subject: Subject, text: str) -> np.ndarray:
-    """The model's next-token probabilities after `text` [vocab]."""
-    with torch.no_grad():
-        logits = subject.model(**subject.encode(text)).logits[0, -1].float()
-    return torch.softmax(logits, -1).cpu().numpy()
+def _next_token(subject: Subject, text: str) -> tuple[np.ndarray, float]:
+    """The model's next-token probabilities after `text` [vocab] and its loss on `text`, from one forward."""
+    logits, loss = logits_and_loss(subject, text)
+    return torch.softmax(logits, -1).cpu().numpy(), loss
 
 
 def _needles(model: str):

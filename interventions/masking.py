@@ -21,12 +21,18 @@ from probes.result import Result
 from workbench.subject import Subject
 
 
-def document_loss(subject: Subject, text: str) -> float:
-    """Mean next-token cross-entropy (nats) of the model on `text`."""
+def logits_and_loss(subject: Subject, text: str) -> tuple[torch.Tensor, float]:
+    """One forward on `text`: the last position's logits [vocab] (float32) and the mean next-token
+    cross-entropy (nats) of the model on the text."""
     enc = subject.encode(text)
     with torch.no_grad():
-        logits = subject.model(**enc).logits[0, :-1].float()
-    return float(torch.nn.functional.cross_entropy(logits, enc["input_ids"][0, 1:]))
+        logits = subject.model(**enc).logits[0].float()
+    return logits[-1], float(torch.nn.functional.cross_entropy(logits[:-1], enc["input_ids"][0, 1:]))
+
+
+def document_loss(subject: Subject, text: str) -> float:
+    """Mean next-token cross-entropy (nats) of the model on `text`."""
+    return logits_and_loss(subject, text)[1]
 
 
 def attention_influence(subject: Subject, documents: Sequence[str], heads: Iterable[Head], mode: str = "zero",
