@@ -14,21 +14,13 @@ from dashboards import figures
 from dashboards.circuits import circuit_runs, read_circuit
 from dashboards.layout import head_source
 from dashboards.session import EDITS, OVERVIEW, Session
+from probes.circuits.graph import head_name, parse_head
 
 ERROR_STYLE = {"color": "#b00020"}
 
 
 def _error(err: Exception) -> html.Span:
     return html.Span(f"error: {err}", className="error", style=ERROR_STYLE)
-
-
-def _head_name(layer: int, head: int) -> str:
-    return f"L{layer}.H{head}"
-
-
-def _parse_head(name: str) -> tuple[int, int]:
-    layer, head = name[1:].split(".H")
-    return int(layer), int(head)
 
 
 def _model(model: str | None, path: str | None) -> str:
@@ -101,39 +93,39 @@ def register(app: Dash, session: Session) -> None:
             layer, head, model = point["y"], point["x"], session.trace_run(run_id).model
         if head is None:  # an input, MLP or logits node of a circuit
             raise PreventUpdate
-        return _head_name(layer, head), _head_options(session, model), model, "head"
+        return head_name(layer, head), _head_options(session, model), model, "head"
 
     @app.callback(Output("head-info", "children"), Output("pattern", "figure"), Output("received-text", "children"),
                   Output("received", "figure"), Output("query-entropy", "figure"),
                   Input("head", "value"), Input("window-start", "value"), State("head-model", "data"),
                   State("text", "value"), prevent_initial_call=True)
-    def head_view(head_name, start, model, text):
-        if not head_name or not model:
+    def head_view(node, start, model, text):
+        if not node or not model:
             raise PreventUpdate
-        layer, head = _parse_head(head_name)
+        layer, head = parse_head(node)
         try:
             view = session.head_view(model, text or "", layer, head, start)
         except (ValueError, OSError) as err:
             return (_error(err), *[no_update] * 4)
         stop = view.start + view.pattern.shape[0]
-        info = (f"{model} {head_name}: {len(view.labels)} tokens; the map shows positions {view.start}..{stop - 1}; "
+        info = (f"{model} {node}: {len(view.labels)} tokens; the map shows positions {view.start}..{stop - 1}; "
                 f"received attention and query entropy cover the whole text")
         return (info,
                 figures.pattern_figure(view.pattern, view.labels[view.start:stop], view.start,
-                                       f"{head_name} attention map"),
+                                       f"{node} attention map"),
                 _received_spans(view.labels, view.received),
-                figures.token_line(view.received, view.labels, f"{head_name}: attention received per token",
+                figures.token_line(view.received, view.labels, f"{node}: attention received per token",
                                    "received"),
-                figures.token_line(view.entropy, view.labels, f"{head_name}: entropy of each query row",
+                figures.token_line(view.entropy, view.labels, f"{node}: entropy of each query row",
                                    "entropy (nats)"))
 
     @app.callback(Output("edit-heads", "value"), Output("tabs", "value", allow_duplicate=True),
                   Input("edit-this-head", "n_clicks"), State("head", "value"), State("edit-heads", "value"),
                   prevent_initial_call=True)
-    def edit_this_head(_, head_name, chosen):
-        if not head_name:
+    def edit_this_head(_, node, chosen):
+        if not node:
             raise PreventUpdate
-        return list(dict.fromkeys([*(chosen or []), head_name])), "intervene"
+        return list(dict.fromkeys([*(chosen or []), node])), "intervene"
 
     @app.callback(Output("loss", "children"), Output("next-token", "figure"), Input("apply", "n_clicks"),
                   State("edit-heads", "value"), State("edit", "value"), State("edit-value", "value"),
@@ -142,7 +134,7 @@ def register(app: Dash, session: Session) -> None:
         if not model:
             return _error(ValueError("run a trace first")), no_update
         try:
-            outcome = session.intervene(model, text or "", [_parse_head(h) for h in heads or []], edit,
+            outcome = session.intervene(model, text or "", [parse_head(h) for h in heads or []], edit,
                                         float(value if value is not None else 1.0))
         except (ValueError, OSError) as err:
             return _error(err), no_update
@@ -171,7 +163,7 @@ def register(app: Dash, session: Session) -> None:
             circuit = read_circuit(path)
         except (ValueError, OSError) as err:
             return no_update, _error(err)
-        heads = ", ".join(_head_name(*h) for h in circuit.heads())
+        heads = ", ".join(head_name(*h) for h in circuit.heads())
         return (figures.circuit_figure(circuit, only_circuit="only" in (only or [])),
                 f"{path}: heads in the circuit: {heads or 'none'}. Click a head to open its view.")
 
@@ -200,7 +192,7 @@ def _head_options(session: Session, model: str | None) -> list[str]:
     if not model:
         return []
     adapter = session.subject(model).adapter
-    return [_head_name(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
+    return [head_name(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
 
 
 def _received_spans(labels: list[str], received) -> list[html.Span]:

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import torch
 
 from interventions.heads import keep_only
-from probes.circuits.graph import record, sites
+from probes.circuits.graph import head_nodes, record, sites
 from probes.tasks import Task, evaluate
 from workbench.subject import Subject
 
@@ -53,7 +53,7 @@ class Circuit:
     @property
     def heads(self) -> list[tuple[int, int]]:
         """The circuit's heads as sorted (layer, head) pairs."""
-        return sorted(tuple(int(x) for x in n[1:].split(".H")) for n in self.nodes if n.startswith("L"))
+        return head_nodes(self.nodes)
 
     def to_json(self) -> dict:
         """The circuit as the JSON contract of `circuit_schema.md` (format 1)."""
@@ -132,7 +132,7 @@ def circuit_metric(subject: Subject, task: Task, nodes: set[str]) -> float:
     the corrupted prompts (the clean ones for tasks without)."""
     which = "corrupted" if all(e.corrupted is not None for e in task.examples) else "clean"
     reference = [list(e.corrupted if which == "corrupted" else e.clean) for e in task.examples]
-    heads = [tuple(int(x) for x in n[1:].split(".H")) for n in nodes if n.startswith("L")]
+    heads = head_nodes(nodes)
     mlps = [l for l in range(subject.adapter.n_layers) if f"M{l}" not in nodes]
     with torch.no_grad(), keep_only(subject, heads, mode="mean", reference=reference), \
             mean_ablate_mlps(subject, mlps, reference):

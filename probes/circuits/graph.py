@@ -55,7 +55,19 @@ def sites(subject: Subject) -> Sites:
 
 
 def head_name(layer: int, head: int) -> str:
+    """The node id of a head: L{layer}.H{head}."""
     return f"L{layer}.H{head}"
+
+
+def parse_head(node: str) -> tuple[int, int]:
+    """(layer, head) of a head's node id L{layer}.H{head}."""
+    layer, head = node[1:].split(".H")
+    return int(layer), int(head)
+
+
+def head_nodes(nodes) -> list[tuple[int, int]]:
+    """The (layer, head) pairs of the head nodes among `nodes`, sorted."""
+    return sorted(parse_head(n) for n in nodes if n.startswith("L"))
 
 
 def senders(subject: Subject) -> list[str]:
@@ -77,7 +89,7 @@ def position(node: str, n_layers: int) -> tuple[int, int]:
         return n_layers, 0
     if node.startswith("M"):
         return int(node[1:]), 1
-    return int(node[1:].split(".")[0]), 0
+    return parse_head(node)[0], 0
 
 
 def is_edge(sender: str, receiver: str, n_layers: int) -> bool:
@@ -103,8 +115,7 @@ class Activations:
             return self.input
         if node.startswith("M"):
             return self.mlps[int(node[1:])]
-        layer, head = (int(x) for x in node[1:].split(".H"))
-        return self.heads[layer, head]
+        return self.heads[parse_head(node)]
 
 
 def head_contributions(proj: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -160,8 +171,7 @@ class ReceiverDeltas:
             return self.logits
         if node.startswith("M"):
             return self.mlps[int(node[1:])]
-        layer, head = (int(x) for x in node[1:].split(".H"))
-        return self.heads[layer, head]
+        return self.heads[parse_head(node)]
 
 
 def _expand(value, batch: int, copies: int):
