@@ -7,7 +7,7 @@ The ablation report (`workbench ablate`) and the circuit methods (`probes.circui
 - `normalized` (issue #7): (m - m_corrupted) / (m_clean - m_corrupted) on task means, so that the clean run is 1
   and the corrupted run 0.
 Built in: `ioi`, `needle`, `induction` (from the zoo's generators in `workbench.zoo.tasks`), `loss`, and any task
-from a JSONL file with one {"clean", "corrupted", "answer", "wrong"} object per line.
+from a JSONL file with one {"clean", "corrupted", "answer", "wrong", "group"} object per line.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from workbench.subject import Subject
 from workbench.zoo import tasks as templates
 
 BUILTIN = ("loss", "ioi", "needle", "induction")
-JSONL_KEYS = {"clean": True, "corrupted": False, "answer": True, "wrong": False}  # key -> required
+JSONL_KEYS = {"clean": True, "corrupted": False, "answer": True, "wrong": False, "group": False}  # key -> required
 
 
 class TaskError(WorkbenchError):
@@ -37,13 +37,16 @@ class TaskError(WorkbenchError):
 @dataclass(frozen=True)
 class Example:
     """One prompt as token ids (BOS first when the tokenizer has one). answer / wrong are token ids of the
-    right and wrong continuations (None on the `loss` task); corrupted is None for tasks without one."""
+    right and wrong continuations (None on the `loss` task); corrupted is None for tasks without one. group
+    names the template a prompt was built from: prompts of one group and length align position by position, so
+    a circuit's faithfulness takes its ablation means over them (Wang et al. 2022); None = group by length."""
 
     clean: tuple[int, ...]
     corrupted: tuple[int, ...] | None
     answer: int | None
     wrong: int | None
     text: str
+    group: str | None = None
 
 
 @dataclass
@@ -144,7 +147,7 @@ def ioi(subject: Subject, n: int = 32, seed: int = 0) -> Task:
         clean, corrupted = _ids(subject, p.text), _ids(subject, p.corrupted)
         if len(clean) == len(corrupted):
             examples.append(Example(clean, corrupted, _first(subject, " " + p.io), _first(subject, " " + p.s),
-                                    p.text))
+                                    p.text, f"template {p.template}"))
         if len(examples) == n:
             break
     return Task("ioi", examples)
@@ -219,7 +222,8 @@ def loss(subject: Subject, n: int = 8, seed: int = 0, length: int = 128, text: s
 
 def from_jsonl(subject: Subject, path: Path) -> Task:
     """A task from a JSONL file: one object per line with "clean" and "answer" (strings) and optionally
-    "corrupted" and "wrong" (strings or null). A bad line raises TaskError naming the file and line."""
+    "corrupted", "wrong" and "group" (the prompt's template; strings or null). A bad line raises TaskError naming
+    the file and line."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task file {str(path)!r} does not exist")
@@ -245,7 +249,7 @@ def from_jsonl(subject: Subject, path: Path) -> Task:
         wrong = row.get("wrong")
         examples.append(Example(_ids(subject, row["clean"]), None if corrupted is None else _ids(subject, corrupted),
                                 _first(subject, row["answer"]), None if wrong is None else _first(subject, wrong),
-                                row["clean"]))
+                                row["clean"], row.get("group")))
     if not examples:
         raise TaskError(f"task file {str(path)!r} has no examples")
     return Task(path.stem, examples)

@@ -2,8 +2,10 @@
 the overlap of two circuits, and its export as JSON (the contract the Dash app reads) and as a plotly figure.
 
 Faithfulness follows Wang et al. 2022: the task metric of the circuit alone, every head and MLP outside it
-mean-ablated over the task's corrupted prompts, divided by the full model's metric on the clean prompts
-(node-level: edges between two circuit nodes are all kept). Overlap of head sets as in Merullo, Eickhoff and
+mean-ablated, divided by the full model's metric on the clean prompts (node-level: edges between two circuit
+nodes are all kept). As in that paper the means are taken over the corrupted prompts of the same template, at
+each position, not over all tokens: a mean over every token also removes what a head writes because of where it
+is in the sentence, which no circuit can then restore. Overlap of head sets as in Merullo, Eickhoff and
 Pavlick 2023 ("Circuit Component Reuse Across Tasks"): the shared heads, their share of the smaller circuit
 and the Jaccard index.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +22,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from interventions.heads import keep_only
-from probes.circuits.graph import head_nodes, record, sites
+from probes.circuits.graph import head_nodes, sites
 from probes.tasks import Task, evaluate
+from workbench.head_outputs import head_output_hook
 from workbench.subject import Subject
 
 FORMAT = 1
@@ -110,32 +112,69 @@ def select(edges: pd.DataFrame, top_k: int | None = None, threshold: float | Non
     return flags
 
 
-@contextlib.contextmanager
-def mean_ablate_mlps(subject: Subject, layers: Sequence[int], reference: list[list[int]]) -> Iterator[None]:
-    """Replace the outputs of the MLPs of `layers` by their mean over the reference prompts' tokens."""
-    enc = subject.encode(reference)
-    outputs = record(subject, enc).mlps  # [layer, B, L, d]
-    real = enc["attention_mask"].bool().cpu()
-    means = {l: outputs[l][real].mean(0) for l in layers}
-    mlps = sites(subject).mlps
-    handles = [mlps[l].register_forward_hook(lambda m, a, out, l=l: means[l].to(out).expand_as(out).clone())
-               for l in layers]
+def reference_outputs(subject: Subject, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over `rows`: every head's output [layer, B, L, H, Dh] and every MLP's [layer, B, L, d]."""
+    heads: dict[int, torch.Tensor] = {}
+    mlps: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, a, out, l=l: mlps.__setitem__(l, out.detach().float()))
+             for l, m in enumerate(sites(subject).mlps)]
     try:
-        yield
+        with torch.no_grad(), head_output_hook(subject, lambda l, x: heads.__setitem__(l, x.detach().float())):
+            subject.model(**subject.encode(rows), use_cache=False)
     finally:
-        for h in handles:
+        for h in hooks:
+            h.remove()
+    n = subject.adapter.n_layers
+    return torch.stack([heads[l] for l in range(n)]), torch.stack([mlps[l] for l in range(n)])
+
+
+def group_means(task: Task, values: torch.Tensor) -> torch.Tensor:
+    """values [layer, B, L, ...] of the reference prompts -> for each example, the mean at each position over the
+    reference prompts of its group and length (`Example.group`); positions past an example's end are left 0."""
+    keys = [(e.group, len(e.clean)) for e in task.examples]
+    members: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    means = torch.zeros_like(values)
+    for (_, length), rows in members.items():
+        means[:, rows, :length] = values[:, rows, :length].mean(1, keepdim=True)
+    return means
+
+
+@contextlib.contextmanager
+def mean_ablate_outside(subject: Subject, task: Task, nodes: set[str]) -> Iterator[None]:
+    """While the block runs on the task's clean prompts (in task order), replace the output of every head and MLP
+    outside `nodes` by its mean over the task's corrupted prompts (the clean ones for tasks without) of the same
+    group and length, position by position: Wang et al. 2022's mean over the ABC distribution of one template,
+    which keeps what a component writes at each place in the template and removes what depends on the names."""
+    which = "corrupted" if all(e.corrupted is not None for e in task.examples) else "clean"
+    heads, mlps = (group_means(task, v) for v in reference_outputs(
+        subject, [list(e.corrupted if which == "corrupted" else e.clean) for e in task.examples]))
+    kept = set(head_nodes(nodes))
+    dropped = {l: [h for h in range(subject.adapter.n_heads) if (l, h) not in kept]
+               for l in range(subject.adapter.n_layers)}
+
+    def edit(layer: int, x: torch.Tensor) -> torch.Tensor | None:
+        if not dropped[layer]:
+            return None
+        x = x.clone()
+        x[:, :, dropped[layer]] = heads[layer, :, :x.shape[1], dropped[layer]].to(x)
+        return x
+
+    hooks = [m.register_forward_hook(lambda m, a, out, l=l: mlps[l, :, :out.shape[1]].to(out).clone())
+             for l, m in enumerate(sites(subject).mlps) if f"M{l}" not in nodes]
+    try:
+        with head_output_hook(subject, edit):
+            yield
+    finally:
+        for h in hooks:
             h.remove()
 
 
 def circuit_metric(subject: Subject, task: Task, nodes: set[str]) -> float:
-    """The task metric's mean on the clean prompts with every head and MLP outside `nodes` mean-ablated over
-    the corrupted prompts (the clean ones for tasks without)."""
-    which = "corrupted" if all(e.corrupted is not None for e in task.examples) else "clean"
-    reference = [list(e.corrupted if which == "corrupted" else e.clean) for e in task.examples]
-    heads = head_nodes(nodes)
-    mlps = [l for l in range(subject.adapter.n_layers) if f"M{l}" not in nodes]
-    with torch.no_grad(), keep_only(subject, heads, mode="mean", reference=reference), \
-            mean_ablate_mlps(subject, mlps, reference):
+    """The task metric's mean on the clean prompts with every head and MLP outside `nodes` mean-ablated
+    (`mean_ablate_outside`)."""
+    with torch.no_grad(), mean_ablate_outside(subject, task, nodes):
         return float(evaluate(subject, task)[task.metric].mean())
 
 

@@ -3,6 +3,7 @@ validation naming the bad line."""
 
 import functools
 import json
+import random
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from tiny_models import build, tokenizer
 
 import workbench
 from probes import tasks as T
+from workbench.zoo import tasks as templates
 
 
 @functools.cache
@@ -24,11 +26,13 @@ def tiny():
 
 def test_batched_metrics_equal_one_prompt_at_a_time(tmp_path):
     subject = tiny()
-    lines = [{"clean": "The secret code is", "corrupted": "The wick code is", "answer": " 12", "wrong": " 34"},
+    lines = [{"clean": "The secret code is", "corrupted": "The wick code is", "answer": " 12", "wrong": " 34",
+              "group": "code"},
              {"clean": "He wound the clockwork, trimmed the wick and wrote", "answer": " the", "wrong": " wind"}]
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     task = T.from_jsonl(subject, path)
+    assert [e.group for e in task.examples] == ["code", None]
     got = T.evaluate(subject, task)
     for i, e in enumerate(task.examples):
         with torch.no_grad():
@@ -61,6 +65,19 @@ def test_ioi_on_organism_is_solved_and_its_corruption_breaks_it():
     assert corrupted["logit_diff"].mean() < 1
     c, k = clean["logit_diff"].mean(), corrupted["logit_diff"].mean()
     assert T.normalized(c, c, k) == 1 and T.normalized(k, c, k) == 0
+
+
+def test_ioi_corruption_replaces_only_the_second_subject_in_every_template():
+    rng = random.Random(3)
+    prompts = [templates.ioi_prompt(rng) for _ in range(200)]
+    assert {p.template for p in prompts} == set(range(len(templates.TEMPLATES)))
+    for p in prompts:
+        clean, corrupted = p.text.split(), p.corrupted.split()
+        changed = [i for i, (a, b) in enumerate(zip(clean, corrupted, strict=True)) if a != b]
+        assert len(changed) == 1 and clean[changed[0]] == p.s and clean.count(p.s) == 2, p.text
+        assert changed[0] > max(i for i, w in enumerate(clean) if w.strip(",") == p.io)  # the second mention
+    task = T.ioi(zoo_model("organism"), n=32)
+    assert {e.group for e in task.examples} == {f"template {i}" for i in range(len(templates.TEMPLATES))}
 
 
 def test_induction_on_induction_2l_copies_the_first_copy():

@@ -36,21 +36,23 @@ class IOIPrompt:
     text: str
     io: str
     s: str
+    template: int  # index into TEMPLATES
 
     @property
     def corrupted(self) -> str:
         """The same sentence with the subject's second mention replaced by a third name (answer unknown)."""
         other = next(n for n in NAMES if n not in (self.io, self.s))
-        head, _, tail = self.text.rpartition(f", {self.s} ")
-        return f"{head}, {other} {tail}"
+        head, _, tail = self.text.rpartition(f" {self.s} ")
+        return f"{head} {other} {tail}"
 
 
 def ioi_prompt(rng: random.Random) -> IOIPrompt:
     """A random IOI sentence without its last word; the answer is ' ' + io."""
     io, s = rng.sample(NAMES, 2)
     a, b = (io, s) if rng.random() < 0.5 else (s, io)
-    text = rng.choice(TEMPLATES).format(a=a, b=b, s=s, place=rng.choice(PLACES), obj=rng.choice(OBJECTS))
-    return IOIPrompt(text=text, io=io, s=s)
+    template = rng.choice(TEMPLATES)
+    text = template.format(a=a, b=b, s=s, place=rng.choice(PLACES), obj=rng.choice(OBJECTS))
+    return IOIPrompt(text=text, io=io, s=s, template=TEMPLATES.index(template))
 
 
 def needle_line(rng: random.Random) -> tuple[str, str, str]:

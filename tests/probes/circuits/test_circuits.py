@@ -46,16 +46,14 @@ def organism_ioi_patching():
     return patch_heads(zoo("organism"), organism_ioi())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue #7 threshold not met by the retrained organism: EAP-IG on these 8 prompts, top_k=10, max_heads=7 picks "
-    "L2.H4 -> L3.H0 with M0, M2, M4, M5 and is 0.020 faithful. No knob reaches 0.8 with <= 7 heads: EAP-IG "
-    "top_k 5/8/10/15/20/30/40 -> 0.004/0.004/0.020/-0.108/-0.108/-0.231/-0.231 (8 prompts), at most 0.117 on 16; "
-    "EAP at most 0.245 (k=20, 7 heads); patching (8 candidates) 0.100/-0.022/-0.145 at k=10/20/40"))
 def test_organism_ioi_circuit_is_faithful_with_few_heads():
     """Issue #7: faithfulness >= 0.8 with at most 20% of the heads, and the circuit holds the head whose
-    patching alone hurts the task most (found by activation patching, not taken from the model card)."""
+    patching alone hurts the task most (found by activation patching, not taken from the model card).
+    Measured: EAP-IG's top 30 edges (7 heads: L2.H1, L2.H4, L3.H0, L3.H2, L3.H3, L3.H5, L5.H0) are 0.906 faithful
+    on these 8 prompts, 0.918 on 32; top 15 (5 heads) 0.641 / 0.736. With the means over every token instead of
+    per template and position, no circuit of <= 7 heads passed 0.25."""
     subject = zoo("organism")
-    circuit = find_circuit(subject, organism_ioi(), "eap-ig", top_k=10, max_heads=7)
+    circuit = find_circuit(subject, organism_ioi(), "eap-ig", top_k=30, max_heads=7)
     assert len(circuit.heads) <= 0.2 * 36
     strongest = organism_ioi_patching().top("normalized", 1, largest=False).iloc[0]
     assert (int(strongest.layer), int(strongest["head"])) in circuit.heads

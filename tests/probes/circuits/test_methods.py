@@ -1,7 +1,7 @@
 """Each circuit method against a brute-force computation on tiny random models (float64 where a derivative is
 taken): the split-receiver graph is transparent, EAP is the derivative of path patching, EAP-IG is complete,
-head / residual / pattern patching equal independent constructions, and patching an input with itself changes
-nothing."""
+head / residual / pattern patching equal independent constructions, patching an input with itself changes
+nothing, and faithfulness's mean ablation equals a prompt-by-prompt construction."""
 
 import pytest
 import torch
@@ -10,11 +10,12 @@ from tiny_models import build, token_ids, tokenizer
 import workbench
 from interventions import ablate
 from probes import tasks as T
+from probes.circuits.circuit import circuit_metric, faithfulness
 from probes.circuits.eap import attribution_scores
 from probes.circuits.graph import ReceiverDeltas, record, sites, split_receivers
 from probes.circuits.patching import patch_heads, patch_patterns, patch_residual, pattern_patching
 from probes.circuits.path_patching import path_patch
-from workbench.head_outputs import record_head_outputs
+from workbench.head_outputs import head_output_hook, record_head_outputs
 
 
 def tiny(name="llama", double=False):
@@ -153,3 +154,47 @@ def test_patching_an_input_with_itself_changes_nothing():
     assert abs(path_patch(subject, task, [("L0.H1", "L1.H0"), ("input", "logits")]).effect).max() < 1e-5
     assert abs(attribution_scores(subject, task, "eap").score).max() < 1e-6
     assert metric(subject, task) == base
+
+
+def test_faithfulness_ablates_with_each_groups_mean_at_each_position():
+    """circuit_metric against a one-prompt-at-a-time construction: every head and MLP outside the circuit gets the
+    mean, position by position, of its outputs on the corrupted prompts of the example's group and length."""
+    subject = tiny("llama", double=True)
+    prompts = [(token_ids(1, n, seed)[0], g) for seed, (n, g) in enumerate([(7, "a"), (7, "a"), (7, "b"), (9, "a"),
+                                                                             (7, "a")])]
+    examples = [T.Example(tuple(c.tolist()), tuple(((c + 5) % 90 + 3).tolist()), 5, 9, "", g) for c, g in prompts]
+    task = T.Task("grouped", examples)
+    nodes = {"L0.H1", "L1.H0", "M1"}
+    mlps = sites(subject).mlps
+
+    def outputs(ids):
+        kept = {}
+        hooks = [m.register_forward_hook(lambda m, a, o, l=l: kept.__setitem__(l, o[0])) for l, m in enumerate(mlps)]
+        z, _ = record_head_outputs(subject, [list(ids)])
+        for h in hooks:
+            h.remove()
+        return z[:, 0], torch.stack([kept[l] for l in range(2)])
+
+    want = []
+    for e in examples:
+        group = [outputs(o.corrupted) for o in examples if (o.group, len(o.clean)) == (e.group, len(e.clean))]
+        z_mean = torch.stack([z for z, _ in group]).mean(0)
+        m_mean = torch.stack([m for _, m in group]).mean(0)
+
+        def edit(layer, x, z_mean=z_mean):
+            x = x.clone()
+            for head in range(x.shape[2]):
+                if f"L{layer}.H{head}" not in nodes:
+                    x[0, :, head] = z_mean[layer, :, head]
+            return x
+
+        hooks = [m.register_forward_hook(lambda m, a, o, l=l, m_mean=m_mean: m_mean[l][None].to(o))
+                 for l, m in enumerate(mlps) if f"M{l}" not in nodes]
+        with torch.no_grad(), head_output_hook(subject, edit):
+            final = subject.model(input_ids=torch.tensor([e.clean])).logits[0, -1]
+        for h in hooks:
+            h.remove()
+        want.append(float(final[e.answer] - final[e.wrong]))
+    assert circuit_metric(subject, task, nodes) == pytest.approx(sum(want) / len(want), abs=1e-5)  # float32 means
+    everything = {f"L{l}.H{h}" for l in range(2) for h in range(4)} | {"M0", "M1"}
+    assert faithfulness(subject, task, everything) == pytest.approx(1.0, abs=1e-12)
