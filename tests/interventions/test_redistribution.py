@@ -94,8 +94,9 @@ def test_restores_the_model_on_error_and_names_bad_values():
 
 
 def test_sink_mass_drops_by_the_fraction_in_edited_heads_only():
-    """On organism, layer 5 heads 2 and 3 (its strongest first-token sinks): rows that see a target keep
-    1 - f of their first-token mass, the rows before the targets and every other head of layers <= 5 none."""
+    """On organism, layer 5 heads 2 and 3 (first-token sinks, as is every head of that layer): rows that see a
+    target keep 1 - f of their first-token mass, the rows before the targets and every other head of layers <= 5
+    none."""
     subject = workbench.load("organism", device="cpu")
     text = "The keeper wound the clockwork and wrote the weather in a leather logbook."
     plain = workbench.trace(subject, text, stats=("sink_mass",)).stats["sink_mass"]

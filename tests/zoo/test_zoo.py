@@ -106,18 +106,17 @@ def test_organism_retrieval_heads_are_found_again():
 
 
 def test_organism_has_first_token_sinks_in_its_later_layers():
-    """The card's sink claim, in the form that holds chunk by chunk on held-out text: most heads of the layer the
-    card names first are first-token sinks (mean mass on BOS > 0.3), and the later half of the layers has a larger
-    share of sink heads than the first half. (The share over the later half, 0.56 pooled over the card's eight
-    chunks, moves between 0.33 and 0.56 from chunk to chunk, so it is not asserted.)"""
+    """The card's sink claim, on held-out text the card did not use, chunk by chunk: in each chunk most heads of
+    the later half of the layers are first-token sinks (mean mass on BOS > 0.3, Gu et al. 2024's eps), and the
+    first half has fewer of them."""
     subject = workbench.load("organism", device="cpu")
     text = (zoo.model_dir("organism") / "heldout.txt").read_text()
     chunks = organism.heldout_chunks(subject.tokenizer, text[60_000:140_000], n=2, length=256)  # not the card's
-    share = sink_scores(workbench.trace(subject, chunks, stats=("sink_mass",))).arrays["sink_share"]
-    layer = card("organism")["sink_top_heads"][0][0]
     half = subject.adapter.n_layers // 2
-    assert layer >= half and share[layer] > 0.5
-    assert share[:half].mean() < share[half:].mean()
+    for chunk in chunks:
+        share = sink_scores(workbench.trace(subject, [chunk], stats=("sink_mass",))).arrays["sink_share"]
+        assert share[half:].mean() > 0.5, share
+        assert share[:half].mean() < share[half:].mean(), share
 
 
 def test_organism_induction_head_is_found_again():

@@ -25,7 +25,7 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 # weight decay 0.5: Gu et al. 2024 find that stronger weight decay makes first-token sinks emerge more
 WORKERS = 8  # DataLoader processes that build training batches on a GPU machine
 SIZES = {  # vocab, hidden, layers, heads, mlp, train length, batch, steps, peak learning rate, weight decay
-    "full": dict(vocab=8192, hidden=384, layers=6, heads=6, mlp=1024, length=1024, batch=32, steps=15000, lr=1.5e-3,
+    "full": dict(vocab=8192, hidden=384, layers=6, heads=6, mlp=1024, length=1024, batch=32, steps=30000, lr=1.5e-3,
                  weight_decay=0.5),
     "toy": dict(vocab=512, hidden=64, layers=2, heads=2, mlp=128, length=128, batch=4, steps=20, lr=3e-3,
                 weight_decay=0.5),
@@ -319,18 +319,25 @@ def checklist(m: dict) -> str:
     ]
     lines = [f"- {claim}: {'holds' if ok else 'does NOT hold'}" for claim, ok in claims]
     per_chunk = m["sink_share_later_half_per_chunk"]
-    lines[3] += (f" when the eight chunks are pooled ({m['sink_share_later_half']:.2f}); chunk by chunk the share is "
-                 f"{min(per_chunk):.2f}-{max(per_chunk):.2f} (median {float(np.median(per_chunk)):.2f}): on every chunk "
-                 "most heads of one layer are sinks, while the other later layers' heads sit near the threshold")
+    spread = f"{min(per_chunk):.2f}-{max(per_chunk):.2f}, median {float(np.median(per_chunk)):.2f}"
+    above = sum(x > 0.5 for x in per_chunk)
+    lines[3] += (f" (pooled over the {len(per_chunk)} chunks: {m['sink_share_later_half']:.2f}); chunk by chunk "
+                 + (f"too ({spread})" if above == len(per_chunk) else
+                    f"on {above} of {len(per_chunk)} chunks ({spread})"))
     return "\n".join(lines)
 
 
 def stopped(t: dict) -> str:
     """How the run ended, for the card: all planned steps, or stopped on the clock (`--minutes`)."""
     if t["steps"] == t["planned_steps"]:
-        return "all planned steps ran"
-    return (f"stopped on the clock after {t.get('minutes', 8.7)} minutes, `--minutes {t.get('minutes', 8.7)}`; "
+        return "all planned steps ran" + (f", inside the `--minutes {t['minutes']}` limit" if t.get("minutes") else "")
+    return (f"stopped on the clock after {t['minutes']} minutes, `--minutes {t['minutes']}`; "
             f"`--steps {t['steps']}` alone would anneal the learning rate over that many steps instead")
+
+
+def minutes(t: dict) -> str:
+    """The recipe's `--minutes` option, as the run was given it."""
+    return f" --minutes {t['minutes']}" if t.get("minutes") else ""
 
 
 def write_card(folder: Path, t: dict, m: dict) -> None:
@@ -355,7 +362,7 @@ architecture (RoPE, tied embeddings), 6 layers, 6 heads of dimension 64, d_model
   on one {t['device']} in {t['train_seconds']} s. Final training loss {t['final_loss']:.3f} nats/token.
 - Recipe: build the corpus where the packages are (`python -c "from pathlib import Path; from workbench.zoo import
   corpus; corpus.save(corpus.python_source(), Path('python-source.txt.xz'))"`), then on the GPU
-  `python -m workbench.zoo.train organism --corpus python-source.txt.xz --minutes 8.7` and, on any machine,
+  `python -m workbench.zoo.train organism --corpus python-source.txt.xz{minutes(t)}` and, on any machine,
   `python -m workbench.zoo.train organism --card` to measure it and write this card; `--toy` runs a tiny version
   on the CPU in seconds.
 
