@@ -5,7 +5,8 @@ Kernel level (batch 1, 32 heads, head_dim 128, causal, bf16), for each context l
 extra memory of:
   (a) sdpa_flash      torch SDPA forced onto its flash backend
   (b) ours_plain      our kernel, no statistics
-  (c) ours_stats      our kernel, the one-pass statistics (lse, entropy, sink mass, max prob, argmax, distance)
+  (c) ours_stats      our kernel, the one-pass statistics (lse, entropy, sink mass, max prob, argmax, distance,
+                      self mass)
   (d) ours_received   (c) plus the second, dK-style pass for `received`
   (e) eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
 Model level: random-init models of the shapes in benchmarks/configs/ (--model-configs: a 1.1B Llama, SmolLM2-135M,
