@@ -330,14 +330,19 @@ def checklist(m: dict) -> str:
 def stopped(t: dict) -> str:
     """How the run ended, for the card: all planned steps, or stopped on the clock (`--minutes`)."""
     if t["steps"] == t["planned_steps"]:
-        return "all planned steps ran" + (f", inside the `--minutes {t['minutes']}` limit" if t.get("minutes") else "")
-    return (f"stopped on the clock after {t['minutes']} minutes, `--minutes {t['minutes']}`; "
+        return "all planned steps ran" + (f", inside the `{minutes(t)}` limit" if minutes(t) else "")
+    return (f"stopped on the clock after {t['minutes']} minutes, `{minutes(t)}`; "
             f"`--steps {t['steps']}` alone would anneal the learning rate over that many steps instead")
 
 
 def minutes(t: dict) -> str:
-    """The recipe's `--minutes` option, as the run was given it."""
-    return f" --minutes {t['minutes']}" if t.get("minutes") else ""
+    """The recipe's `--minutes` option as the run was given it ("" when it ran without one)."""
+    return f"--minutes {t['minutes']}" if t.get("minutes") else ""
+
+
+def recipe(t: dict) -> str:
+    """The training command of the run, as the card gives it."""
+    return " ".join(filter(None, ["python -m workbench.zoo.train organism --corpus python-source.txt.xz", minutes(t)]))
 
 
 def write_card(folder: Path, t: dict, m: dict) -> None:
@@ -362,7 +367,7 @@ architecture (RoPE, tied embeddings), 6 layers, 6 heads of dimension 64, d_model
   on one {t['device']} in {t['train_seconds']} s. Final training loss {t['final_loss']:.3f} nats/token.
 - Recipe: build the corpus where the packages are (`python -c "from pathlib import Path; from workbench.zoo import
   corpus; corpus.save(corpus.python_source(), Path('python-source.txt.xz'))"`), then on the GPU
-  `python -m workbench.zoo.train organism --corpus python-source.txt.xz{minutes(t)}` and, on any machine,
+  `{recipe(t)}` and, on any machine,
   `python -m workbench.zoo.train organism --card` to measure it and write this card; `--toy` runs a tiny version
   on the CPU in seconds.
 
