@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from kernels import ALL_STATS, QUERY_STATS
-from kernels.triton_attention import CONFIGS, attention
+from workbench.kernels import ALL_STATS, QUERY_STATS
+from workbench.kernels.triton_attention import CONFIGS, attention
 
 DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
 CONFIGS_DIR = Path(__file__).parent / "configs"  # model shapes: llama-1.1b, smollm2-135m, gemma3-270m, llama3-8b

@@ -1,4 +1,4 @@
-"""Build and serve the Dash app: `create_app(model, store)` returns it; `serve` runs it on 127.0.0.1."""
+"""Build the Dash app: `create_app(model, store)` returns it (`workbench dash` runs it on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 from dash import Dash
 
-from dashboards.callbacks import register
-from dashboards.layout import layout
-from dashboards.session import Session
+from workbench.dashboards.callbacks import register
+from workbench.dashboards.layout import layout
+from workbench.dashboards.session import Session
 
 
 def create_app(model: str | None = None, store: str | Path | None = None) -> Dash:
@@ -19,8 +19,3 @@ def create_app(model: str | None = None, store: str | Path | None = None) -> Das
     app.layout = layout(session.default_model)
     register(app, session)
     return app
-
-
-def serve(model: str | None = None, store: str | Path | None = None, port: int = 8050) -> None:
-    """Run the app on http://127.0.0.1:PORT until interrupted (Ctrl-C)."""
-    create_app(model, store).run(host="127.0.0.1", port=port, debug=False)

@@ -1,6 +1,6 @@
 """Serving the app in a background thread and driving it with Debian's headless Chromium (Selenium).
 
-Used by the browser tests and by `dashboards.screenshots`. The browser starts with a fresh profile and
+Used by the browser tests and by `workbench.dashboards.screenshots`. The browser starts with a fresh profile and
 every background network feature off, so it runs on machines without a network. The helpers below read a
 figure's numbers back from the browser's Plotly objects and click on plots at data coordinates.
 """

@@ -1,5 +1,5 @@
 """The app's callbacks: each reads the controls, calls the Session (the workbench's public API) and draws
-with `dashboards.figures`. User errors (WorkbenchError, ValueError) are shown beside the control that caused
+with `workbench.dashboards.figures`. User errors (WorkbenchError, ValueError) are shown beside the control that caused
 them, never raised into the browser.
 """
 
@@ -10,11 +10,12 @@ import time
 from dash import ALL, Dash, Input, Output, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
-from dashboards import figures
-from dashboards.circuits import circuit_runs, read_circuit
-from dashboards.layout import head_source
-from dashboards.session import EDITS, OVERVIEW, Session
-from probes.circuits.graph import head_name, parse_head
+from workbench.dashboards import figures
+from workbench.errors import WorkbenchError
+from workbench.dashboards.circuits import circuit_runs, read_circuit
+from workbench.dashboards.layout import head_source
+from workbench.dashboards.session import EDITS, OVERVIEW, Session
+from workbench.probes.circuits.graph import head_name, parse_head
 
 ERROR_STYLE = {"color": "#b00020"}
 
@@ -167,12 +168,12 @@ def register(app: Dash, session: Session) -> None:
         return (figures.circuit_figure(circuit, only_circuit="only" in (only or [])),
                 f"{path}: heads in the circuit: {heads or 'none'}. Click a head to open its view.")
 
-    @app.callback(Output("runs-select", "options"), Input("runs-refresh", "n_clicks"), Input("tabs", "value"))
+    @app.callback(Output("runs-select", "options"), Output("runs-info", "children"),
+                  Input("runs-refresh", "n_clicks"), Input("tabs", "value"))
     def list_runs(_, tab):
         if tab != "runs" and ctx.triggered_id != "runs-refresh":
             raise PreventUpdate
-        return [{"label": f"{r.created:%Y-%m-%d %H:%M:%S}  {r.kind:<16} {r.model_id:<16} {r.run_id}  {r.command}",
-                 "value": r.run_id} for r in session.runs().itertuples()]
+        return run_options(session)
 
     @app.callback(Output("runs-metric", "options"), Output("runs-metric", "value"),
                   Input("runs-select", "value"), State("runs-metric", "value"), prevent_initial_call=True)
@@ -186,6 +187,17 @@ def register(app: Dash, session: Session) -> None:
         if not metric or not run_ids:
             return figures.empty_figure("select runs and a metric")
         return figures.runs_figure({r: session.run_table(r) for r in run_ids[:3]}, metric)
+
+
+def run_options(session: Session) -> tuple:
+    """The Runs tab's checklist options and its info line; while another process holds the store longer than the
+    app waits, the options stay as they are and the line says so (never a server error)."""
+    try:
+        runs = session.runs()
+    except WorkbenchError as err:
+        return no_update, _error(err)
+    return [{"label": f"{r.created:%Y-%m-%d %H:%M:%S}  {r.kind:<16} {r.model_id:<16} {r.run_id}  {r.command}",
+             "value": r.run_id} for r in runs.itertuples()], f"{len(runs)} runs in {session.store_path}"
 
 
 def _head_options(session: Session, model: str | None) -> list[str]:

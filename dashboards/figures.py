@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.circuits import Circuit
+from workbench.dashboards.circuits import Circuit
 
 MARGIN = dict(l=50, r=20, t=40, b=40)
 

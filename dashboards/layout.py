@@ -1,5 +1,5 @@
 """The app's layout: a control bar (model, task, text, run) and five tabs (overview, head, intervene,
-circuits, runs). Components only; what they show is filled in by `dashboards.callbacks`.
+circuits, runs). Components only; what they show is filled in by `workbench.dashboards.callbacks`.
 
 Every graph whose points are heads has an id {"type": "head-source", "page": ..., "metric": ...}: one
 pattern-matching callback opens the head view from a click on any of them.
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dash import dcc, html
 
 import workbench
-from dashboards.session import EDITS, OVERVIEW, TASKS, WINDOW
-from workbench.cli_common import SAMPLE_TEXT
+from workbench.dashboards.session import EDITS, OVERVIEW, TASKS, WINDOW
+from workbench.samples import SAMPLE_TEXT
 
 ROW = {"display": "flex", "gap": "12px", "alignItems": "center", "flexWrap": "wrap", "margin": "6px 0"}
 
@@ -104,6 +104,7 @@ def runs_page() -> html.Div:
         html.Div([html.Button("Refresh", id="runs-refresh", n_clicks=0),
                   html.Label("Metric"), dcc.Dropdown(id="runs-metric", style={"width": "260px"})], style=ROW),
         html.P("Tick up to three runs to compare them, metric by metric."),
+        html.Div(id="runs-info"),
         dcc.Checklist(id="runs-select", options=[], value=[],
                       labelStyle={"display": "block", "fontFamily": "monospace", "fontSize": "12px",
                                   "whiteSpace": "pre"}),

@@ -1,6 +1,6 @@
 """Screenshots of every page of the app, taken in the same headless Chromium the browser tests use.
 
-    python -m dashboards.screenshots [--model organism] [--head 3.0] [--circuit DIR] [--out docs/screenshots]
+    python -m workbench.dashboards.screenshots [--model organism] [--head 3.0] [--circuit DIR] [--out docs/screenshots]
 
 Traces the model on the sample paragraph in a fresh temporary store, opens the head view of --head by
 clicking it on the overview, zero-ablates it, opens the circuit in DIR (a folder with a circuit.json, or the
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dashboards.app import create_app
-from dashboards.browser import choose, chromium, click, click_point, graph_data, served, text, wait, wait_graph
-from dashboards.circuits import circuit_runs
-from dashboards.layout import head_source
+from workbench.dashboards.app import create_app
+from workbench.dashboards.browser import choose, chromium, click, click_point, graph_data, served, text, wait, wait_graph
+from workbench.dashboards.circuits import circuit_runs
+from workbench.dashboards.layout import head_source
 
 WIDTH = 1400
 

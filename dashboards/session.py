@@ -19,15 +19,15 @@ import pandas as pd
 import torch
 
 import workbench
-from interventions import ablate, calibrate, scale, scale_initial
-from interventions.masking import logits_and_loss
-from probes.entropy import entropy_profile
-from probes.heads import head_types, repeated_random_tokens
-from probes.result import Result
-from probes.retrieval import retrieval_heads
-from probes.sinks import sink_scores
+from workbench.interventions import ablate, calibrate, scale, scale_initial
+from workbench.interventions.masking import logits_and_loss
+from workbench.probes.entropy import entropy_profile
+from workbench.probes.heads import head_types, repeated_random_tokens
+from workbench.probes.result import Result
+from workbench.probes.retrieval import retrieval_heads
+from workbench.probes.sinks import sink_scores
 from workbench import zoo
-from workbench.cli_common import SAMPLE_TEXT
+from workbench.samples import SAMPLE_TEXT
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.zoo import tasks
@@ -87,12 +87,17 @@ class EditOutcome:
     loss_after: float
 
 
+READ_TIMEOUT = 10.0  # seconds the app waits to read the store while another process writes to it
+
+
 class Session:
     """The app's models and traces; `default_model` is preselected, `store` is the results store."""
 
     def __init__(self, default_model: str | None = None, store: str | Path | None = None) -> None:
         self.default_model = default_model or workbench.DEFAULT_MODEL
         self.store = store
+        self._reader = workbench.Store(store, timeout=READ_TIMEOUT)  # checks the store before the app serves
+        self.store_path = self._reader.path
         self.lock = threading.RLock()
         self._subjects: OrderedDict[str, Subject] = OrderedDict()
         self._model_results: dict[tuple[str, str], Result] = {}
@@ -146,7 +151,7 @@ class Session:
 
     def task_text(self, model: str, task: str, seed: int = 0) -> str:
         """A prompt of a built-in task (`TASKS`) from `workbench.zoo.tasks`; repeated tokens come from `model`'s
-        own vocabulary (`probes.heads.repeated_random_tokens`)."""
+        own vocabulary (`workbench.probes.heads.repeated_random_tokens`)."""
         rng = random.Random(seed)
         if task == "paragraph":
             return SAMPLE_TEXT
@@ -201,13 +206,11 @@ class Session:
 
     def runs(self) -> pd.DataFrame:
         """The store's runs, newest first."""
-        with workbench.Store(self.store) as db:
-            return db.runs()
+        return self._reader.runs()
 
     def run_table(self, run_id: str) -> pd.DataFrame:
         """A stored run's per-head table."""
-        with workbench.Store(self.store) as db:
-            return db.head_metrics(run_id)
+        return self._reader.head_metrics(run_id)
 
 
 def _readable(subject: Subject, tokens: list[str]) -> list[str]:
@@ -230,7 +233,7 @@ def _needles(model: str):
         from workbench.zoo.organism import needle_case
 
         return functools.partial(needle_case, haystack=(zoo.model_dir(model) / "heldout.txt").read_text())
-    from probes.haystack import needle_case
+    from workbench.probes.haystack import needle_case
 
     return needle_case
 

@@ -7,13 +7,13 @@ applies in-pass.
 `masking.attention_influence` measures what masking a set of heads does to each document's loss.
 """
 
-from interventions.calibration import calibrate, find_hidden_sinks
-from interventions.heads import ablate, keep_only, scale
-from interventions.masking import attention_influence
-from interventions.perturbation import soft_pag
-from interventions.redistribution import redistribute
-from interventions.reinforcement import reinforce
-from interventions.zerotuning import scale_initial, search_scale
+from workbench.interventions.calibration import calibrate, find_hidden_sinks
+from workbench.interventions.heads import ablate, keep_only, scale
+from workbench.interventions.masking import attention_influence
+from workbench.interventions.perturbation import soft_pag
+from workbench.interventions.redistribution import redistribute
+from workbench.interventions.reinforcement import reinforce
+from workbench.interventions.zerotuning import scale_initial, search_scale
 
 __all__ = ["ablate", "attention_influence", "calibrate", "find_hidden_sinks", "keep_only", "redistribute",
            "reinforce", "scale", "scale_initial", "search_scale", "soft_pag"]

@@ -2,7 +2,7 @@
 Technique"): find the non-initial tokens that act as attention sinks in chosen heads, and scale their
 attention down, giving it back to the other tokens in proportion.
 
-Sinks are found on the inputs themselves with `probes.sinks.secondary_sinks` (a token receiving over
+Sinks are found on the inputs themselves with `workbench.probes.sinks.secondary_sinks` (a token receiving over
 `ratio` times its uniform share); scaling by beta and renormalizing is a logit bias of log(beta) on those
 keys, applied in-kernel: p'_j = beta p_j / (1 - p_j + beta p_j).
 """
@@ -13,8 +13,8 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator
 
-from interventions.select import Head, check_heads, key_bias_edits
-from probes.sinks import secondary_sinks
+from workbench.interventions.select import Head, check_heads, key_bias_edits
+from workbench.probes.sinks import secondary_sinks
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.tracer import capture, trace

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interventions.select import Head, check_heads
+from workbench.interventions.select import Head, check_heads
 from workbench.errors import WorkbenchError
 from workbench.head_outputs import head_output_hook, record_head_outputs
 from workbench.subject import Subject

@@ -2,7 +2,7 @@
 Weak-to-Strong Pretraining Data Selection"): the loss difference of each document when a set of heads
 (say the retrieval heads) is masked. Documents whose loss rises most lean hardest on those heads.
 
-Masking here zero-ablates the heads' outputs (`interventions.heads.ablate`); `mode` takes the other
+Masking here zero-ablates the heads' outputs (`workbench.interventions.heads.ablate`); `mode` takes the other
 ablation modes too.
 """
 
@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from interventions.heads import ablate
-from interventions.select import Head, check_heads
-from probes.result import Result
+from workbench.interventions.heads import ablate
+from workbench.interventions.select import Head, check_heads
+from workbench.probes.result import Result
 from workbench.subject import Subject
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from interventions.select import Head, check_heads
-from kernels import HeadEdits
+from workbench.interventions.select import Head, check_heads
+from workbench.kernels import HeadEdits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.tracer import capture

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from probes.result import Result
-from probes.tasks import Task
+from workbench.atomic import replace_file
+from workbench.probes.result import Result
+from workbench.probes.tasks import Task
 
 TOP_K = 10
 
@@ -97,25 +97,22 @@ Importance = the change of {data['metric']} in the direction that hurts the task
 """
 
 
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def report_files(path: Path) -> list[Path]:
+    """The files `write_report` writes for the report PATH: PATH.json, PATH.parquet, PATH_examples.parquet, PATH."""
+    stem = Path(path).with_suffix("")
+    return [stem.with_suffix(".json"), stem.with_suffix(".parquet"), Path(f"{stem}_examples.parquet"), Path(path)]
 
 
 def write_report(path: Path, data: dict, result: Result) -> list[Path]:
     """Write PATH (HTML), PATH.json, PATH.parquet (per-head table) and PATH_examples.parquet; each file is
     written beside its place and renamed into it, so none is ever half-written. Returns the paths."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stem = path.with_suffix("")
     examples = pd.DataFrame([{"example": ex["example"], "layer": int(name[1:].split(".")[0]),
                               "head": int(name.split(".H")[1]), "base": ex["base"], "delta": value}
                              for ex in data["examples"] for name, value in ex["delta"].items()])
-    files = [stem.with_suffix(".json"), stem.with_suffix(".parquet"), Path(f"{stem}_examples.parquet"), path]
-    _replace(files[0], lambda p: p.write_text(json.dumps(data, indent=1)))
-    _replace(files[1], lambda p: result.table.to_parquet(p, index=False))
-    _replace(files[2], lambda p: examples.to_parquet(p, index=False))
-    _replace(files[3], lambda p: p.write_text(render_html(data)))
+    files = report_files(path)
+    replace_file(files[0], lambda p: p.write_text(json.dumps(data, indent=1)))
+    replace_file(files[1], lambda p: result.table.to_parquet(p, index=False))
+    replace_file(files[2], lambda p: examples.to_parquet(p, index=False))
+    replace_file(files[3], lambda p: p.write_text(render_html(data)))
     return files
 

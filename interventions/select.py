@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from kernels import HeadEdits
+from workbench.kernels import HeadEdits
 from workbench.subject import Subject
 
 Head = tuple[int, int]

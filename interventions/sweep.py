@@ -1,7 +1,7 @@
 """Ablate heads one at a time on a task and rank them by what that does to the task's metric.
 
-Each head (or each head of a given set) is ablated alone (`interventions.heads.ablate`: zero, mean or resample,
-with the task's own clean prompts as the reference) and the task is scored again (`probes.tasks.evaluate`).
+Each head (or each head of a given set) is ablated alone (`workbench.interventions.heads.ablate`: zero, mean or resample,
+with the task's own clean prompts as the reference) and the task is scored again (`workbench.probes.tasks.evaluate`).
 A head's `importance` is the change of the task's metric in the direction that hurts: the rise in loss, or the
 fall in logit difference, so the heads the task leans on rank first.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from interventions.heads import MODES, ablate, record_reference
-from interventions.select import Head, check_heads
-from probes.result import Result
-from probes.tasks import Task, evaluate
+from workbench.interventions.heads import MODES, ablate, record_reference
+from workbench.interventions.select import Head, check_heads
+from workbench.probes.result import Result
+from workbench.probes.tasks import Task, evaluate
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import pandas as pd
 import torch
 
-from interventions.select import Head, check_heads, key_bias_edits
+from workbench.interventions.select import Head, check_heads, key_bias_edits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.tracer import capture

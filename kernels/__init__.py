@@ -1,7 +1,7 @@
 """Attention that returns its output and per-head statistics in the same pass.
 
-`attention(...)` runs the fused Triton kernels (`kernels.triton_attention`) on CUDA tensors and the chunked
-PyTorch reference (`kernels.reference`) elsewhere; both follow `kernels.contract`. This package imports only
+`attention(...)` runs the fused Triton kernels (`workbench.kernels.triton_attention`) on CUDA tensors and the chunked
+PyTorch reference (`workbench.kernels.reference`) elsewhere; both follow `workbench.kernels.contract`. This package imports only
 torch and triton.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels import reference
-from kernels.contract import ALL_STATS, KEY_STATS, QUERY_STATS, HeadEdits, check_stats
+from workbench.kernels import reference
+from workbench.kernels.contract import ALL_STATS, KEY_STATS, QUERY_STATS, HeadEdits, check_stats
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -36,7 +36,7 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
 
 def _triton_available() -> bool:
     try:
-        import kernels.triton_attention  # noqa: F401
+        import workbench.kernels.triton_attention  # noqa: F401
     except ImportError:
         return False
     return True
@@ -58,14 +58,14 @@ def attention(
     edits: HeadEdits | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Attention output [B, Hq, Lq, Dv] and the statistics named in `stats` (see `kernels.contract`).
+    """Attention output [B, Hq, Lq, Dv] and the statistics named in `stats` (see `workbench.kernels.contract`).
 
-    Arguments are those of `kernels.reference.attention`; `backend` picks 'triton', 'reference' or 'auto'.
+    Arguments are those of `workbench.kernels.reference.attention`; `backend` picks 'triton', 'reference' or 'auto'.
     """
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding,
                   stats=stats, sink_keys=sink_keys, distance_cap=distance_cap, edits=edits)
     if resolve_backend(q.device, backend) == "triton":
-        from kernels import triton_attention
+        from workbench.kernels import triton_attention
 
         return triton_attention.attention(q, k, v, **kwargs)
     return reference.attention(q, k, v, **kwargs)

@@ -1,6 +1,6 @@
 """Attention with statistics in plain PyTorch, by chunks of queries: the oracle every kernel is tested against.
 
-It implements `kernels.contract` literally (entropy as -sum p log p, not the one-pass identity the fused
+It implements `workbench.kernels.contract` literally (entropy as -sum p log p, not the one-pass identity the fused
 kernels use), in float32 (float64 for float64 inputs), so it also serves as the CPU backend of the tracer.
 Memory is O(batch x heads x chunk x Lk): the full [batch, head, q, k] map is never held unless it is small
 enough to fit one chunk. Grouped-query attention reads each K/V head once per group, without repeating it.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
 
 CHUNK_ELEMENTS = 1 << 24  # score elements per chunk: 64 MiB in float32
 
@@ -117,7 +117,7 @@ def _probabilities(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def _redistribute(lay: _Layout, p: torch.Tensor) -> torch.Tensor:
-    """The map p [B, Hq, C, Lk] after the VAR redistribution of `kernels.contract.HeadEdits` (p if none)."""
+    """The map p [B, Hq, C, Lk] after the VAR redistribution of `workbench.kernels.contract.HeadEdits` (p if none)."""
     if lay.fraction is None:
         return p
     source, target = lay.source[:, None, None, :], lay.target[:, None, None, :]
@@ -144,7 +144,7 @@ def attention(
     edits: HeadEdits | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Attention output and the requested statistics of `kernels.contract`, computed chunk by chunk.
+    """Attention output and the requested statistics of `workbench.kernels.contract`, computed chunk by chunk.
 
     q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] with Hq a multiple of Hkv (GQA).
     causal: bottom-right aligned causal mask. window: keys with |i - j| < window stay visible (HF's

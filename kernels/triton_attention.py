@@ -1,4 +1,4 @@
-"""Launch the fused Triton kernels: `attention(...)` with the arguments and results of `kernels.reference`.
+"""Launch the fused Triton kernels: `attention(...)` with the arguments and results of `workbench.kernels.reference`.
 
 On CUDA the block sizes are autotuned over a small Hopper-minded space, keyed by the lengths rounded up to
 powers of two (see `_pinned_configuration` for the environment variables that fix one configuration);
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 import triton
 
-from kernels.contract import HeadEdits, check_shapes, check_stats
-from kernels.triton_forward import stats_forward
-from kernels.triton_received import received_pass
+from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.triton_forward import stats_forward
+from workbench.kernels.triton_received import received_pass
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
@@ -80,7 +80,7 @@ def attention(
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Fused attention with statistics; same contract, shapes and dtypes as `kernels.reference.attention`.
+    """Fused attention with statistics; same contract, shapes and dtypes as `workbench.kernels.reference.attention`.
 
     q: [B, Hq, Lq, D]; k, v: [B, Hkv, Lk, D] (Hq a multiple of Hkv, K/V never repeated; the last dimension
     contiguous, any other strides). Returns out [B, Hq, Lq, D] in q's dtype and the requested statistics:

@@ -1,11 +1,11 @@
-"""Fused flash-style attention forward that also computes the per-query statistics of `kernels.contract`.
+"""Fused flash-style attention forward that also computes the per-query statistics of `workbench.kernels.contract`.
 
 One program handles BLOCK_M query rows of one (batch, query head) and walks the key blocks those rows may see
 (causal: up to the diagonal; sliding window: from the window's first key; left padding: from the first real
 key). Blocks that every row sees whole skip the mask; only the blocks on the diagonal, on the window's
 edges and at the end of the keys are masked (with key padding, every block is).
 
-The online-softmax recurrence, per row, over key blocks, in base-2 logits u (see `kernels.triton_logits`),
+The online-softmax recurrence, per row, over key blocks, in base-2 logits u (see `workbench.kernels.triton_logits`),
 with x_j = u_j - m' and p_j = exp2(x_j):
 
     m'   = max(m, max_j u_j)              alpha = exp2(m - m')
@@ -22,7 +22,7 @@ rescaled by alpha. At the end (ln 2 converts base-2 to nats):
 Both terms of the entropy are >= 0 (l >= 1, t <= 0), so the one-pass entropy does not cancel even when p is
 peaked; argmax_key is the first key at the running maximum. The state starts at m = MASKED, l = t = 0: a
 block whose keys a row cannot see gives that row p = 1 on each of them, and the first visible key wipes it
-(alpha = 0). The VAR redistribution edit (REDIST) keeps more running sums, see `kernels.triton_redistribution`.
+(alpha = 0). The VAR redistribution edit (REDIST) keeps more running sums, see `workbench.kernels.triton_redistribution`.
 For the `received` pass the row's m and log2 l are stored apart (RowMax, RowLog2Sum): there
 p = exp2((u - m) - log2 l) keeps full precision even where |lse| is large (a key bias of -1e4 on the only
 key a row sees).
@@ -33,8 +33,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_logits import LN2, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
-from kernels.triton_redistribution import (
+from workbench.kernels.triton_logits import LN2, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
+from workbench.kernels.triton_redistribution import (
     edited_entropy_bits,
     edited_max,
     factors,
@@ -197,7 +197,7 @@ def stats_forward(
     seen_any = m_i > MASKED / 2
     l_safe = tl.where(seen_any, l_i, 1.0)
     log2_l = tl.log2(l_safe)
-    if REDIST:  # the corrections of `kernels.triton_redistribution`
+    if REDIST:  # the corrections of `workbench.kernels.triton_redistribution`
         keep, boost = factors(z_s, z_t, tl.load(Redistribute + head))
         keep, boost = tl.where(seen_any, keep, 1.0), tl.where(seen_any, boost, 1.0)
         acc += (boost - 1.0)[:, None] * acc_t - (1.0 - keep)[:, None] * acc_s

@@ -1,7 +1,7 @@
 """What the forward and the `received` kernels share: edited logits in base-2 units, which keys a row sees,
 and which keys a block of rows sees whole (no mask needed).
 
-The kernels work with u = log2(e) * s rather than the natural logits s of `kernels.contract`, so that
+The kernels work with u = log2(e) * s rather than the natural logits s of `workbench.kernels.contract`, so that
 exp(s - m) = exp2(u - m) is one ex2 instruction, and the logit scale, softcap, temperature and log2(e) fold
 into two per-head constants:
 

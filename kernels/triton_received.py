@@ -1,11 +1,11 @@
-"""The second pass: received_j = sum_i p_ij, the attention each key receives (`kernels.contract`).
+"""The second pass: received_j = sum_i p_ij, the attention each key receives (`workbench.kernels.contract`).
 
 Like the dK pass of a flash-attention backward, one program holds BLOCK_N keys of one (batch, query head) and
 walks the query blocks that may see them, recomputing p_ij = exp2((u_ij - m_i) - log2 l_i) from q, k and the
-forward's row max m and log2 l (base 2, see `kernels.triton_forward`): nothing of size queries x keys is
+forward's row max m and log2 l (base 2, see `workbench.kernels.triton_forward`): nothing of size queries x keys is
 stored. Query blocks whose rows all see every key of the block skip the mask. Rows that see no key (m = NaN:
 padding queries) add nothing. Under the VAR redistribution edit (REDIST) each p_ij is multiplied by its row's
-keep (source keys) or boost (target keys) factor, which the forward stores (`kernels.triton_redistribution`).
+keep (source keys) or boost (target keys) factor, which the forward stores (`workbench.kernels.triton_redistribution`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_forward import load_rows
-from kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
-from kernels.triton_redistribution import key_set
+from workbench.kernels.triton_forward import load_rows
+from workbench.kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
+from workbench.kernels.triton_redistribution import key_set
 
 
 @triton.jit

@@ -1,4 +1,4 @@
-"""The VAR redistribution edit (`kernels.contract`, HeadEdits.redistribute) inside the fused kernels.
+"""The VAR redistribution edit (`workbench.kernels.contract`, HeadEdits.redistribute) inside the fused kernels.
 
 With a = p / l the unedited map of a row, S and T its mass on the source and target keys and f the head's
 fraction, the edited map is a' = keep a on the sources, boost a on the targets, a elsewhere, where
@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_logits import MASKED
+from workbench.kernels.triton_logits import MASKED
 
 
 @triton.jit

@@ -1,13 +1,13 @@
 """A model's findings from the project's own probes: what `workbench report model NAME` puts on its page.
 
 Every number comes from a probe of this package, called with the options in `FindingsConfig`:
-- sinks: first-token sink scores and Sink^eps (`probes.sinks.sink_scores`, Gu et al. 2024), non-initial sinks
-  (`secondary_sinks`) with the mean attention they receive (`probes.entropy.future_attention_influence`);
-- entropy per layer and head (`probes.entropy.entropy_profile`);
-- effective rank of the hidden states and of each head's output (`probes.erank`, Roy & Vetterli 2007);
-  these three read one trace of English prose from the standard library's docstrings (`probes.haystack`);
-- induction heads on repeated random tokens (`probes.heads.head_types`, Olsson et al. 2022);
-- retrieval heads by needle-in-a-haystack copy-paste (`probes.retrieval.retrieval_heads`, Wu et al. 2024);
+- sinks: first-token sink scores and Sink^eps (`workbench.probes.sinks.sink_scores`, Gu et al. 2024), non-initial sinks
+  (`secondary_sinks`) with the mean attention they receive (`workbench.probes.entropy.future_attention_influence`);
+- entropy per layer and head (`workbench.probes.entropy.entropy_profile`);
+- effective rank of the hidden states and of each head's output (`workbench.probes.erank`, Roy & Vetterli 2007);
+  these three read one trace of English prose from the standard library's docstrings (`workbench.probes.haystack`);
+- induction heads on repeated random tokens (`workbench.probes.heads.head_types`, Olsson et al. 2022);
+- retrieval heads by needle-in-a-haystack copy-paste (`workbench.probes.retrieval.retrieval_heads`, Wu et al. 2024);
 - the IOI logit difference on templated sentences (`workbench.zoo.organism.ioi_scores`, Wang et al. 2022).
 Each section records its wall time; an interrupt (Ctrl-C) propagates, so no page is made from partial work.
 """
@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
-from probes.entropy import entropy_profile, future_attention_influence
-from probes.erank import head_output_erank, hidden_state_erank
-from probes.haystack import stdlib_prose
-from probes.heads import head_types
-from probes.result import Result
-from probes.retrieval import retrieval_heads
-from probes.sinks import secondary_sinks, sink_scores
+from workbench.probes.entropy import entropy_profile, future_attention_influence
+from workbench.probes.erank import head_output_erank, hidden_state_erank
+from workbench.probes.haystack import stdlib_prose
+from workbench.probes.heads import head_types
+from workbench.probes.result import Result
+from workbench.probes.retrieval import retrieval_heads
+from workbench.probes.sinks import secondary_sinks, sink_scores
 from workbench import registry, zoo
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
@@ -125,7 +125,7 @@ def machine(device: torch.device) -> dict:
 
 def prose_inputs(subject: Subject, tokens: int, texts: int) -> list[list[int]]:
     """`texts` token lists of exactly `tokens` tokens of standard-library prose from evenly spaced offsets,
-    after the BOS token where the tokenizer has one (as `probes.heads` and `probes.haystack` build theirs)."""
+    after the BOS token where the tokenizer has one (as `workbench.probes.heads` and `workbench.probes.haystack` build theirs)."""
     if subject.tokenizer is None:
         raise WorkbenchError(f"model {subject.name!r} has no tokenizer: the prose probes need one")
     prose = stdlib_prose()

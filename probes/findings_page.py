@@ -2,38 +2,48 @@
 
 `write_page(findings, out, command)` writes OUT/NAME.md and the folder OUT/NAME/ (PNG figures and
 findings.json, every number of the page in machine-readable form). The folder is built with
-`workbench.atomic.atomic_folder` and the page is renamed into place after it, so an interrupted or failed
-write leaves the previous page (or none) behind, never a half-written one.
+`workbench.atomic.output_folder` and the page is renamed into place after it, so an interrupted or failed
+write leaves the previous page (or none) behind, never a half-written one. An existing page or page folder is
+replaced only when asked (`overwrite`), and then only the files the page consists of.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from probes.findings import Findings, findings_json, retrieval_scores
-from probes.result import LAYER_LEVEL
-from workbench.atomic import atomic_folder
+from workbench.probes.findings import Findings, findings_json, retrieval_scores
+from workbench.probes.result import LAYER_LEVEL
+from workbench.atomic import check_output, output_folder, replace_file
 from workbench.errors import WorkbenchError
 
 TOP = 10
 
 
-def write_page(findings: Findings, out: Path, command: str) -> Path:
+def page_paths(model: str, out: Path) -> tuple[Path, Path]:
+    """The page OUT/NAME.md and its folder OUT/NAME/ for `model` (a name or a folder)."""
+    name = Path(model).name
+    return Path(out) / f"{name}.md", Path(out) / name
+
+
+def check_page(model: str, out: Path, overwrite: bool = False) -> None:
+    """Before any work: refuse a page or page folder that exists (without `overwrite`) or cannot be written."""
+    page, folder = page_paths(model, out)
+    check_output(folder, overwrite, "--out", files=[page])
+
+
+def write_page(findings: Findings, out: Path, command: str, overwrite: bool = False) -> Path:
     """Write OUT/NAME.md and OUT/NAME/ (figures, findings.json); return the page's path."""
-    name = Path(findings.model).name
-    with atomic_folder(out / name) as folder:
-        folder.chmod(0o755)
-        figures(findings, folder)
-        (folder / "findings.json").write_text(json.dumps(findings_json(findings), indent=1))
-        (folder / f"{name}.md").write_text(markdown(findings, command, name))
-    page = out / f"{name}.md"
-    os.replace(out / name / f"{name}.md", page)
-    return page
+    page, folder = page_paths(findings.model, out)
+    check_page(findings.model, out, overwrite)
+    text = markdown(findings, command, page.stem)
+    with output_folder(folder, overwrite) as staged:
+        figures(findings, staged)
+        (staged / "findings.json").write_text(json.dumps(findings_json(findings), indent=1))
+    return replace_file(page, lambda p: p.write_text(text))
 
 
 def _pyplot():
@@ -202,7 +212,7 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
     header = ["layer", "attention", "mean first-token sink score", f"share of heads > {c.eps}", "strongest head",
               f"non-initial sinks (hits > {c.ratio:g}x uniform; top keys: token@text:position mass (head, ratio))"]
     python = (f"{load}\nfrom probes.findings import prose_inputs\n"
-              f"from probes.sinks import sink_scores, secondary_sinks\n"
+              f"from workbench.probes.sinks import sink_scores, secondary_sinks\n"
               f"t = workbench.trace(s, prose_inputs(s, {c.text_tokens}, {c.texts}), "
               f"stats=('sink_mass', 'received', 'self_mass', 'entropy'), hidden_states=True)\n"
               f"sink_scores(t, {c.eps}).arrays['sink_score'], secondary_sinks(t, {c.ratio}, {c.min_queries}).table")
@@ -216,11 +226,11 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
     return "\n\n".join([
         "## Attention sinks",
         f"A head's first-token sink score is its mean attention on position 0 over all real queries but the first "
-        f"(`probes.sinks.sink_scores`, Gu et al. 2024); {total:.0%} of all heads score over {c.eps}. Non-initial "
+        f"(`workbench.probes.sinks.sink_scores`, Gu et al. 2024); {total:.0%} of all heads score over {c.eps}. Non-initial "
         f"sinks are keys that receive over {c.ratio:g} times the attention uniform attention would give them, "
-        f"judged where at least {c.min_queries} queries see the key (`probes.sinks.secondary_sinks`); their mass "
+        f"judged where at least {c.min_queries} queries see the key (`workbench.probes.sinks.secondary_sinks`); their mass "
         f"is the mean attention they receive from the later queries "
-        f"(`probes.entropy.future_attention_influence`). Tokens are spelled as the tokenizer spells them (Ġ and ▁ "
+        f"(`workbench.probes.entropy.future_attention_influence`). Tokens are spelled as the tokenizer spells them (Ġ and ▁ "
         f"mark a leading space); text:position counts from the first token of the text.{caveat}",
         "![first-token sink score per head](" + f"{Path(findings.model).name}/sinks.png)",
         _table(header, rows), _sink_levels(findings, hits),
@@ -243,7 +253,7 @@ def _entropy(findings: Findings, command: str, load: str) -> str:
     return "\n\n".join([
         "## Entropy profile",
         "Entropy of each query's attention in nats, and normalized by log(keys the query sees) so that 1 is uniform "
-        "and 0 is all on one key (`probes.entropy.entropy_profile`), averaged over the real queries of the prose.",
+        "and 0 is all on one key (`workbench.probes.entropy.entropy_profile`), averaged over the real queries of the prose.",
         f"![normalized entropy per layer]({Path(findings.model).name}/entropy.png)",
         _table(["layer", "entropy (nats), mean over heads", "normalized", "most focused head", "most uniform head"],
                rows),
@@ -259,12 +269,12 @@ def _erank(findings: Findings, command: str, load: str) -> str:
         rows.append([layer + 1, f"{hidden[layer + 1]:.1f}", f"{heads[layer].mean():.1f}",
                      f"{heads[layer].min():.1f}", f"{heads[layer].max():.1f}"])
     python = (f"{load}\nfrom probes.findings import prose_inputs\n"
-              f"from probes.erank import hidden_state_erank, head_output_erank\nx = prose_inputs(s, {c.text_tokens}, "
+              f"from workbench.probes.erank import hidden_state_erank, head_output_erank\nx = prose_inputs(s, {c.text_tokens}, "
               f"{c.texts})\nhidden_state_erank(workbench.trace(s, x, stats=(), hidden_states=True)).arrays['erank'], "
               f"head_output_erank(s, x).arrays['erank']")
     return "\n\n".join([
         "## Effective rank",
-        f"Effective rank (Roy & Vetterli 2007; `probes.erank`) of the hidden states of the first text "
+        f"Effective rank (Roy & Vetterli 2007; `workbench.probes.erank`) of the hidden states of the first text "
         f"[{c.text_tokens} tokens, d] after each block, and of each head's output [tokens, head_dim] over all "
         f"{c.texts} texts. Row l of the head columns is attention layer l - 1 (the block whose output row l is).",
         f"![effective rank]({Path(findings.model).name}/erank.png)",
@@ -283,7 +293,7 @@ def _induction(findings: Findings, command: str, load: str) -> str:
     return "\n\n".join([
         "## Induction heads",
         f"Scores on {c.induction_batch} sequences of {c.induction_length} random tokens repeated twice "
-        f"(`probes.heads.head_types`, Olsson et al. 2022): the induction score is the attention a query of the "
+        f"(`workbench.probes.heads.head_types`, Olsson et al. 2022): the induction score is the attention a query of the "
         f"repeat pays to the token after its earlier occurrence; {int((arrays['induction'] > 0.3).sum())} heads "
         f"score over 0.3.",
         f"![induction score per head]({Path(findings.model).name}/induction.png)",
@@ -307,7 +317,7 @@ def _retrieval(findings: Findings, command: str, load: str) -> str:
               f"{list(c.retrieval_depths)}, range({c.seed}, {c.seed + c.needles})).arrays['retrieval_score']")
     return "\n\n".join([
         "## Retrieval heads (CPU)",
-        f"Needle-in-a-haystack copy-paste (`probes.retrieval.retrieval_heads`, Wu et al. 2024): the model greedily "
+        f"Needle-in-a-haystack copy-paste (`workbench.probes.retrieval.retrieval_heads`, Wu et al. 2024): the model greedily "
         f"generates a three-number needle hidden in standard-library prose; a head scores when its most attended key "
         f"is the needle token being generated. Context lengths {lengths} tokens, needle depths {depths}, "
         f"{c.needles} needle(s) each; the longest context run on this CPU is {max(c.retrieval_lengths)} tokens. "
@@ -363,7 +373,7 @@ def markdown(findings: Findings, command: str, name: str) -> str:
              f"{findings.machine['cpu_cores']} CPU cores. Every number and figure below comes from the workbench's "
              f"own probes (`probes/`); `{name}/findings.json` holds them in machine-readable form. The sinks, "
              f"entropy and effective-rank sections read {c.texts} texts of {c.text_tokens} tokens of English prose "
-             f"(the docstrings of Python {findings.machine['python']}'s standard library, `probes.haystack`), "
+             f"(the docstrings of Python {findings.machine['python']}'s standard library, `workbench.probes.haystack`), "
              f"starting with {first}. The sizes (the command's options) were chosen for a CPU run of about ten "
              f"minutes on two shared cores; wall times are measured on this run, with other jobs sharing the CPU.")
     parts = [f"# {findings.model}: attention findings", intro, "## The model", _facts(findings),

@@ -13,21 +13,10 @@ import ast
 import functools
 import random
 import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-
-
-@dataclass(frozen=True)
-class NeedleCase:
-    """One prompt: token ids, the [start, stop) span of the needle's value inside them, the answer ids."""
-
-    ids: list[int]
-    value_span: tuple[int, int]
-    answer: list[int]
-    depth: float
-    length: int
+from workbench.zoo.tasks import NeedleCase
 
 
 @functools.lru_cache(maxsize=1)

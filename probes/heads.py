@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.result import Result, head_rows
+from workbench.probes.result import Result, head_rows
 from workbench.subject import Subject
 from workbench.tracer import trace as run_trace
 

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probes.haystack import NeedleCase, needle_case
-from probes.result import Result, head_rows
+from workbench.probes.haystack import NeedleCase, needle_case
+from workbench.probes.result import Result, head_rows
 from workbench.subject import Subject
 from workbench.tracer import capture
 

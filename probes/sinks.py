@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.result import LAYER_LEVEL, Result, head_rows, layer_rows
+from workbench.probes.result import LAYER_LEVEL, Result, head_rows, layer_rows
 from workbench.errors import WorkbenchError
 from workbench.trace import Trace
 

@@ -1,6 +1,6 @@
 """Tasks: lists of examples (a clean prompt, a corrupted one, the right and the wrong answer) and their metrics.
 
-The ablation report (`workbench ablate`) and the circuit methods (`probes.circuits`) score a model on a task:
+The ablation report (`workbench ablate`) and the circuit methods (`workbench.probes.circuits`) score a model on a task:
 - `logit_diff`: logit(right) - logit(wrong) at the last position, first token of each answer (Wang et al. 2022);
 - `accuracy`: the right answer's first token is the argmax;
 - `loss`: -log p(right answer's first token); on the `loss` task, the mean next-token loss over the text;
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from workbench import zoo
-from workbench.cli_common import SAMPLE_TEXT
+from workbench.samples import SAMPLE_TEXT
+from workbench.textfile import read_utf8
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.zoo import tasks as templates
@@ -162,7 +163,7 @@ def heldout_text(subject: Subject) -> str | None:
 
 def haystack_text(subject: Subject) -> str:
     """Distractor text: the zoo model's held-out text when it has one, else the standard library's prose."""
-    from probes.haystack import stdlib_prose
+    from workbench.probes.haystack import stdlib_prose
 
     return heldout_text(subject) or stdlib_prose()
 
@@ -228,7 +229,7 @@ def from_jsonl(subject: Subject, path: Path) -> Task:
     if not path.is_file():
         raise TaskError(f"task file {str(path)!r} does not exist")
     examples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path, "task file").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

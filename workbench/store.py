@@ -1,24 +1,34 @@
-"""The results store: one DuckDB file that the CLI report, the Dash app and notebooks all read.
+"""The results store: one DuckDB file that the CLI report, the Dash app and notebooks all read and write.
 
 Tables, one row per (run, layer, head, metric) and per (run, token, layer, head, metric):
     runs(run_id, created, kind, model_id, command, params, trace_dir)
     head_metrics(run_id, layer, head, metric, value)
     token_metrics(run_id, batch, position, token, layer, head, metric, value)
-Each run is written in one transaction: a failure midway leaves no trace of the run.
+
+Any number of processes may write and read one store at once, and no run is ever lost. DuckDB lets one
+process at a time open a file for writing (and none read it meanwhile), so nothing keeps the file open: every
+read and every write opens its own short connection while holding an exclusive lock on PATH.lock (a file lock
+of the operating system, released when the process dies), and waits for the lock up to `timeout` seconds
+(StoreBusyError after that, naming the store; nothing is written). Each run is written in one transaction, so a
+reader sees a run whole or not at all, and a failure or interruption midway leaves no trace of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+from filelock import FileLock, Timeout
 from platformdirs import user_data_dir
 
+from workbench.atomic import check_writable
 from workbench.errors import WorkbenchError
 
 SCHEMA = """
@@ -33,6 +43,12 @@ CREATE TABLE IF NOT EXISTS token_metrics (
 """
 HEAD_COLUMNS = ["layer", "head", "metric", "value"]
 TOKEN_COLUMNS = ["batch", "position", "token", "layer", "head", "metric", "value"]
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
+TIMEOUT = 120.0  # seconds a read or write waits for another process's write
+
+
+class StoreBusyError(WorkbenchError):
+    """Another process held the store for longer than the wait allowed."""
 
 
 def default_path() -> Path:
@@ -42,22 +58,49 @@ def default_path() -> Path:
 
 
 class Store:
-    """A DuckDB results store at `path` (default: `default_path()`), created on first use."""
+    """The DuckDB results store at `path` (default: `default_path()`), created on first use.
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_path()
+    Opening it checks that the file is a DuckDB store (or can be created) and writable; it holds no connection,
+    so a notebook or the app may keep a Store for as long as it likes without blocking other processes.
+    """
+
+    def __init__(self, path: str | Path | None = None, timeout: float = TIMEOUT) -> None:
+        self.path = check(path)
+        self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(self.path))
-        self._con.execute(SCHEMA)
+        self._lock = FileLock(f"{self.path}.lock", timeout=timeout)
+        with self._connect() as con:
+            con.execute(SCHEMA)
 
     def close(self) -> None:
-        self._con.close()
+        """Nothing to release (connections live only for one read or write); kept for `with Store() as s`."""
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own, under the store's lock, closed (and the lock released) afterwards."""
+        try:
+            self._lock.acquire()
+        except Timeout as err:
+            raise StoreBusyError(f"results store {str(self.path)!r} is busy: another process held it for over "
+                                 f"{self.timeout:g} s") from err
+        try:
+            try:
+                con = duckdb.connect(str(self.path))
+            except duckdb.Error as err:
+                raise WorkbenchError(f"results store {str(self.path)!r} is not a DuckDB file that can be opened "
+                                     f"for writing ({err})") from err
+            try:
+                yield con
+            finally:
+                con.close()
+        finally:
+            self._lock.release()
 
     def write_run(
         self,
@@ -75,51 +118,75 @@ class Store:
         if token_metrics is not None:
             _check_columns("token_metrics", token_metrics, TOKEN_COLUMNS)
         run_id = uuid.uuid4().hex[:12]
-        con = self._con
-        con.begin()
-        try:
-            con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [run_id, datetime.now(UTC).replace(tzinfo=None), kind, model_id, command,
-                 json.dumps(params or {}), None if trace_dir is None else str(trace_dir)],
-            )
-            self._insert("head_metrics", run_id, head_metrics[HEAD_COLUMNS])
-            if token_metrics is not None:
-                self._insert("token_metrics", run_id, token_metrics[TOKEN_COLUMNS])
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
+        with self._connect() as con:
+            con.begin()
+            try:
+                con.execute(
+                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, datetime.now(UTC).replace(tzinfo=None), kind, model_id, command,
+                     json.dumps(params or {}), None if trace_dir is None else str(trace_dir)],
+                )
+                _insert(con, "head_metrics", run_id, head_metrics[HEAD_COLUMNS])
+                if token_metrics is not None:
+                    _insert(con, "token_metrics", run_id, token_metrics[TOKEN_COLUMNS])
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
         return run_id
 
-    def _insert(self, table: str, run_id: str, frame: pd.DataFrame) -> None:
-        self._con.register("_incoming", frame)
-        try:
-            self._con.execute(f"INSERT INTO {table} SELECT ? AS run_id, * FROM _incoming", [run_id])
-        finally:
-            self._con.unregister("_incoming")
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """Run one SQL query on the store (under its lock) and return the result as a DataFrame."""
+        with self._connect() as con:
+            return con.execute(sql, params or []).df()
 
     def runs(self) -> pd.DataFrame:
         """All runs, newest first."""
-        return self._con.execute("SELECT * FROM runs ORDER BY created DESC").df()
+        return self.query("SELECT * FROM runs ORDER BY created DESC")
 
     def head_metrics(self, run_id: str) -> pd.DataFrame:
         """The per-head table of run `run_id` (layer, head, metric, value)."""
         self._check_run(run_id)
-        return self._con.execute(
+        return self.query(
             "SELECT layer, head, metric, value FROM head_metrics WHERE run_id = ? ORDER BY metric, layer, head",
-            [run_id]).df()
+            [run_id])
 
     def token_metrics(self, run_id: str) -> pd.DataFrame:
         """The per-token table of run `run_id`."""
         self._check_run(run_id)
-        return self._con.execute(
+        return self.query(
             "SELECT batch, position, token, layer, head, metric, value FROM token_metrics WHERE run_id = ? "
-            "ORDER BY metric, batch, layer, head, position", [run_id]).df()
+            "ORDER BY metric, batch, layer, head, position", [run_id])
 
     def _check_run(self, run_id: str) -> None:
-        if not self._con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+        if self.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).empty:
             raise WorkbenchError(f"no run {run_id!r} in the store {str(self.path)!r}")
+
+
+def check(path: str | Path | None = None) -> Path:
+    """The store's path (default: `default_path()`) once it is known to be usable, creating nothing: a DuckDB
+    file, or a new file in a folder that can be written. WorkbenchError naming the path otherwise."""
+    path = Path(path) if path is not None else default_path()
+    if path.exists() and not path.is_file():
+        raise WorkbenchError(f"results store {str(path)!r} is a folder, not a DuckDB file")
+    check_writable(path, "results store")
+    if path.is_file() and path.stat().st_size and _header(path) != DUCKDB_MAGIC:
+        raise WorkbenchError(f"results store {str(path)!r} is not a DuckDB file; name a new file or a store "
+                             "written by the workbench")
+    return path
+
+
+def _header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(12)[8:]
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, run_id: str, frame: pd.DataFrame) -> None:
+    con.register("_incoming", frame)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT ? AS run_id, * FROM _incoming", [run_id])
+    finally:
+        con.unregister("_incoming")
 
 
 def _check_columns(table: str, frame: pd.DataFrame, columns: list[str]) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from workbench.atomic import atomic_folder
+from workbench.atomic import output_folder
 from workbench.errors import WorkbenchError
 
 FORMAT_VERSION = 1
@@ -112,14 +112,15 @@ class Trace:
         columns = ["batch", "position", "token", "layer", "head", "metric", "value"]
         return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the trace to `directory` (created; replaced whole if it exists). Returns the path.
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the trace to `directory` (meta.json, tensors.safetensors, heads.parquet). Returns the path.
 
-        The folder is written beside its destination and renamed into place, so an interrupted save never
-        leaves a half-written trace.
+        A new or empty folder is written whole and renamed into place, so an interrupted save never leaves a
+        half-written trace. A folder that holds anything is refused (OutputExistsError) unless `overwrite`,
+        which replaces only the trace's own three files and leaves everything else in the folder alone.
         """
         directory = Path(directory)
-        with atomic_folder(directory) as tmp:
+        with output_folder(directory, overwrite) as tmp:
             tensors = {"token_ids": self.token_ids, "attention_mask": self.attention_mask}
             tensors.update({f"stat.{k}": v for k, v in self.stats.items()})
             tensors.update({f"pattern.{l}.{h}": v for (l, h), v in self.patterns.items()})
@@ -136,14 +137,14 @@ class Trace:
 
     @classmethod
     def load(cls, directory: str | Path) -> Trace:
-        """Read a trace written by `save`; tensors come back bit-identical."""
+        """Read a trace written by `save`; tensors come back bit-identical.
+
+        A damaged folder (missing or truncated files, broken or inconsistent meta.json) raises WorkbenchError
+        naming the folder and what is wrong.
+        """
         directory = Path(directory)
-        if not (directory / "meta.json").is_file():
-            raise WorkbenchError(f"{str(directory)!r} is not a saved trace (no meta.json)")
-        meta = json.loads((directory / "meta.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise WorkbenchError(f"trace format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-        tensors = load_file(directory / "tensors.safetensors")
+        meta, tensors = _read_meta(directory), _read_tensors(directory)
+        _check_consistent(directory, meta, tensors)
         patterns = {}
         for key, value in tensors.items():
             if key.startswith("pattern."):
@@ -157,6 +158,66 @@ class Trace:
             hidden_states=tensors.get("hidden_states"), patterns=patterns,
             pattern_window=tuple(window) if window else None, options=meta["options"],
         )
+
+
+META_KEYS = {"format_version": int, "model_id": str, "config": dict, "tokens": list, "options": dict}
+
+
+def _read_meta(directory: Path) -> dict:
+    path = directory / "meta.json"
+    if not directory.is_dir():
+        raise WorkbenchError(f"{str(directory)!r} is not a folder (a saved trace is a folder)")
+    if not path.is_file():
+        raise WorkbenchError(f"{str(directory)!r} is not a saved trace (no meta.json)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WorkbenchError(f"trace {str(directory)!r}: meta.json is not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise WorkbenchError(f"trace {str(directory)!r}: meta.json holds {type(meta).__name__}, not an object")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise WorkbenchError(f"trace {str(directory)!r}: format {meta.get('format_version')!r} is not "
+                             f"{FORMAT_VERSION}")
+    for key, kind in META_KEYS.items():
+        if not isinstance(meta.get(key), kind):
+            raise WorkbenchError(f"trace {str(directory)!r}: meta.json's {key!r} is missing or not a {kind.__name__}")
+    for key in ("n_layers", "n_heads"):
+        if not isinstance(meta["config"].get(key), int):
+            raise WorkbenchError(f"trace {str(directory)!r}: meta.json's config lacks an integer {key!r}")
+    window = meta.get("pattern_window")
+    if window is not None and not (isinstance(window, list) and len(window) == 2):
+        raise WorkbenchError(f"trace {str(directory)!r}: pattern_window {window!r} is not [start, stop]")
+    return meta
+
+
+def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    path = directory / "tensors.safetensors"
+    if not path.is_file():
+        raise WorkbenchError(f"trace {str(directory)!r} has no tensors.safetensors")
+    try:
+        return load_file(path)
+    except Exception as err:  # safetensors raises its own SafetensorError, or OSError on a short read
+        raise WorkbenchError(f"trace {str(directory)!r}: tensors.safetensors is damaged or truncated ({err})") from err
+
+
+def _check_consistent(directory: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """meta.json and the tensors describe the same run: shapes agree with the token list and the config."""
+    def bad(what: str) -> WorkbenchError:
+        return WorkbenchError(f"trace {str(directory)!r} is inconsistent: {what}")
+
+    for key in ("token_ids", "attention_mask"):
+        if key not in tensors or tensors[key].dim() != 2:
+            raise bad(f"{key} is missing or not [batch, positions]")
+    batch, length = tensors["token_ids"].shape
+    if tensors["attention_mask"].shape != (batch, length):
+        raise bad(f"attention_mask {tuple(tensors['attention_mask'].shape)} != token_ids {(batch, length)}")
+    if len(meta["tokens"]) != batch or any(len(row) != length for row in meta["tokens"]):
+        raise bad(f"meta.json's tokens are not {batch} rows of {length}")
+    n_layers, n_heads = meta["config"]["n_layers"], meta["config"]["n_heads"]
+    for key, value in tensors.items():
+        if key.startswith("stat.") and (value.dim() != 4 or tuple(value.shape[:2]) != (n_layers, batch)
+                                        or value.shape[2] != n_heads or value.shape[3] != length):
+            raise bad(f"{key} has shape {tuple(value.shape)}, expected {(n_layers, batch, n_heads, length)}")
 
 
 def layer_summary(trace: Trace, sink_threshold: float = 0.3) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The tracer: transformers' AttentionInterface entry `workbench`, and `trace()` built on it.
 
-While a `capture` is active, every attention call of the model goes through `kernels.attention`, which
+While a `capture` is active, every attention call of the model goes through `workbench.kernels.attention`, which
 returns the attention output and the requested statistics in the same pass; the capture files them by
 layer. The model's own forward is otherwise untouched, so its logits equal those of its `sdpa` run.
 The matching mask function hands the kernel a [batch, keys] padding mask (or None) instead of a
@@ -18,8 +18,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-import kernels
-from kernels import HeadEdits
+from workbench import kernels
+from workbench.kernels import HeadEdits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.trace import Trace
@@ -191,13 +191,18 @@ def trace(
 ) -> Trace:
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
 
-    Statistics are those of `kernels.contract`: per query [layer, batch, head, q] and `received`
+    Statistics are those of `workbench.kernels.contract`: per query [layer, batch, head, q] and `received`
     [layer, batch, head, k]. patterns: (layer, head) pairs whose attention map is kept over
     `pattern_window` = (start, stop) positions (default: the whole input, up to 512 tokens).
     hidden_states: keep the residual stream [layer + 1, batch, pos, d].
     """
     enc = subject.encode(inputs)
     length = enc["input_ids"].shape[1]
+    shortest = int(enc["attention_mask"].sum(-1).min())
+    outside = [k for k in sink_keys if not 0 <= k < shortest]
+    if outside:
+        raise WorkbenchError(f"sink key position(s) {outside} outside the input: its shortest sequence has "
+                             f"{shortest} tokens (positions 0-{shortest - 1})")
     if patterns and pattern_window is None and length > MAX_DEFAULT_PATTERN:
         raise WorkbenchError(
             f"input of {length} tokens: pass pattern_window=(start, stop) to bound the patterns' size"

@@ -1,4 +1,4 @@
-"""Circuits (issue #7): which heads and MLPs carry a task, found on clean/corrupted prompt pairs (`probes.tasks`).
+"""Circuits (issue #7): which heads and MLPs carry a task, found on clean/corrupted prompt pairs (`workbench.probes.tasks`).
 
 - `patching`: activation patching of head outputs, of the residual stream by layer and position, and of
   attention patterns;
@@ -9,11 +9,11 @@
 - `discover.find_circuit`: all of it in one call; `cli`: `workbench circuit`.
 """
 
-from probes.circuits.circuit import Circuit, circuit_figure, faithfulness, overlap, select
-from probes.circuits.discover import find_circuit
-from probes.circuits.eap import attribution_scores, node_scores
-from probes.circuits.patching import patch_heads, patch_patterns, patch_residual
-from probes.circuits.path_patching import path_patch
+from workbench.probes.circuits.circuit import Circuit, circuit_figure, faithfulness, overlap, select
+from workbench.probes.circuits.discover import find_circuit
+from workbench.probes.circuits.eap import attribution_scores, node_scores
+from workbench.probes.circuits.patching import patch_heads, patch_patterns, patch_residual
+from workbench.probes.circuits.path_patching import path_patch
 
 __all__ = ["Circuit", "attribution_scores", "circuit_figure", "faithfulness", "find_circuit", "node_scores",
            "overlap", "patch_heads", "patch_patterns", "patch_residual", "path_patch", "select"]

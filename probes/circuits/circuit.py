@@ -22,8 +22,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from probes.circuits.graph import head_nodes, sites
-from probes.tasks import Task, evaluate
+from workbench.probes.circuits.graph import head_nodes, sites
+from workbench.probes.tasks import Task, evaluate
 from workbench.head_outputs import head_output_hook
 from workbench.subject import Subject
 

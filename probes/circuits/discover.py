@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from probes.circuits.circuit import Circuit, faithfulness, select
-from probes.circuits.eap import attribution_scores, node_scores
-from probes.circuits.graph import is_edge, receivers, senders
-from probes.circuits.patching import patch_heads
-from probes.circuits.path_patching import path_patch
-from probes.tasks import Task
+from workbench.probes.circuits.circuit import Circuit, faithfulness, select
+from workbench.probes.circuits.eap import attribution_scores, node_scores
+from workbench.probes.circuits.graph import is_edge, receivers, senders
+from workbench.probes.circuits.patching import patch_heads
+from workbench.probes.circuits.path_patching import path_patch
+from workbench.probes.tasks import Task
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.circuits.graph import ReceiverDeltas, is_edge, receivers, record, senders, sites, split_receivers
-from probes.tasks import Task, encode, score_logits
+from workbench.probes.circuits.graph import ReceiverDeltas, is_edge, receivers, record, senders, sites, split_receivers
+from workbench.probes.tasks import Task, encode, score_logits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from probes.circuits.graph import sites
-from probes.result import Result
-from probes.tasks import Task, evaluate, normalized
+from workbench.probes.circuits.graph import sites
+from workbench.probes.result import Result
+from workbench.probes.tasks import Task, evaluate, normalized
 from workbench.errors import WorkbenchError
 from workbench.head_outputs import head_output_hook, record_head_outputs
 from workbench.subject import Subject

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probes.circuits.graph import ReceiverDeltas, is_edge, record, split_receivers
-from probes.tasks import Task, encode, evaluate, normalized, score_logits
+from workbench.probes.circuits.graph import ReceiverDeltas, is_edge, record, split_receivers
+from workbench.probes.tasks import Task, encode, evaluate, normalized, score_logits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 

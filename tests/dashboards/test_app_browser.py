@@ -16,16 +16,16 @@ import pytest
 import torch
 
 import workbench
-from dashboards import browser
-from dashboards.app import create_app
-from dashboards.browser import choose, click, click_point, selected_tab, text, wait, wait_graph
-from interventions import ablate
-from interventions.masking import document_loss
-from probes.entropy import entropy_profile
-from probes.heads import head_types
-from probes.sinks import sink_scores
+from workbench.dashboards import browser
+from workbench.dashboards.app import create_app
+from workbench.dashboards.browser import choose, click, click_point, selected_tab, text, wait, wait_graph
+from workbench.interventions import ablate
+from workbench.interventions.masking import document_loss
+from workbench.probes.entropy import entropy_profile
+from workbench.probes.heads import head_types
+from workbench.probes.sinks import sink_scores
 from workbench import zoo
-from workbench.cli_common import SAMPLE_TEXT
+from workbench.samples import SAMPLE_TEXT
 from workbench.zoo import tasks
 
 CARD = json.loads((zoo.model_dir("organism") / "metrics.json").read_text())  # the model card's measurements

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from dashboards.session import Session
-from interventions import ablate, calibrate, scale, scale_initial
-from interventions.calibration import find_hidden_sinks
+from workbench.dashboards.session import Session
+from workbench.interventions import ablate, calibrate, scale, scale_initial
+from workbench.interventions.calibration import find_hidden_sinks
 from workbench.errors import HeadNotFoundError, WorkbenchError
 
 

@@ -6,7 +6,7 @@ import torch
 from tiny_models import build, token_ids, tokenizer
 
 import workbench
-from interventions import (
+from workbench.interventions import (
     ablate,
     attention_influence,
     calibrate,
@@ -17,7 +17,7 @@ from interventions import (
     search_scale,
     soft_pag,
 )
-from interventions.zerotuning import answer_logprob
+from workbench.interventions.zerotuning import answer_logprob
 from workbench.head_outputs import record_head_outputs
 
 DH, H, G = 8, 4, 2  # tiny llama: head_dim, query heads, query heads per kv head

@@ -1,5 +1,5 @@
-"""`interventions.redistribute` (VAR) against a brute-force redistribution of the attention weights read from an
-eager run of a tiny llama (float64, the formula of `kernels.contract`; head outputs to 1e-5 as in test_edits);
+"""`workbench.interventions.redistribute` (VAR) against a brute-force redistribution of the attention weights read from an
+eager run of a tiny llama (float64, the formula of `workbench.kernels.contract`; head outputs to 1e-5 as in test_edits);
 composition, restore on error, and the statistic sink_mass on the zoo's `organism`."""
 
 import pytest
@@ -8,7 +8,7 @@ from test_edits import IDS, eager_heads, logits
 from tiny_models import build
 
 import workbench
-from interventions import redistribute, scale_initial
+from workbench.interventions import redistribute, scale_initial
 from workbench.head_outputs import record_head_outputs
 from workbench.tracer import capture
 

@@ -1,5 +1,5 @@
 """The VAR redistribution edit (`HeadEdits.redistribute`): the chunked reference against a brute-force edit of
-the materialized attention map, row by row with the formula of `kernels.contract` (float64 inputs: out to
+the materialized attention map, row by row with the formula of `workbench.kernels.contract` (float64 inputs: out to
 1e-12, the statistics, which the reference returns in float32, to 1e-6); the
 fused Triton kernels against the reference in Triton's CPU interpreter, with the tolerance scheme of
 tests/kernels/test_triton.py (its `check`).
@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_triton import DEVICE, GPU, WINDOW, L, check, inputs, padding
 
-from kernels import ALL_STATS, HeadEdits, reference
+from workbench.kernels import ALL_STATS, HeadEdits, reference
 
 SOURCES, TARGETS = (0, 2), (5, 7, 30)
 FRACTIONS = (0.0, 0.4, 1.0, 0.75)  # per query head: identity, partial, everything, partial

@@ -1,4 +1,4 @@
-"""kernels.reference against a brute-force softmax over the full [q, k] map, in float64.
+"""workbench.kernels.reference against a brute-force softmax over the full [q, k] map, in float64.
 
 The brute force builds the whole score matrix, applies every mask and edit by its definition and reads each
 statistic off the materialized probabilities. Tolerances: the output 1e-10 for float64 inputs (both exact up
@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from kernels import ALL_STATS, HeadEdits
-from kernels.reference import attention, attention_pattern
+from workbench.kernels import ALL_STATS, HeadEdits
+from workbench.kernels.reference import attention, attention_pattern
 
 
 def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, key_padding=None,

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-from kernels import ALL_STATS, HeadEdits, reference, triton_attention  # noqa: E402
+from workbench.kernels import ALL_STATS, HeadEdits, reference, triton_attention  # noqa: E402
 
 GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = "cuda" if GPU else "cpu"

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import probes.findings
-import probes.findings_page
 import workbench
-from probes.entropy import entropy_profile
-from probes.erank import head_output_erank, hidden_state_erank
-from probes.findings import prose_inputs
-from probes.heads import head_types
-from probes.retrieval import retrieval_heads
-from probes.sinks import secondary_sinks, sink_scores
+import workbench.probes.findings
+import workbench.probes.findings_page
+from workbench import probes
+from workbench.atomic import OutputExistsError
+from workbench.probes.entropy import entropy_profile
+from workbench.probes.erank import head_output_erank, hidden_state_erank
+from workbench.probes.findings import prose_inputs
+from workbench.probes.heads import head_types
+from workbench.probes.retrieval import retrieval_heads
+from workbench.probes.sinks import secondary_sinks, sink_scores
 from workbench.cli import app
 from workbench.zoo.organism import ioi_scores
 
@@ -122,7 +124,7 @@ def test_interrupted_computation_writes_no_page(tmp_path, monkeypatch):
 
     monkeypatch.setattr(probes.findings, "induction_section", interrupted)
     result = runner.invoke(app, ["report", "model", "organism", "--out", str(tmp_path), *OPTIONS])
-    assert result.exit_code != 0
+    assert result.exit_code == 130 and "interrupted" in result.output
     assert not any(tmp_path.iterdir())
 
 
@@ -135,8 +137,10 @@ def test_interrupted_rendering_keeps_the_previous_page(report, tmp_path, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(probes.findings_page, "markdown", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(OutputExistsError, match="--overwrite"):  # an existing page is replaced only when asked
         probes.findings_page.write_page(findings, tmp_path, "workbench report model organism")
+    with pytest.raises(KeyboardInterrupt):
+        probes.findings_page.write_page(findings, tmp_path, "workbench report model organism", overwrite=True)
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before and page.name in {p.name for p in tmp_path.iterdir()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["organism", "organism.md"]

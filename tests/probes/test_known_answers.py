@@ -1,10 +1,10 @@
 """Probes on real models whose answer is known: MiniLM's [CLS] sink (Clark et al. 2019, "What Does BERT Look
-At?", and the sink literature), found by the first-token sink score of `probes.sinks`."""
+At?", and the sink literature), found by the first-token sink score of `workbench.probes.sinks`."""
 
 import numpy as np
 
 import workbench
-from probes.sinks import sink_scores
+from workbench.probes.sinks import sink_scores
 
 SENTENCES = ["The cat sat on the mat while the dog slept by the door.",
              "Quarterly tax filings are due in April, said the accountant."]

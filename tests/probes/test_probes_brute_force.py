@@ -9,10 +9,10 @@ import torch
 from tiny_models import build, token_ids
 
 import workbench
-from probes.entropy import entropy_profile, future_attention_influence, local_global
-from probes.erank import effective_rank, head_output_erank, hidden_state_erank
-from probes.heads import head_similarity, head_types, type_scores
-from probes.sinks import massive_activations, secondary_sinks, sink_scores
+from workbench.probes.entropy import entropy_profile, future_attention_influence, local_global
+from workbench.probes.erank import effective_rank, head_output_erank, hidden_state_erank
+from workbench.probes.heads import head_similarity, head_types, type_scores
+from workbench.probes.sinks import massive_activations, secondary_sinks, sink_scores
 from workbench.head_outputs import record_head_outputs
 
 ATOL = 1e-5  # float32 statistics against float64 brute force

@@ -9,8 +9,8 @@ import torch
 from tiny_models import build, tokenizer
 
 import workbench
-from probes.haystack import NeedleCase, needle_case
-from probes.retrieval import copy_paste_hits, retrieval_heads
+from workbench.probes.haystack import NeedleCase, needle_case
+from workbench.probes.retrieval import copy_paste_hits, retrieval_heads
 
 
 def brute_force_hits(model, case):

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import workbench
-from probes.heads import head_types
+from workbench.probes.heads import head_types
 from workbench.cli import app
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ import torch
 from tiny_models import build, tokenizer
 
 import workbench
-from probes import tasks as T
+from workbench.probes import tasks as T
 from workbench.zoo import tasks as templates
 
 

@@ -20,7 +20,7 @@ import workbench
 from workbench import registry
 from workbench.errors import UnknownModelError, WorkbenchError
 from workbench.registry import convert
-from workbench.registry.cli import app
+from workbench.cli.models import app
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 KNOWN = "known: smollm2-135m, gemma3-270m, minilm"

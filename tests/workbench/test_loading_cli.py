@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import workbench
 from workbench.cli import app
-from workbench.cli_common import SAMPLE_TEXT
+from workbench.samples import SAMPLE_TEXT
 
 runner = CliRunner()
 
@@ -32,12 +32,6 @@ def test_unknown_models_raise_clear_errors():
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
         workbench.load(build("gpt2"), device="cuda")
-
-
-def test_transformers_does_not_take_our_kernels_for_the_hubs():
-    from transformers.utils.import_utils import is_kernels_available
-
-    assert is_kernels_available() is False
 
 
 def test_bridge_runs_the_same_model(tiny_folder):

@@ -7,6 +7,8 @@ import torch
 from tiny_models import build, token_ids
 
 import workbench
+import workbench.store
+from workbench.atomic import OutputExistsError, _umask
 from workbench.errors import WorkbenchError
 from workbench.store import Store
 
@@ -34,8 +36,13 @@ def test_round_trip_is_bit_identical(trace, tmp_path):
     assert back.patterns.keys() == trace.patterns.keys()
     assert torch.equal(back.patterns[(1, 2)], trace.patterns[(1, 2)])
     pd.testing.assert_frame_equal(pd.read_parquet(path / "heads.parquet"), trace.head_table())
-    trace.save(path)  # saving over an existing trace replaces it whole
-    assert sorted(p.name for p in path.iterdir()) == ["heads.parquet", "meta.json", "tensors.safetensors"]
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        trace.save(path)  # a folder that holds files is never written over unasked
+    (path / "notes.txt").write_text("mine")
+    trace.save(path, overwrite=True)  # replaces the trace's own files, keeps the rest
+    assert sorted(p.name for p in path.iterdir()) == ["heads.parquet", "meta.json", "notes.txt",
+                                                      "tensors.safetensors"]
+    assert {oct(p.stat().st_mode & 0o777) for p in path.iterdir()} == {oct(0o666 & ~_umask())}
 
 
 def test_head_table_is_the_mean_over_real_tokens(trace):
@@ -82,14 +89,14 @@ def test_a_write_that_fails_midway_leaves_no_partial_run(trace, tmp_path, monkey
     path = tmp_path / "r.duckdb"
     with Store(path) as store:
         store.write_run("trace", "first", trace.head_table())
-        original = Store._insert
+        original = workbench.store._insert
 
-        def failing(self, table, run_id, frame):
+        def failing(con, table, run_id, frame):
             if table == "token_metrics":
                 raise RuntimeError("disk full")
-            original(self, table, run_id, frame)
+            original(con, table, run_id, frame)
 
-        monkeypatch.setattr(Store, "_insert", failing)
+        monkeypatch.setattr(workbench.store, "_insert", failing)
         with pytest.raises(RuntimeError, match="disk full"):
             store.write_run("trace", "second", trace.head_table(), trace.token_table())
     con = duckdb.connect(str(path))

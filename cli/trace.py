@@ -1,4 +1,4 @@
-"""The `workbench` command: trace a model and report its heads, show a model's facts, manage named models."""
+"""`workbench trace` and `workbench info`: trace a text through every head and report it; a model's facts."""
 
 from __future__ import annotations
 
@@ -7,41 +7,28 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from interventions.ablate_cli import ablate_command
-from kernels import check_stats
-from probes.circuits.cli import circuit_command
-from probes.cli import app as scan_app
-from probes.report_cli import app as report_app
-from workbench.cli_common import (
+from workbench.cli.common import (
     DeviceOption,
     FileOption,
     ModelOption,
     NoStoreOption,
     OutOption,
+    OverwriteOption,
     StoreOption,
     TextOption,
     console,
     default_out,
     fail,
     load_subject,
+    numbers,
+    preflight,
     read_text,
     store_run,
 )
-from workbench.cli_dash import dash_command
 from workbench.errors import WorkbenchError
-from workbench.registry.cli import app as models_app
-
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Look inside transformer language models through their attention heads.")
-app.add_typer(models_app, name="models", help="List and install the named real models (SmolLM2, Gemma-3, MiniLM).")
-app.add_typer(report_app, name="report", help="Write a model's findings page (docs/models/NAME.md) from the probes.")
-app.add_typer(scan_app, name="scan", help="Run a probe (sinks, entropy, erank, heads, retrieval) and report its heads.")
-app.command("ablate")(ablate_command)
-app.command("circuit")(circuit_command)
-app.command("dash")(dash_command)
+from workbench.kernels import check_stats
 
 
-@app.command("trace")
 def trace_command(
     model: ModelOption = None,
     text: TextOption = None,
@@ -50,6 +37,7 @@ def trace_command(
         ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance", "self_mass")),
     sink_keys: Annotated[str, typer.Option(help="Comma-separated sink key positions.")] = "0",
     out: OutOption = None,
+    overwrite: OverwriteOption = False,
     store: StoreOption = None,
     no_store: NoStoreOption = False,
     device: DeviceOption = None,
@@ -61,20 +49,21 @@ def trace_command(
     try:
         text = read_text(text, file)
         stat_names = check_stats(tuple(s.strip() for s in stats.split(",") if s.strip()))
-        sinks = tuple(int(s) for s in sink_keys.split(",") if s.strip())
+        sinks = numbers(sink_keys, int, "--sink-keys", low=0)
+        out = out or default_out("traces")
+        preflight(out, overwrite, store, no_store)
         subject = load_subject(model, device)
         with console.status(f"Tracing {len(text)} characters..."):
             trace = workbench.trace(subject, text, stats=stat_names, sink_keys=sinks, backend=backend)
+        _print_report(trace)
+        trace.save(out, overwrite=overwrite)
+        console.print(f"Trace saved to [bold]{out}[/]")
+        if not no_store:
+            store_run(store, "trace", trace.model_id, trace.head_table(), trace.token_table(),
+                      params={"stats": list(stat_names), "sink_keys": list(sinks),
+                              "n_tokens": len(trace.tokens[0])}, out=out)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
-    _print_report(trace)
-    out = out or default_out("traces")
-    trace.save(out)
-    console.print(f"Trace saved to [bold]{out}[/]")
-    if not no_store:
-        store_run(store, "trace", trace.model_id, trace.head_table(), trace.token_table(),
-                  params={"stats": list(stat_names), "sink_keys": list(sinks), "n_tokens": len(trace.tokens[0])},
-                  out=out)
 
 
 def _print_report(trace) -> None:
@@ -104,7 +93,6 @@ def _print_report(trace) -> None:
         console.print(f"{label}: " + ", ".join(f"L{r.layer}.H{r.head} {r.value:.3f}" for r in top.itertuples()))
 
 
-@app.command("info")
 def info_command(model: ModelOption = None, device: DeviceOption = None) -> None:
     """Print a model's architecture facts: layers, heads, key-value heads, head_dim, context, windows."""
     import workbench
@@ -121,7 +109,3 @@ def info_command(model: ModelOption = None, device: DeviceOption = None) -> None
     table.add_row("parameters", f"{sum(p.numel() for p in subject.model.parameters()):,}")
     table.add_row("device / dtype", f"{subject.device} / {next(subject.model.parameters()).dtype}")
     console.print(table)
-
-
-if __name__ == "__main__":
-    app()

@@ -7,16 +7,18 @@ from typing import Annotated
 
 import typer
 
-from interventions.ablate_cli import ExamplesOption, SeedOption, TaskOption
-from workbench.cli_common import (
+from workbench.cli.ablate import ExamplesOption, SeedOption, TaskOption
+from workbench.cli.common import (
     DeviceOption,
     ModelOption,
     NoStoreOption,
+    OverwriteOption,
     StoreOption,
     console,
     default_out,
     fail,
     load_subject,
+    preflight,
     store_run,
 )
 from workbench.errors import WorkbenchError
@@ -27,10 +29,11 @@ def circuit_command(
     method: Annotated[str, typer.Option(help="eap, eap-ig or patching.")] = "eap-ig",
     model: ModelOption = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: in the user data dir).")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Keep the k strongest edges.")] = 20,
-    threshold: Annotated[float | None, typer.Option(help="Keep edges with |score| at least this.")] = None,
-    max_heads: Annotated[int | None, typer.Option(help="At most this many heads in the circuit.")] = None,
-    steps: Annotated[int, typer.Option(help="Integration steps of EAP-IG.")] = 5,
+    overwrite: OverwriteOption = False,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Keep the k strongest edges.")] = 20,
+    threshold: Annotated[float | None, typer.Option(min=0.0, help="Keep edges with |score| at least this.")] = None,
+    max_heads: Annotated[int | None, typer.Option(min=1, help="At most this many heads in the circuit.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Integration steps of EAP-IG.")] = 5,
     examples: ExamplesOption = None,
     seed: SeedOption = 0,
     store: StoreOption = None,
@@ -39,12 +42,14 @@ def circuit_command(
 ) -> None:
     """Score every edge between heads and MLPs on a clean/corrupted task, keep the strongest as the circuit,
     and measure its faithfulness (everything outside it mean-ablated)."""
-    from probes.circuits.circuit import save
-    from probes.circuits.discover import find_circuit
-    from probes.tasks import load_task
-    from workbench.atomic import atomic_folder
+    from workbench.probes.circuits.circuit import save
+    from workbench.probes.circuits.discover import find_circuit
+    from workbench.probes.tasks import load_task
+    from workbench.atomic import output_folder
 
+    out = out or default_out("circuits")
     try:
+        preflight(out, overwrite, store, no_store)
         subject = load_subject(model, device)
         the_task = load_task(subject, task, n=examples, seed=seed)
         console.print(f"{subject.name}: {method} on {the_task.name} ({len(the_task.examples)} examples, "
@@ -59,10 +64,12 @@ def circuit_command(
                   f"({', '.join(sorted(circuit.nodes))}); faithfulness {circuit.faithfulness:.3f}")
     for r in chosen.head(12).itertuples():
         console.print(f"  {r.source:>7} -> {r.target:<7} {r.score:+.4f}")
-    out = out or default_out("circuits")
-    with atomic_folder(out) as tmp:
-        save(circuit, tmp)
-    console.print(f"Circuit written to [bold]{out / 'circuit.json'}[/] (figure: circuit.html)")
-    if not no_store:
-        store_run(store, "circuit", subject.name, circuit.head_metrics(),
-                  params={"task": the_task.name, "method": method, **circuit.params}, out=out)
+    try:
+        with output_folder(out, overwrite) as tmp:
+            save(circuit, tmp)
+        console.print(f"Circuit written to [bold]{out / 'circuit.json'}[/] (figure: circuit.html)")
+        if not no_store:
+            store_run(store, "circuit", subject.name, circuit.head_metrics(),
+                      params={"task": the_task.name, "method": method, **circuit.params}, out=out)
+    except WorkbenchError as err:
+        raise fail(err) from err

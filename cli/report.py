@@ -8,26 +8,18 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli_common import DeviceOption, console, fail
+from workbench.cli.common import DeviceOption, OverwriteOption, console, fail, interruptible, numbers
 from workbench.errors import WorkbenchError
 
 app = typer.Typer(no_args_is_help=True, help="Write findings pages from the probes.")
 
 
-def _numbers(text: str, kind: type, option: str) -> tuple:
-    try:
-        values = tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError as err:
-        raise WorkbenchError(f"{option} {text!r} is not a comma-separated list of numbers") from err
-    if not values:
-        raise WorkbenchError(f"{option} {text!r} names no value")
-    return values
-
-
 @app.command("model")
+@interruptible
 def model_command(
     name: Annotated[str, typer.Argument(help="Named, zoo or local model (see `workbench models list`).")],
     out: Annotated[Path, typer.Option(help="Folder of the page: OUT/NAME.md and OUT/NAME/.")] = Path("docs/models"),
+    overwrite: OverwriteOption = False,
     text_tokens: Annotated[int, typer.Option(help="Tokens per prose text (sinks, entropy, erank).")] = 1024,
     texts: Annotated[int, typer.Option(help="Prose texts, traced as one batch.")] = 2,
     eps: Annotated[float, typer.Option(help="Sink^eps threshold on the first-token sink score.")] = 0.3,
@@ -45,21 +37,22 @@ def model_command(
     """Sinks, entropy, effective rank, induction heads, retrieval heads and IOI of one model, as a markdown page
     with figures; the page states the command, the machine and the wall time of every section."""
     import workbench
-    from probes.findings import FindingsConfig, compute_findings
-    from probes.findings_page import write_page
+    from workbench.probes.findings import FindingsConfig, compute_findings
+    from workbench.probes.findings_page import check_page, write_page
 
     try:
         config = FindingsConfig(
             text_tokens=text_tokens, texts=texts, eps=eps, ratio=ratio, min_queries=min_queries,
             induction_length=induction_length,
-            induction_batch=induction_batch, retrieval_lengths=_numbers(retrieval_lengths, int, "--retrieval-lengths"),
-            retrieval_depths=_numbers(retrieval_depths, float, "--retrieval-depths"), needles=needles,
+            induction_batch=induction_batch, retrieval_lengths=numbers(retrieval_lengths, int, "--retrieval-lengths"),
+            retrieval_depths=numbers(retrieval_depths, float, "--retrieval-depths", 0.0, 1.0), needles=needles,
             ioi_prompts=ioi_prompts, seed=seed)
+        check_page(name, out, overwrite)
         with console.status(f"Loading {name}..."):
             subject = workbench.load(name, device=device)
         with console.status("Computing findings...") as status:
             findings = compute_findings(subject, config, lambda section: status.update(f"Computing {section}..."))
-        page = write_page(findings, out, _command(name, out, config, device))
+        page = write_page(findings, out, _command(name, out, config, device), overwrite)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
     for section_name, section in findings.sections.items():

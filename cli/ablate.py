@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from workbench.cli_common import (
+from workbench.cli.common import (
     DeviceOption,
     ModelOption,
     NoStoreOption,
@@ -19,13 +19,14 @@ from workbench.cli_common import (
     default_out,
     fail,
     load_subject,
+    preflight,
     store_run,
 )
 from workbench.errors import WorkbenchError
 
 TaskOption = Annotated[str, typer.Option(help="loss, ioi, needle, induction, or a FILE.jsonl of "
                                               '{"clean", "corrupted", "answer", "wrong"} lines.')]
-ExamplesOption = Annotated[int | None, typer.Option("--examples", "-n", help="Examples of a built-in task.")]
+ExamplesOption = Annotated[int | None, typer.Option("--examples", "-n", min=1, help="Examples of a built-in task.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the task's examples and of resampling.")]
 
 
@@ -35,6 +36,7 @@ def ablate_command(
     heads: Annotated[str, typer.Option(help="all, or comma-separated L.H pairs such as 0.1,1.0.")] = "all",
     mode: Annotated[str, typer.Option(help="zero, mean or resample (over the task's own clean prompts).")] = "zero",
     out: Annotated[Path | None, typer.Option(help="The HTML report (JSON and Parquet are written beside it).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing report and its files.")] = False,
     examples: ExamplesOption = None,
     seed: SeedOption = 0,
     store: StoreOption = None,
@@ -42,11 +44,15 @@ def ablate_command(
     device: DeviceOption = None,
 ) -> None:
     """Ablate each head alone on a task; rank heads by the change of the task's loss or metric; write a report."""
-    from interventions.report import TOP_K, report_data, write_report
-    from interventions.sweep import ablation_sweep, parse_heads
-    from probes.tasks import load_task
+    from workbench.interventions.report import TOP_K, report_data, report_files, write_report
+    from workbench.interventions.sweep import ablation_sweep, parse_heads
+    from workbench.probes.tasks import load_task
 
+    path = out or default_out("ablations") / "report.html"
     try:
+        if path.suffix.lower() not in (".html", ".htm"):
+            raise WorkbenchError(f"--out {str(path)!r} is the HTML report: give a file name ending in .html")
+        preflight(None, overwrite, store, no_store, files=report_files(path))
         subject = load_subject(model, device)
         chosen = parse_heads(subject, heads)
         the_task = load_task(subject, task, n=examples, seed=seed)
@@ -66,7 +72,6 @@ def ablate_command(
         table.add_row(f"L{row['layer']}.H{row['head']}", f"{row['importance']:.4f}",
                       f"{row[f'ablated_{the_task.metric}']:.4f}")
     console.print(table)
-    path = out or default_out("ablations") / "report.html"
     files = write_report(path, data, result)
     console.print(f"Report written to [bold]{files[-1]}[/] (numbers in {files[0].name}, {files[1].name})")
     if not no_store:

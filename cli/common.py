@@ -1,0 +1,125 @@
+"""Pieces every `workbench` subcommand shares: the console, option types, input text, checks made before any
+work, the error and interrupt exits, storing."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from platformdirs import user_data_dir
+from rich.console import Console
+
+from workbench.errors import WorkbenchError
+from workbench.samples import SAMPLE_TEXT
+from workbench.textfile import read_utf8
+
+console = Console()
+
+
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Zoo or named model, folder or hub id "
+                                                 "(default: smollm2-135m).")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")]
+TextOption = Annotated[str | None, typer.Option("--text", "-t", help="Text to run (default: a built-in paragraph).")]
+FileOption = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file.")]
+OutOption = Annotated[Path | None, typer.Option(help="Output folder (default: in the user data dir).")]
+StoreOption = Annotated[Path | None, typer.Option(help="DuckDB results store (default: in the user data dir).")]
+NoStoreOption = Annotated[bool, typer.Option("--no-store", help="Do not write a store run.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Write into an output folder that already holds "
+                                               "files, replacing only the files this command writes.")]
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+
+def load_subject(model: str | None, device: str | None = None):
+    """workbench.load(model, device) under a "Loading ..." spinner (model None: the default model)."""
+    import workbench
+
+    with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
+        return workbench.load(model, device=device)
+
+
+def fail(err: Exception) -> typer.Exit:
+    """Print a user error in red and return the Exit (code 2) to raise."""
+    console.print(f"[bold red]error:[/] {err}")
+    return typer.Exit(code=2)
+
+
+def read_text(text: str | None, file: Path | None) -> str:
+    """The text of --text or --file (the sample paragraph when neither is given); never empty."""
+    if text is not None and file is not None:
+        raise WorkbenchError("give --text or --file, not both")
+    if file is not None:
+        if not file.is_file():
+            raise WorkbenchError(f"--file {str(file)!r} does not exist")
+        text = read_utf8(file, "--file")
+        if not text.strip():
+            raise WorkbenchError(f"--file {str(file)!r} holds no text")
+        return text
+    if text is not None and not text.strip():
+        raise WorkbenchError(f"--text {text!r} is empty: give some text to trace")
+    return SAMPLE_TEXT if text is None else text
+
+
+def numbers(text: str, kind: type, option: str, low: float | None = None, high: float | None = None) -> tuple:
+    """The comma-separated numbers of option `option`, each of type `kind` and within [low, high]."""
+    try:
+        values = tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise WorkbenchError(f"{option} {text!r} is not a comma-separated list of {kind.__name__} values") from err
+    if not values:
+        raise WorkbenchError(f"{option} {text!r} names no value")
+    for value in values:
+        if high is not None and not low <= value <= high:
+            raise WorkbenchError(f"{option} {value:g} is outside [{low:g}, {high:g}]")
+        if low is not None and value < low:
+            raise WorkbenchError(f"{option} {value:g} is below {low:g}")
+    return values
+
+
+def preflight(out: Path | None, overwrite: bool, store: Path | None, no_store: bool,
+              files: Iterable[Path] = (), option: str = "--out") -> None:
+    """Before the model runs: the output folder (and `files` beside it) may be written, the store opened."""
+    from workbench import store as results_store
+    from workbench.atomic import check_files, check_output
+
+    if out is not None:
+        check_output(out, overwrite, option, files)
+    else:
+        check_files(files, overwrite, option)
+    if not no_store:
+        results_store.check(store)
+
+
+def interruptible(command: Callable) -> Callable:
+    """Wrap a subcommand so that Ctrl-C exits with code 130 and says that nothing was stored."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            console.print("[bold yellow]interrupted:[/] no store run was written and no output half-written")
+            raise typer.Exit(code=INTERRUPTED) from None
+
+    return run
+
+
+def default_out(kind: str) -> Path:
+    """A fresh folder name under the user data dir for outputs of `kind` (traces, scans, ...)."""
+    return Path(user_data_dir("attention-workbench")) / kind / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
+def store_run(store: Path | None, kind: str, model_id: str, heads: pd.DataFrame,
+              tokens: pd.DataFrame | None = None, params: dict | None = None, out: Path | None = None) -> None:
+    """Write one run to the results store and say where."""
+    from workbench.store import Store
+
+    with Store(store) as db:
+        run_id = db.write_run(kind, model_id, heads, tokens, command=shlex.join(["workbench", *sys.argv[1:]]),
+                              params=params, trace_dir=None if out is None else out.resolve())
+    console.print(f"Store run [bold]{run_id}[/] written to {db.path}")
