@@ -1,25 +1,32 @@
-"""Speed and memory of attention with statistics on a GPU, against PyTorch SDPA (flash) and eager attention.
+"""Speed and memory of attention with statistics on a GPU, against the fastest attention in the same run.
 
-Kernel level (batch 1, 32 heads, head_dim 128, causal, bf16), for each context length, median time
-(triton.testing.do_bench: warm-up, compilation and autotuning excluded, L2 flushed between runs) and peak
-extra memory of:
-  (a) sdpa_flash      torch SDPA forced onto its flash backend
-  (b) ours_plain      our kernel, no statistics
-  (c) ours_stats      our kernel, the one-pass statistics (lse, entropy, sink mass, max prob, argmax, distance,
-                      self mass)
-  (d) ours_received   (c) plus the second, dK-style pass for `received`
-  (e) eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
+Kernel level (batch 1, causal, bf16; 32 heads x 128 and 32 query / 8 key-value heads x 64 by default), for each
+context length, median time (triton.testing.do_bench: warm-up, compilation and autotuning excluded, L2 flushed
+between runs) and peak extra memory of the anchors
+  sdpa            torch SDPA as users call it (it picks cuDNN on Hopper)
+  sdpa_cudnn      SDPA forced onto cuDNN        sdpa_flash   SDPA forced onto its flash backend (FA2)
+  flex            FlexAttention, compiled, with a causal block mask
+  fa4             FlashAttention-4 (flash-attn-4, CuTe DSL) where it is installed
+and of ours:
+  ours_plain      our kernel, no statistics
+  ours_stats      our kernel, the one-pass statistics (lse, entropy, sink mass, max prob, argmax, distance,
+                  self mass)
+  ours_received   ours_stats plus the second, dK-style pass for `received`
+  eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
+Each of ours carries its ratio to the fastest anchor of the row (`vs_fastest`, the anchor named in the row) and
+to cuDNN SDPA (`vs_cudnn`). --breakdown adds our kernel with one statistic at a time (what each one costs).
 Model level: random-init models of the shapes in benchmarks/configs/ (--model-configs: a 1.1B Llama, SmolLM2-135M,
-Gemma-3-270M, Llama-3-8B; speed does not depend on the weights) in bf16, the plain sdpa forward against
-`workbench.capture` with our kernel and no statistics, with the one-pass statistics, and with every statistic
-(`received` too); the statistics are moved to host memory at the end by `workbench.tracer.to_host`, as
-`workbench.trace` does (median of 3 to 50 forwards, each between CUDA events, after one untimed forward).
+Gemma-3-270M, Llama-3-8B; speed does not depend on the weights) in bf16, the plain sdpa forward (as users run
+it) against `workbench.capture` with no statistics (which runs the fastest attention, see
+`workbench.kernels.fastest`), with the one-pass statistics, and with every statistic (`received` too); the
+statistics are moved to host memory at the end by `workbench.tracer.to_host`, as `workbench.trace` does (median
+of 3 to 50 forwards, each between CUDA events, after one untimed forward).
 
 Before timing, every autotuned configuration of the kernels is compiled in parallel, one process per
 configuration (WORKBENCH_TRITON_CONFIG pins it), into Triton's disk cache: the autotuner then only loads.
 
-Usage: python benchmarks/attention_stats.py [--lengths 2048,4096,...] [--model-lengths 1024,...] [--out DIR]
-  [--tag NAME]
+Usage: python benchmarks/attention_stats.py [--lengths 8192,...] [--shapes 32,32,128;32,8,64] [--breakdown]
+  [--model-lengths 4096,...] [--model-configs llama-1.1b,...] [--out DIR] [--tag NAME]
 Writes attention_stats_{kernel,model}[_<tag>]_<gpu>.json and .md into --out (default benchmarks/results).
 """
 
@@ -64,6 +71,8 @@ def measure(fn) -> dict:
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"error": "OOM"}
+    except RuntimeError as err:  # an SDPA backend that does not take these inputs
+        return {"error": f"unsupported: {str(err).splitlines()[0][:120]}"}
     return {"ms": ms, "peak_gib": peak}
 
 
@@ -151,17 +160,50 @@ def compile_only(shapes: list[tuple[int, int, int]]) -> None:
     torch.cuda.synchronize()
 
 
-def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int]) -> dict:
-    """Time and memory of every variant at context length L, for (query heads, kv heads, head_dim) `shape`."""
+ANCHORS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "flex", "fa4")
+OURS = ("ours_plain", "ours_stats", "ours_received", "eager_entropy")
+
+
+def anchors(q, k, v) -> dict:
+    """The attention implementations to beat, each as a no-argument call on the same inputs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from workbench.kernels.fastest import flash_attention_4
+
+    gqa = q.shape[1] != k.shape[1]
+
+    def sdpa(backend=None):
+        def run():
+            if backend is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return run
+
+    L = q.shape[2]
+    block_mask = create_block_mask(lambda b, h, i, j: i >= j, None, None, L, L, device="cuda", _compile=True)
+    flex = torch.compile(flex_attention)
+    cases = {"sdpa": sdpa(), "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
+             "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION),
+             "flex": lambda: flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)}
+    fa4 = flash_attention_4()
+    if fa4 is not None:
+        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        cases["fa4"] = lambda: fa4(qt, kt, vt, causal=True)
+    return cases
+
+
+def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown: bool = False) -> dict:
+    """Time and memory of every anchor and variant at context length L, for (query heads, kv heads, head_dim)."""
     heads, kv_heads, head_dim = shape
     q, k, v = bf16_inputs(L, shape)
     flops = 2 * heads * L * L * head_dim  # causal: half of the 4 L^2 D of QK^T and PV
 
-    def flash():
-        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
-
-    cases = {"sdpa_flash": flash, **our_variants(q, k, v)}
+    cases = {**anchors(q, k, v), **our_variants(q, k, v)}
+    if breakdown:
+        cases.update({f"ours_only_{name}": (lambda name=name: attention(q, k, v, stats=(name,), distance_cap=128))
+                      for name in QUERY_STATS})
     if with_eager:
         cases["eager_entropy"] = lambda: eager_entropy(q, k, v)
     row = {"L": L}
@@ -170,17 +212,20 @@ def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int]) -> dict:
         if "ms" in row[name]:
             row[name]["tflops"] = flops / row[name]["ms"] / 1e9
     row.setdefault("eager_entropy", {"error": "OOM at a shorter length"})
-    if "ms" in row["sdpa_flash"]:
-        for name in ("ours_plain", "ours_stats", "ours_received", "eager_entropy"):
-            if "ms" in row[name]:
-                row[name]["vs_flash"] = row[name]["ms"] / row["sdpa_flash"]["ms"]
+    timed_anchors = {name: row[name]["ms"] for name in ANCHORS if "ms" in row.get(name, {})}
+    row["fastest"] = min(timed_anchors, key=timed_anchors.get)
+    for name, entry in row.items():
+        if isinstance(entry, dict) and "ms" in entry:
+            entry["vs_fastest"] = entry["ms"] / timed_anchors[row["fastest"]]
+            if "sdpa_cudnn" in timed_anchors:
+                entry["vs_cudnn"] = entry["ms"] / timed_anchors["sdpa_cudnn"]
     return row
 
 
-def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE) -> list[dict]:
+def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE, breakdown: bool = False) -> list[dict]:
     rows, with_eager = [], True
     for L in lengths:
-        rows.append({**kernel_row(L, with_eager, shape), "shape": list(shape)})
+        rows.append({**kernel_row(L, with_eager, shape, breakdown), "shape": list(shape)})
         with_eager = with_eager and "ms" in rows[-1]["eager_entropy"]
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -245,18 +290,29 @@ def cell(entry: dict, ratio: str | None = None) -> str:
     return text + (f" ({entry[ratio]:.2f}x)" if ratio and ratio in entry else "")
 
 
+def short(entry: dict, ratio: bool) -> str:
+    if "error" in entry:
+        return entry["error"].split(":")[0]
+    return f"{entry['ms']:.2f}" + (f" ({entry['vs_fastest']:.2f}x)" if ratio else "")
+
+
 def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict]) -> str:
     lines = [f"# Attention with statistics on {gpu}", ""]
     if kernel_rows:
         heads, kv_heads, head_dim = kernel_rows[0]["shape"]
+        names = [n for n in ANCHORS + OURS if any(n in r for r in kernel_rows)]
         lines += [f"Kernel level: batch 1, {heads} query heads, {kv_heads} key-value heads, head_dim {head_dim}, "
-                  "causal, bf16; median time, peak extra memory, (ratio to SDPA flash).", "",
-                  "| L | (a) SDPA flash | (b) ours, no stats | (c) ours, one-pass stats | (d) ours + received | "
-                  "(e) eager softmax + entropy |", "|---|---|---|---|---|---|"]
-    for r in kernel_rows:
-        lines.append(f"| {r['L']} | {cell(r['sdpa_flash'])} | {cell(r['ours_plain'], 'vs_flash')} | "
-                     f"{cell(r['ours_stats'], 'vs_flash')} | {cell(r['ours_received'], 'vs_flash')} | "
-                     f"{cell(r['eager_entropy'], 'vs_flash')} |")
+                  "causal, bf16; median ms (ratio to the fastest attention of the row, named last).", "",
+                  "| L | " + " | ".join(names) + " | fastest |", "|---" * (len(names) + 2) + "|"]
+        for r in kernel_rows:
+            cells = [short(r.get(n, {"error": "-"}), n in OURS) for n in names]
+            lines.append(f"| {r['L']} | " + " | ".join(cells) + f" | {r['fastest']} |")
+        breakdown = sorted({n for r in kernel_rows for n in r if n.startswith("ours_only_")})
+        if breakdown:
+            lines += ["", "One statistic at a time (ms, ratio to the fastest attention):", "",
+                      "| L | " + " | ".join(n[len("ours_only_"):] for n in breakdown) + " |",
+                      "|---" * (len(breakdown) + 1) + "|"]
+            lines += [f"| {r['L']} | " + " | ".join(short(r[n], True) for n in breakdown) + " |" for r in kernel_rows]
     if model_rows:
         lines += [f"Model level: random-init model of the shape of {model_rows[0]['config']} "
                   f"(benchmarks/configs/), {model_rows[0]['params'] / 1e9:.2f}B parameters, bf16, batch 1; "
@@ -271,11 +327,12 @@ def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="2048,4096,8192,16384,32768,65536,131072",
+    parser.add_argument("--lengths", default="8192,32768,131072",
                         help="kernel-level context lengths (empty: skip the kernel level)")
     parser.add_argument("--model-lengths", default="1024,4096,16384,32768,65536,131072",
                         help="model-level context lengths (empty: skip the model level)")
-    parser.add_argument("--shapes", default="32,32,128",
+    parser.add_argument("--breakdown", action="store_true", help="kernel level: also one statistic at a time")
+    parser.add_argument("--shapes", default="32,32,128;32,8,64",
                         help="kernel level: 'query heads,kv heads,head_dim', several separated by ';'")
     parser.add_argument("--model-configs", default="llama-1.1b",
                         help="model level: comma-separated names of benchmarks/configs/*.json")
@@ -292,12 +349,13 @@ def main() -> None:
     tag = f"_{args.tag}" if args.tag else ""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__}
+    meta = {"gpu": gpu, "gpus": 1, "torch": torch.__version__, "triton": triton.__version__,
+            "flash_attn_4": _version("flash-attn-4")}
     if args.lengths:
         meta["precompile_seconds"] = round(precompile(shapes))
         print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
     parts = [("kernel" + ("" if shape == DEFAULT_SHAPE else "_" + "-".join(map(str, shape))), args.lengths,
-              lambda ls, shape=shape: kernel_level(ls, shape)) for shape in shapes]
+              lambda ls, shape=shape: kernel_level(ls, shape, args.breakdown)) for shape in shapes]
     parts += [(f"model_{name}", args.model_lengths, lambda ls, name=name: model_level(ls, name))
               for name in args.model_configs.split(",")]
     for part, lengths, run in parts:
@@ -311,6 +369,15 @@ def main() -> None:
         table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [])
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":

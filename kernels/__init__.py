@@ -1,8 +1,9 @@
 """Attention that returns its output and per-head statistics in the same pass.
 
-`attention(...)` runs the fused Triton kernels (`workbench.kernels.triton_attention`) on CUDA tensors and the chunked
-PyTorch reference (`workbench.kernels.reference`) elsewhere; both follow `workbench.kernels.contract`. This package imports only
-torch and triton.
+`attention(...)` runs the fused Triton kernels (`workbench.kernels.triton_attention`) on CUDA tensors and the
+chunked PyTorch reference (`workbench.kernels.reference`) elsewhere; both follow `workbench.kernels.contract`.
+Calls that need only the output run the fastest attention on the device (`workbench.kernels.fastest`). This
+package imports only torch and triton (and FlashAttention-4 where it is installed).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from workbench.kernels import reference
+from workbench.kernels import fastest, reference
 from workbench.kernels.contract import ALL_STATS, KEY_STATS, QUERY_STATS, HeadEdits, check_stats
 
 BACKENDS = ("auto", "reference", "triton")
@@ -60,10 +61,17 @@ def attention(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Attention output [B, Hq, Lq, Dv] and the statistics named in `stats` (see `workbench.kernels.contract`).
 
-    Arguments are those of `workbench.kernels.reference.attention`; `backend` picks 'triton', 'reference' or 'auto'.
+    Arguments are those of `workbench.kernels.reference.attention`; `backend` picks 'triton', 'reference' or
+    'auto'. With 'auto', a call that needs no statistic and no edit runs the fastest attention on the device
+    (`workbench.kernels.fastest`) where it can.
     """
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding,
                   stats=stats, sink_keys=sink_keys, distance_cap=distance_cap, edits=edits)
+    if backend == "auto" and not stats and (edits is None or edits.is_identity()):
+        out = fastest.plain_attention(q, k, v, causal=causal, scale=scale, softcap=softcap, window=window,
+                                      key_padding=key_padding)
+        if out is not None:
+            return out, {}
     if resolve_backend(q.device, backend) == "triton":
         from workbench.kernels import triton_attention
 

@@ -14,12 +14,20 @@ from workbench.errors import (
     WorkbenchError,
 )
 from workbench.loading import DEFAULT_MODEL, known_names, load
-from workbench.store import Store
 from workbench.subject import Subject
 from workbench.trace import Trace, layer_summary
 from workbench.tracer import DEFAULT_STATS, capture, trace
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`workbench.Store` imports DuckDB only when first used: the kernels and the tracer run without it."""
+    if name == "Store":
+        from workbench.store import Store
+
+        return Store
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_MODEL", "DEFAULT_STATS", "ContextLengthError", "DeviceError", "HeadNotFoundError", "Store",

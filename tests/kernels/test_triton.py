@@ -175,3 +175,56 @@ def test_gpu_tracer_matches_the_reference_backend(name):
             assert (fast.stats[stat] == value).float().mean() > 0.99
         else:
             torch.testing.assert_close(fast.stats[stat], value, atol=1e-4, rtol=1e-4, msg=stat)
+
+
+def real_attention_inputs(layers=(1, 3, 5)) -> list[tuple[torch.Tensor, ...]]:
+    """q, k, v (float64) that `organism`, a trained model, feeds its attention at `layers` on held-out text of
+    1024 tokens: first-token sinks and retrieval heads, not random logits."""
+    import workbench
+    from workbench import zoo
+    from workbench.kernels import reference as ref_module
+    from workbench.tracer import capture
+
+    subject = workbench.load("organism", device=DEVICE)
+    text = (zoo.model_dir("organism") / "heldout.txt").read_text()[:20_000]
+    ids = subject.tokenizer(text, return_tensors="pt")["input_ids"][:, :1024].to(DEVICE)
+    seen = []
+    original = ref_module.attention
+
+    def keep(q, k, v, **kwargs):
+        seen.append((q.double().cpu(), k.double().cpu(), v.double().cpu()))
+        return original(q, k, v, **kwargs)
+
+    ref_module.attention = keep
+    try:
+        with torch.no_grad(), capture(subject, stats=("lse",), backend="reference"):
+            subject.model(input_ids=ids)
+    finally:
+        ref_module.attention = original
+    return [tuple(t.to(DEVICE) for t in seen[i]) for i in layers]
+
+
+@pytest.mark.skipif(not GPU, reason="bf16 on real inputs needs a GPU")
+def test_gpu_real_attention_inputs_in_bf16():
+    """The kernel on q, k, v captured from a trained model, in bf16, against the float64 brute force."""
+    for q, k, v in real_attention_inputs():
+        check(q, k, v, dtype=torch.bfloat16, distance_cap=64)
+
+
+@pytest.mark.skipif(not GPU, reason="the fastest attention runs on CUDA")
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(8, 8, 128), (8, 2, 64)])
+def test_gpu_calls_without_statistics_run_the_fastest_attention(heads, kv_heads, head_dim):
+    """kernels.attention with no statistic and no edit gives the output of the float64 brute force (as closely
+    as the reference does in bf16), through SDPA or FlashAttention-4; with a window it keeps our kernel."""
+    from workbench import kernels
+    from workbench.kernels import fastest
+
+    q, k, v = inputs(H=heads, Hkv=kv_heads, Lq=2048, head_dim=head_dim, seed=3)
+    oracle, _ = reference.attention(q, k, v)
+    base, _ = reference.attention(*(t.bfloat16() for t in (q, k, v)))
+    out, stats = kernels.attention(*(t.bfloat16() for t in (q, k, v)))
+    assert stats == {} and out.shape == oracle.shape and out.dtype == torch.bfloat16
+    allowed = 2 * (base.double() - oracle).abs().max() + 1e-2
+    assert (out.double() - oracle).abs().max() <= allowed
+    assert fastest.plain_attention(q, k, v, causal=True, scale=None, softcap=None, window=64,
+                                   key_padding=None) is None
