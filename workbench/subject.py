@@ -68,7 +68,10 @@ class Subject:
         return [self.tokenizer.convert_ids_to_tokens(row) for row in rows]
 
     def bridge(self):
-        """A TransformerLens 4 TransformerBridge over this same model (switches its attention to eager)."""
+        """A TransformerLens 4 TransformerBridge over this same model (it switches the model's attention to eager).
+
+        Under a `workbench.capture` of this subject, the bridge's attention layers run the workbench kernels
+        (statistics and in-kernel edits; see `workbench.bridge`); outside one, TransformerLens's own."""
         from transformer_lens.model_bridge import TransformerBridge
 
         return TransformerBridge.boot_transformers(

@@ -4,7 +4,7 @@ Tensors are kept in the padded batch layout the model saw, with `attention_mask`
 are real tokens: query statistics [layer, batch, head, q], `received` [layer, batch, head, k], optional
 hidden states [layer + 1, batch, pos, d] and attention patterns [batch, span, span] per (layer, head).
 On disk a Trace is a folder: meta.json (ids, token strings, options), tensors.safetensors (every tensor,
-bit for bit) and heads.parquet (the tidy per-head table, for tools that read Parquet).
+bit for bit, the logits too when kept) and heads.parquet (the tidy per-head table, for tools that read Parquet).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Trace:
     tokens: list[list[str]]
     stats: dict[str, torch.Tensor]
     hidden_states: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # [B, vocab] at each sequence's last real token, or [B, L, vocab]
     patterns: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     pattern_window: tuple[int, int] | None = None
     options: dict = field(default_factory=dict)
@@ -126,6 +127,8 @@ class Trace:
             tensors.update({f"pattern.{l}.{h}": v for (l, h), v in self.patterns.items()})
             if self.hidden_states is not None:
                 tensors["hidden_states"] = self.hidden_states
+            if self.logits is not None:
+                tensors["logits"] = self.logits
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "tensors.safetensors")
             meta = {
                 "format_version": FORMAT_VERSION, "model_id": self.model_id, "config": self.config,
@@ -155,7 +158,7 @@ class Trace:
             model_id=meta["model_id"], config=meta["config"], token_ids=tensors["token_ids"],
             attention_mask=tensors["attention_mask"], tokens=meta["tokens"],
             stats={k[len("stat."):]: v for k, v in tensors.items() if k.startswith("stat.")},
-            hidden_states=tensors.get("hidden_states"), patterns=patterns,
+            hidden_states=tensors.get("hidden_states"), logits=tensors.get("logits"), patterns=patterns,
             pattern_window=tuple(window) if window else None, options=meta["options"],
         )
 
@@ -213,6 +216,8 @@ def _check_consistent(directory: Path, meta: dict, tensors: dict[str, torch.Tens
         raise bad(f"attention_mask {tuple(tensors['attention_mask'].shape)} != token_ids {(batch, length)}")
     if len(meta["tokens"]) != batch or any(len(row) != length for row in meta["tokens"]):
         raise bad(f"meta.json's tokens are not {batch} rows of {length}")
+    if "logits" in tensors and tuple(tensors["logits"].shape[:1]) != (batch,):
+        raise bad(f"logits {tuple(tensors['logits'].shape)} do not hold {batch} sequences")
     n_layers, n_heads = meta["config"]["n_layers"], meta["config"]["n_heads"]
     for key, value in tensors.items():
         if key.startswith("stat.") and (value.dim() != 4 or tuple(value.shape[:2]) != (n_layers, batch)

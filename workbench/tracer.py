@@ -11,6 +11,7 @@ is ever built.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from workbench import kernels
+from workbench.bridge import hf_attention
 from workbench.kernels import HeadEdits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
@@ -28,6 +30,7 @@ IMPLEMENTATION = "workbench"
 DEFAULT_STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance",
                  "self_mass")
 MAX_DEFAULT_PATTERN = 512  # patterns over longer inputs need an explicit pattern_window
+LOGITS = ("last", "all", None)
 
 
 @dataclass(eq=False)
@@ -58,6 +61,17 @@ class Capture:
             pattern = pattern_of(heads, self.pattern_window)
             for i, head in enumerate(heads):
                 self.pattern_records[(layer, head)] = pattern[:, i]
+
+
+    def statistics(self, n_layers: int) -> dict[str, torch.Tensor]:
+        """Every recorded statistic stacked over the layers and brought to the host: [layer, batch, head, q]
+        (`received`: [layer, batch, head, k]), as a Trace holds them. For captures driven by another tool's run
+        (an nnsight trace, a TransformerLens bridge): WorkbenchError when a layer did not go through the
+        workbench attention."""
+        missing = sorted(set(range(n_layers)) - set(self.records))
+        if missing:
+            raise WorkbenchError(f"layers {missing} did not go through the workbench attention")
+        return {name: to_host([self.records[i][name] for i in range(n_layers)]) for name in self.stats}
 
 
 _ACTIVE: list[Capture] = []
@@ -156,7 +170,8 @@ def capture(
     model.set_attn_implementation(IMPLEMENTATION)
     _ACTIVE.append(state)
     try:
-        yield state
+        with hf_attention(model):  # a TransformerLens bridge over the model runs the workbench attention too
+            yield state
     finally:
         _ACTIVE.remove(state)
         model.set_attn_implementation(previous)
@@ -187,6 +202,7 @@ def trace(
     patterns: Sequence[tuple[int, int]] | None = None,
     pattern_window: tuple[int, int] | None = None,
     hidden_states: bool = False,
+    logits: str | None = "last",
     backend: str = "auto",
 ) -> Trace:
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
@@ -195,7 +211,11 @@ def trace(
     [layer, batch, head, k]. patterns: (layer, head) pairs whose attention map is kept over
     `pattern_window` = (start, stop) positions (default: the whole input, up to 512 tokens).
     hidden_states: keep the residual stream [layer + 1, batch, pos, d].
+    logits: "last" keeps the model's logits at each sequence's last real token [batch, vocab], "all" at every
+    position [batch, pos, vocab], None none (and encoders, which have no language-model head, keep none).
     """
+    if logits not in LOGITS:
+        raise WorkbenchError(f"logits={logits!r}: use one of {list(LOGITS)}")
     enc = subject.encode(inputs)
     length = enc["input_ids"].shape[1]
     shortest = int(enc["attention_mask"].sum(-1).min())
@@ -207,14 +227,11 @@ def trace(
         raise WorkbenchError(
             f"input of {length} tokens: pass pattern_window=(start, stop) to bound the patterns' size"
         )
+    keep = _logits_to_keep(subject, enc["attention_mask"], logits)
     with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
                                   patterns=patterns, pattern_window=pattern_window, backend=backend) as cap:
-        out = subject.model(**enc, output_hidden_states=hidden_states, use_cache=False)
-    missing = sorted(set(range(subject.adapter.n_layers)) - set(cap.records))
-    if missing:
-        raise WorkbenchError(f"layers {missing} did not go through the workbench attention")
-    layers = range(subject.adapter.n_layers)
-    tensors = {name: to_host([cap.records[i][name] for i in layers]) for name in cap.stats}
+        out = subject.model(**enc, output_hidden_states=hidden_states, use_cache=False, **keep)
+    tensors = cap.statistics(subject.adapter.n_layers)
     hidden = torch.stack([h.detach().float().cpu() for h in out.hidden_states]) if hidden_states else None
     return Trace(
         model_id=subject.name,
@@ -224,8 +241,29 @@ def trace(
         tokens=subject.token_strings(enc["input_ids"]),
         stats=tensors,
         hidden_states=hidden,
+        logits=_kept_logits(getattr(out, "logits", None), enc["attention_mask"], logits),
         patterns={head: p.cpu() for head, p in cap.pattern_records.items()},
         pattern_window=pattern_window or ((0, length) if patterns else None),
-        options={"sink_keys": list(sink_keys), "distance_cap": distance_cap,
+        options={"sink_keys": list(sink_keys), "distance_cap": distance_cap, "logits": logits,
                  "backend": kernels.resolve_backend(subject.device, backend)},
     )
+
+
+def _logits_to_keep(subject: Subject, mask: torch.Tensor, logits: str | None) -> dict:
+    """{"logits_to_keep": 1} where only the last position's logits are wanted and every sequence ends there
+    (no right padding), so that the model computes one row of logits per sequence instead of L."""
+    ends_at_last = bool(mask[:, -1].all())
+    takes = "logits_to_keep" in inspect.signature(subject.model.forward).parameters
+    return {"logits_to_keep": 1} if logits in (None, "last") and ends_at_last and takes else {}
+
+
+def _kept_logits(out: torch.Tensor | None, mask: torch.Tensor, logits: str | None) -> torch.Tensor | None:
+    """The logits the trace keeps, float32 on the host: [B, vocab] at each sequence's last real token, or all."""
+    if out is None or logits is None:
+        return None
+    if logits == "all":
+        return out.float().cpu()
+    if out.shape[1] == 1:
+        return out[:, 0].float().cpu()
+    last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
+    return out[torch.arange(out.shape[0], device=out.device), last].float().cpu()
