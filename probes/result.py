@@ -49,6 +49,21 @@ class Result:
             rows = rows[rows.position.isna()]
         return rows[["layer", "head", "metric", "value"]].reset_index(drop=True)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the probe's options, a layer x head map of each per-head metric, its top heads."""
+        from workbench.display import card
+
+        per_head = self.table[self.table["head"] != LAYER_LEVEL]
+        if "position" in per_head:
+            per_head = per_head[per_head.position.isna()]
+        metrics = list(dict.fromkeys(per_head.metric))
+        maps = {name: self.head_matrix(name) for name in metrics[:4]}
+        tables = {f"top heads by {name}": self.top(name, 5)[["layer", "head", "value"]] for name in metrics[:2]}
+        if not metrics:
+            tables = {"findings": self.table.head(12)}
+        return card(self.probe, {k: v for k, v in self.params.items() if not isinstance(v, (list, dict))},
+                    maps, tables)
+
     def save(self, directory: str | Path) -> Path:
         """Write table.parquet and arrays.npz into `directory`."""
         directory = Path(directory)

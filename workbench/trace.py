@@ -113,6 +113,19 @@ class Trace:
         columns = ["batch", "position", "token", "layer", "head", "metric", "value"]
         return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the run's facts, layer x head maps of the mean statistics, the per-layer summary."""
+        from workbench.display import card
+
+        heads = self.head_table()
+        maps = {name: rows.pivot(index="layer", columns="head", values="value").to_numpy()
+                for name, rows in heads.groupby("metric") if name in ("sink_mass", "entropy", "max_prob")}
+        facts = {"model": self.model_id, "sequences": self.token_ids.shape[0],
+                 "tokens": int(self.attention_mask.sum()), "layers x heads": f"{self.n_layers} x {self.n_heads}",
+                 "statistics": ", ".join(self.stats), "logits": "kept" if self.logits is not None else "not kept"}
+        summary = layer_summary(self).rename_axis(columns=None) if not heads.empty else pd.DataFrame()
+        return card("Trace", facts, maps, {"per layer": summary} if not summary.empty else None)
+
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the trace to `directory` (meta.json, tensors.safetensors, heads.parquet). Returns the path.
 
