@@ -114,12 +114,12 @@ def default_out(kind: str) -> Path:
     return Path(user_data_dir("attention-workbench")) / kind / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
 
 
-def store_run(store: Path | None, kind: str, model_id: str, heads: pd.DataFrame,
-              tokens: pd.DataFrame | None = None, params: dict | None = None, out: Path | None = None) -> None:
-    """Write one run to the results store and say where."""
+def store_run(store: Path | None, kind: str, model_id: str, heads: pd.DataFrame, params: dict | None = None,
+              out: Path | None = None, token_file: Path | None = None) -> None:
+    """Write one run to the results store and say where (per-token statistics by their Parquet file)."""
     from workbench.store import Store
 
     with Store(store) as db:
-        run_id = db.write_run(kind, model_id, heads, tokens, command=shlex.join(["workbench", *sys.argv[1:]]),
-                              params=params, trace_dir=None if out is None else out.resolve())
+        run_id = db.write_run(kind, model_id, heads, command=shlex.join(["workbench", *sys.argv[1:]]),
+                              params=params, trace_dir=None if out is None else out.resolve(), token_file=token_file)
     console.print(f"Store run [bold]{run_id}[/] written to {db.path}")

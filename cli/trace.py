@@ -27,6 +27,7 @@ from workbench.cli.common import (
 )
 from workbench.errors import WorkbenchError
 from workbench.kernels import check_stats
+from workbench.trace import TOKENS_FILE
 
 
 def trace_command(
@@ -59,9 +60,10 @@ def trace_command(
         trace.save(out, overwrite=overwrite)
         console.print(f"Trace saved to [bold]{out}[/]")
         if not no_store:
-            store_run(store, "trace", trace.model_id, trace.head_table(), trace.token_table(),
+            store_run(store, "trace", trace.model_id, trace.head_table(),
                       params={"stats": list(stat_names), "sink_keys": list(sinks),
-                              "n_tokens": len(trace.tokens[0])}, out=out)
+                              "n_tokens": len(trace.tokens[0])}, out=out,
+                      token_file=out / TOKENS_FILE if trace.stats else None)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
 

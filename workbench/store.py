@@ -1,9 +1,12 @@
 """The results store: one DuckDB file that the CLI report, the Dash app and notebooks all read and write.
 
 Tables, one row per (run, layer, head, metric) and per (run, token, layer, head, metric):
-    runs(run_id, created, kind, model_id, command, params, trace_dir)
+    runs(run_id, created, kind, model_id, command, params, trace_dir, token_file)
     head_metrics(run_id, layer, head, metric, value)
     token_metrics(run_id, batch, position, token, layer, head, metric, value)
+Per-token statistics are large (17.7M rows for SmolLM2 at 8k tokens): a traced run keeps them in the Trace's
+tokens.parquet (`token_file`, one column per statistic) and DuckDB reads that file in place; `token_metrics`
+serves runs written with a table of rows.
 
 Any number of processes may write and read one store at once, and no run is ever lost. DuckDB lets one
 process at a time open a file for writing (and none read it meanwhile), so nothing keeps the file open: every
@@ -40,7 +43,10 @@ CREATE TABLE IF NOT EXISTS head_metrics (
 CREATE TABLE IF NOT EXISTS token_metrics (
     run_id VARCHAR, batch INTEGER, position INTEGER, token VARCHAR,
     layer INTEGER, head INTEGER, metric VARCHAR, value DOUBLE);
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS token_file VARCHAR;
 """
+RUN_COLUMNS = "run_id, created, kind, model_id, command, params, trace_dir, token_file"
+TOKEN_KEYS = ("batch", "position", "token", "layer", "head")  # the per-token file's columns that are no statistic
 HEAD_COLUMNS = ["layer", "head", "metric", "value"]
 TOKEN_COLUMNS = ["batch", "position", "token", "layer", "head", "metric", "value"]
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
@@ -112,9 +118,20 @@ class Store:
         command: str = "",
         params: dict | None = None,
         trace_dir: str | Path | None = None,
+        token_file: str | Path | None = None,
     ) -> str:
-        """Write one run and its tables in a single transaction; return its run_id."""
+        """Write one run and its tables in a single transaction; return its run_id.
+
+        Per-token statistics come either as `token_metrics` rows or, for large runs, as `token_file`: a Parquet
+        file written by `Trace.save` (tokens.parquet) that the store reads in place and never copies.
+        """
         _check_columns("head_metrics", head_metrics, HEAD_COLUMNS)
+        if token_file is not None:
+            if token_metrics is not None:
+                raise WorkbenchError("give token_metrics or token_file, not both")
+            token_file = Path(token_file).resolve()
+            if not token_file.is_file():
+                raise WorkbenchError(f"token_file {str(token_file)!r} does not exist")
         if token_metrics is not None:
             _check_columns("token_metrics", token_metrics, TOKEN_COLUMNS)
         run_id = uuid.uuid4().hex[:12]
@@ -122,9 +139,10 @@ class Store:
             con.begin()
             try:
                 con.execute(
-                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [run_id, datetime.now(UTC).replace(tzinfo=None), kind, model_id, command,
-                     json.dumps(params or {}), None if trace_dir is None else str(trace_dir)],
+                     json.dumps(params or {}), None if trace_dir is None else str(trace_dir),
+                     None if token_file is None else str(token_file)],
                 )
                 _insert(con, "head_metrics", run_id, head_metrics[HEAD_COLUMNS])
                 if token_metrics is not None:
@@ -152,11 +170,30 @@ class Store:
             [run_id])
 
     def token_metrics(self, run_id: str) -> pd.DataFrame:
-        """The per-token table of run `run_id`."""
-        self._check_run(run_id)
+        """The per-token table of run `run_id` (batch, position, token, layer, head, metric, value), from its
+        Parquet file when it has one."""
+        token_file = self.token_file(run_id)
+        order = "ORDER BY metric, batch, layer, head, position"
+        if token_file is None:
+            return self.query("SELECT batch, position, token, layer, head, metric, value FROM token_metrics "
+                              f"WHERE run_id = ? {order}", [run_id])
+        keys = ", ".join(TOKEN_KEYS)
         return self.query(
-            "SELECT batch, position, token, layer, head, metric, value FROM token_metrics WHERE run_id = ? "
-            "ORDER BY metric, batch, layer, head, position", [run_id])
+            f"SELECT batch, position, token::VARCHAR AS token, layer, head, metric, value FROM (UNPIVOT "
+            f"(SELECT * FROM read_parquet({_literal(token_file)})) ON COLUMNS(* EXCLUDE ({keys})) "
+            f"INTO NAME metric VALUE value) {order}")
+
+    def token_file(self, run_id: str) -> Path | None:
+        """The Parquet file of run `run_id`'s per-token statistics (None when they are rows of token_metrics);
+        query it in place, e.g. store.query(f"SELECT ... FROM read_parquet('{path}')")."""
+        self._check_run(run_id)
+        found = self.query("SELECT token_file FROM runs WHERE run_id = ?", [run_id]).token_file[0]
+        if found is None or pd.isna(found):
+            return None
+        if not Path(found).is_file():
+            raise WorkbenchError(f"run {run_id!r}'s per-token file {found!r} is gone (its trace folder was moved "
+                                 "or deleted)")
+        return Path(found)
 
     def _check_run(self, run_id: str) -> None:
         if self.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).empty:
@@ -174,6 +211,11 @@ def check(path: str | Path | None = None) -> Path:
         raise WorkbenchError(f"results store {str(path)!r} is not a DuckDB file; name a new file or a store "
                              "written by the workbench")
     return path
+
+
+def _literal(path: Path) -> str:
+    """`path` as a quoted SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _header(path: Path) -> bytes:

@@ -4,7 +4,8 @@ Tensors are kept in the padded batch layout the model saw, with `attention_mask`
 are real tokens: query statistics [layer, batch, head, q], `received` [layer, batch, head, k], optional
 hidden states [layer + 1, batch, pos, d] and attention patterns [batch, span, span] per (layer, head).
 On disk a Trace is a folder: meta.json (ids, token strings, options), tensors.safetensors (every tensor,
-bit for bit, the logits too when kept) and heads.parquet (the tidy per-head table, for tools that read Parquet).
+bit for bit, the logits too when kept), heads.parquet (the tidy per-head table) and tokens.parquet (the per-token
+statistics, one column per statistic, which the results store and DuckDB query in place).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -21,6 +25,7 @@ from workbench.atomic import output_folder
 from workbench.errors import WorkbenchError
 
 FORMAT_VERSION = 1
+TOKENS_FILE = "tokens.parquet"  # the per-token statistics, columnar (`Trace.token_arrow`)
 PER_KEY = ("received",)
 NOT_AVERAGED = ("argmax_key",)  # positions: a mean over queries means nothing
 
@@ -93,25 +98,37 @@ class Trace:
             )
         return pd.DataFrame(rows, columns=["layer", "head", "metric", "value"])
 
-    def token_table(self) -> pd.DataFrame:
-        """Tidy per-token table (batch, position, token, layer, head, metric, value) over real tokens.
+    def token_arrow(self) -> pa.Table:
+        """The per-token statistics over real tokens as a columnar table, one row per (batch, position, layer,
+        head) and one float32 column per statistic: what tokens.parquet holds and DuckDB queries in place.
 
         Positions count from each sequence's first real token; `received` is filed under the key's position.
+        Token strings are dictionary-encoded (each distinct token stored once).
         """
-        frames = []
+        parts = []
         for b in range(self.token_ids.shape[0]):
-            tokens = self.real_tokens(b)
-            for name in self.stats:
-                values = self.sequence(name, b).float()  # [layer, head, n]
-                n_layers, n_heads, n = values.shape
-                index = pd.MultiIndex.from_product([range(n_layers), range(n_heads), range(n)],
-                                                   names=["layer", "head", "position"])
-                frame = pd.DataFrame({"value": values.reshape(-1).numpy()}, index=index).reset_index()
-                frame["metric"], frame["batch"] = name, b
-                frame["token"] = [tokens[p] for p in frame["position"]]
-                frames.append(frame)
+            n_layers, n_heads = self.n_layers, self.n_heads
+            n = int(self.attention_mask[b].sum())
+            layer, head, position = (a.reshape(-1) for a in np.meshgrid(
+                np.arange(n_layers, dtype=np.int16), np.arange(n_heads, dtype=np.int16),
+                np.arange(n, dtype=np.int32), indexing="ij"))
+            tokens = np.asarray(self.real_tokens(b), dtype=object)
+            columns = {"batch": np.full(layer.shape, b, dtype=np.int16), "position": position,
+                       "token": pa.array(tokens[position]).dictionary_encode(), "layer": layer, "head": head}
+            columns |= {name: self.sequence(name, b).float().reshape(-1).numpy() for name in self.stats}
+            parts.append(pa.table(columns))
+        return pa.concat_tables(parts) if parts else pa.table({})
+
+    def token_table(self) -> pd.DataFrame:
+        """Tidy per-token table (batch, position, token, layer, head, metric, value) over real tokens: the long
+        form of `token_arrow`, one row per statistic."""
         columns = ["batch", "position", "token", "layer", "head", "metric", "value"]
-        return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+        if not self.stats:
+            return pd.DataFrame(columns=columns)
+        wide = self.token_arrow().to_pandas()
+        wide["token"] = wide["token"].astype(str)
+        long = wide.melt(id_vars=columns[:5], value_vars=list(self.stats), var_name="metric", value_name="value")
+        return long[columns].astype({"batch": int, "position": int, "layer": int, "head": int})
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the run's facts, layer x head maps of the mean statistics, the per-layer summary."""
@@ -149,6 +166,8 @@ class Trace:
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
             self.head_table().to_parquet(tmp / "heads.parquet", index=False)
+            if self.stats:
+                pq.write_table(self.token_arrow(), tmp / TOKENS_FILE, compression="zstd")
         return directory
 
     @classmethod

@@ -41,7 +41,7 @@ def test_round_trip_is_bit_identical(trace, tmp_path):
     (path / "notes.txt").write_text("mine")
     trace.save(path, overwrite=True)  # replaces the trace's own files, keeps the rest
     assert sorted(p.name for p in path.iterdir()) == ["heads.parquet", "meta.json", "notes.txt",
-                                                      "tensors.safetensors"]
+                                                      "tensors.safetensors", "tokens.parquet"]
     assert {oct(p.stat().st_mode & 0o777) for p in path.iterdir()} == {oct(0o666 & ~_umask())}
 
 
@@ -63,6 +63,25 @@ def test_token_table_skips_padding(trace):
     assert (first.value == 1.0).all()  # the first real token attends only to itself
     assert first.token.iloc[0] == trace.tokens[1][0]
     assert trace.attention_mask[1].tolist() == [True] * 11 + [False] * 3
+
+
+def test_per_token_statistics_are_read_in_place_from_the_traces_parquet(trace, tmp_path):
+    """A run that names its Trace's tokens.parquet gives the same per-token rows as one written row by row, and
+    the store file holds none of them."""
+    folder = trace.save(tmp_path / "t")
+    path = tmp_path / "r.duckdb"
+    with Store(path) as store:
+        run = store.write_run("trace", trace.model_id, trace.head_table(), trace_dir=folder,
+                              token_file=folder / "tokens.parquet")
+        key = ["metric", "batch", "layer", "head", "position"]
+        got = store.token_metrics(run).sort_values(key).reset_index(drop=True)
+        want = trace.token_table().sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
+        assert store.token_file(run) == (folder / "tokens.parquet").resolve()
+        assert store.query("SELECT count(*) AS n FROM token_metrics").n[0] == 0
+        (folder / "tokens.parquet").unlink()
+        with pytest.raises(WorkbenchError, match="is gone"):
+            store.token_metrics(run)
 
 
 def test_load_rejects_a_folder_that_is_not_a_trace(tmp_path):
