@@ -97,7 +97,7 @@ def register(app: Dash, session: Session) -> None:
         return head_name(layer, head), _head_options(session, model), model, "head"
 
     @app.callback(Output("head-info", "children"), Output("pattern", "figure"), Output("received-text", "children"),
-                  Output("received", "figure"), Output("query-entropy", "figure"),
+                  Output("sequence", "figure"),
                   Input("head", "value"), Input("window-start", "value"), State("head-model", "data"),
                   State("text", "value"), prevent_initial_call=True)
     def head_view(node, start, model, text):
@@ -107,18 +107,30 @@ def register(app: Dash, session: Session) -> None:
         try:
             view = session.head_view(model, text or "", layer, head, start)
         except (ValueError, OSError) as err:
-            return (_error(err), *[no_update] * 4)
+            return (_error(err), *[no_update] * 3)
         stop = view.start + view.pattern.shape[0]
         info = (f"{model} {node}: {len(view.labels)} tokens; the map shows positions {view.start}..{stop - 1}; "
-                f"received attention and query entropy cover the whole text")
+                f"the per-position view below covers the whole text (click a position for its query's attention)")
+        series = {name: {node: getattr(view, name)} for name in ("received", "sink_mass", "entropy")}
         return (info,
                 figures.pattern_figure(view.pattern, view.labels[view.start:stop], view.start,
                                        f"{node} attention map"),
                 _received_spans(view.labels, view.received),
-                figures.token_line(view.received, view.labels, f"{node}: attention received per token",
-                                   "received"),
-                figures.token_line(view.entropy, view.labels, f"{node}: entropy of each query row",
-                                   "entropy (nats)"))
+                figures.sequence_figure(series, view.labels, f"{node} along the text"))
+
+    @app.callback(Output("query-window", "figure"), Input("sequence", "clickData"), State("head", "value"),
+                  State("head-model", "data"), State("text", "value"), prevent_initial_call=True)
+    def query_view(click, node, model, text):
+        if not click or not node or not model:
+            raise PreventUpdate
+        layer, head = parse_head(node)
+        query = int(click["points"][0]["x"])
+        try:
+            window = session.query_view(model, text or "", layer, head, query)
+        except (ValueError, OSError) as err:
+            return figures.empty_figure(f"error: {err}")
+        return figures.query_figure(window.p.to_numpy(), list(window.token), int(window.position.iloc[0]), query,
+                                    f"{node}: attention of query {query} over its last {len(window)} keys")
 
     @app.callback(Output("edit-heads", "value"), Output("tabs", "value", allow_duplicate=True),
                   Input("edit-this-head", "n_clicks"), State("head", "value"), State("edit-heads", "value"),

@@ -73,16 +73,6 @@ def pattern_figure(pattern: np.ndarray, tokens: Sequence[str], start: int, title
     return _layout(fig, title, height=260 + 12 * len(tokens))
 
 
-def token_line(values: np.ndarray, tokens: Sequence[str], title: str, y_title: str) -> go.Figure:
-    """A per-token statistic (received attention, a query's entropy) along the text, token labels on hover."""
-    values = np.asarray(values, dtype=float)
-    fig = go.Figure(go.Bar(x=list(range(len(values))), y=_values(values), customdata=list(tokens),
-                           hovertemplate="%{x}: %{customdata}<br>%{y:.3f}<extra></extra>"))
-    fig.update_xaxes(title="position")
-    fig.update_yaxes(title=y_title)
-    return _layout(fig, title, height=260)
-
-
 def next_token_figure(tokens: Sequence[str], before: np.ndarray, after: np.ndarray, title: str) -> go.Figure:
     """The next-token probabilities of `tokens` before and after an edit, as two bar panels side by side."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("before", "after"), shared_yaxes=True)
@@ -170,3 +160,44 @@ def runs_figure(tables: Mapping[str, pd.DataFrame], metric: str) -> go.Figure:
         fig.update_xaxes(title="head", row=1, col=col)
     fig.update_layout(coloraxis=dict(colorscale="Viridis"))
     return _layout(fig, metric, height=360)
+
+
+HEAD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]  # one per head, in every row
+SEQUENCE_TITLES = {"received": "attention received", "sink_mass": "sink mass", "entropy": "entropy (nats)"}
+
+
+def sequence_figure(series: Mapping[str, Mapping[str, np.ndarray]], tokens: Sequence[str], title: str) -> go.Figure:
+    """Per-position statistics along a text of any length: one row per statistic (received attention, sink
+    mass, entropy), one line per head, x shared and zoomable (WebGL lines: 32k+ positions stay responsive).
+
+    series: statistic -> head name -> [n] values. Hover shows position, token and value; a click on a point
+    gives its position as the point's x (the app opens that query's attention window)."""
+    names = list(series)
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=[SEQUENCE_TITLES.get(n, n) for n in names])
+    positions = list(range(len(tokens)))
+    colors = dict(zip(dict.fromkeys(h for by_head in series.values() for h in by_head), HEAD_COLORS * 10))
+    for row, name in enumerate(names, start=1):
+        for head, values in series[name].items():
+            values = np.asarray(values, dtype=float)
+            if len(values) != len(tokens):
+                raise ValueError(f"{name} of {head} has {len(values)} values for {len(tokens)} tokens")
+            fig.add_trace(go.Scattergl(x=positions, y=_values(values), mode="lines", name=head, legendgroup=head,
+                                       showlegend=row == 1, customdata=list(tokens), line={"color": colors[head]},
+                                       hovertemplate=f"{head} %{{x}}: %{{customdata}}<br>{name} %{{y:.3f}}"
+                                                     "<extra></extra>"), row=row, col=1)
+    fig.update_xaxes(title="position (drag to zoom, double-click to reset; click a point for its query)",
+                     row=len(names), col=1)
+    return _layout(fig, title, height=170 * len(names) + 80).update_layout(dragmode="zoom", hovermode="closest")
+
+
+def query_figure(probabilities: np.ndarray, tokens: Sequence[str], start: int, query: int, title: str) -> go.Figure:
+    """One query's attention over the keys start..query (a window ending at the query), keys by position."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    if len(probabilities) != len(tokens) or start + len(tokens) - 1 != query:
+        raise ValueError(f"{len(probabilities)} probabilities for keys {start}..{query} and {len(tokens)} tokens")
+    fig = go.Figure(go.Bar(x=list(range(start, query + 1)), y=_values(probabilities), customdata=list(tokens),
+                           hovertemplate="key %{x}: %{customdata}<br>p = %{y:.4f}<extra></extra>"))
+    fig.update_xaxes(title=f"key position (query {query})")
+    fig.update_yaxes(title="attention", rangemode="tozero")
+    return _layout(fig, title, height=280)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dash import dcc, html
 
 import workbench
+from workbench.dashboards.figures import empty_figure
 from workbench.dashboards.session import EDITS, OVERVIEW, TASKS, WINDOW
 from workbench.samples import SAMPLE_TEXT
 
@@ -65,9 +66,10 @@ def head_page() -> html.Div:
             html.H4("Attention received per token"),
             html.Div(id="received-text",
                      style={"lineHeight": "1.9", "fontFamily": "monospace", "whiteSpace": "pre-wrap"}),
-            dcc.Graph(id="received", figure={}),
-            dcc.Graph(id="query-entropy", figure={}),
+            dcc.Graph(id="sequence", figure={}, config={"scrollZoom": True}),
         ]),
+        dcc.Loading(dcc.Graph(id="query-window", figure=empty_figure(
+            "click a position on the view above for its query's attention over the keys before it"))),
     ])
 
 

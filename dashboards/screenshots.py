@@ -55,7 +55,11 @@ def take(out: Path, model: str, head: tuple[int, int], circuit: Path | None, sto
 
             layer, index = head
             click_point(driver, head_source("overview", "sink_score"), index, layer)
-            wait(driver, lambda d: f"L{layer}.H{index}" in text(d, "head-info") and graph_data(d, "query-entropy"))
+            wait(driver, lambda d: f"L{layer}.H{index}" in text(d, "head-info") and graph_data(d, "sequence"))
+            received = graph_data(driver, "sequence")[0]["y"]
+            query = len(received) * 2 // 3
+            click_point(driver, "sequence", query, received[query])  # that query's attention, below the view
+            wait_graph(driver, "query-window", lambda data: data and data[0].get("x"))
             _shot(driver, out / "head.png")
 
             click(driver, "edit-this-head")

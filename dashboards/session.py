@@ -26,6 +26,7 @@ from workbench.probes.heads import head_types, repeated_random_tokens
 from workbench.probes.result import Result
 from workbench.probes.retrieval import retrieval_heads
 from workbench.probes.sinks import sink_scores
+from workbench.probes.windows import query_window
 from workbench import zoo
 from workbench.samples import SAMPLE_TEXT
 from workbench.errors import WorkbenchError
@@ -33,6 +34,7 @@ from workbench.subject import Subject
 from workbench.zoo import tasks
 
 WINDOW = 48  # the most positions a head's attention map is drawn over (the app never draws an L x L map)
+QUERY_WIDTH = 256  # keys shown for a query clicked on the long-sequence view
 RETRIEVAL_LENGTH = 256  # needle prompt length of the app's retrieval scan (capped by the model's context)
 ANSWER_ROOM = 16  # positions left free after the needle prompt for the generated answer
 MAX_MODELS = 2
@@ -73,6 +75,7 @@ class HeadView:
     start: int
     pattern: np.ndarray  # [window, window]
     received: np.ndarray  # [n] attention each token receives from the head
+    sink_mass: np.ndarray  # [n] each query row's attention on the first token
     entropy: np.ndarray  # [n] entropy of each query row (nats)
 
 
@@ -182,13 +185,21 @@ class Session:
             n = int(subject.encode(text)["attention_mask"].sum())
             start = max(0, n - WINDOW) if start is None else min(max(0, int(start)), max(0, n - WINDOW))
             stop = min(n, start + WINDOW)
-            trace = workbench.trace(subject, text, stats=("entropy", "received"), patterns=[(layer, head)],
-                                    pattern_window=(start, stop))
+            trace = workbench.trace(subject, text, stats=("entropy", "sink_mass", "received"),
+                                    patterns=[(layer, head)], pattern_window=(start, stop))
         tokens = trace.real_tokens(0)
+        per_token = {name: trace.sequence(name)[layer, head].float().numpy()
+                     for name in ("received", "sink_mass", "entropy")}
         return HeadView(tokens=tokens, labels=_readable(subject, tokens), start=start,
-                        pattern=trace.patterns[(layer, head)][0].float().numpy(),
-                        received=trace.sequence("received")[layer, head].float().numpy(),
-                        entropy=trace.sequence("entropy")[layer, head].float().numpy())
+                        pattern=trace.patterns[(layer, head)][0].float().numpy(), **per_token)
+
+    def query_view(self, model: str, text: str, layer: int, head: int, query: int) -> pd.DataFrame:
+        """Head (layer, head)'s attention from position `query` over the QUERY_WIDTH keys that end at it."""
+        with self.lock:
+            subject = self.subject(model)
+            window = query_window(subject, text, layer, head, int(query), QUERY_WIDTH)
+        window["token"] = _readable(subject, list(window.token))
+        return window
 
     def intervene(self, model: str, text: str, heads: list[tuple[int, int]], edit: str, value: float,
                   top: int = 8) -> EditOutcome:

@@ -78,8 +78,8 @@ def test_trace_click_a_head_ablate_it_and_browse_runs(page, subject, store):
     assert len(RETRIEVAL) >= 2 and top == RETRIEVAL  # the model card's retrieval heads, found again by the app
     assert all(retrieval[h] > 0.9 for h in RETRIEVAL) and np.sort(retrieval, axis=None)[-len(RETRIEVAL) - 1] < 0.5
 
-    # Clicking the card's retrieval head on the sink map opens its head view: the last 48 positions' map,
-    # received, entropy.
+    # Clicking the card's retrieval head on the sink map opens its head view: the last 48 positions' map and
+    # the per-position view (received, sink mass, entropy) of the whole text.
     name = f"L{HEAD[0]}.H{HEAD[1]}"
     click_point(driver, overview_id("sink_score"), HEAD[1], HEAD[0])
     wait(driver, lambda d: name in text(d, "head-info"))
@@ -89,10 +89,16 @@ def test_trace_click_a_head_ablate_it_and_browse_runs(page, subject, store):
     pattern = np.array(wait_graph(driver, "pattern")[0]["z"], dtype=float)
     np.testing.assert_allclose(pattern, own.patterns[HEAD][0].numpy(), atol=1e-6)
     assert pattern.shape == (48, 48) and np.all(pattern.sum(1) <= 1 + 1e-5)
-    received = wait_graph(driver, "received")[0]["y"]
-    np.testing.assert_allclose(received, own.sequence("received")[HEAD].numpy(), atol=1e-5)
-    entropy = wait_graph(driver, "query-entropy")[0]["y"]
-    np.testing.assert_allclose(entropy, own.sequence("entropy")[HEAD].numpy(), atol=1e-5)
+    sequence = wait_graph(driver, "sequence")  # received, sink mass, entropy of the head along the whole text
+    np.testing.assert_allclose(sequence[0]["y"], own.sequence("received")[HEAD].numpy(), atol=1e-5)
+    np.testing.assert_allclose(sequence[2]["y"], own.sequence("entropy")[HEAD].numpy(), atol=1e-5)
+    # Clicking a position of the per-position view shows that query's attention over the keys that end at it.
+    query = n_tokens // 2
+    click_point(driver, "sequence", query, sequence[0]["y"][query])
+    window = wait_graph(driver, "query-window", lambda data: data and data[0].get("x"))
+    assert window[0]["x"][-1] == query and len(window[0]["x"]) == min(query + 1, 256)
+    full = workbench.trace(subject, SAMPLE_TEXT, stats=(), patterns=[HEAD])
+    np.testing.assert_allclose(window[0]["y"], full.patterns[HEAD][0, query, :query + 1].numpy(), atol=1e-6)
 
     # Edit this head: zero-ablate it and read the next-token distributions and losses before and after.
     click(driver, "edit-this-head")

@@ -103,3 +103,24 @@ def test_the_cli_imports_dash_only_when_the_app_starts():
             "if m.split('.')[0] == 'dash' or m.startswith('workbench.dashboards')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sequence_figure_draws_each_statistic_of_each_head_along_the_text():
+    tokens = [f"t{i}" for i in range(40_000)]  # a long text: WebGL lines, no per-token categories
+    series = {"received": {"L1.H0": np.linspace(0, 1, 40_000), "L2.H3": np.ones(40_000)},
+              "entropy": {"L1.H0": np.full(40_000, 2.0), "L2.H3": np.zeros(40_000)}}
+    fig = figures.sequence_figure(series, tokens, "along the text")
+    assert [t.type for t in fig.data] == ["scattergl"] * 4
+    assert [t.name for t in fig.data] == ["L1.H0", "L2.H3"] * 2 and [t.showlegend for t in fig.data] == [True, True,
+                                                                                                     False, False]
+    np.testing.assert_allclose(fig.data[0].y, series["received"]["L1.H0"])
+    assert fig.data[2].yaxis == "y2" and fig.layout.dragmode == "zoom"
+    with pytest.raises(ValueError, match="3 values for 40000 tokens"):
+        figures.sequence_figure({"entropy": {"h": np.zeros(3)}}, tokens, "x")
+
+
+def test_query_figure_places_keys_at_their_positions():
+    fig = figures.query_figure(np.array([0.5, 0.25, 0.25]), ["a", "b", "c"], 7, 9, "q")
+    assert list(fig.data[0].x) == [7, 8, 9] and list(fig.data[0].y) == [0.5, 0.25, 0.25]
+    with pytest.raises(ValueError):
+        figures.query_figure(np.array([1.0]), ["a"], 7, 9, "q")

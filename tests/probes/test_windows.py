@@ -1,0 +1,30 @@
+"""query_window: one query's attention over the keys that end at it, against the full attention map."""
+
+import pytest
+import torch
+from tiny_models import build, token_ids
+
+import workbench
+from workbench.probes.windows import query_window
+
+
+def test_query_window_is_the_row_of_the_full_map():
+    subject = workbench.load(build("qwen2"))  # GQA and a sliding window in layer 1
+    ids = token_ids(1, 30, seed=4)[0].tolist()
+    full = workbench.trace(subject, ids, stats=(), patterns=[(1, 3)])
+    for query, width in ((29, 8), (5, 64), (0, 1)):
+        window = query_window(subject, ids, 1, 3, query, width)
+        start = max(0, query - width + 1)
+        assert window.position.tolist() == list(range(start, query + 1))
+        torch.testing.assert_close(torch.tensor(window.p.to_numpy()), full.patterns[(1, 3)][0, query, start:query + 1])
+
+
+def test_query_window_names_bad_positions_and_heads():
+    subject = workbench.load(build("llama"))
+    ids = token_ids(1, 10)[0].tolist()
+    with pytest.raises(workbench.WorkbenchError, match="query position 10 is outside"):
+        query_window(subject, ids, 0, 0, 10)
+    with pytest.raises(workbench.HeadNotFoundError):
+        query_window(subject, ids, 5, 0, 3)
+    with pytest.raises(workbench.WorkbenchError, match="width 0"):
+        query_window(subject, ids, 0, 0, 3, width=0)
