@@ -31,7 +31,7 @@ def per_head_edits(subject: Subject, field: str, values: Mapping[Head, float], i
 
 
 def key_bias_edits(subject: Subject, biases: Mapping[Head, Mapping[int, float]]) -> dict[int, HeadEdits]:
-    """HeadEdits adding biases[(layer, head)][key_position] to those heads' logits of those keys."""
+    """HeadEdits adding `biases[(layer, head)][key_position]` to those heads' logits of those keys."""
     by_layer: dict[int, dict[Head, Mapping[int, float]]] = {}
     for (layer, head), keys in biases.items():
         subject.adapter.check_head(layer, head)

@@ -4,7 +4,7 @@ The ablation report (`workbench ablate`) and the circuit methods (`workbench.pro
 - `logit_diff`: logit(right) - logit(wrong) at the last position, first token of each answer (Wang et al. 2022);
 - `accuracy`: the right answer's first token is the argmax;
 - `loss`: -log p(right answer's first token); on the `loss` task, the mean next-token loss over the text;
-- `normalized` (issue #7): (m - m_corrupted) / (m_clean - m_corrupted) on task means, so that the clean run is 1
+- `normalized`: (m - m_corrupted) / (m_clean - m_corrupted) on task means, so that the clean run is 1
   and the corrupted run 0.
 Built in: `ioi`, `needle`, `induction` (from the zoo's generators in `workbench.zoo.tasks`), `loss`, and any task
 from a JSONL file with one {"clean", "corrupted", "answer", "wrong", "group"} object per line.

@@ -1,4 +1,4 @@
-"""Circuits (issue #7): which heads and MLPs carry a task, found on clean/corrupted prompt pairs (`workbench.probes.tasks`).
+"""Circuits: which heads and MLPs carry a task, found on clean/corrupted prompt pairs (`workbench.probes.tasks`).
 
 - `patching`: activation patching of head outputs, of the residual stream by layer and position, and of
   attention patterns;

@@ -172,7 +172,7 @@ AttentionMaskInterface.register(PATTERN_IMPLEMENTATION, eager_mask)
 @contextlib.contextmanager
 def pattern_patching(subject: Subject, replace: dict[int, dict[int, torch.Tensor]] | None = None) -> Iterator[dict]:
     """Run attention eagerly while the block runs: yields {layer: pattern [B, H, q, k]} of the last run and imposes
-    replace[layer][head] = pattern [B, q, k]. The model's attention implementation is restored on exit."""
+    `replace[layer][head]` = pattern [B, q, k]. The model's attention implementation is restored on exit."""
     state = {"layer_of": subject.adapter.layer_of(), "record": {}, "replace": replace or {}}
     model = subject.model
     previous = model.config._attn_implementation
