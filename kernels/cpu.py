@@ -13,7 +13,8 @@ of causal and sliding-window maps is skipped, not masked. Per chunk, in float32:
        entropy = lse - sum_j p_ij s_ij = log l - sum_j e_ij (s_ij - m) / l,
    the one-pass identities of the fused kernels (FlashAttention, Dao et al. 2022, keeps the same (m, l)), while
    the row is in cache; the row is overwritten with p_ij = e_ij / l, with window_distance, self and sink mass
-   read off it;
+   read off it (with the VAR redistribution of `HeadEdits.redistribute`, the few source and target keys of
+   the row are then rescaled, the entropy corrected on them and the max read again);
 3. out = p V (a second batched matmul) and received_j += sum_i p_ij (a sum over the chunk's rows).
 
 Steps 1 and 3 are the two matmuls PyTorch's own fused attention does, with the same float32 accumulation, so the
@@ -24,8 +25,7 @@ efficiency, which grows with the rows per chunk, against the chunk's place in th
 
 Inputs in bfloat16 / float16 are computed in float32 (the CPU's matmuls of low-precision inputs round their
 output, the logits, to the input precision, which the statistics cannot afford), the output cast back.
-Two cases go to the reference, for that call only: float64 inputs (which the reference computes in float64) and
-the VAR redistribution edit (`HeadEdits.redistribute`, rare, which depends on a row's mass on other keys).
+float64 inputs go to the reference, which computes them in float64.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def attention(
     edits.check(q.shape[1])
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding, stats=stats,
                   sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, chunk_size=chunk_size)
-    if q.dtype == torch.float64 or edits.redistribute is not None:
+    if q.dtype == torch.float64:
         return reference.attention(q, k, v, **kwargs)
     return _attention(q, k, v, **kwargs)
 
@@ -94,6 +94,10 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
     sinks = torch.tensor(sorted(set(sink_keys)) or [0], dtype=torch.int64)
     inv_temperature = None if edits.temperature is None else (1.0 / edits.temperature.to(**f32)).contiguous()
     bias = None if edits.key_bias is None else _dense_bias(edits, valid, start, batch, lk)
+    redistributing = edits.redistribute is not None
+    fraction = edits.redistribute.to(**f32).contiguous() if redistributing else None
+    sources, targets = ((edits.source_keys.to(torch.int64).contiguous(), edits.target_keys.to(torch.int64).contiguous())
+                        if redistributing else (None, None))
     res = {name: torch.empty(batch, heads, lq, **f32) for name in stats if name in _PER_QUERY}
     if "argmax_key" in stats:
         res["argmax_key"] = torch.empty(batch, heads, lq, dtype=torch.int64)
@@ -107,7 +111,10 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
     args = Chunk(heads=heads, n_keys=lk, causal=int(causal), window=window or 0,
                  valid=_pointer(valid), start=start.data_ptr(), inv_temperature=_pointer(inv_temperature),
                  bias=_pointer(bias), sink_keys=sinks.data_ptr(), n_sink=len(set(sink_keys)),
-                 distance_cap=math.inf if distance_cap is None else float(distance_cap), out_length=lq,
+                 distance_cap=math.inf if distance_cap is None else float(distance_cap), fraction=_pointer(fraction),
+                 source_keys=_pointer(sources), target_keys=_pointer(targets),
+                 n_source=0 if sources is None else sources.numel(), n_target=0 if targets is None else targets.numel(),
+                 out_length=lq,
                  **{name: _pointer(res.get(name)) for name in (*_PER_QUERY, "argmax_key")})
     rows_pass = library().softmax_rows
     for c0 in range(0, lq, chunk):

@@ -6,6 +6,9 @@
  * `received` matmuls. Per row it writes the statistics of workbench.kernels.contract:
  *     m = max_j s_ij,  l = sum_j exp(s_ij - m),  t = sum_j exp(s_ij - m) (s_ij - m)
  *     lse = m + log l,  entropy = log l - t / l,  max_prob = 1 / l  (the maximal key has exp(0) = 1)
+ * With the VAR redistribution the row's sources give up the fraction f of their mass S to the targets, in
+ * proportion to the targets' mass T (workbench.kernels.contract.HeadEdits); the entropy is corrected on those few
+ * keys, and the max and argmax are read again off the edited row.
  * Rows are independent and split over the OpenMP threads (the runtime PyTorch itself loaded).
  */
 
@@ -27,6 +30,9 @@ struct chunk {
     const int64_t *sink_keys;      /* [n_sink] positions counted from the first real key */
     int64_t n_sink;
     float distance_cap;            /* INFINITY: no cap */
+    const float *fraction;         /* [heads] VAR redistribution (HeadEdits.redistribute), or NULL */
+    const int64_t *source_keys, *target_keys;  /* its keys, counted like sink keys */
+    int64_t n_source, n_target;
     int64_t out_length, out_offset;  /* per-query outputs are [batch, heads, out_length], this chunk at offset */
     float *lse, *entropy, *sink_mass, *max_prob, *window_distance, *self_mass;  /* NULL: not requested */
     int64_t *argmax_key;
@@ -81,6 +87,34 @@ static float edit_and_max(const struct chunk *a, float *row, int64_t b, int64_t 
     return m;
 }
 
+/* Sum of p over the keys `keys` (counted from the first real key) that the row sees, or scale them by `factor`. */
+static float key_mass(const struct chunk *a, float *row, int64_t b, int64_t lo, int64_t hi, const int64_t *keys,
+                      int64_t n, float factor, float *entropy_change) {
+    float mass = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t col = a->start[b] + keys[i] - a->first_key;
+        if (col < lo || col >= hi || row[col] <= 0.0f) continue;
+        mass += row[col];
+        if (entropy_change) {
+            float edited = row[col] * factor;
+            *entropy_change += row[col] * logf(row[col]) - (edited > 0.0f ? edited * logf(edited) : 0.0f);
+            row[col] = edited;
+        }
+    }
+    return mass;
+}
+
+/* The VAR redistribution of a normalized row in place; returns the change of its entropy. */
+static float redistribute(const struct chunk *a, float *row, int64_t b, int64_t h, int64_t lo, int64_t hi) {
+    float moved = key_mass(a, row, b, lo, hi, a->source_keys, a->n_source, 1.0f, NULL);
+    float held = key_mass(a, row, b, lo, hi, a->target_keys, a->n_target, 1.0f, NULL);
+    if (held <= 0.0f) return 0.0f;
+    float f = a->fraction[h], change = 0.0f;
+    key_mass(a, row, b, lo, hi, a->source_keys, a->n_source, 1.0f - f, &change);
+    key_mass(a, row, b, lo, hi, a->target_keys, a->n_target, 1.0f + f * moved / held, &change);
+    return change;
+}
+
 static void one_row(const struct chunk *a, int64_t r) {
     float *row = a->scores + r * a->width;
     int64_t c = r % a->n_queries, h = (r / a->n_queries) % a->heads, b = r / (a->n_queries * a->heads);
@@ -101,7 +135,7 @@ static void one_row(const struct chunk *a, int64_t r) {
     float m = edit_and_max(a, row, b, h, lo, hi);
     if (a->argmax_key) {
         int64_t j = lo;
-        while (row[j] != m) j++;
+        while (j < hi - 1 && row[j] != m) j++;
         a->argmax_key[out] = a->first_key + j - a->start[b];
     }
     float l = 0.0f, t = 0.0f;
@@ -121,10 +155,10 @@ static void one_row(const struct chunk *a, int64_t r) {
             l += e;
         }
     }
-    float inv = 1.0f / l, log_l = logf(l);
-    if (a->window_distance) {
+    float inv = 1.0f / l, log_l = logf(l), entropy = log_l - t * inv, max_prob = inv;
+    int64_t offset = query - a->first_key;
+    if (a->window_distance && !a->fraction) {
         float distance = 0.0f, cap = a->distance_cap;
-        int64_t offset = query - a->first_key;
 #pragma omp simd reduction(+ : distance)
         for (int64_t j = lo; j < hi; j++) {
             float p = row[j] * inv, d = (float)(offset > j ? offset - j : j - offset);
@@ -135,9 +169,29 @@ static void one_row(const struct chunk *a, int64_t r) {
     } else {
         for (int64_t j = lo; j < hi; j++) row[j] *= inv;
     }
+    if (a->fraction) {
+        entropy += redistribute(a, row, b, h, lo, hi);
+        max_prob = 0.0f;
+#pragma omp simd reduction(max : max_prob)
+        for (int64_t j = lo; j < hi; j++) max_prob = row[j] > max_prob ? row[j] : max_prob;
+        if (a->argmax_key) {
+            int64_t j = lo;
+            while (j < hi - 1 && row[j] != max_prob) j++;
+            a->argmax_key[out] = a->first_key + j - a->start[b];
+        }
+        if (a->window_distance) {
+            float distance = 0.0f, cap = a->distance_cap;
+#pragma omp simd reduction(+ : distance)
+            for (int64_t j = lo; j < hi; j++) {
+                float d = (float)(offset > j ? offset - j : j - offset);
+                distance += row[j] * (d < cap ? d : cap);
+            }
+            a->window_distance[out] = distance;
+        }
+    }
     if (a->lse) a->lse[out] = m + log_l;
-    if (a->entropy) a->entropy[out] = log_l - t * inv;
-    if (a->max_prob) a->max_prob[out] = inv;
+    if (a->entropy) a->entropy[out] = entropy;
+    if (a->max_prob) a->max_prob[out] = max_prob;
     if (a->self_mass) a->self_mass[out] = row[own];
     if (a->sink_mass) {
         float mass = 0.0f;

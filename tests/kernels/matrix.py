@@ -9,9 +9,10 @@ inputs. argmax_key must hold the maximal probability of the baseline's attention
 tolerance (a near-tie may resolve either way).
 """
 
+import pytest
 import torch
 
-from workbench.kernels import ALL_STATS, reference
+from workbench.kernels import ALL_STATS, HeadEdits, reference
 
 FP32_ULP = torch.finfo(torch.float32).eps
 
@@ -56,6 +57,10 @@ def cases(L, D, window, device="cpu"):
     }
 
 
+EDITS = HeadEdits(temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]),  # every in-kernel edit but the VAR redistribution
+                  key_bias=torch.tensor([[0.0, 1.0], [-2.0, 0.5], [3.0, 0.0], [-1e4, 1.0]]),
+                  bias_keys=torch.tensor([0, 3]), gate=torch.tensor([1.0, 0.0, 2.0, 0.5]),
+                  identity_mix=torch.tensor([0.0, 0.3, 1.0, 0.5]))
 LOW_PRECISION = ["causal", "left_padding", "window", "softcap_scale", "peaked", "chunked_prefill"]
 
 
@@ -93,3 +98,22 @@ def check_argmax(q, k, got, base, tol, **opts):
     at_kernel_key = pattern.gather(-1, (arg + start).clamp_min(0)[..., None])[..., 0]
     gap = (base["max_prob"] - at_kernel_key).nan_to_num()
     assert gap.max().item() <= tol, f"argmax_key picks a key {gap.max().item():.3g} below the maximum"
+
+
+def check_only_requested_statistics(kernel, q, k, v):
+    """kernel returns just the statistics asked for, in that order, and the same output with none."""
+    out, stats = kernel(q, k, v, stats=("argmax_key", "received"))
+    assert list(stats) == ["argmax_key", "received"]
+    plain, none = kernel(q, k, v)
+    assert none == {}
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+
+
+def check_user_errors(kernel, q, k, v):
+    """kernel's errors name the bad value: more queries than keys, a key_padding of the wrong shape, a typo."""
+    with pytest.raises(ValueError, match="more queries"):
+        kernel(q, k[:, :, :5], v[:, :, :5])
+    with pytest.raises(ValueError, match="key_padding"):
+        kernel(q, k, v, key_padding=torch.ones(1, 3, dtype=torch.bool, device=q.device))
+    with pytest.raises(ValueError, match="unknown statistic"):
+        kernel(q, k, v, stats=("entropies",))

@@ -3,7 +3,7 @@
 Cases and tolerance are those of tests/kernels/matrix.py: every statistic within 2 x the reference's own error in
 the tested dtype + 4 float32 ulps of the float64 oracle. On top of the Triton matrix: bfloat16 (the CPU path
 computes it in float32), head_dim 64 and 128 at lengths that span several chunks, chunk sizes that do not
-divide the length, every edit, the calls that go to the reference (float64, the VAR redistribution), and tiny
+divide the length, every edit (the VAR redistribution too), float64 inputs (which go to the reference), and tiny
 models traced end to end.
 """
 
@@ -21,10 +21,7 @@ from workbench.tracer import DEFAULT_STATS
 L, D, WINDOW = 45, 16, 40
 inputs = functools.partial(matrix.inputs, Lq=L, head_dim=D)
 CASES = matrix.cases(L, D, WINDOW)
-EDITS = HeadEdits(temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]),
-                  key_bias=torch.tensor([[0.0, 1.0], [-2.0, 0.5], [3.0, 0.0], [-1e4, 1.0]]),
-                  bias_keys=torch.tensor([0, 3]), gate=torch.tensor([1.0, 0.0, 2.0, 0.5]),
-                  identity_mix=torch.tensor([0.0, 0.3, 1.0, 0.5]))
+EDITS = matrix.EDITS
 
 
 @pytest.mark.parametrize("chunk", [None, 7])
@@ -64,26 +61,47 @@ def test_softcap_with_temperature_and_bias():
     matrix.check(cpu.attention, *inputs(seed=23), softcap=3.0, edits=EDITS)
 
 
-def test_calls_the_cpu_path_hands_to_the_reference():
-    """float64 inputs and the VAR redistribution run the reference itself, for that call only."""
+@pytest.mark.parametrize("layout", ["causal", "left_padding", "window_bidirectional"])
+def test_redistribution(layout):
+    """VAR: f = 0, partial, everything, partial per head; sources at the sink, targets near and far (rows that see
+    no target keep their map)."""
+    var = HeadEdits(redistribute=torch.tensor([0.0, 0.4, 1.0, 0.75]), source_keys=torch.tensor([0, 2]),
+                    target_keys=torch.tensor([5, 7, 30]))
+    opts = {"causal": {}, "left_padding": {"key_padding": matrix.padding(2, L, left=6)},
+            "window_bidirectional": {"window": 20, "causal": False}}[layout]
+    q, k, v = inputs(B=2, seed=28)
+    matrix.check(cpu.attention, q, k, v, edits=var, sink_keys=(0, 5), distance_cap=4, **opts)
+    matrix.check(functools.partial(cpu.attention, chunk_size=7), q, k, v, dtype=torch.bfloat16,
+                 edits=var.then(HeadEdits(temperature=torch.tensor([1.0, 2.0, 0.5, 1.0]))), **opts)
+
+
+def test_zero_redistribution_changes_nothing():
+    q, k, v = (t.float() for t in inputs(seed=29))
+    var = HeadEdits(redistribute=torch.zeros(4), source_keys=torch.tensor([0]), target_keys=torch.tensor([3]))
+    plain, plain_stats = cpu.attention(q, k, v, stats=ALL_STATS)
+    edited, edited_stats = cpu.attention(q, k, v, stats=ALL_STATS, edits=var)
+    assert torch.equal(edited, plain)
+    for name in ALL_STATS:
+        torch.testing.assert_close(edited_stats[name], plain_stats[name], rtol=0, atol=0, msg=name)
+
+
+def test_float64_goes_to_the_reference():
     q, k, v = inputs(seed=24)
-    var = HeadEdits(redistribute=torch.tensor([0.0, 0.5, 1.0, 0.25]), source_keys=torch.tensor([0]),
-                    target_keys=torch.tensor([3, 7]))
-    for args, opts in [((q, k, v), {}), ((q.float(), k.float(), v.float()), {"edits": var})]:
-        out, got = cpu.attention(*args, stats=ALL_STATS, **opts)
-        want_out, want = reference.attention(*args, stats=ALL_STATS, **opts)
-        assert torch.equal(out, want_out)
-        for name in ALL_STATS:
-            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, equal_nan=True, msg=name)
+    out, got = cpu.attention(q, k, v, stats=ALL_STATS)
+    want_out, want = reference.attention(q, k, v, stats=ALL_STATS)
+    assert torch.equal(out, want_out)
+    for name in ALL_STATS:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, equal_nan=True, msg=name)
 
 
 def test_only_requested_statistics_are_returned():
-    q, k, v = (t.float() for t in inputs(seed=25))
-    out, stats = cpu.attention(q, k, v, stats=("received", "argmax_key"))
-    assert list(stats) == ["received", "argmax_key"]
-    plain, none = cpu.attention(q, k, v)
-    assert none == {}
-    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    matrix.check_only_requested_statistics(cpu.attention, *(t.float() for t in inputs(seed=25)))
+
+
+def test_user_errors_name_the_bad_value():
+    matrix.check_user_errors(cpu.attention, *(t.float() for t in inputs(seed=27)))
+    with pytest.raises(ValueError, match="temperature has 2 heads"):
+        cpu.attention(*(t.float() for t in inputs(seed=27)), edits=HeadEdits(temperature=torch.ones(2)))
 
 
 def test_output_equals_torch_sdpa():

@@ -50,32 +50,18 @@ def test_low_precision(case, dtype):
 
 
 def test_edits():
-    edits = HeadEdits(temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]),
-                      key_bias=torch.tensor([[0.0, 1.0], [-2.0, 0.5], [3.0, 0.0], [-1e4, 1.0]]),
-                      bias_keys=torch.tensor([0, 3]), gate=torch.tensor([1.0, 0.0, 2.0, 0.5]),
-                      identity_mix=torch.tensor([0.0, 0.3, 1.0, 0.5]))
-    edits = HeadEdits(**{name: None if value is None else value.to(DEVICE) for name, value in vars(edits).items()})
+    edits = HeadEdits(**{name: None if value is None else value.to(DEVICE)
+                         for name, value in vars(matrix.EDITS).items()})
     check(*inputs(B=2, seed=21), edits=edits, key_padding=padding(2, L, left=4))
     check(*inputs(seed=22), edits=edits, window=WINDOW, causal=False)
 
 
 def test_only_requested_statistics_are_computed():
-    q, k, v = (t.float() for t in inputs(seed=3))
-    out, stats = triton_attention.attention(q, k, v, stats=("argmax_key", "received"))
-    assert list(stats) == ["argmax_key", "received"]
-    plain, none = triton_attention.attention(q, k, v)
-    assert none == {}
-    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    matrix.check_only_requested_statistics(triton_attention.attention, *(t.float() for t in inputs(seed=3)))
 
 
 def test_user_errors_name_the_bad_value():
-    q, k, v = (t.float() for t in inputs(seed=4))
-    with pytest.raises(ValueError, match="more queries"):
-        triton_attention.attention(q, k[:, :, :5], v[:, :, :5])
-    with pytest.raises(ValueError, match="key_padding"):
-        triton_attention.attention(q, k, v, key_padding=torch.ones(1, 3, dtype=torch.bool, device=DEVICE))
-    with pytest.raises(ValueError, match="unknown statistic"):
-        triton_attention.attention(q, k, v, stats=("entropies",))
+    matrix.check_user_errors(triton_attention.attention, *(t.float() for t in inputs(seed=4)))
 
 
 @pytest.mark.skipif(not GPU, reason="long sequences need a GPU")
