@@ -2,9 +2,10 @@
 
 For each model (SmolLM2-135M, Gemma-3-270M; float32, as `workbench.load` gives on a CPU) and length (512, 2048,
 8192 random tokens, batch 1), each method runs in a process of its own: it loads the model, runs one untimed
-forward (warm-up: lazy initialization, the CPU path's library), then timed forwards (the median wall time of 3,
-of 1 from 8192 tokens), and reports
-its peak resident memory (getrusage ru_maxrss of that process, so each method's peak is its own). The
+forward (warm-up: lazy initialization, the CPU path's library), then timed forwards (the fastest of 3, of 1 from
+8192 tokens: other work on a shared machine only slows a run down), and reports its peak resident memory
+(getrusage ru_maxrss of that process, so each method's peak is its own). Methods run in --rounds rounds, the
+anchor first in each; a ratio to the anchor is the median over rounds of the ratio within a round. The
 statistics are the entropy and first-token sink mass of every head, unless the method says otherwise:
   sdpa               the plain forward, `model(input_ids)` with attn_implementation="sdpa": the anchor
   workbench_cpu      workbench.trace(backend="cpu"), entropy + sink_mass
@@ -18,8 +19,9 @@ A method is skipped where it cannot fit (eager_weights keeps every layer's [head
 anchor does.
 
 Usage: python benchmarks/cpu_trace.py [--models smollm2-135m,gemma3-270m] [--lengths 512,2048,8192]
-  [--methods sdpa,workbench_cpu,...] [--timeout 300] [--out benchmarks/results]
-Writes cpu_trace_<cpu>_<n>cores.json and .md into --out, with each method's ratio to the sdpa forward.
+  [--methods sdpa,workbench_cpu,...] [--rounds 2] [--timeout 300] [--out benchmarks/results]
+Writes cpu_trace_<cpu>_<n>cores.json and .md into --out, with each method's ratio to the sdpa forward of its own
+run; methods measured again replace their old figures, the others stay.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def forward_of(method: str, subject, ids: torch.Tensor):
 
 
 def child(method: str, model_name: str, length: int, repeat: int) -> None:
-    """Measure one method in this process (median of `repeat` timed forwards); print one JSON line."""
+    """Measure one method in this process (the fastest of `repeat` timed forwards); print one JSON line."""
     import workbench
 
     subject = workbench.load(model_name)
@@ -108,8 +110,7 @@ def child(method: str, model_name: str, length: int, repeat: int) -> None:
             forward()
             walls.append(time.perf_counter() - start)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall_s": statistics.median(walls), "min_wall_s": min(walls), "walls_s": walls,
-                      "peak_rss_mib": peak_mib}), flush=True)
+    print(json.dumps({"wall_s": min(walls), "walls_s": walls, "peak_rss_mib": peak_mib}), flush=True)
 
 
 def unfit(method: str, config, length: int) -> str | None:
@@ -163,14 +164,48 @@ def cell(entry: dict) -> str:
 def markdown(cpu: str, cores: int, rows: list[dict]) -> str:
     methods = [m for m in METHODS if any(m in r["methods"] for r in rows)]
     lines = [f"# Tracing on the CPU: {cpu}, {cores} cores", "",
-             "One process per method; wall time of one forward after a warm-up, peak RSS of the process; (time, "
-             "memory) as multiples of the plain sdpa forward. Statistics: entropy + first-token sink mass of every "
+             "One process per method; wall time of a forward after a warm-up (the fastest of 3, of 1 at 8192), "
+             "peak RSS of the process, median over the rounds; (time, memory): the median over rounds of the ratio "
+             "to the plain sdpa forward of the same round. Statistics: entropy + first-token sink mass of every "
              "head (workbench_cpu_all: every statistic). Command: `python benchmarks/cpu_trace.py`.", "",
-             "| model | L | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+             "load: the machine's 1-minute load average when the row was done (2 cores: above 2, other work shared "
+             "them).", "",
+             "| model | L | load | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
     for r in rows:
         cells = [cell(r["methods"][m]) if m in r["methods"] else "-" for m in methods]
-        lines.append(f"| {r['model']} | {r['L']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['model']} | {r['L']} | {r['load_average']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary(runs: list[dict], anchors: list[dict]) -> dict:
+    """One method's figures over its rounds: the median wall time, the largest peak, and the medians of its ratios
+    to the anchor measured in the same round (the machine's speed drifts between rounds, less within one)."""
+    good = [(run, anchor) for run, anchor in zip(runs, anchors, strict=False) if "wall_s" in run]
+    if not good:
+        return runs[0]
+    entry = {"wall_s": statistics.median(run["wall_s"] for run, _ in good),
+             "peak_rss_mib": max(run["peak_rss_mib"] for run, _ in good), "rounds": [run for run, _ in good]}
+    paired = [(run, anchor) for run, anchor in good if "wall_s" in anchor]
+    if paired:
+        entry["time_vs_sdpa"] = statistics.median(run["wall_s"] / anchor["wall_s"] for run, anchor in paired)
+        entry["rss_vs_sdpa"] = statistics.median(run["peak_rss_mib"] / anchor["peak_rss_mib"]
+                                                 for run, anchor in paired)
+    return entry
+
+
+def measure_row(model_name: str, length: int, methods: list[str], rounds: int, timeout: float) -> dict:
+    """Every method at one model and length, in `rounds` rounds of one process per method, the anchor first in
+    each; the reference and the peers, far from the anchor, run in the first round only."""
+    runs: dict[str, list[dict]] = {method: [] for method in methods}
+    for round_ in range(rounds):
+        for method in methods:
+            if round_ == 0 or method not in ("workbench_ref", *PEERS):
+                runs[method].append(measure(method, model_name, length, timeout))
+                print(json.dumps({"model": model_name, "L": length, "method": method, **runs[method][-1]}),
+                      flush=True)
+    anchors = runs.get("sdpa", [{}] * rounds)
+    return {"model": model_name, "L": length, "load_average": os.getloadavg()[0],
+            "methods": {method: summary(runs[method], anchors) for method in methods}}
 
 
 def main() -> None:
@@ -179,6 +214,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--lengths", default="512,2048,8192")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -187,26 +223,27 @@ def main() -> None:
         child(method, model_name, int(length), int(repeat))
         return
     cpu, cores = machine()
-    rows = []
+    stem = args.out / f"cpu_trace_{slug(cpu)}_{cores}cores"
+    previous = json.loads(stem.with_suffix(".json").read_text())["rows"] if stem.with_suffix(".json").exists() else []
     for model_name in args.models.split(","):
         allowed = METHODS if model_name == "smollm2-135m" else GEMMA_METHODS
         for length in (int(x) for x in args.lengths.split(",")):
-            row = {"model": model_name, "L": length, "load_average": os.getloadavg()[0], "methods": {}}
-            for method in (m for m in args.methods.split(",") if m in allowed):
-                entry = measure(method, model_name, length, args.timeout)
-                anchor = row["methods"].get("sdpa", {})
-                if "wall_s" in entry and "wall_s" in anchor:
-                    entry["time_vs_sdpa"] = entry["wall_s"] / anchor["wall_s"]
-                    entry["rss_vs_sdpa"] = entry["peak_rss_mib"] / anchor["peak_rss_mib"]
-                row["methods"][method] = entry
-                print(json.dumps({"model": model_name, "L": length, "method": method, **entry}), flush=True)
-            rows.append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"cpu_trace_{slug(cpu)}_{cores}cores"
+            methods = [m for m in args.methods.split(",") if m in allowed]
+            row = measure_row(model_name, length, methods, args.rounds, args.timeout)
+            old = [r for r in previous if (r["model"], r["L"]) == (model_name, length)]
+            if old:  # methods measured again replace their old figures; a ratio is always to its own run's anchor
+                row["methods"] = {**old[0]["methods"], **row["methods"]}
+            previous = [r for r in previous if (r["model"], r["L"]) != (model_name, length)] + [row]
+            write(stem, cpu, cores, sorted(previous, key=lambda r: (MODELS.index(r["model"]), r["L"])))
+
+
+def write(stem: Path, cpu: str, cores: int, rows: list[dict]) -> None:
+    """The results so far (a row a model and length; a later run replaces the rows it measures again)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "cores": cores, "torch": torch.__version__,
                                                      "rows": rows}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(cpu, cores, rows))
-    print(f"wrote {stem}.json and .md")
+    print(f"wrote {stem}.json and .md", flush=True)
 
 
 if __name__ == "__main__":

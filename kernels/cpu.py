@@ -69,6 +69,8 @@ def attention(
     edits = edits or HeadEdits()
     check_shapes(q, k, key_padding)
     edits.check(q.shape[1])
+    if q.device.type != "cpu":
+        raise ValueError(f"the cpu backend takes CPU tensors, got {q.device}")
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding, stats=stats,
                   sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, chunk_size=chunk_size)
     if q.dtype == torch.float64:
