@@ -117,3 +117,17 @@ def check_user_errors(kernel, q, k, v):
         kernel(q, k, v, key_padding=torch.ones(1, 3, dtype=torch.bool, device=q.device))
     with pytest.raises(ValueError, match="unknown statistic"):
         kernel(q, k, v, stats=("entropies",))
+
+
+def check_traces_agree(subject, inputs, backend, tol):
+    """workbench.trace with `backend` gives the reference backend's statistics (argmax_key up to rare near-ties)."""
+    import workbench
+
+    fast = workbench.trace(subject, inputs, backend=backend, distance_cap=8)
+    slow = workbench.trace(subject, inputs, backend="reference", distance_cap=8)
+    assert fast.options["backend"] == backend
+    for stat, value in slow.stats.items():
+        if stat == "argmax_key":
+            assert (fast.stats[stat] == value).float().mean() > 0.99
+        else:
+            torch.testing.assert_close(fast.stats[stat], value, atol=tol, rtol=tol, equal_nan=True, msg=stat)
