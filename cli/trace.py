@@ -42,7 +42,7 @@ def trace_command(
     store: StoreOption = None,
     no_store: NoStoreOption = False,
     device: DeviceOption = None,
-    backend: Annotated[str, typer.Option(help="auto, reference or triton.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, cpu, reference or triton.")] = "auto",
 ) -> None:
     """Trace a text through every attention head; print the per-layer sink/entropy report; save the Trace."""
     import workbench

@@ -12,9 +12,11 @@ STATS = ("entropy", "sink_mass", "max_prob", "received")
 
 
 def assert_same_stats(got: dict, want: dict) -> None:
+    """Equal to float32 rounding: a run with gradients on (nnsight's) takes the differentiable reference on the
+    CPU, workbench.trace the CPU path; both compute the same statistics."""
     assert got.keys() == want.keys()
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, equal_nan=True, msg=name)
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, equal_nan=True, msg=name)
 
 
 def test_hf_models_load_with_the_workbench_attention():
