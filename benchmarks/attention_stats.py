@@ -222,7 +222,8 @@ def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown:
     return row
 
 
-def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE, breakdown: bool = False) -> list[dict]:
+def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE,
+                 breakdown: bool = False) -> list[dict]:
     rows, with_eager = [], True
     for L in lengths:
         rows.append({**kernel_row(L, with_eager, shape, breakdown), "shape": list(shape)})

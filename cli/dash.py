@@ -17,7 +17,8 @@ def check_port(port: int) -> None:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as err:
-            raise WorkbenchError(f"--port {port}: 127.0.0.1:{port} is in use ({err.strerror}); pick another port") from err
+            raise WorkbenchError(f"--port {port}: 127.0.0.1:{port} is in use ({err.strerror}); pick another "
+                                 "port") from err
 
 
 def dash_command(

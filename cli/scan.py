@@ -96,7 +96,8 @@ def _print(result: Result) -> None:
 def sinks(model: ModelOption = None, text: TextOption = None, file: FileOption = None,
           eps: Annotated[float, typer.Option(min=0.0, max=1.0, help="Sink^eps threshold on first-token mass.")] = 0.3,
           ratio: Annotated[float, typer.Option(min=0.0, help="Secondary sinks: times the uniform share.")] = 5.0,
-          out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None, no_store: NoStoreOption = False,
+          out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
+          no_store: NoStoreOption = False,
           device: DeviceOption = None) -> None:
     """First-token sink scores and Sink^eps, secondary sinks with their levels, massive activations."""
     from workbench.probes.sinks import massive_activations, secondary_sinks, sink_scores
@@ -115,7 +116,8 @@ def sinks(model: ModelOption = None, text: TextOption = None, file: FileOption =
 @interruptible
 def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption = None,
             window: Annotated[int, typer.Option(min=1, help="W of the windowed attention distance.")] = 64,
-            out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None, no_store: NoStoreOption = False,
+            out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
+          no_store: NoStoreOption = False,
             device: DeviceOption = None) -> None:
     """Entropy per head, layer and position; local versus global heads; future attention influence."""
     from workbench.probes.entropy import entropy_profile, future_attention_influence, local_global
@@ -134,7 +136,8 @@ def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption
 @app.command()
 @interruptible
 def erank(model: ModelOption = None, text: TextOption = None, file: FileOption = None,
-          out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None, no_store: NoStoreOption = False,
+          out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
+          no_store: NoStoreOption = False,
           device: DeviceOption = None) -> None:
     """Effective rank of the hidden states per layer and of each head's output."""
     from workbench.probes.erank import head_output_erank, hidden_state_erank
@@ -154,7 +157,8 @@ def erank(model: ModelOption = None, text: TextOption = None, file: FileOption =
 def heads(model: ModelOption = None,
           length: Annotated[int, typer.Option(min=1, help="Length of the random span, repeated twice.")] = 50,
           batch: Annotated[int, typer.Option(min=1, help="Number of random sequences.")] = 4,
-          out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None, no_store: NoStoreOption = False,
+          out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
+          no_store: NoStoreOption = False,
           device: DeviceOption = None) -> None:
     """Previous-token, duplicate-token and induction scores on repeated random tokens."""
     from workbench.probes.heads import head_types
@@ -168,7 +172,8 @@ def retrieval(model: ModelOption = None,
               lengths: Annotated[str, typer.Option(help="Comma-separated context lengths.")] = "256,512,1024",
               depths: Annotated[str, typer.Option(help="Comma-separated needle depths in [0, 1].")] = "0.1,0.5,0.9",
               seeds: Annotated[int, typer.Option(min=1, help="Needles per length and depth.")] = 1,
-              out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None, no_store: NoStoreOption = False,
+              out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
+          no_store: NoStoreOption = False,
               device: DeviceOption = None) -> None:
     """Retrieval heads by needle-in-a-haystack copy-paste; resumable through OUT/needles.jsonl."""
     from workbench.probes.retrieval import retrieval_heads

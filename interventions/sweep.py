@@ -1,7 +1,8 @@
 """Ablate heads one at a time on a task and rank them by what that does to the task's metric.
 
-Each head (or each head of a given set) is ablated alone (`workbench.interventions.heads.ablate`: zero, mean or resample,
-with the task's own clean prompts as the reference) and the task is scored again (`workbench.probes.tasks.evaluate`).
+Each head (or each head of a given set) is ablated alone (`workbench.interventions.heads.ablate`: zero, mean or
+resample, with the task's own clean prompts as the reference) and the task is scored again
+(`workbench.probes.tasks.evaluate`).
 A head's `importance` is the change of the task's metric in the direction that hurts: the rise in loss, or the
 fall in logit difference, so the heads the task leans on rank first.
 """

@@ -22,7 +22,8 @@ rescaled by alpha. At the end (ln 2 converts base-2 to nats):
 Both terms of the entropy are >= 0 (l >= 1, t <= 0), so the one-pass entropy does not cancel even when p is
 peaked; argmax_key is the first key at the running maximum. The state starts at m = MASKED, l = t = 0: a
 block whose keys a row cannot see gives that row p = 1 on each of them, and the first visible key wipes it
-(alpha = 0). The VAR redistribution edit (REDIST) keeps more running sums, see `workbench.kernels.triton_redistribution`.
+(alpha = 0). The VAR redistribution edit (REDIST) keeps more running sums, see
+`workbench.kernels.triton_redistribution`.
 For the `received` pass the row's m and log2 l are stored apart (RowMax, RowLog2Sum): there
 p = exp2((u - m) - log2 l) keeps full precision even where |lse| is large (a key bias of -1e4 on the only
 key a row sees).
@@ -187,10 +188,10 @@ def stats_forward(
                     if CAP:
                         dist = tl.minimum(dist, distance_cap)
                 shift = m_i - m_new
-                z_s, t_s, w_s, k_s = update_set(z_s, t_s, w_s, k_s, p, x, dist, shift, alpha, is_s, block_has_s, is_sink,
-                                                ENTROPY, SINK, DISTANCE)
-                z_t, t_t, w_t, k_t = update_set(z_t, t_t, w_t, k_t, p, x, dist, shift, alpha, is_t, block_has_t, is_sink,
-                                                ENTROPY, SINK, DISTANCE)
+                z_s, t_s, w_s, k_s = update_set(z_s, t_s, w_s, k_s, p, x, dist, shift, alpha, is_s, block_has_s,
+                                                is_sink, ENTROPY, SINK, DISTANCE)
+                z_t, t_t, w_t, k_t = update_set(z_t, t_t, w_t, k_t, p, x, dist, shift, alpha, is_t, block_has_t,
+                                                is_sink, ENTROPY, SINK, DISTANCE)
                 acc_s *= alpha[:, None]
                 if block_has_s:
                     acc_s += tl.dot(tl.where(is_s[None, :], p, 0.0).to(v_tile.dtype), v_tile, input_precision=PRECISION)

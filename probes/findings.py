@@ -125,7 +125,8 @@ def machine(device: torch.device) -> dict:
 
 def prose_inputs(subject: Subject, tokens: int, texts: int) -> list[list[int]]:
     """`texts` token lists of exactly `tokens` tokens of standard-library prose from evenly spaced offsets,
-    after the BOS token where the tokenizer has one (as `workbench.probes.heads` and `workbench.probes.haystack` build theirs)."""
+    after the BOS token where the tokenizer has one (as `workbench.probes.heads` and `workbench.probes.haystack`
+    build theirs)."""
     if subject.tokenizer is None:
         raise WorkbenchError(f"model {subject.name!r} has no tokenizer: the prose probes need one")
     prose = stdlib_prose()

@@ -1,5 +1,6 @@
-"""`workbench.interventions.redistribute` (VAR) against a brute-force redistribution of the attention weights read from an
-eager run of a tiny llama (float64, the formula of `workbench.kernels.contract`; head outputs to 1e-5 as in test_edits);
+"""`workbench.interventions.redistribute` (VAR) against a brute-force redistribution of the attention weights
+read from an eager run of a tiny llama (float64, the formula of `workbench.kernels.contract`; head outputs to
+1e-5 as in test_edits);
 composition, restore on error, and the statistic sink_mass on the zoo's `organism`."""
 
 import pytest

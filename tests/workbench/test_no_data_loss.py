@@ -75,7 +75,8 @@ def test_trace_out_dot_keeps_the_working_folder(tmp_path, monkeypatch):
                        "--overwrite")
     assert code == 0, out
     assert mine.read_text() == "the user's own file"
-    assert {"meta.json", "tensors.safetensors", "heads.parquet", "tokens.parquet", "mine.txt"} <= {p.name for p in tmp_path.iterdir()}
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"meta.json", "tensors.safetensors", "heads.parquet", "tokens.parquet", "mine.txt"} <= written
 
 
 def test_every_out_option_refuses_a_folder_with_files(tmp_path):
