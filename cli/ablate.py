@@ -72,8 +72,11 @@ def ablate_command(
         table.add_row(f"L{row['layer']}.H{row['head']}", f"{row['importance']:.4f}",
                       f"{row[f'ablated_{the_task.metric}']:.4f}")
     console.print(table)
-    files = write_report(path, data, result)
-    console.print(f"Report written to [bold]{files[-1]}[/] (numbers in {files[0].name}, {files[1].name})")
-    if not no_store:
-        store_run(store, "ablate", subject.name, result.head_metrics(), params={**result.params, "heads": heads},
-                  out=path)
+    try:
+        files = write_report(path, data, result)
+        console.print(f"Report written to [bold]{files[-1]}[/] (numbers in {files[0].name}, {files[1].name})")
+        if not no_store:
+            store_run(store, "ablate", subject.name, result.head_metrics(),
+                      params={**result.params, "heads": heads}, out=path)
+    except WorkbenchError as err:  # the store busy for longer than the wait, say
+        raise fail(err) from err

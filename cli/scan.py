@@ -31,7 +31,7 @@ from workbench.cli.common import (
     read_text,
     store_run,
 )
-from workbench.atomic import output_folder
+from workbench.atomic import check_output, output_folder
 from workbench.errors import WorkbenchError
 
 app = typer.Typer(no_args_is_help=True, help="Run a probe and report the heads it finds.")
@@ -117,7 +117,7 @@ def sinks(model: ModelOption = None, text: TextOption = None, file: FileOption =
 def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption = None,
             window: Annotated[int, typer.Option(min=1, help="W of the windowed attention distance.")] = 64,
             out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
-          no_store: NoStoreOption = False,
+            no_store: NoStoreOption = False,
             device: DeviceOption = None) -> None:
     """Entropy per head, layer and position; local versus global heads; future attention influence."""
     from workbench.probes.entropy import entropy_profile, future_attention_influence, local_global
@@ -173,7 +173,7 @@ def retrieval(model: ModelOption = None,
               depths: Annotated[str, typer.Option(help="Comma-separated needle depths in [0, 1].")] = "0.1,0.5,0.9",
               seeds: Annotated[int, typer.Option(min=1, help="Needles per length and depth.")] = 1,
               out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
-          no_store: NoStoreOption = False,
+              no_store: NoStoreOption = False,
               device: DeviceOption = None) -> None:
     """Retrieval heads by needle-in-a-haystack copy-paste; resumable through OUT/needles.jsonl."""
     from workbench.probes.retrieval import retrieval_heads
@@ -201,10 +201,5 @@ def _text(text: str | None, file) -> str:
 
 def _check_resumable(out: Path, overwrite: bool) -> None:
     """A retrieval scan may write into a folder that holds only its own files (its checkpoint: it resumes)."""
-    from workbench.atomic import check_output
-
     own = {CHECKPOINT, "retrieval.parquet", "retrieval_arrays.npz"}
-    if out.is_dir() and {p.name for p in out.iterdir()} <= own:
-        check_output(out, True)
-    else:
-        check_output(out, overwrite)
+    check_output(out, overwrite or (out.is_dir() and {p.name for p in out.iterdir()} <= own))

@@ -106,8 +106,8 @@ class Trace:
         Token strings are dictionary-encoded (each distinct token stored once).
         """
         parts = []
+        n_layers, n_heads = self.n_layers, self.n_heads
         for b in range(self.token_ids.shape[0]):
-            n_layers, n_heads = self.n_layers, self.n_heads
             n = int(self.attention_mask[b].sum())
             layer, head, position = (a.reshape(-1) for a in np.meshgrid(
                 np.arange(n_layers, dtype=np.int16), np.arange(n_heads, dtype=np.int16),
@@ -144,11 +144,12 @@ class Trace:
         return card("Trace", facts, maps, {"per layer": summary} if not summary.empty else None)
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
-        """Write the trace to `directory` (meta.json, tensors.safetensors, heads.parquet). Returns the path.
+        """Write the trace to `directory` (meta.json, tensors.safetensors, heads.parquet and, with statistics,
+        tokens.parquet). Returns the path.
 
         A new or empty folder is written whole and renamed into place, so an interrupted save never leaves a
         half-written trace. A folder that holds anything is refused (OutputExistsError) unless `overwrite`,
-        which replaces only the trace's own three files and leaves everything else in the folder alone.
+        which replaces only the trace's own files and leaves everything else in the folder alone.
         """
         directory = Path(directory)
         with output_folder(directory, overwrite) as tmp:

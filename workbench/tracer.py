@@ -62,7 +62,6 @@ class Capture:
             for i, head in enumerate(heads):
                 self.pattern_records[(layer, head)] = pattern[:, i]
 
-
     def statistics(self, n_layers: int) -> dict[str, torch.Tensor]:
         """Every recorded statistic stacked over the layers and brought to the host: [layer, batch, head, q]
         (`received`: [layer, batch, head, k]), as a Trace holds them. For captures driven by another tool's run
