@@ -12,6 +12,15 @@ optional softcap, the per-head temperature and the additive key bias:
     window_distance_i = sum_j p_ij * min(|i - j|, distance_cap)  (distance_cap=None: no cap)
     self_mass_i       = p_ii                                      (the row's attention to its own position)
     received_j        = sum_i p_ij                                (over real, non-padding query rows)
+    block_mass[a, b]  = sum_{i in query block a} sum_{j in key block b} p_ij
+    block_max[a, b]   = max_{i in query block a, j in key block b} p_ij   (0 where no row sees a key of the block)
+
+Blocks hold `block_size` positions (64-1024, default 128): key block b holds the keys whose position, counted
+from the first real key, is in [b * block_size, (b + 1) * block_size); query block a holds the query rows counted
+likewise from the first real query row. There are ceil(Lq / block_size) x ceil(Lk / block_size) blocks per head
+(those past a sequence's real tokens hold 0); with Lq = Lk (a whole prompt) both grids cut the same positions.
+Each query row sums to 1 over its keys, so a query block's row of block_mass sums to its number of real rows
+(SeerAttention, Gao et al. 2024, trains its block gates against exactly this map).
 
 With a redistribution edit (`HeadEdits.redistribute`, VAR), every statistic but lse describes the edited
 map p' of that edit in place of p (out_i = sum_j p'_ij v_j); lse stays the log-normalizer of the edited
@@ -32,7 +41,10 @@ import torch
 QUERY_STATS: tuple[str, ...] = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance",
                                  "self_mass")
 KEY_STATS: tuple[str, ...] = ("received",)
-ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS
+BLOCK_STATS: tuple[str, ...] = ("block_mass", "block_max")
+ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS + BLOCK_STATS
+BLOCK_SIZES = (64, 1024)  # the smallest and largest block size of the block statistics
+DEFAULT_BLOCK_SIZE = 128
 
 
 def check_stats(stats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -42,6 +54,19 @@ def check_stats(stats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown statistic(s) {unknown}; known: {list(ALL_STATS)}")
     return stats
+
+
+def check_block_size(block_size: int) -> int:
+    """The block size of the block statistics as an int; ValueError naming it unless an integer in 64-1024."""
+    low, high = BLOCK_SIZES
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not low <= block_size <= high:
+        raise ValueError(f"block_size {block_size!r} must be an integer from {low} to {high}")
+    return block_size
+
+
+def n_blocks(length: int, block_size: int) -> int:
+    """How many blocks of `block_size` positions cover `length` positions."""
+    return -(-length // block_size)
 
 
 def check_shapes(q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor | None = None) -> None:

@@ -15,7 +15,8 @@ of causal and sliding-window maps is skipped, not masked. Per chunk, in float32:
    the row is in cache; the row is overwritten with p_ij = e_ij / l, with window_distance, self and sink mass
    read off it (with the VAR redistribution of `HeadEdits.redistribute`, the few source and target keys of
    the row are then rescaled, the entropy corrected on them and the max read again);
-3. out = p V (a second batched matmul) and received_j += sum_i p_ij (a sum over the chunk's rows).
+3. out = p V (a second batched matmul) and received_j += sum_i p_ij (a sum over the chunk's rows); the block
+   statistics fold p into their [query block, key block] maps (`workbench.kernels.reference.BlockGrid`).
 
 Steps 1 and 3 are the two matmuls PyTorch's own fused attention does, with the same float32 accumulation, so the
 output equals `torch.nn.functional.scaled_dot_product_attention`'s to float rounding and the model's logits stay
@@ -36,7 +37,7 @@ from collections.abc import Sequence
 import torch
 
 from workbench.kernels import reference
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import DEFAULT_BLOCK_SIZE, HeadEdits, check_block_size, check_shapes, check_stats
 from workbench.kernels.cpu_build import Chunk, library
 
 CHUNK_ELEMENTS = 1 << 23  # scores per chunk (32 MiB in float32): the fastest of 2^19-2^25 on 2 cores at 2k-8k tokens
@@ -57,29 +58,33 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Attention output and the requested statistics of `workbench.kernels.contract`, chunk by chunk.
 
     q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] (Hq a multiple of Hkv). Returns out
     [B, Hq, Lq, Dv] in q's dtype and a dict: query statistics [B, Hq, Lq] float32 (argmax_key int64) and
-    `received` [B, Hq, Lk] float32. chunk_size: queries per chunk (default: CHUNK_ELEMENTS scores per chunk).
+    `received` [B, Hq, Lk] float32, the block statistics [B, Hq, ceil(Lq / block_size), ceil(Lk / block_size)]
+    float32. chunk_size: queries per chunk (default: CHUNK_ELEMENTS scores per chunk).
     """
     stats = check_stats(stats)
+    block_size = check_block_size(block_size)
     edits = edits or HeadEdits()
     check_shapes(q, k, key_padding)
     edits.check(q.shape[1])
     if q.device.type != "cpu":
         raise ValueError(f"the cpu backend takes CPU tensors, got {q.device}")
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding, stats=stats,
-                  sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, chunk_size=chunk_size)
+                  sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, block_size=block_size,
+                  chunk_size=chunk_size)
     if q.dtype == torch.float64:
         return reference.attention(q, k, v, **kwargs)
     return _attention(q, k, v, **kwargs)
 
 
 def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, sink_keys, distance_cap, edits,
-               chunk_size):
+               block_size, chunk_size):
     batch, heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
     group, offset = heads // kv_heads, lk - lq
@@ -105,6 +110,10 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
         res["argmax_key"] = torch.empty(batch, heads, lq, dtype=torch.int64)
     if "received" in stats:
         res["received"] = torch.zeros(batch, heads, lk, **f32)
+    blocks = (reference.BlockGrid.of(start, lq, lk, block_size) if {"block_mass", "block_max"} & set(stats)
+              else None)
+    if blocks:
+        res |= blocks.empty(stats, heads, torch.float32)
     out = torch.empty(batch, kv_heads, group, lq, v.shape[-1], **f32)
 
     span = lk if window is None else min(lk, (1 if causal else 2) * window)  # widest key range of a query
@@ -134,6 +143,8 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
         out[:, :, :, c0:c1] = torch.bmm(scores, vf[:, k0:k1]).view(batch, kv_heads, group, n, -1)
         if "received" in res:
             res["received"][:, :, k0:k1] += scores.view(batch, heads, n, width).sum(2)
+        if blocks:
+            blocks.add(res, scores.view(batch, heads, n, width), c0, k0)
     out = _output_edits(out.view(batch, heads, lq, -1), vf.view(batch, kv_heads, lk, -1), edits, valid, offset)
     return out.to(q.dtype), {name: res[name] for name in stats}
 

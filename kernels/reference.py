@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import (
+    DEFAULT_BLOCK_SIZE,
+    QUERY_STATS,
+    HeadEdits,
+    check_block_size,
+    check_shapes,
+    check_stats,
+    n_blocks,
+)
 
 CHUNK_ELEMENTS = 1 << 24  # score elements per chunk: 64 MiB in float32
 
@@ -142,6 +150,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Attention output and the requested statistics of `workbench.kernels.contract`, computed chunk by chunk.
@@ -149,10 +158,13 @@ def attention(
     q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] with Hq a multiple of Hkv (GQA).
     causal: bottom-right aligned causal mask. window: keys with |i - j| < window stay visible (HF's
     sliding_window). key_padding: [B, Lk] bool, True for real tokens. softcap: logits -> c * tanh(s / c).
+    block_size: positions per block of `block_mass` / `block_max`.
     Returns out [B, Hq, Lq, Dv] in q's dtype, and a dict: query statistics [B, Hq, Lq] (float32, argmax_key
-    int64) and `received` [B, Hq, Lk] float32.
+    int64), `received` [B, Hq, Lk] float32 and the block statistics [B, Hq, ceil(Lq / block_size),
+    ceil(Lk / block_size)] float32.
     """
     stats = check_stats(stats)
+    block_size = check_block_size(block_size)
     edits = edits or HeadEdits()
     lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
                   key_padding=key_padding, edits=edits)
@@ -166,11 +178,13 @@ def attention(
     sink = torch.isin(rel_k, torch.tensor(list(sink_keys), device=q.device, dtype=torch.long)) & lay.valid_k
     out = torch.empty(batch, heads, lq, v.shape[-1], dtype=cdt, device=q.device)
     res = {name: torch.empty(batch, heads, lq, dtype=torch.float32, device=q.device) for name in stats
-           if name not in ("argmax_key", "received")}
+           if name in QUERY_STATS and name != "argmax_key"}
     if "argmax_key" in stats:
         res["argmax_key"] = torch.empty(batch, heads, lq, dtype=torch.long, device=q.device)
     if "received" in stats:
         res["received"] = torch.zeros(batch, heads, lk, dtype=torch.float32, device=q.device)
+    blocks = BlockGrid.of(lay.start, lq, lk, block_size) if {"block_mass", "block_max"} & set(stats) else None
+    block_res = blocks.empty(stats, heads, cdt) if blocks else {}
 
     for c0 in range(0, lq, chunk):
         c1 = min(lq, c0 + chunk)
@@ -210,7 +224,52 @@ def attention(
             res["self_mass"][:, :, c0:c1] = torch.where(row_ok, own, nan)
         if "received" in res:
             res["received"] += p.sum(2).float()
-    return out.to(q.dtype), res
+        if blocks:
+            blocks.add(block_res, p, c0, 0)
+    res |= {name: value.float() for name, value in block_res.items()}
+    return out.to(q.dtype), {name: res[name] for name in stats}
+
+
+@dataclass
+class BlockGrid:
+    """Which block each query row and key falls in, per sequence (see `workbench.kernels.contract`).
+
+    q_block [B, Lq] and k_block [B, Lk] count from each sequence's first real query row and key; positions of
+    padding, whose p is 0, are put in block 0.
+    """
+
+    q_block: torch.Tensor
+    k_block: torch.Tensor
+    n_q: int
+    n_k: int
+
+    @classmethod
+    def of(cls, start: torch.Tensor, lq: int, lk: int, block_size: int) -> BlockGrid:
+        """The grid of a batch whose sequences' first real keys are `start` [B] (queries: the last lq keys)."""
+        first_row = (start - (lk - lq)).clamp_min(0)
+        rows = torch.arange(lq, device=start.device)[None, :] - first_row[:, None]
+        keys = torch.arange(lk, device=start.device)[None, :] - start[:, None]
+        return cls(q_block=rows.clamp_min(0) // block_size, k_block=keys.clamp_min(0) // block_size,
+                   n_q=n_blocks(lq, block_size), n_k=n_blocks(lk, block_size))
+
+    def empty(self, stats, heads: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Zeroed [B, Hq, n_q, n_k] accumulators of the block statistics named in `stats`."""
+        shape = (self.q_block.shape[0], heads, self.n_q, self.n_k)
+        return {name: torch.zeros(shape, dtype=dtype, device=self.q_block.device) for name in stats
+                if name in ("block_mass", "block_max")}
+
+    def add(self, res: dict[str, torch.Tensor], p: torch.Tensor, row0: int, key0: int) -> None:
+        """Fold p [B, Hq, C, W] of query rows row0.. and keys key0.. into the accumulators `res` (sum, max)."""
+        rows, cols = slice(row0, row0 + p.shape[2]), slice(key0, key0 + p.shape[3])
+        for b in range(p.shape[0]):
+            q_block, k_block = self.q_block[b, rows], self.k_block[b, cols]
+            pb = p[b].to(res["block_mass" if "block_mass" in res else "block_max"].dtype)
+            if "block_mass" in res:
+                per_key = pb.new_zeros(*pb.shape[:2], self.n_k).index_add_(-1, k_block, pb)
+                res["block_mass"][b].index_add_(1, q_block, per_key)
+            if "block_max" in res:
+                per_key = pb.new_zeros(*pb.shape[:2], self.n_k).scatter_reduce_(-1, k_block.expand_as(pb), pb, "amax")
+                res["block_max"][b].scatter_reduce_(1, q_block[None, :, None].expand_as(per_key), per_key, "amax")
 
 
 def attention_pattern(

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 import torch
 import triton
 
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import (
+    BLOCK_STATS,
+    DEFAULT_BLOCK_SIZE,
+    HeadEdits,
+    check_block_size,
+    check_shapes,
+    check_stats,
+    n_blocks,
+)
 from workbench.kernels.triton_forward import stats_forward
 from workbench.kernels.triton_received import received_pass
 
@@ -29,7 +37,8 @@ CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
 _KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
         "REDIST"]
-_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST"]
+_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "RECEIVED", "BLOCK_MASS",
+                 "BLOCK_MAX"]
 
 
 def _pinned_configuration() -> dict | None:
@@ -54,7 +63,8 @@ def _pinned_configuration() -> dict | None:
 PINNED = _pinned_configuration()
 if PINNED is None:
     _forward = triton.autotune(CONFIGS, key=_KEY)(stats_forward)
-    _received_pass = triton.autotune(CONFIGS, key=_RECEIVED_KEY)(received_pass)
+    # the block statistics are atomic sums: every configuration the autotuner tries starts them from zero
+    _received_pass = triton.autotune(CONFIGS, key=_RECEIVED_KEY, reset_to_zero=["BlockMass", "BlockMax"])(received_pass)
 else:
     _forward, _received_pass = stats_forward, received_pass
 
@@ -79,16 +89,20 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fused attention with statistics; same contract, shapes and dtypes as `workbench.kernels.reference.attention`.
 
     q: [B, Hq, Lq, D]; k, v: [B, Hkv, Lk, D] (Hq a multiple of Hkv, K/V never repeated; the last dimension
     contiguous, any other strides). Returns out [B, Hq, Lq, D] in q's dtype and the requested statistics:
-    per query [B, Hq, Lq] float32 (argmax_key int64), `received` [B, Hq, Lk] float32. Only the requested
-    statistics are computed: with stats=() this is a plain flash attention. Deciding whether `key_padding`
+    per query [B, Hq, Lq] float32 (argmax_key int64), `received` [B, Hq, Lk] float32, the block statistics
+    [B, Hq, ceil(Lq / block_size), ceil(Lk / block_size)] float32 (in the received pass, see
+    `workbench.kernels.triton_blocks`). Only the requested statistics are computed: with stats=() this is a
+    plain flash attention. Deciding whether `key_padding`
     pads anything reads it on the host (one synchronization); pass None when nothing is padded.
     """
     stats = check_stats(stats)
+    block_size = check_block_size(block_size)
     edits = edits or HeadEdits()
     batch, n_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
@@ -116,9 +130,10 @@ def attention(
         res["max_prob"] = per_query()
         res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
     redist = edits.redistribute is not None
+    second_pass = "received" in stats or any(name in stats for name in BLOCK_STATS)
     # the received pass's per-row numbers: row max, log2 of row sum, and the redistribution's keep and boost
-    norm = (per_query(), per_query()) if "received" in stats else (dummy, dummy)
-    factors = (per_query(), per_query()) if "received" in stats and redist else (dummy, dummy)
+    norm = (per_query(), per_query()) if second_pass else (dummy, dummy)
+    factors = (per_query(), per_query()) if second_pass and redist else (dummy, dummy)
     out = torch.empty_like(q)
 
     sinks = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
@@ -152,20 +167,26 @@ def attention(
         res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm, *factors,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
-        N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM="received" in stats, ENTROPY="entropy" in stats,
+        N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM=second_pass, ENTROPY="entropy" in stats,
         SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, SELF="self_mass" in stats,
         CAP=distance_cap is not None,
         **scalars, **flags, **(PINNED or {}),
     )
-    if "received" in stats:
-        res["received"] = torch.empty(batch, n_heads, lk, **f32)
+    if second_pass:
+        n_qb, n_kb = n_blocks(lq, block_size), n_blocks(lk, block_size)
+        for name in ("received", *BLOCK_STATS):
+            if name in stats:
+                res[name] = (torch.empty(batch, n_heads, lk, **f32) if name == "received" else
+                             torch.zeros(batch, n_heads, n_qb, n_kb, **f32))
 
         def key_grid(meta):
             return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads
 
         _received_pass[key_grid](
-            q, k, valid, start, temperature, key_bias, bias_keys, *norm, res["received"],
-            source_keys, target_keys, *factors,
-            *q.stride()[:3], *k.stride()[:3], **scalars, **flags, **(PINNED or {}),
+            q, k, valid, start, temperature, key_bias, bias_keys, *norm, res.get("received", dummy),
+            source_keys, target_keys, *factors, res.get("block_mass", dummy), res.get("block_max", dummy),
+            *q.stride()[:3], *k.stride()[:3], block_size=block_size, n_qb=n_qb, n_kb=n_kb, **scalars, **flags,
+            RECEIVED="received" in stats, BLOCK_MASS="block_mass" in stats, BLOCK_MAX="block_max" in stats,
+            **(PINNED or {}),
         )
     return out, {name: res[name] for name in stats}

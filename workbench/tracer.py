@@ -43,6 +43,7 @@ class Capture:
     stats: tuple[str, ...] = ()
     sink_keys: tuple[int, ...] = (0,)
     distance_cap: int | None = None
+    block_size: int = kernels.DEFAULT_BLOCK_SIZE
     edits: dict[int, HeadEdits] = field(default_factory=dict)
     patterns: dict[int, list[int]] = field(default_factory=dict)  # layer -> heads
     pattern_window: tuple[int, int] | None = None
@@ -64,7 +65,8 @@ class Capture:
 
     def statistics(self, n_layers: int) -> dict[str, torch.Tensor]:
         """Every recorded statistic stacked over the layers and brought to the host: [layer, batch, head, q]
-        (`received`: [layer, batch, head, k]), as a Trace holds them. For captures driven by another tool's run
+        (`received`: [layer, batch, head, k]; block statistics [layer, batch, head, q_blocks, k_blocks]), as a
+        Trace holds them. For captures driven by another tool's run
         (an nnsight trace, a TransformerLens bridge): WorkbenchError when a layer did not go through the
         workbench attention."""
         missing = sorted(set(range(n_layers)) - set(self.records))
@@ -108,7 +110,9 @@ def workbench_attention(module, query, key, value, attention_mask, dropout: floa
     backend = captures[-1].backend if captures else "auto"
     out, computed = kernels.attention(query, key, value, stats=stats, edits=edits, backend=backend,
                                       sink_keys=captures[-1].sink_keys if captures else (0,),
-                                      distance_cap=captures[-1].distance_cap if captures else None, **options)
+                                      distance_cap=captures[-1].distance_cap if captures else None,
+                                      block_size=captures[-1].block_size if captures else kernels.DEFAULT_BLOCK_SIZE,
+                                      **options)
 
     def pattern_of(heads, window):
         span = window or (0, key.shape[2])
@@ -139,6 +143,7 @@ def capture(
     stats: Sequence[str] = DEFAULT_STATS,
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
+    block_size: int = kernels.DEFAULT_BLOCK_SIZE,
     edits: dict[int, HeadEdits] | None = None,
     patterns: Sequence[tuple[int, int]] | None = None,
     pattern_window: tuple[int, int] | None = None,
@@ -147,7 +152,7 @@ def capture(
     """Route the subject's attention through the workbench kernels while the block runs; yield the Capture.
 
     The model's attention implementation is restored on exit, also on error. Captures nest: the innermost
-    one's sink_keys, distance_cap and backend apply, every one's edits compose (`HeadEdits.then`) and each
+    one's sink_keys, distance_cap, block_size and backend apply, every one's edits compose (`HeadEdits.then`) and each
     gets the statistics it asked for. `edits` maps a layer to the HeadEdits its kernel applies.
     """
     adapter = subject.adapter
@@ -156,13 +161,14 @@ def capture(
     for layer in edits or {}:
         adapter.check_head(layer, 0)
     kernels.resolve_backend(subject.device, backend)
+    block_size = _checked_block_size(block_size)
     grouped: dict[int, list[int]] = {}
     for layer, head in patterns or ():
         grouped.setdefault(layer, []).append(head)
     state = Capture(
         layer_of=adapter.layer_of(), stats=kernels.check_stats(stats), sink_keys=tuple(sink_keys),
-        distance_cap=distance_cap, edits=dict(edits or {}), patterns=grouped, pattern_window=pattern_window,
-        backend=backend,
+        distance_cap=distance_cap, block_size=block_size, edits=dict(edits or {}), patterns=grouped,
+        pattern_window=pattern_window, backend=backend,
     )
     model = subject.model
     previous = model.config._attn_implementation
@@ -174,6 +180,13 @@ def capture(
     finally:
         _ACTIVE.remove(state)
         model.set_attn_implementation(previous)
+
+
+def _checked_block_size(block_size: int) -> int:
+    try:
+        return kernels.check_block_size(block_size)
+    except ValueError as err:
+        raise WorkbenchError(str(err)) from None
 
 
 def to_host(records: list[torch.Tensor]) -> torch.Tensor:
@@ -198,6 +211,7 @@ def trace(
     stats: Sequence[str] = DEFAULT_STATS,
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
+    block_size: int = kernels.DEFAULT_BLOCK_SIZE,
     patterns: Sequence[tuple[int, int]] | None = None,
     pattern_window: tuple[int, int] | None = None,
     hidden_states: bool = False,
@@ -206,9 +220,11 @@ def trace(
 ) -> Trace:
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
 
-    Statistics are those of `workbench.kernels.contract`: per query [layer, batch, head, q] and `received`
-    [layer, batch, head, k]. patterns: (layer, head) pairs whose attention map is kept over
-    `pattern_window` = (start, stop) positions (default: the whole input, up to 512 tokens).
+    Statistics are those of `workbench.kernels.contract`: per query [layer, batch, head, q], `received`
+    [layer, batch, head, k] and the block statistics (`block_mass`, `block_max`, not traced by default)
+    [layer, batch, head, q_blocks, k_blocks] over blocks of `block_size` positions (64-1024).
+    patterns: (layer, head) pairs whose attention map is kept over `pattern_window` = (start, stop) positions
+    (default: the whole input, up to 512 tokens).
     hidden_states: keep the residual stream [layer + 1, batch, pos, d].
     logits: "last" keeps the model's logits at each sequence's last real token [batch, vocab], "all" at every
     position [batch, pos, vocab], None none (and encoders, which have no language-model head, keep none).
@@ -226,8 +242,10 @@ def trace(
         raise WorkbenchError(
             f"input of {length} tokens: pass pattern_window=(start, stop) to bound the patterns' size"
         )
+    block_size = _checked_block_size(block_size)
     keep = _logits_to_keep(subject, enc["attention_mask"], logits)
     with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
+                                  block_size=block_size,
                                   patterns=patterns, pattern_window=pattern_window, backend=backend) as cap:
         out = subject.model(**enc, output_hidden_states=hidden_states, use_cache=False, **keep)
     tensors = cap.statistics(subject.adapter.n_layers)
@@ -243,7 +261,7 @@ def trace(
         logits=_kept_logits(getattr(out, "logits", None), enc["attention_mask"], logits),
         patterns={head: p.cpu() for head, p in cap.pattern_records.items()},
         pattern_window=pattern_window or ((0, length) if patterns else None),
-        options={"sink_keys": list(sink_keys), "distance_cap": distance_cap, "logits": logits,
+        options={"sink_keys": list(sink_keys), "distance_cap": distance_cap, "block_size": block_size, "logits": logits,
                  "backend": kernels.resolve_backend(subject.device, backend)},
     )
 
