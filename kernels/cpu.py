@@ -72,7 +72,7 @@ def attention(
     block_size = check_block_size(block_size)
     edits = edits or HeadEdits()
     check_shapes(q, k, key_padding)
-    edits.check(q.shape[1])
+    edits.check(q.shape[1], q.shape[2], k.shape[2], q.shape[0])
     if q.device.type != "cpu":
         raise ValueError(f"the cpu backend takes CPU tensors, got {q.device}")
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding, stats=stats,
@@ -114,6 +114,9 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
               else None)
     if blocks:
         res |= blocks.empty(stats, heads, torch.float32)
+    keep = None if edits.block_keep is None else edits.block_keep.to(q.device)
+    keep_grid = None if keep is None else reference.BlockGrid.of(start, lq, lk, edits.keep_block_size)
+    blind = None if keep is None else torch.zeros(batch, heads, lq, dtype=torch.bool)  # rows left with no key
     out = torch.empty(batch, kv_heads, group, lq, v.shape[-1], **f32)
 
     span = lk if window is None else min(lk, (1 if causal else 2) * window)  # widest key range of a query
@@ -137,15 +140,21 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
                   kf[:, k0:k1].transpose(1, 2), out=scores)
         if softcap is not None:
             scores.div_(softcap).tanh_().mul_(softcap)
+        if keep is not None:  # the block-sparse edit: the dropped blocks' keys become invisible
+            dropped = ~keep_grid.expand(keep, torch.arange(c0, c1))[..., k0:k1]
+            scores.view(batch, heads, n, width).masked_fill_(dropped, -math.inf)
         args.scores, args.rows, args.width, args.n_queries = scores.data_ptr(), batch * heads * n, width, n
         args.first_query, args.first_key, args.out_offset = c0 + offset, k0, c0
         rows_pass(args)
+        if blind is not None:
+            blind[:, :, c0:c1] = ~scores.view(batch, heads, n, width).any(-1)
         out[:, :, :, c0:c1] = torch.bmm(scores, vf[:, k0:k1]).view(batch, kv_heads, group, n, -1)
         if "received" in res:
             res["received"][:, :, k0:k1] += scores.view(batch, heads, n, width).sum(2)
         if blocks:
             blocks.add(res, scores.view(batch, heads, n, width), c0, k0)
-    out = _output_edits(out.view(batch, heads, lq, -1), vf.view(batch, kv_heads, lk, -1), edits, valid, offset)
+    out = _output_edits(out.view(batch, heads, lq, -1), vf.view(batch, kv_heads, lk, -1), edits, valid, offset,
+                        blind)
     return out.to(q.dtype), {name: res[name] for name in stats}
 
 
@@ -167,13 +176,17 @@ def _dense_bias(edits: HeadEdits, valid, start: torch.Tensor, batch: int, lk: in
     return bias
 
 
-def _output_edits(out: torch.Tensor, v: torch.Tensor, edits: HeadEdits, valid, offset: int) -> torch.Tensor:
-    """The identity mix (1 - a) out_i + a v_i on rows that see a key, then the gate, per query head."""
+def _output_edits(out: torch.Tensor, v: torch.Tensor, edits: HeadEdits, valid, offset: int,
+                  blind: torch.Tensor | None) -> torch.Tensor:
+    """The identity mix (1 - a) out_i + a v_i on rows that see a key (not padding, not `blind` [B, Hq, Lq]: left
+    with no key by a block mask), then the gate, per query head."""
     if edits.identity_mix is not None:
         a = edits.identity_mix.to(torch.float32)[None, :, None, None]
         v_self = v[:, :, offset:].repeat_interleave(out.shape[1] // v.shape[1], dim=1)
         mixed = (1 - a) * out + a * v_self
         out = mixed if valid is None else torch.where(valid[:, None, offset:, None].bool(), mixed, out)
+        if blind is not None:
+            out = torch.where(blind[..., None], 0.0, out)
     if edits.gate is not None:
         out = out * edits.gate.to(torch.float32)[None, :, None, None]
     return out

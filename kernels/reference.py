@@ -48,6 +48,8 @@ class _Layout:
     fraction: torch.Tensor | None  # [Hq] redistributed fraction, or None
     source: torch.Tensor | None  # [B, Lk] bool: the redistribution's source keys
     target: torch.Tensor | None  # [B, Lk] bool: its target keys
+    keep: torch.Tensor | None  # [Hq, 1 or B, nq, nk] bool: the block-sparse edit's kept blocks, or None
+    keep_grid: BlockGrid | None  # the blocks of `keep`
 
     @property
     def heads(self) -> int:
@@ -64,7 +66,7 @@ def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits) -> _Lay
         valid_k = key_padding.to(device=q.device, dtype=torch.bool)
     start = torch.where(valid_k.any(-1), valid_k.int().argmax(-1), torch.full_like(valid_k[:, 0], lk, dtype=torch.long))
     edits = edits or HeadEdits()
-    edits.check(n_q_heads)
+    edits.check(n_q_heads, lq, lk, batch)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     rel = torch.arange(lk, device=q.device)[None, :] - start[:, None]  # [B, Lk]
 
@@ -83,6 +85,8 @@ def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits) -> _Lay
         fraction=edits.redistribute.to(q.device, cdt) if redistributing else None,
         source=at(edits.source_keys).any(1) if redistributing else None,
         target=at(edits.target_keys).any(1) if redistributing else None,
+        keep=None if edits.block_keep is None else edits.block_keep.to(q.device),
+        keep_grid=None if edits.block_keep is None else BlockGrid.of(start, lq, lk, edits.keep_block_size),
     )
 
 
@@ -110,7 +114,10 @@ def _scores(lay: _Layout, qc: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor)
         s = s / lay.temperature[None, :, None, None]
     if lay.key_bias is not None:
         s = s + lay.key_bias[:, :, None, :]
-    return s.masked_fill(~_visible(lay, qpos), float("-inf"))
+    s = s.masked_fill(~_visible(lay, qpos), float("-inf"))
+    if lay.keep is not None:
+        s = s.masked_fill(~lay.keep_grid.expand(lay.keep, qpos - lay.offset), float("-inf"))
+    return s
 
 
 def _probabilities(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -251,6 +258,12 @@ class BlockGrid:
         keys = torch.arange(lk, device=start.device)[None, :] - start[:, None]
         return cls(q_block=rows.clamp_min(0) // block_size, k_block=keys.clamp_min(0) // block_size,
                    n_q=n_blocks(lq, block_size), n_k=n_blocks(lk, block_size))
+
+    def expand(self, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[B, Hq, C, Lk]: a block mask [Hq, 1 or B, n_q, n_k] at query rows `rows` [C] and every key."""
+        per_sequence = [mask[:, b if mask.shape[1] > 1 else 0][:, self.q_block[b, rows]][:, :, self.k_block[b]]
+                        for b in range(self.q_block.shape[0])]
+        return torch.stack(per_sequence)
 
     def empty(self, stats, heads: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Zeroed [B, Hq, n_q, n_k] accumulators of the block statistics named in `stats`."""

@@ -36,9 +36,9 @@ CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
 _KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
-        "REDIST"]
+        "REDIST", "BLOCK_KEEP"]
 _RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "RECEIVED", "BLOCK_MASS",
-                 "BLOCK_MAX"]
+                 "BLOCK_MAX", "BLOCK_KEEP"]
 
 
 def _pinned_configuration() -> dict | None:
@@ -109,7 +109,7 @@ def attention(
     check_shapes(q, k, key_padding)
     if v.shape[-1] != head_dim:
         raise ValueError(f"value head_dim {v.shape[-1]} differs from query head_dim {head_dim}")
-    edits.check(n_heads)
+    edits.check(n_heads, lq, lk, batch)
     device = q.device
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     padded = key_padding is not None and not bool(key_padding.all())
@@ -145,7 +145,11 @@ def attention(
     fraction = edits.redistribute.to(**f32).contiguous() if redist else dummy
     source_keys, target_keys = (edits.source_keys.to(device=device, dtype=torch.int32), edits.target_keys.to(
         device=device, dtype=torch.int32)) if redist else (dummy, dummy)
+    sparse = edits.block_keep is not None
+    block_keep = edits.block_keep.to(device=device, dtype=torch.int8).contiguous() if sparse else valid
+    keep_size = edits.keep_block_size or DEFAULT_BLOCK_SIZE
     flags = dict(
+        BLOCK_KEEP=sparse,
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), CAUSAL=causal,
         WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
         TEMPERATURE=edits.temperature is not None, N_BIAS=0 if edits.key_bias is None else edits.bias_keys.numel(),
@@ -155,6 +159,8 @@ def attention(
     scalars = dict(n_heads=n_heads, group=n_heads // kv_heads, lq=lq, lk=lk,
                    scale=head_dim ** -0.5 if scale is None else float(scale),
                    softcap=float(softcap or 1.0), window=int(window or 0),
+                   keep_size=keep_size, keep_nq=n_blocks(lq, keep_size), keep_nk=n_blocks(lk, keep_size),
+                   keep_batches=edits.block_keep.shape[1] if sparse else 1,
                    tune_lq=triton.next_power_of_2(lq), tune_lk=triton.next_power_of_2(lk))
 
     def query_grid(meta):
@@ -165,6 +171,7 @@ def attention(
         fraction, source_keys, target_keys,
         res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
         res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm, *factors,
+        block_keep,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
         N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM=second_pass, ENTROPY="entropy" in stats,
@@ -184,7 +191,7 @@ def attention(
 
         _received_pass[key_grid](
             q, k, valid, start, temperature, key_bias, bias_keys, *norm, res.get("received", dummy),
-            source_keys, target_keys, *factors, res.get("block_mass", dummy), res.get("block_max", dummy),
+            source_keys, target_keys, *factors, res.get("block_mass", dummy), res.get("block_max", dummy), block_keep,
             *q.stride()[:3], *k.stride()[:3], block_size=block_size, n_qb=n_qb, n_kb=n_kb, **scalars, **flags,
             RECEIVED="received" in stats, BLOCK_MASS="block_mass" in stats, BLOCK_MAX="block_max" in stats,
             **(PINNED or {}),

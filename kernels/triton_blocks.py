@@ -50,3 +50,15 @@ def add_block_stats(p, column_sum, offs_m, offs_n, m0, n0, lq, lk, first_row, st
                         tl.atomic_add(BlockMass + base + qb * n_kb + kb, tl.sum(tl.where(cols, mass, 0.0)), mask=ok)
                     if MAX:
                         tl.atomic_max(BlockMax + base + qb * n_kb + kb, tl.max(tl.where(cols, top, 0.0)), mask=ok)
+
+
+@triton.jit
+def kept_keys(keep_ptr, offs_m, offs_n, first_row, start, keep_size, n_qb, n_kb):
+    """[rows, keys] bool: the block-sparse edit keeps key offs_n for query row offs_m (`HeadEdits.block_keep`).
+
+    keep_ptr points at the head's [n_qb, n_kb] mask; rows and keys past the grid (which the kernels mask or
+    discard anyway) read its last block.
+    """
+    q_block = tl.minimum(tl.maximum(offs_m - first_row, 0) // keep_size, n_qb - 1)
+    k_block = tl.minimum(tl.maximum(offs_n - start, 0) // keep_size, n_kb - 1)
+    return tl.load(keep_ptr + q_block[:, None] * n_kb + k_block[None, :]) != 0

@@ -69,7 +69,7 @@ def block_cases(L=150, device="cpu"):
     """name -> (shape options of `inputs`, options of `attention`) over L (> 64) keys in blocks of 64 (and 100):
     the block statistics where tiles straddle block edges (left padding, chunked prefill) and under every edit."""
     def on(edits):
-        return HeadEdits(**{n: None if t is None else t.to(device) for n, t in vars(edits).items()})
+        return HeadEdits(**{n: t.to(device) if isinstance(t, torch.Tensor) else t for n, t in vars(edits).items()})
 
     return {
         "causal": ({"Lq": L}, {"block_size": 64}),
@@ -82,7 +82,18 @@ def block_cases(L=150, device="cpu"):
         "edits": ({"B": 2, "Lq": L}, {"block_size": 64, "edits": on(EDITS),
                                       "key_padding": padding(2, L, left=5, device=device)}),
         "redistribution": ({"Lq": L}, {"block_size": 64, "edits": on(VAR)}),
+        "block_sparse": ({"B": 2, "Lq": L}, {"block_size": 64, "edits": on(block_keep(L, 2)),
+                                             "key_padding": padding(2, L, left=L // 4, device=device)}),
+        "block_sparse_edits": ({"Lq": L}, {"block_size": 64, "window": 70, "causal": False,
+                                           "edits": on(EDITS.then(VAR).then(block_keep(L, 1)))}),
     }
+
+
+def block_keep(L: int, per_sequence: int, size: int = 64, seed: int = 0) -> HeadEdits:
+    """A block-sparse edit of 4 heads that keeps about 60% of the blocks of L queries and keys, at random."""
+    n = -(-L // size)
+    keep = torch.rand(4, per_sequence, n, n, generator=torch.Generator().manual_seed(seed)) < 0.6
+    return HeadEdits(block_keep=keep, keep_block_size=size)
 
 
 LOW_PRECISION = ["causal", "left_padding", "window", "softcap_scale", "peaked", "chunked_prefill"]

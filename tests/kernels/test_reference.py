@@ -7,6 +7,7 @@ to rounding); statistics are stored in float32 by contract, so they are held to 
 the statistics against the brute force run on the same rounded inputs, and to the output dtype's rounding.
 """
 
+import itertools
 import math
 
 import pytest
@@ -44,6 +45,14 @@ def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, 
     if window is not None:
         allowed &= diff.abs() < window
     allowed = allowed[None, None] & pad[:, None, None, :] & pad[:, qabs][:, None, :, None]
+    if edits.block_keep is not None:  # query row i in block (i - first real row) // size, key j likewise
+        allowed = allowed.repeat(1, H, 1, 1) if allowed.shape[1] == 1 else allowed
+        size, keep = edits.keep_block_size, edits.block_keep
+        for b in range(B):
+            first_row = max(0, int(start[b]) - (Lk - Lq))
+            for i, j in itertools.product(range(Lq), range(Lk)):
+                a, c = max(0, i - first_row) // size, max(0, j - int(start[b])) // size
+                allowed[b, :, i, j] &= keep[:, b if keep.shape[1] > 1 else 0, a, c]
     s = s.masked_fill(~allowed, -math.inf)
     ok = allowed.any(-1)
     p = torch.softmax(s, -1).nan_to_num(0.0)
@@ -287,3 +296,38 @@ def test_a_block_size_out_of_range_is_refused(block_size):
     q, k, v = rand_qkv()
     with pytest.raises(ValueError, match=f"block_size {block_size!r} must be an integer from 64 to 1024"):
         attention(q, k, v, stats=("block_mass",), block_size=block_size)
+
+
+@pytest.mark.parametrize("case", ["causal", "left_padding", "chunked_prefill", "edits"])
+def test_block_sparse_edit_matches_a_masked_brute_force(case):
+    """HeadEdits.block_keep hides the dropped blocks' keys from the query block's rows before the softmax; every
+    statistic describes the sparse map, and rows left with no key are NaN (out 0)."""
+    shape, opts = BLOCK_CASES[case]
+    q, k, v = rand_qkv(**{"Lq": 150, "Lk": 150, **shape}, seed=len(case) + 40)
+    g = torch.Generator().manual_seed(len(case))
+    per_sequence = 2 if case == "left_padding" else 1
+    keep = torch.rand(4, per_sequence, -(-q.shape[2] // 64), 3, generator=g) < 0.6
+    sparse = HeadEdits(block_keep=keep, keep_block_size=64)
+    edits = sparse if "edits" not in opts else opts["edits"].then(sparse)
+    opts = {**opts, "edits": edits}
+    out, stats = attention(q, k, v, stats=ALL_STATS, chunk_size=40, block_size=64, **opts)
+    want_out, want, p = brute_force(q, k, v, **opts)
+    torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
+    assert_stats_close(stats, want, atol=1e-6)
+    mass, _ = brute_force_blocks(p, opts.get("key_padding"), 64)
+    torch.testing.assert_close(stats["block_mass"].double(), mass, atol=1e-5, rtol=1e-6)
+    assert (mass[~keep.expand(4, 2, *keep.shape[2:]).transpose(0, 1)] == 0).all()  # nothing lands on a dropped block
+
+
+def test_block_masks_compose_and_are_checked():
+    a = torch.tensor([True, True, False]).reshape(1, 1, 1, 3).expand(4, 1, 1, 3)
+    b = torch.tensor([True, False, True]).reshape(1, 1, 1, 3).expand(4, 1, 1, 3)
+    both = HeadEdits(block_keep=a, keep_block_size=64).then(HeadEdits(block_keep=b, keep_block_size=64))
+    assert both.block_keep[0, 0, 0].tolist() == [True, False, False] and both.keep_block_size == 64
+    with pytest.raises(ValueError, match="blocks of 64 and 128"):
+        HeadEdits(block_keep=a, keep_block_size=64).then(HeadEdits(block_keep=b))
+    with pytest.raises(ValueError, match="must be a bool"):
+        HeadEdits(block_keep=a.float())
+    q, k, v = rand_qkv()
+    with pytest.raises(ValueError, match=r"13 queries and 13 keys of 2 sequence\(s\) in blocks of 64 need"):
+        attention(q, k, v, edits=HeadEdits(block_keep=a, keep_block_size=64))

@@ -49,7 +49,8 @@ def test_low_precision(case, dtype):
     check(*inputs(seed=len(case) + 1, **shape), dtype=dtype, **opts)
 
 
-INTERPRETED_BLOCK_CASES = ["chunked_prefill", "edits", "left_padding", "redistribution", "window_bidirectional"]
+INTERPRETED_BLOCK_CASES = ["block_sparse", "block_sparse_edits", "chunked_prefill", "edits", "left_padding",
+                           "redistribution", "window_bidirectional"]
 
 
 @pytest.mark.parametrize("case", sorted(matrix.block_cases()) if GPU else INTERPRETED_BLOCK_CASES)
