@@ -1,7 +1,8 @@
 """The Result every probe returns: a tidy table plus the raw arrays it was computed from.
 
 `table` has one row per finding: columns `layer`, `head`, `metric`, `value` (and `position` / `token`
-where a finding is about a token, `other_layer` where it is about a pair of layers). Layer-level rows carry head = -1; model-level rows layer = -1 too.
+where a finding is about a token, `other_layer` where it is about a pair of layers, `kept_fraction` where it is
+about one sparsity budget). Layer-level rows carry head = -1; model-level rows layer = -1 too.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ class Result:
         return out
 
     def head_metrics(self) -> pd.DataFrame:
-        """The rows that fit the store's head_metrics table (layer, head, metric, value): not those about a token
-        or a pair of layers."""
+        """The rows that fit the store's head_metrics table (layer, head, metric, value): not those about a token,
+        a pair of layers or one budget of a sweep."""
         rows = self.table
-        for column in ("position", "other_layer"):
+        for column in ("position", "other_layer", "kept_fraction"):
             if column in rows:
                 rows = rows[rows[column].isna()]
         return rows[["layer", "head", "metric", "value"]].reset_index(drop=True)
