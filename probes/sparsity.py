@@ -140,10 +140,12 @@ def head_groups(trace: Trace, n_groups: int = 2, gamma: float = 0.9) -> Result:
     """Head similarity from block-mass maps and the error of letting each group's representative head choose.
 
     Heads of each layer are grouped by k-medoids on their similarity (`medoid_groups`). Metrics per head:
-    `representative` (the head that stands for its group), `similarity_to_representative`, and `proxy_missed_mass`:
-    the head's own mass outside the key blocks its representative keeps at gamma, minus what it misses on its own
-    blocks at gamma (0 for a representative); per layer (head = -1) `mean_head_similarity` over head pairs and
-    the mean missed mass. Arrays: `similarity` [layer, head, head], `representative` [layer, head].
+    `representative` (the head that stands for its group), `similarity_to_representative`, `own_missed_mass` (the
+    head's mass outside the fewest key blocks that reach gamma in its own map, at most 1 - gamma) and
+    `proxy_missed_mass` (its mass outside the blocks its representative chooses so, the error of letting the
+    representative choose; equal to the own for a representative); per layer (head = -1) `mean_head_similarity`
+    over head pairs and the mean missed masses. Arrays: `similarity` [layer, head, head], `representative`,
+    `own_missed_mass`, `proxy_missed_mass` [layer, head]. All means run over the real query blocks.
     """
     heads = trace.n_heads
     if not 1 <= n_groups <= heads:
@@ -152,22 +154,22 @@ def head_groups(trace: Trace, n_groups: int = 2, gamma: float = 0.9) -> Result:
     similarity = _head_similarity(rows).numpy()
     representative = np.stack([medoid_groups(s, n_groups) for s in similarity])  # [layer, head]
     reps = torch.as_tensor(representative)
-    missed = []
-    for d, real in rows:
-        chooser = d.gather(1, reps[:, :, None, None].expand_as(d))
-        own = kept_mass_by(d, d, gamma)
-        missed.append(own - kept_mass_by(chooser, d, gamma))
-    missed_mass = _mean_over_blocks(missed, [r for _, r in rows])
+    real = [r for _, r in rows]
+    own_missed = _mean_over_blocks([1 - kept_mass_by(d, d, gamma) for d, _ in rows], real)
+    missed_mass = _mean_over_blocks([1 - kept_mass_by(d.gather(1, reps[:, :, None, None].expand_as(d)), d, gamma)
+                                     for d, _ in rows], real)
     to_rep = np.take_along_axis(similarity, representative[:, :, None], 2)[..., 0]
     off_diagonal = ~np.eye(heads, dtype=bool)
     pair_mean = similarity[:, off_diagonal].mean(1) if heads > 1 else np.ones(similarity.shape[0])
     table = pd.concat([head_rows(representative.astype(float), "representative"),
                        head_rows(to_rep, "similarity_to_representative"),
+                       head_rows(own_missed, "own_missed_mass"),
                        head_rows(missed_mass, "proxy_missed_mass"),
                        layer_rows(pair_mean, "mean_head_similarity"),
+                       layer_rows(own_missed.mean(1), "own_missed_mass"),
                        layer_rows(missed_mass.mean(1), "proxy_missed_mass")], ignore_index=True)
     return Result("head_groups", table, {"similarity": similarity, "representative": representative,
-                                         "proxy_missed_mass": missed_mass},
+                                         "own_missed_mass": own_missed, "proxy_missed_mass": missed_mass},
                   {"n_groups": n_groups, "gamma": gamma, "block_size": trace.block_size})
 
 

@@ -90,17 +90,20 @@ def test_head_groups_match_brute_force():
     assert (representative[:, 0] == representative[:, 1]).all()  # the twins share a group
     for layer, head in itertools.product(range(LAYERS), range(HEADS)):
         rep = representative[layer, head]
-        missed = []
+        missed, own_missed = [], []
         for seq in rows:
             for (l, h, a), row in seq.items():
                 if (l, h) != (layer, head):
                     continue
                 chooser = seq[(layer, rep, a)]
                 chosen = np.argsort(-chooser, kind="stable")[:fewest(chooser, 0.7)]
-                own = np.sort(row)[::-1][:fewest(row, 0.7)].sum()
-                missed.append(own - row[chosen].sum())
+                own_missed.append(1 - np.sort(row)[::-1][:fewest(row, 0.7)].sum())
+                missed.append(1 - row[chosen].sum())
         assert result.head_matrix("proxy_missed_mass")[layer, head] == pytest.approx(np.mean(missed), abs=1e-9)
-    assert np.allclose(result.head_matrix("proxy_missed_mass")[:, :2], 0.0)
+        assert result.head_matrix("own_missed_mass")[layer, head] == pytest.approx(np.mean(own_missed), abs=1e-9)
+    own = result.head_matrix("own_missed_mass")
+    assert np.allclose(result.head_matrix("proxy_missed_mass")[:, :2], own[:, :2])  # the twins choose alike
+    assert (own <= 0.3 + 1e-9).all()
 
 
 def test_layer_similarity_matches_brute_force():
