@@ -83,7 +83,8 @@ def _print(result: Result) -> None:
         elif "kept_fraction" in rows and rows.kept_fraction.notna().any():
             cells = [f"kept {r.kept_fraction:g}: {r.value:.4g}" for r in rows.itertuples()]
         elif "other_layer" in rows and rows.other_layer.notna().any():
-            cells = [f"L{r.layer}~L{int(r.other_layer)} {r.value:.3f}" for r in rows.nlargest(TOP, "value").itertuples()]
+            cells = [f"L{r.layer}~L{int(r.other_layer)} {r.value:.3f}"
+                     for r in rows.nlargest(TOP, "value").itertuples()]
         elif (rows["head"] != LAYER_LEVEL).any():
             cells = [f"L{r.layer}.H{r.head} {r.value:.3f}" for r in result.top(metric, TOP).itertuples()]
         else:
