@@ -5,7 +5,7 @@ The received pass holds p [BLOCK_M, BLOCK_N] for a tile of query rows and keys; 
 (atomic max for block_max), so that no map of queries x keys is stored. Blocks count from each sequence's first
 real query row and key, so a tile may straddle block edges: a block holds at least 64 positions, so a tile of
 BLOCK_M rows meets at most (BLOCK_M + 62) // 64 + 1 query blocks (likewise for keys). A tile inside one query
-block (the common case) reuses the column sums the received pass computes anyway.
+block (the common case) sums its columns once.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import triton.language as tl
 
 
 @triton.jit
-def add_block_stats(p, column_sum, offs_m, offs_n, m0, n0, lq, lk, first_row, start, block_size, n_qb, n_kb, bh,
+def add_block_stats(p, offs_m, offs_n, m0, n0, lq, lk, first_row, start, block_size, n_qb, n_kb, bh,
                     BlockMass, BlockMax, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     MASS: tl.constexpr, MAX: tl.constexpr):
     """Add the tile p (rows offs_m from m0, keys offs_n from n0) to block_mass / block_max of head bh.
 
-    column_sum = sum_i p_ij, the tile's column sums; first_row, start: the first real query row and key. Rows
+    first_row, start: the first real query row and key. Rows
     and keys past lq and lk (which an unmasked tile may hold, with p != 0) belong to no block.
     """
     q_block = tl.where(offs_m < lq, tl.maximum(offs_m - first_row, 0) // block_size, -1)
@@ -36,7 +36,7 @@ def add_block_stats(p, column_sum, offs_m, offs_n, m0, n0, lq, lk, first_row, st
             rows = (q_block == qb)[:, None]
             if MASS:
                 if (qb0 == qb1) & (m0 + BLOCK_M <= lq):
-                    mass = column_sum
+                    mass = tl.sum(p, 0)
                 else:
                     mass = tl.sum(tl.where(rows, p, 0.0), 0)
             if MAX:

@@ -64,7 +64,7 @@ def test_page_figures_and_json_are_written_and_nothing_else(report):
     for name in FIGURES:
         assert f"(organism/{name})" in page
     command = "workbench report model organism --out " + str(out)
-    assert page.count(f"*Reproduce:* `{command}") == 6  # every table and figure carries the command
+    assert page.count(f"*Reproduce:* `{command}") == 7  # every table and figure carries the command
     assert f"on {os.cpu_count()} CPU cores" in page
     assert "not run" in page and "--device cuda" in page  # the GPU section lists a command, not numbers
 
