@@ -172,6 +172,8 @@ def retrieval(model: ModelOption = None,
               lengths: Annotated[str, typer.Option(help="Comma-separated context lengths.")] = "256,512,1024",
               depths: Annotated[str, typer.Option(help="Comma-separated needle depths in [0, 1].")] = "0.1,0.5,0.9",
               seeds: Annotated[int, typer.Option(min=1, help="Needles per length and depth.")] = 1,
+              min_recall: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Score only needles recalled "
+                                                        "above this share of their tokens (-1: every needle).")] = 0.5,
               out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
               no_store: NoStoreOption = False,
               device: DeviceOption = None) -> None:
@@ -187,7 +189,8 @@ def retrieval(model: ModelOption = None,
 
     def make(subject):
         out.mkdir(parents=True, exist_ok=True)
-        return [retrieval_heads(subject, *grid, range(seeds), checkpoint=out / CHECKPOINT)]
+        return [retrieval_heads(subject, *grid, range(seeds), checkpoint=out / CHECKPOINT,
+                                min_recall=None if min_recall < 0 else min_recall)]
 
     _run("retrieval", model, device, make, out, overwrite, store, no_store, checked=True)
 
