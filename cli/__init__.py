@@ -11,6 +11,7 @@ from workbench.cli.common import interruptible
 from workbench.cli.dash import dash_command
 from workbench.cli.models import app as models_app
 from workbench.cli.report import app as report_app
+from workbench.cli.rerank import rerank_command
 from workbench.cli.scan import app as scan_app
 from workbench.cli.trace import info_command, trace_command
 
@@ -23,4 +24,5 @@ app.command("trace")(interruptible(trace_command))
 app.command("info")(interruptible(info_command))
 app.command("ablate")(interruptible(ablate_command))
 app.command("circuit")(interruptible(circuit_command))
+app.command("rerank")(interruptible(rerank_command))
 app.command("dash")(interruptible(dash_command))
