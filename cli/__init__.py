@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from workbench.cli.ablate import ablate_command
+from workbench.cli.attribute import attribute_command
 from workbench.cli.circuit import circuit_command
 from workbench.cli.common import interruptible
 from workbench.cli.dash import dash_command
@@ -25,4 +26,5 @@ app.command("info")(interruptible(info_command))
 app.command("ablate")(interruptible(ablate_command))
 app.command("circuit")(interruptible(circuit_command))
 app.command("rerank")(interruptible(rerank_command))
+app.command("attribute")(interruptible(attribute_command))
 app.command("dash")(interruptible(dash_command))
