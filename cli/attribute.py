@@ -56,8 +56,9 @@ def attribute_command(
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
     totals = result.table[result.table.layer == -1].set_index("metric").value
-    console.print(f"{subject.name} on {task} ({result.params['examples']} prompts), logit of {result.params['direction']}"
-                  f": {totals['logit']:.3f}; the terms sum to it within {totals['reconstruction_error']:.1e}")
+    console.print(f"{subject.name} on {task} ({result.params['examples']} prompts), logit of "
+                  f"{result.params['direction']}: {totals['logit']:.3f}; the terms sum to it within "
+                  f"{totals['reconstruction_error']:.1e}")
     mlp = result.metric("mlp_dla").nlargest(TOP // 2, "value")
     lines = {"heads writing the answer": [f"L{r.layer}.H{r.head} {r.value:+.3f}" for r in result.top("dla", TOP)
                                           .itertuples()],

@@ -52,8 +52,10 @@ def test_one_head_and_one_mlp_against_eager_weights():
         v = layer.v_proj(x).view(1, ids.shape[1], 2, 8).transpose(1, 2).repeat_interleave(2, 1)  # GQA: 2 per kv
         z = (out.attentions[1][0, 3, -1] @ v[0, 3]).double()  # head 3 at the last position
     final = kept["final"][0, -1].double()
-    lens = model.model.norm.weight.detach().double() / torch.sqrt(final.pow(2).mean() + model.model.norm.variance_epsilon)
-    u = model.lm_head.weight.detach().double()[answer] - model.lm_head.weight.detach().double()[wrong]
+    norm = model.model.norm
+    lens = norm.weight.detach().double() / torch.sqrt(final.pow(2).mean() + norm.variance_epsilon)
+    unembed = model.lm_head.weight.detach().double()
+    u = unembed[answer] - unembed[wrong]
     head = layer.o_proj.weight.detach().double()[:, 3 * 8:4 * 8] @ z
     result = direct_logit_attribution(workbench.load(build("llama")), task)
     assert result.arrays["heads"][0, 1, 3] == pytest.approx(float(u @ (lens * head)), abs=1e-5)
