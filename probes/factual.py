@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
 from workbench.probes.attribution import direct_logit_attribution
@@ -65,7 +66,8 @@ def subject_attention(subject: Subject, task: Task, spans: list[tuple[int, int]]
     """[example, layer, head] attention from each prompt's last position to its subject's tokens."""
     return np.stack([received_by_documents(subject, Prompt(list(e.clean[:-1]), [span], [e.clean[-1]]),
                                            [[e.clean[-1]]], backend)[0, ..., 0]
-                     for e, span in zip(task.examples, spans, strict=True)])
+                     for e, span in tqdm(list(zip(task.examples, spans, strict=True)), desc="subject attention",
+                                         unit="prompt")])
 
 
 def factual_recall(subject: Subject, kind: str = "capitals", n: int | None = None, backend: str = "auto") -> Result:
