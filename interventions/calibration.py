@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from workbench.interventions.select import Head, check_heads, key_bias_edits
 from workbench.interventions.zerotuning import answer_ids, sequence_logprob
 from workbench.kernels import HeadEdits
+from workbench.probes.result import LAYER_LEVEL, Result
 from workbench.probes.sinks import secondary_sinks
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
@@ -116,32 +117,37 @@ def calibrate(subject: Subject, inputs, heads: Iterable[Head] | None = None, bet
         yield sinks
 
 
-def search_heads(subject: Subject, examples: Sequence[tuple[str, str]], heads: Iterable[Head] | None = None,
-                 beta: float = 0.4, rule: str = "absolute", alpha: float = ACT_ALPHA,
-                 scaling: str = "exact") -> tuple[list[Head], pd.DataFrame]:
+def search_heads(subject: Subject, examples: Sequence[tuple], heads: Iterable[Head] | None = None,
+                 beta: float = 0.4, rule: str = "absolute", alpha: float = ACT_ALPHA, scaling: str = "exact") -> Result:
     """ACT's per-head calibration search: calibrate each candidate head alone on every (prompt, answer) example
     (its sinks found on the prompt followed by the answer, the sequence that is scored) and keep the heads whose
     calibration raises the mean teacher-forced answer log-probability.
 
-    Candidates: `heads`, default every head with a hidden sink on some example. Returns the kept heads and a table
-    of each candidate's layer, head, mean `logprob` and its `gain` over the uncalibrated model.
+    examples: (prompt, answer) strings, or (prompt ids, answer ids) lists. Candidates: `heads`, default every head
+    with a hidden sink on some example. Table, per candidate head: `act_logprob` (the mean answer log-probability
+    with that head calibrated), `act_gain` (its gain over the uncalibrated model) and `is_act_head` (gain > 0);
+    at layer = head = -1, `base_logprob`. params["heads"] lists the kept heads.
     """
     _check(beta, scaling)
     if not examples:
         raise WorkbenchError("the ACT head search needs at least one (prompt, answer) example")
-    sequences = [answer_ids(subject, prompt, answer) for prompt, answer in examples]
+    sequences = [answer_ids(subject, prompt, answer) if isinstance(prompt, str) else (list(prompt), list(answer))
+                 for prompt, answer in examples]
     found = [find_hidden_sinks(subject, [ids + answer], heads, rule=rule, alpha=alpha) for ids, answer in sequences]
     candidates = sorted({head for sinks in found for head in sinks})
     base = _mean_logprob(subject, sequences, [{} for _ in sequences])
-    rows = []
+    rows = [(LAYER_LEVEL, LAYER_LEVEL, "base_logprob", base)]
     for head in tqdm(candidates, desc="ACT heads", unit="head"):
         edits = [calibration_edits(subject, {head: s[head]} if head in s else {}, beta, len(ids) + len(answer),
                                    scaling) for s, (ids, answer) in zip(found, sequences, strict=True)]
         logprob = _mean_logprob(subject, sequences, edits)
-        rows.append({"layer": head[0], "head": head[1], "logprob": logprob, "gain": logprob - base})
-    table = pd.DataFrame(rows, columns=["layer", "head", "logprob", "gain"])
-    kept = [(int(r.layer), int(r.head)) for r in table.itertuples() if r.gain > 0]
-    return kept, table
+        rows += [(*head, "act_logprob", logprob), (*head, "act_gain", logprob - base),
+                 (*head, "is_act_head", float(logprob > base))]
+    table = pd.DataFrame(rows, columns=["layer", "head", "metric", "value"])
+    kept = [[int(layer), int(head)] for layer, head, metric, value in rows if metric == "is_act_head" and value]
+    params = {"beta": beta, "rule": rule, "alpha": alpha, "scaling": scaling, "examples": len(sequences),
+              "heads": kept}
+    return Result("act_heads", table, {}, params)
 
 
 def _mean_logprob(subject: Subject, sequences: list[tuple[list[int], list[int]]],

@@ -212,17 +212,19 @@ def test_calibrate_scales_act_sinks_to_exactly_beta_and_gives_the_rest_to_every_
 def test_act_head_search_keeps_the_heads_whose_calibration_helps():
     subject = workbench.load(build("llama"), tokenizer=tokenizer())
     examples = [("The secret code is", " 12 34"), ("wind from the west, a light", " swell")]
-    kept, table = search_heads(subject, examples, alpha=0.1)
-    assert len(table) >= 2 and kept == [(r.layer, r.head) for r in table.itertuples() if r.gain > 0]
+    result = search_heads(subject, examples, alpha=0.1)
+    gains = result.metric("act_gain")
+    assert len(gains) >= 2
+    assert result.params["heads"] == [[r.layer, r.head] for r in gains.itertuples() if r.value > 0]
     base = sum(answer_logprob(subject, p, a)[0] for p, a in examples) / 2
-    row = table.iloc[0]
-    head = (int(row["layer"]), int(row["head"]))
+    assert result.metric("base_logprob").value[0] == pytest.approx(base, abs=1e-5)
+    head = (int(gains.layer[0]), int(gains["head"][0]))
     alone = []
     for prompt, answer in examples:
         with calibrate(subject, [sum(answer_ids(subject, prompt, answer), [])], [head], alpha=0.1):
             alone.append(answer_logprob(subject, prompt, answer)[0])
-    assert row.logprob == pytest.approx(sum(alone) / 2, abs=1e-5)
-    assert row.gain == pytest.approx(row.logprob - base, abs=1e-5)
+    assert result.metric("act_logprob").value[0] == pytest.approx(sum(alone) / 2, abs=1e-5)
+    assert gains.value[0] == pytest.approx(sum(alone) / 2 - base, abs=1e-5)
 
 
 def test_attention_influence_is_the_loss_difference():
