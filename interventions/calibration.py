@@ -108,7 +108,9 @@ def calibrate(subject: Subject, inputs, heads: Iterable[Head] | None = None, bet
     by `beta` in (0, 1]; yields the sinks found, {(layer, head): [positions]}.
 
     Sinks are found on `inputs` (`find_hidden_sinks` with `rule`, `alpha`, `ratio`); with scaling "exact" the
-    targets are the positions of the longest input, so the edit is meant for runs on those inputs.
+    targets are the positions of the longest input, so the edit is meant for runs on those inputs. They are listed
+    one by one, and the Triton kernel unrolls its loop over that list: on a GPU, inputs of many hundred tokens
+    compile slowly (scaling "renormalize" has no such list).
     """
     _check(beta, scaling)
     sinks = find_hidden_sinks(subject, inputs, heads, rule=rule, alpha=alpha, ratio=ratio)
