@@ -20,7 +20,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Look inside transformer language models through their attention heads.")
 app.add_typer(models_app, name="models", help="List and install the named real models (SmolLM2, Gemma-3, MiniLM).")
 app.add_typer(report_app, name="report", help="Write a model's findings page (docs/models/NAME.md) from the probes.")
-app.add_typer(scan_app, name="scan", help="Run a probe (sinks, entropy, erank, heads, retrieval, act) and report its heads.")
+app.add_typer(scan_app, name="scan",
+              help="Run a probe (sinks, entropy, erank, heads, retrieval, act) and report its heads.")
 app.command("trace")(interruptible(trace_command))
 app.command("info")(interruptible(info_command))
 app.command("ablate")(interruptible(ablate_command))

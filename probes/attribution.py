@@ -148,8 +148,8 @@ def direct_logit_attribution(subject: Subject, task: Task) -> Result:
         u = w_u[example.answer] - (0 if example.wrong is None else w_u[example.wrong])
         norm = frozen_norm(final_norm, kept["residual"][1][i, t].double())
 
-        def read(c: torch.Tensor) -> float:  # the logit-lens read of a residual vector
-            return float(u @ norm.linear(c))
+        def read(c: torch.Tensor, u: torch.Tensor = u, norm: FrozenNorm = norm) -> float:
+            return float(u @ norm.linear(c))  # the logit-lens read of a residual vector
 
         out["embedding"][i] = read(kept["residual"][0][i, t].double())
         bias = float(u @ norm.bias)

@@ -93,7 +93,7 @@ def test_the_score_averages_over_recalled_needles_and_keeps_the_unfiltered_one(t
     recalls = [1.0, 0.5, 2 / 3, 0.0]  # 0.5 is not above the threshold
     checkpoint = tmp_path / "needles.jsonl"
     with open(checkpoint, "w") as f:
-        for (depth, recall), score in zip(zip((0.1, 0.3, 0.5, 0.7), recalls), scores, strict=True):
+        for depth, recall, score in zip((0.1, 0.3, 0.5, 0.7), recalls, scores, strict=True):
             row = {"key": f"{subject.name}/64/{depth}/0", "score": score.tolist(), "correct": recall == 1.0,
                    "recall": recall}
             f.write(json.dumps(row) + "\n")
