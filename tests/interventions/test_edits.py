@@ -1,6 +1,8 @@
 """Each intervention against a brute-force version: edited weights, or attention weights read from an eager
 run and edited by hand; restore on error; composition."""
 
+import os
+
 import pytest
 import torch
 from tiny_models import build, token_ids, tokenizer
@@ -257,3 +259,17 @@ def test_search_scale_scores_each_candidate():
     with torch.no_grad():
         logp = torch.log_softmax(subject.model(input_ids=torch.tensor([ids])).logits[0, -2], -1)
     assert plain[0][0] == pytest.approx(float(logp[ids[-1]]), rel=1e-6)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"),
+                    reason="ACT's exact scaling on the Triton kernel needs CUDA")
+def test_gpu_act_exact_scaling_on_triton_equals_the_reference_backend():
+    subject = workbench.load("organism", device="cuda")
+    text = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n" * 4
+    enc = subject.encode(text)
+    logits = {}
+    for backend in ("triton", "reference"):
+        with torch.no_grad(), calibrate(subject, text) as sinks, workbench.capture(subject, stats=(), backend=backend):
+            logits[backend] = subject.model(**enc).logits.float()
+    assert sinks
+    torch.testing.assert_close(logits["triton"], logits["reference"], atol=2e-2, rtol=2e-2)

@@ -2,6 +2,8 @@
 one MLP's terms against a brute-force recomputation from eager attention weights; factual-recall prompts and the
 subject attention against eager weights on organism; the CLI."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,13 @@ def test_attribute_cli_prints_the_heads_and_stores_them(tiny_folder, tmp_path):
     assert set(stored.metric) >= {"dla", "mlp_dla", "logit", "reconstruction_error"}
     refused = CliRunner().invoke(app, ["attribute", "--model", str(tiny_folder), "--task", "loss", "--no-store"])
     assert refused.exit_code == 2 and "no answers" in refused.output
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"),
+                    reason="a CUDA run of a trained model")
+def test_gpu_attribution_sums_to_the_logit_on_organism():
+    subject = workbench.load("organism", device="cuda")
+    result = factual_recall(subject, "capitals", n=4, backend="triton")
+    logit = np.abs(result.arrays["logit"]).max()
+    assert result.table.set_index("metric").value["reconstruction_error"] < 1e-3 * (1 + logit)
+    assert np.isfinite(result.arrays["subject_attention"]).all()

@@ -2,6 +2,7 @@
 over the whole prompt; nDCG; the JSONL reader; a known answer on organism (its retrieval heads find the needle)."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -107,3 +108,15 @@ def test_rerank_cli_prints_the_ranking_and_stores_the_heads(tiny_folder, tmp_pat
     bad.write_text('{"query": "q"}\n')
     refused = CliRunner().invoke(app, ["rerank", "--file", str(bad), "--no-store"])
     assert refused.exit_code == 2 and "bad.jsonl:1" in refused.output
+
+
+GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+@pytest.mark.skipif(not GPU, reason="the Triton received pass against a KV cache needs CUDA")
+def test_gpu_icr_scores_on_triton_equal_the_reference_backend():
+    subject = workbench.load("organism", device="cuda")
+    case = needle_cases(subject, 1)[0]
+    triton = icr_scores(subject, case.query, case.documents, backend="triton")
+    reference = icr_scores(subject, case.query, case.documents, backend="reference")
+    np.testing.assert_allclose(triton, reference, atol=1e-3 * np.abs(reference).max())
