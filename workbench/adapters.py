@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from workbench.errors import HeadNotFoundError, WorkbenchError
@@ -27,6 +28,14 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,
+    "cohere": _LLAMA_LIKE,
+    "starcoder2": _LLAMA_LIKE,
+    "mixtral": _LLAMA_LIKE,
+    "qwen3_moe": _LLAMA_LIKE,
+    "gpt_oss": _LLAMA_LIKE,
     "bert": ("encoder.layer", "attention.self", "attention.output.dense"),
 }
 
@@ -44,6 +53,7 @@ class Adapter:
     is_causal: bool
     sliding_window: int | None
     layer_types: list[str]  # "full_attention" or "sliding_attention", one per layer
+    learned_sinks: bool  # a learned sink logit per head in every softmax denominator (GPT-OSS)
     attention_modules: list[nn.Module] = field(repr=False)
     out_projections: list[nn.Module] = field(repr=False)
 
@@ -65,6 +75,7 @@ class Adapter:
             "model_type": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "context_length": self.context_length,
             "is_causal": self.is_causal, "sliding_window": self.sliding_window, "layer_types": self.layer_types,
+            "learned_sinks": self.learned_sinks,
         }
 
 
@@ -92,6 +103,7 @@ def adapter_for(model: nn.Module) -> Adapter:
     layer_types = getattr(config, "layer_types", None) or (
         ["sliding_attention" if window else "full_attention"] * len(layers)
     )
+    attention_modules = [_get(layer, attn_path) for layer in layers]
     return Adapter(
         model_type=model_type,
         n_layers=len(layers),
@@ -102,7 +114,8 @@ def adapter_for(model: nn.Module) -> Adapter:
         is_causal=model_type != "bert" or bool(getattr(config, "is_decoder", False)),
         sliding_window=window if "sliding_attention" in layer_types else None,
         layer_types=list(layer_types),
-        attention_modules=[_get(layer, attn_path) for layer in layers],
+        learned_sinks=any(isinstance(getattr(m, "sinks", None), torch.Tensor) for m in attention_modules),
+        attention_modules=attention_modules,
         out_projections=[_get(layer, out_path) for layer in layers],
     )
 

@@ -18,8 +18,11 @@ from workbench.errors import HeadNotFoundError, WorkbenchError
 STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance", "self_mass")
 
 
+EAGER_ONLY = ("gemma2", "gpt_oss")  # no sdpa path: logit softcapping, learned sinks
+
+
 def reference_impl(name):
-    return "eager" if name == "gemma2" else "sdpa"  # gemma2 has no sdpa path (logit softcapping)
+    return "eager" if name in EAGER_ONLY else "sdpa"
 
 
 def model_output(model, ids, mask=None):
@@ -63,7 +66,7 @@ def test_statistics_equal_the_models_own_attention_weights(name):
     ids = token_ids(2, 20, seed=1)
     with torch.no_grad():
         weights = eager(input_ids=ids, output_attentions=True).attentions
-    trace = workbench.trace(workbench.load(build(name, "sdpa" if name != "gemma2" else "eager")), ids, stats=STATS)
+    trace = workbench.trace(workbench.load(build(name, reference_impl(name))), ids, stats=STATS)
     causal = name != "bert"
     for layer, attn in enumerate(weights):
         want = stats_from_weights(attn, causal)
