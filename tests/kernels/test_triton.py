@@ -56,6 +56,10 @@ def test_edits():
     check(*inputs(seed=22), edits=edits, window=WINDOW, causal=False)
 
 
+def test_learned_sinks_with_edits():
+    matrix.check_learned_sinks_with_edits(triton_attention.attention, inputs, padding, L, DEVICE)
+
+
 def test_only_requested_statistics_are_computed():
     matrix.check_only_requested_statistics(triton_attention.attention, *(t.float() for t in inputs(seed=3)))
 
