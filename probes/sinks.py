@@ -34,19 +34,33 @@ def sink_scores(trace: Trace, eps: float = 0.3) -> Result:
     The first query row is left out: it sees only the first token, so its mass is 1 by construction.
     Table metrics: `sink_score` per head; `sink_share` (share of heads over eps) per layer and, at
     layer = -1, for the whole model.
+    A model with learned sinks (GPT-OSS) parks attention in its per-head sink logit as well as on the first
+    token, and both are the no-op attention the score measures: the table then also has `learned_sink_score`
+    (the mean learned_sink_mass) per head, and a head counts in `sink_share` when its first-token and learned
+    scores together exceed eps (a head that sinks into its learned sink is not missed).
     """
-    _need(trace, "sink_mass")
+    learned = bool(trace.config.get("learned_sinks"))
+    _need(trace, "sink_mass", *(["learned_sink_mass"] if learned else []))
     if trace.options.get("sink_keys", [0]) != [0]:
         raise WorkbenchError(f"sink scores need sink_keys=(0,), the trace used {trace.options['sink_keys']}")
     rows = trace.attention_mask.clone()
     rows[torch.arange(rows.shape[0]), rows.int().argmax(-1)] = False  # drop each sequence's first real query
-    mass = trace.stats["sink_mass"].double().where(rows[None, :, None, :], torch.nan)
-    score = mass.nanmean(dim=(1, 3)).numpy()  # [layer, head]
-    share = (score > eps).mean(axis=1)
-    total = pd.DataFrame({"layer": [LAYER_LEVEL], "head": [LAYER_LEVEL], "metric": ["sink_share"],
-                          "value": [float((score > eps).mean())]})
-    table = pd.concat([head_rows(score, "sink_score"), layer_rows(share, "sink_share"), total], ignore_index=True)
-    return Result("sinks", table, {"sink_score": score, "sink_share": share}, {"eps": eps})
+
+    def head_mean(stat: str) -> np.ndarray:  # [layer, head]
+        return trace.stats[stat].double().where(rows[None, :, None, :], torch.nan).nanmean(dim=(1, 3)).numpy()
+
+    score = head_mean("sink_mass")
+    tables, arrays = [head_rows(score, "sink_score")], {"sink_score": score}
+    total = score
+    if learned:
+        arrays["learned_sink_score"] = head_mean("learned_sink_mass")
+        tables.append(head_rows(arrays["learned_sink_score"], "learned_sink_score"))
+        total = score + arrays["learned_sink_score"]
+    share = (total > eps).mean(axis=1)
+    whole = pd.DataFrame({"layer": [LAYER_LEVEL], "head": [LAYER_LEVEL], "metric": ["sink_share"],
+                          "value": [float((total > eps).mean())]})
+    table = pd.concat([*tables, layer_rows(share, "sink_share"), whole], ignore_index=True)
+    return Result("sinks", table, {**arrays, "sink_share": share}, {"eps": eps})
 
 
 def uniform_received(trace: Trace, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Tiny random-init Hugging Face models built from configs (no hub): one per supported architecture.
 
 Each has 2-6 layers, hidden size 32 and a 97-token vocabulary; those with grouped-query attention,
-sliding windows or logit softcapping have them switched on, so the tracer meets every case.
+sliding windows, logit softcapping or learned sinks have them switched on, so the tracer meets every case.
 """
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ def build(name: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.ndim == 2:
                 p.mul_(4.0)  # init std 0.02 gives near-uniform attention; larger weights give structure
+            elif name.endswith(".sinks"):  # learned sink logits from well below to above the keys' logits
+                p.copy_(torch.linspace(-3.0, 4.0, p.numel()))
     return model
 
 

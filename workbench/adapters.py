@@ -40,6 +40,10 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
 }
 
 
+# config flags of attention features the kernels do not implement -> what they are
+UNSUPPORTED_FEATURES = {"alibi": "ALiBi position biases", "use_alibi": "ALiBi position biases"}
+
+
 @dataclass
 class Adapter:
     """What the workbench needs to know about one model's attention (n_layers, heads, where things are)."""
@@ -93,6 +97,10 @@ def adapter_for(model: nn.Module) -> Adapter:
         raise WorkbenchError(
             f"unsupported architecture {model_type!r}; supported: {sorted(ARCHITECTURES)}"
         )
+    unsupported = [name for name in UNSUPPORTED_FEATURES if getattr(config, name, False)]
+    if unsupported:
+        raise WorkbenchError(f"model_type {model_type!r} with {unsupported} switched on: the workbench kernels do not "
+                             f"implement {', '.join(UNSUPPORTED_FEATURES[n] for n in unsupported)}")
     layers_path, attn_path, out_path = ARCHITECTURES[model_type]
     base = model.base_model
     layers = list(_get(base, layers_path))
