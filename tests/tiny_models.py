@@ -55,10 +55,15 @@ CONFIGS = {
 }
 
 
-def build(name: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    """The tiny model `name` in float32, eval mode, with weights from `seed` (scaled up so attention is peaked)."""
+NO_SDPA = ("gemma2", "gpt_oss")  # transformers has no sdpa path for them (logit softcapping, learned sinks)
+
+
+def build(name: str, attn_implementation: str | None = None, seed: int = 0) -> torch.nn.Module:
+    """The tiny model `name` in float32, eval mode, with weights from `seed` (scaled up so attention is peaked).
+
+    attn_implementation: default sdpa, eager for the models in NO_SDPA."""
     cls, config = CONFIGS[name]()
-    config._attn_implementation = attn_implementation
+    config._attn_implementation = attn_implementation or ("eager" if name in NO_SDPA else "sdpa")
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():

@@ -76,14 +76,15 @@ def test_gpu_long_sequences(dtype, head_dim):
 
 
 @pytest.mark.skipif(not GPU, reason="the tracer uses the Triton kernels only on CUDA")
-@pytest.mark.parametrize("name", ["qwen2", "gemma2", "bert"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma2", "bert", "gpt_oss"])
 def test_gpu_tracer_matches_the_reference_backend(name):
-    """Tiny models on CUDA (sliding windows, GQA, softcap, bidirectional): Triton and reference traces agree."""
+    """Tiny models on CUDA (sliding windows, GQA, softcap, bidirectional, learned sinks): Triton and reference
+    traces agree."""
     from tiny_models import build, token_ids
 
     import workbench
 
-    subject = workbench.load(build(name, "eager" if name == "gemma2" else "sdpa").cuda())
+    subject = workbench.load(build(name).cuda())
     matrix.check_traces_agree(subject, token_ids(2, 40), "triton", 1e-4)
 
 

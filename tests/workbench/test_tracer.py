@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import CONFIGS, build, token_ids
+from tiny_models import CONFIGS, NO_SDPA, build, token_ids
 
 import workbench
 from workbench.errors import HeadNotFoundError, WorkbenchError
@@ -18,11 +18,8 @@ from workbench.errors import HeadNotFoundError, WorkbenchError
 STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance", "self_mass")
 
 
-EAGER_ONLY = ("gemma2", "gpt_oss")  # no sdpa path: logit softcapping, learned sinks
-
-
 def reference_impl(name):
-    return "eager" if name in EAGER_ONLY else "sdpa"
+    return "eager" if name in NO_SDPA else "sdpa"
 
 
 def model_output(model, ids, mask=None):
