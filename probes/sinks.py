@@ -63,25 +63,32 @@ def sink_scores(trace: Trace, eps: float = 0.3) -> Result:
     return Result("sinks", table, {**arrays, "sink_share": share}, {"eps": eps})
 
 
-def uniform_received(trace: Trace, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([n] attention each real key would receive if every query attended uniformly, [n] queries that see it)."""
+def uniform_received(trace: Trace, layer: int, batch: int,
+                     kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([..., n] attention each real key would receive if every query attended uniformly, [n] queries that see it).
+
+    kept [..., n]: the share of each query's attention that goes to keys (1 - learned_sink_mass, per head), which
+    a uniform query spreads over its keys; default 1 (a model without learned sinks)."""
     visible = trace.visible_keys(layer)[batch][trace.attention_mask[batch]].double()  # [n]
     n = visible.shape[0]
     window = trace.window(layer) or n
-    share = torch.cat([torch.zeros(1, dtype=torch.float64), (1.0 / visible).cumsum(0)])  # prefix sums
+    per_query = 1.0 / visible if kept is None else kept.double() / visible
+    share = torch.cat([torch.zeros(*per_query.shape[:-1], 1, dtype=torch.float64), per_query.cumsum(-1)], -1)
     j = torch.arange(n)
     if trace.config.get("is_causal", True):
         first, last = j, (j + window - 1).clamp_max(n - 1)  # the queries that see key j
     else:
         first, last = (j - window + 1).clamp_min(0), (j + window - 1).clamp_max(n - 1)
-    return share[last + 1] - share[first], last - first + 1
+    return share[..., last + 1] - share[..., first], last - first + 1
 
 
 def secondary_sinks(trace: Trace, ratio: float = 5.0, min_queries: int = 4) -> Result:
     """Non-initial tokens that receive over `ratio` times their uniform share of attention in some head.
 
     A key is judged only if at least `min_queries` queries see it (the last few keys of a causal sequence
-    are seen by too few to tell). Per hit, a row (layer, head, position, token, metric `received_ratio`);
+    are seen by too few to tell). With learned sinks a uniform query spreads only its keys' share of the row
+    (1 - learned_sink_mass) over them, so a head that parks attention in its learned sink is not judged
+    against more attention than it hands out. Per hit, a row (layer, head, position, token, metric `received_ratio`);
     per sink token, its levels: `first_layer`, `last_layer`, `n_layers` (layers with a hit in any head),
     `persistence` (the longest run of consecutive such layers) and `n_heads` (heads with a hit), at
     layer = head = -1.
@@ -93,8 +100,9 @@ def secondary_sinks(trace: Trace, ratio: float = 5.0, min_queries: int = 4) -> R
         received = trace.sequence("received", b).double()  # [layer, head, n]
         n = received.shape[-1]
         flagged = np.zeros((trace.n_layers, trace.n_heads, n), dtype=bool)
+        kept = 1 - trace.sequence("learned_sink_mass", b) if "learned_sink_mass" in trace.stats else None
         for layer in range(trace.n_layers):
-            expected, seen_by = uniform_received(trace, layer, b)
+            expected, seen_by = uniform_received(trace, layer, b, None if kept is None else kept[layer])
             judged = seen_by >= min_queries
             judged[0] = False  # the first token is the initial sink, scored by sink_scores
             r = received[layer] / expected

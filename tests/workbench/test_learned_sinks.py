@@ -14,7 +14,7 @@ from tiny_models import build, token_ids
 import workbench
 from workbench.errors import WorkbenchError
 from workbench.interventions import scale_learned_sinks
-from workbench.probes.sinks import sink_scores
+from workbench.probes.sinks import sink_scores, uniform_received
 from workbench.tracer import workbench_attention
 
 
@@ -105,3 +105,17 @@ def test_unsupported_architectures_and_features_fail_naming_them():
     model.config.model_type = "bloom"
     with pytest.raises(WorkbenchError, match="unsupported architecture 'bloom'"):
         workbench.load(model)
+
+
+def test_the_uniform_baseline_of_secondary_sinks_hands_out_only_the_keys_share():
+    """uniform_received with learned sinks: key j of a full causal layer gets sum_{i >= j} (1 - sink_i) / (i + 1),
+    and on the sliding layer (window 4) only from the queries i < j + 4 (brute force over the queries)."""
+    trace = workbench.trace(workbench.load(gpt_oss()), token_ids(1, 10, seed=8))
+    for layer, window in ((0, 4), (1, 10)):
+        kept = 1 - trace.sequence("learned_sink_mass", 0)[layer].double()  # [head, n]
+        got, _ = uniform_received(trace, layer, 0, kept)
+        want = torch.zeros_like(got)
+        for j in range(10):
+            for i in range(j, min(10, j + window)):
+                want[:, j] += kept[:, i] / min(i + 1, window)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
