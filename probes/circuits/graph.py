@@ -11,7 +11,8 @@ the residual per head (and each MLP on its own copy), so a delta can be added to
 Supported: pre-norm blocks: sequential (GPT-2; Llama, Mistral, Qwen2/3, Qwen3-MoE, Mixtral, Phi-3, StarCoder2,
 GPT-OSS, Gemma; Granite, whose branches join the residual scaled by its residual multiplier; Gemma-2/3, whose
 branches pass a norm of their own before joining it: a head's share of that norm's output is its share of the
-norm's input, times the norm's gain at that position in that run) and parallel (GPT-NeoX, Cohere: attention and MLP
+norm's input, times the norm's gain at that position in that run; OLMo-2, whose branches read the residual itself
+and have only such output norms) and parallel (GPT-NeoX, Cohere: attention and MLP
 read the same residual, so a layer's heads do not send to its MLP).
 """
 
@@ -33,8 +34,8 @@ class Layout(NamedTuple):
     """Where an architecture reads and writes the residual stream; paths relative to base_model / a layer."""
 
     layers: str
-    attn_norm: str
-    mlp_norm: str  # the attention's pre-norm again where both branches read one norm (Cohere)
+    attn_norm: str | None  # None: the branch reads the residual itself (OLMo-2)
+    mlp_norm: str | None  # the attention's pre-norm again where both branches read one norm (Cohere)
     mlp: str
     final_norm: str
     attn_post_norm: str | None = None  # a norm on the attention's output before it joins the residual (Gemma-2/3)
@@ -49,18 +50,24 @@ SITES = {"gpt2": Layout("h", "ln_1", "ln_2", "mlp", "ln_f"), "llama": _LLAMA, "m
          "qwen3": _LLAMA, "gemma": _LLAMA, "phi3": _LLAMA, "granite": _LLAMA, "starcoder2": _LLAMA,
          "mixtral": _LLAMA, "qwen3_moe": _LLAMA, "gpt_oss": _LLAMA, "gemma2": _GEMMA2, "gemma3_text": _GEMMA2,
          "cohere": Layout("layers", "input_layernorm", "input_layernorm", "mlp", "norm", parallel=True),
+         "olmo2": Layout("layers", None, None, "mlp", "norm", "post_attention_layernorm", "post_feedforward_layernorm"),
          "gpt_neox": Layout("layers", "input_layernorm", "post_attention_layernorm", "mlp", "final_layer_norm")}
 
 
 @dataclass
 class Sites:
-    """The modules where the residual stream is read and written, per layer, and how the branches join it."""
+    """The modules where the residual stream is read and written, per layer, and how the branches join it.
+
+    attn_inputs / mlp_inputs: the modules whose input is the residual each branch reads (its pre-norm, or the
+    branch itself where it has none, whose norms are then the identity)."""
 
     layers: list[nn.Module]
     attn_norms: list[nn.Module]
     mlp_norms: list[nn.Module]
     mlps: list[nn.Module]
     final_norm: nn.Module
+    attn_inputs: list[nn.Module]
+    mlp_inputs: list[nn.Module]
     attn_post_norms: list[nn.Module] | None = None
     mlp_post_norms: list[nn.Module] | None = None
     parallel: bool = False
@@ -68,11 +75,11 @@ class Sites:
 
 
 def sites(subject: Subject) -> Sites:
-    """The Sites of a subject; WorkbenchError naming an architecture without a sequential pre-norm residual."""
+    """The Sites of a subject; WorkbenchError naming an architecture whose residual is not a sum of its branches."""
     model_type = subject.adapter.model_type
     if model_type not in SITES:
-        raise WorkbenchError(f"circuits need a pre-norm residual stream (each branch reads its own norm of it); "
-                             f"{model_type!r} is not one of {sorted(SITES)}")
+        raise WorkbenchError(f"circuits need a residual stream that each block's branches add to (no norm of the "
+                             f"whole stream between layers); {model_type!r} is not one of {sorted(SITES)}")
     layout, config = SITES[model_type], subject.model.config
     base = subject.model.base_model
     layers = list(base.get_submodule(layout.layers))
@@ -81,9 +88,18 @@ def sites(subject: Subject) -> Sites:
         return None if path is None else [m.get_submodule(path) for m in layers]
 
     parallel = layout.parallel or bool(model_type == "gpt_neox" and config.use_parallel_residual)
-    return Sites(layers, each(layout.attn_norm), each(layout.mlp_norm), each(layout.mlp),
-                 base.get_submodule(layout.final_norm), each(layout.attn_post_norm), each(layout.mlp_post_norm),
-                 parallel, float(getattr(config, "residual_multiplier", 1.0)))
+    attentions, mlps = list(subject.adapter.attention_modules), each(layout.mlp)
+    identity = [nn.Identity() for _ in layers]
+    attn_norms, mlp_norms = each(layout.attn_norm), each(layout.mlp_norm)
+    return Sites(layers, attn_norms or identity, mlp_norms or identity, mlps, base.get_submodule(layout.final_norm),
+                 attn_norms or attentions, mlp_norms or mlps, each(layout.attn_post_norm),
+                 each(layout.mlp_post_norm), parallel, float(getattr(config, "residual_multiplier", 1.0)))
+
+
+def on_input(module: nn.Module, fn):
+    """Register a forward pre-hook calling fn(x) with the module's input x (first argument or hidden_states)."""
+    return module.register_forward_pre_hook(lambda m, args, kwargs: fn(args[0] if args else kwargs["hidden_states"]),
+                                            with_kwargs=True)
 
 
 def mlp_output(out):
@@ -196,7 +212,7 @@ def record(subject: Subject, enc: dict[str, torch.Tensor]) -> Activations:
         return lambda m, args, out: kept.__setitem__(f"M{layer}", mlp_output(out) * s.residual_scale)
 
     writers = s.mlps if s.mlp_post_norms is None else s.mlp_post_norms
-    handles = [s.attn_norms[0].register_forward_pre_hook(lambda m, args: kept.__setitem__("input", args[0]))]
+    handles = [on_input(s.attn_inputs[0], lambda x: kept.__setitem__("input", x))]
     handles += [module.register_forward_hook(keep_mlp(l)) for l, module in enumerate(writers)]
     try:
         with torch.no_grad(), head_output_hook(subject, keep_z):
@@ -260,10 +276,10 @@ def split_receivers(subject: Subject, deltas: ReceiverDeltas) -> Iterator[None]:
         return torch.cat([own[None], torch.zeros_like(copies[1:])]).reshape(z.shape)
 
     def stash_input(key):
-        def hook(module, args):
+        def keep(x):
             if not inside:
-                stash[key] = args[0]
-        return hook
+                stash[key] = x
+        return keep
 
     def rerun_attention(layer: int):
         def hook(module, args, kwargs, output):
@@ -302,10 +318,10 @@ def split_receivers(subject: Subject, deltas: ReceiverDeltas) -> Iterator[None]:
 
     handles = [s.final_norm.register_forward_pre_hook(add_logits)]
     for layer in range(adapter.n_layers):
-        handles.append(s.attn_norms[layer].register_forward_pre_hook(stash_input(f"a{layer}")))
+        handles.append(on_input(s.attn_inputs[layer], stash_input(f"a{layer}")))
         handles.append(adapter.attention_modules[layer].register_forward_hook(rerun_attention(layer),
                                                                               with_kwargs=True))
-        handles.append(s.mlp_norms[layer].register_forward_pre_hook(stash_input(f"m{layer}")))
+        handles.append(on_input(s.mlp_inputs[layer], stash_input(f"m{layer}")))
         handles.append(s.mlps[layer].register_forward_hook(rerun_mlp(layer)))
     try:
         with head_output_hook(subject, combine):
