@@ -14,6 +14,15 @@ optional softcap, the per-head temperature and the additive key bias:
     received_j        = sum_i p_ij                                (over real, non-padding query rows)
     block_mass[a, b]  = sum_{i in query block a} sum_{j in key block b} p_ij
     block_max[a, b]   = max_{i in query block a, j in key block b} p_ij   (0 where no row sees a key of the block)
+    learned_sink_mass_i = 1 - sum_j p_ij = exp(u_h - lse_i)       (0 without learned sinks)
+
+Learned sinks (GPT-OSS; the "attention sinks" of Xiao et al. 2023, "Efficient Streaming Language Models with
+Attention Sinks", learned as one logit u_h per head): `sinks` [Hq] holds a logit that joins every row's softmax
+denominator without a key or a value, p_ij = exp(s_ij) / (sum_j exp(s_ij) + exp(u_h)), so a row's weights sum to
+1 - learned_sink_mass_i and lse_i is the log of that whole denominator. Every other statistic is read off the
+weights p_ij of the keys, which are the model's own attention weights (entropy is -sum_j p_ij log p_ij over the
+keys, the sink's own term left out). The sink logit is not scaled or softcapped (it is a logit already);
+the temperature edit divides it like every logit of the row, and `HeadEdits.sink_bias` is added to it.
 
 Blocks hold `block_size` positions (64-1024, default 128): key block b holds the keys whose position, counted
 from the first real key, is in [b * block_size, (b + 1) * block_size); query block a holds the query rows counted
@@ -42,7 +51,7 @@ from dataclasses import dataclass, fields
 import torch
 
 QUERY_STATS: tuple[str, ...] = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance",
-                                 "self_mass")
+                                 "self_mass", "learned_sink_mass")
 KEY_STATS: tuple[str, ...] = ("received",)
 BLOCK_STATS: tuple[str, ...] = ("block_mass", "block_max")
 ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS + BLOCK_STATS
@@ -105,6 +114,9 @@ class HeadEdits:
       scales a key's unnormalized weight by c, then softmax renormalizes).
     - bias_keys    [n]: key positions of `key_bias`, counted like sink keys (from the first real key).
     - gate         [Hq]: multiplies the head's output (0 ablates the head, > 1 reinforces it).
+    - sink_bias    [Hq]: added to the learned sink logit u_h of a model that has one (a bias of log(c) scales
+      the sink's unnormalized weight by c, then softmax renormalizes: c = 0 removes the sink, c > 1 strengthens
+      it); ValueError on a layer without learned sinks.
     - identity_mix [Hq]: a_h in [0, 1]; out_i = (1 - a_h) * attn_out_i + a_h * v_i (SoftPAG, Ahn et al.).
     - redistribute [Hq]: f_h in [0, 1], with source_keys [m] and target_keys [n] (disjoint positions, counted
       like sink keys): VAR (Kang et al. 2025, "See What You Are Told: Visual Attention Sink in Large
@@ -126,6 +138,7 @@ class HeadEdits:
     key_bias: torch.Tensor | None = None
     bias_keys: torch.Tensor | None = None
     gate: torch.Tensor | None = None
+    sink_bias: torch.Tensor | None = None
     identity_mix: torch.Tensor | None = None
     redistribute: torch.Tensor | None = None
     source_keys: torch.Tensor | None = None
@@ -169,7 +182,8 @@ class HeadEdits:
     def then(self, other: HeadEdits) -> HeadEdits:
         """The edits of `self` followed by those of `other`, as one HeadEdits.
 
-        Temperatures and gates multiply, key biases add up (on the union of their keys), and identity mixes
+        Temperatures and gates multiply, key biases add up (on the union of their keys), so do sink biases, and
+        identity mixes
         compose as 1 - (1 - a1)(1 - a2), which is what mixing twice toward v_i gives. Gates act last, on the
         mixed output, so composed edits do not depend on their order. Redistributions act on the map after
         every logit edit; two of them compose only over the same source and target keys, as
@@ -182,6 +196,9 @@ class HeadEdits:
 
         def complement(x):
             return None if x is None else 1 - x
+
+        def total(a, b):
+            return b if a is None else a if b is None else a + b
 
         key_bias, bias_keys = self.key_bias, self.bias_keys
         if other.key_bias is not None:
@@ -204,6 +221,7 @@ class HeadEdits:
             keep_size = other.keep_block_size
         return HeadEdits(temperature=product(self.temperature, other.temperature), key_bias=key_bias,
                          bias_keys=bias_keys, gate=product(self.gate, other.gate),
+                         sink_bias=total(self.sink_bias, other.sink_bias),
                          identity_mix=complement(product(complement(self.identity_mix),
                                                          complement(other.identity_mix))),
                          redistribute=complement(product(complement(self.redistribute),
@@ -229,3 +247,24 @@ class HeadEdits:
                 raise ValueError(f"HeadEdits.block_keep has shape {tuple(self.block_keep.shape)}: {lq} queries and "
                                  f"{lk} keys of {batch} sequence(s) in blocks of {size} need "
                                  f"({n_heads}, 1 or {batch}, {want[0]}, {want[1]})")
+
+
+def sink_logits(sinks: torch.Tensor | None, edits: HeadEdits, n_heads: int, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor | None:
+    """The learned sink logit of each query head after the edits, u_h / T_h + sink_bias_h: [Hq] in `dtype`.
+
+    None for a layer without learned sinks; ValueError when `sinks` is not [Hq], or when a sink bias is asked of
+    a layer that has no learned sink (it would silently do nothing).
+    """
+    if sinks is None:
+        if edits.sink_bias is not None:
+            raise ValueError("HeadEdits.sink_bias edits the learned attention sinks, and this layer has none")
+        return None
+    if tuple(sinks.shape) != (n_heads,):
+        raise ValueError(f"sinks has shape {tuple(sinks.shape)}, expected one logit per query head ({n_heads},)")
+    u = sinks.to(device=device, dtype=dtype)
+    if edits.temperature is not None:
+        u = u / edits.temperature.to(device=device, dtype=dtype)
+    if edits.sink_bias is not None:
+        u = u + edits.sink_bias.to(device=device, dtype=dtype)
+    return u.contiguous()

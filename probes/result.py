@@ -1,8 +1,9 @@
 """The Result every probe returns: a tidy table plus the raw arrays it was computed from.
 
 `table` has one row per finding: columns `layer`, `head`, `metric`, `value` (and `position` / `token`
-where a finding is about a token, `other_layer` where it is about a pair of layers, `kept_fraction` where it is
-about one sparsity budget). Layer-level rows carry head = -1; model-level rows layer = -1 too.
+where a finding is about a token, `case` / `document` where it is about a re-ranked document, `other_layer`
+where it is about a pair of layers, `kept_fraction` where it is about one sparsity budget). Layer-level rows carry
+head = -1; model-level rows layer = -1 too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ import numpy as np
 import pandas as pd
 
 LAYER_LEVEL = -1  # the `head` (and for model-level rows also `layer`) of rows that are not about one head
+# rows with one of these set are about a token, a document, a pair of layers or a sweep's budget, not a head
+ITEM_COLUMNS = ("position", "document", "other_layer", "kept_fraction")
+
+
+def _per_item(rows: pd.DataFrame) -> pd.Series:
+    """True for the rows about one token, document, layer pair or budget (the store's head_metrics table leaves
+    them out)."""
+    item = pd.Series(False, index=rows.index)
+    for column in ITEM_COLUMNS:
+        if column in rows:
+            item |= rows[column].notna()
+    return item
 
 
 @dataclass
@@ -44,21 +57,15 @@ class Result:
         return out
 
     def head_metrics(self) -> pd.DataFrame:
-        """The rows that fit the store's head_metrics table (layer, head, metric, value): not those about a token,
-        a pair of layers or one budget of a sweep."""
-        rows = self.table
-        for column in ("position", "other_layer", "kept_fraction"):
-            if column in rows:
-                rows = rows[rows[column].isna()]
+        """The rows that fit the store's head_metrics table (layer, head, metric, value)."""
+        rows = self.table[~_per_item(self.table)]
         return rows[["layer", "head", "metric", "value"]].reset_index(drop=True)
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the probe's options, a layer x head map of each per-head metric, its top heads."""
         from workbench.display import card
 
-        per_head = self.table[self.table["head"] != LAYER_LEVEL]
-        if "position" in per_head:
-            per_head = per_head[per_head.position.isna()]
+        per_head = self.table[(self.table["head"] != LAYER_LEVEL) & ~_per_item(self.table)]
         metrics = list(dict.fromkeys(per_head.metric))
         maps = {name: self.head_matrix(name) for name in metrics[:4]}
         tables = {f"top heads by {name}": self.top(name, 5)[["layer", "head", "value"]] for name in metrics[:2]}
