@@ -8,6 +8,7 @@ import typer
 from workbench.cli.ablate import ablate_command
 from workbench.cli.circuit import circuit_command
 from workbench.cli.common import interruptible
+from workbench.cli.compose import compose_command
 from workbench.cli.dash import dash_command
 from workbench.cli.models import app as models_app
 from workbench.cli.report import app as report_app
@@ -23,4 +24,5 @@ app.command("trace")(interruptible(trace_command))
 app.command("info")(interruptible(info_command))
 app.command("ablate")(interruptible(ablate_command))
 app.command("circuit")(interruptible(circuit_command))
+app.command("compose")(interruptible(compose_command))
 app.command("dash")(interruptible(dash_command))

@@ -40,10 +40,12 @@ KINDS = ("q", "k", "v")
 
 def ov_svd(weights: HeadWeights) -> tuple[torch.Tensor, torch.Tensor]:
     """Singular values S [layer, head, dh] (descending) and output directions Vt [layer, head, dh, d] (orthonormal
-    rows) of every head's W_OV = W_V W_O, through the QR factor of W_V (so no [d, d] matrix is built)."""
-    _, r = torch.linalg.qr(weights.W_V)  # W_V = Q R, so W_OV = Q (R W_O) and shares R W_O's singular values
-    _, s, vt = torch.linalg.svd(r @ weights.W_O, full_matrices=False)
-    return s, vt
+    rows) of every head's W_OV = W_V W_O, through QR factors so that only [dh, dh] matrices are decomposed
+    (no [d, d] matrix is built; a batched SVD of the [dh, d] factor is many times slower on the CPU)."""
+    _, r_v = torch.linalg.qr(weights.W_V)  # W_V = Q R: W_OV = Q (R W_O) has the singular values of R W_O
+    q_o, r_o = torch.linalg.qr((r_v @ weights.W_O).transpose(-1, -2))  # R W_O = r_o^T q_o^T
+    _, s, vh = torch.linalg.svd(r_o.transpose(-1, -2))  # r_o^T = U S Vh, so R W_O = U S (Vh q_o^T)
+    return s, vh @ q_o.transpose(-1, -2)
 
 
 def _gram(matrix: torch.Tensor) -> torch.Tensor:

@@ -190,3 +190,20 @@ def test_organism_ioi_circuit_heads_read_the_previous_token_heads_through_their_
         column = result.arrays["k_composition"][:3, :, receiver[0], receiver[1]]
         top = {tuple(int(x) for x in np.unravel_index(i, column.shape)) for i in np.argsort(-column, axis=None)[:3]}
         assert top == {(1, 1), (2, 5), (2, 1)}, (receiver, column)
+
+
+def test_compose_cli_prints_the_strongest_pairs_saves_and_stores(tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+    from workbench.store import Store
+
+    out = tmp_path / "out"
+    run = CliRunner().invoke(app, ["compose", "--model", "induction-2l", "--top", "4", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    assert "L0.H1 -> L1.H1  0.231" in run.output
+    assert {p.name for p in out.iterdir()} == {"composition.parquet", "composition_arrays.npz"}
+    with Store() as db:
+        rows = db.query("SELECT metric, count(*) AS n FROM head_metrics GROUP BY metric ORDER BY metric")
+    assert list(rows.metric) == ["k_composition_max", "q_composition_max", "v_composition_max"]
+    assert list(rows.n) == [4, 4, 4]  # one row per head of layer 1, the only layer with earlier heads
