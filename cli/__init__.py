@@ -13,6 +13,7 @@ from workbench.cli.dash import dash_command
 from workbench.cli.models import app as models_app
 from workbench.cli.report import app as report_app
 from workbench.cli.scan import app as scan_app
+from workbench.cli.search import search_command
 from workbench.cli.trace import info_command, trace_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -25,4 +26,5 @@ app.command("info")(interruptible(info_command))
 app.command("ablate")(interruptible(ablate_command))
 app.command("circuit")(interruptible(circuit_command))
 app.command("compose")(interruptible(compose_command))
+app.command("search")(interruptible(search_command))
 app.command("dash")(interruptible(dash_command))

@@ -77,7 +77,7 @@ def head_search(subject: Subject, objective: Callable[[], float], edit: Edit, n_
     pool = check_heads(subject, candidates if candidates is not None else
                        [(l, h) for l in range(a.n_layers) for h in range(a.n_heads)])
     if not 1 <= n_heads <= len(pool):
-        raise WorkbenchError(f"--heads {n_heads}: choose between 1 and the {len(pool)} candidate heads")
+        raise WorkbenchError(f"cannot choose {n_heads} heads: choose between 1 and the {len(pool)} candidates")
     if beam < 1:
         raise WorkbenchError(f"beam width {beam} must be at least 1")
     sign = -1.0 if goal == "decrease" else 1.0
