@@ -12,6 +12,7 @@ from workbench.cli.compose import compose_command
 from workbench.cli.dash import dash_command
 from workbench.cli.models import app as models_app
 from workbench.cli.report import app as report_app
+from workbench.cli.reuse import reuse_command
 from workbench.cli.scan import app as scan_app
 from workbench.cli.search import search_command
 from workbench.cli.trace import info_command, trace_command
@@ -27,4 +28,5 @@ app.command("ablate")(interruptible(ablate_command))
 app.command("circuit")(interruptible(circuit_command))
 app.command("compose")(interruptible(compose_command))
 app.command("search")(interruptible(search_command))
+app.command("reuse")(interruptible(reuse_command))
 app.command("dash")(interruptible(dash_command))
