@@ -4,7 +4,9 @@ Head-output edits (`heads`: ablate, scale, keep_only) act on the input of each a
 attention-weight edits (`perturbation.soft_pag`, `reinforcement.reinforce`, `zerotuning.scale_initial`,
 `calibration.calibrate`, `redistribution.redistribute`) are `kernels.HeadEdits` that the attention kernel
 applies in-pass.
-`masking.attention_influence` measures what masking a set of heads does to each document's loss.
+`components.remove_components` takes chosen directions out of a head's output (also a head-output edit).
+`masking.attention_influence` measures what masking a set of heads does to each document's loss;
+`search.head_search` grows the head set whose edit moves an objective most.
 """
 
 from workbench.interventions.calibration import calibrate, find_hidden_sinks
