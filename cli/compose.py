@@ -3,7 +3,6 @@ tables and arrays, store each head's strongest incoming score."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer

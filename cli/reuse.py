@@ -45,7 +45,7 @@ def reuse_command(
     """Find each task's circuit and compare their heads (circuit component reuse, Merullo et al. 2023)."""
     from workbench.atomic import output_folder
     from workbench.probes.circuits.circuit import save
-    from workbench.probes.circuits.discover import find_circuit
+    from workbench.probes.circuits.discover import METHODS, find_circuit
     from workbench.probes.circuits.reuse import circuit_reuse
     from workbench.probes.tasks import load_task
 
@@ -54,11 +54,15 @@ def reuse_command(
     try:
         if len(names) < 2 or len(set(names)) < len(names):
             raise WorkbenchError(f"--tasks {tasks!r}: name two or more different tasks")
+        if method not in METHODS:
+            raise WorkbenchError(f"unknown circuit method {method!r}; known: {list(METHODS)}")
         preflight(out, overwrite, store, no_store)
         subject = load_subject(model, device)
         built = [load_task(subject, name, n=examples, seed=seed) for name in names]
+        if len({task.name for task in built}) < len(built):
+            raise WorkbenchError(f"--tasks {tasks!r}: two of the tasks have the same name {[t.name for t in built]}")
         circuits = {}
-        for name, task in zip(names, built, strict=True):
+        for task in built:
             console.print(f"{subject.name}: {method} on {task.name} ({len(task.examples)} examples)")
             circuits[task.name] = find_circuit(subject, task, method, top_k=top_k, max_heads=max_heads)
         result = circuit_reuse(circuits)

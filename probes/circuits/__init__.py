@@ -17,5 +17,5 @@ from workbench.probes.circuits.patching import patch_heads, patch_patterns, patc
 from workbench.probes.circuits.path_patching import path_patch
 from workbench.probes.circuits.reuse import circuit_reuse
 
-__all__ = ["Circuit", "attribution_scores", "circuit_figure", "circuit_reuse", "faithfulness", "find_circuit", "node_scores",
-           "overlap", "patch_heads", "patch_patterns", "patch_residual", "path_patch", "select"]
+__all__ = ["Circuit", "attribution_scores", "circuit_figure", "circuit_reuse", "faithfulness", "find_circuit",
+           "node_scores", "overlap", "patch_heads", "patch_patterns", "patch_residual", "path_patch", "select"]

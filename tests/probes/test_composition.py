@@ -42,7 +42,8 @@ def test_head_weights_are_the_models_projections(name):
     float32 even in a float64 model (relative error about 1e-7)."""
     subject = tiny(name)
     a, w = subject.adapter, head_weights(subject)
-    x = torch.randn(5, subject.model.config.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, subject.model.config.hidden_size, dtype=torch.float64, generator=g)
     for layer, norm in enumerate(sites(subject).attn_norms):
         attn, h = a.attention_modules[layer], norm(x)
         if name == "gpt2":
@@ -97,9 +98,9 @@ def dense_scores(subject, distances):
                 for h2 in range(a.n_heads):
                     qk = [w.qk(l2, h2, p) for p in rotations]
                     ov2 = w.ov(l2, h2)
-                    out["q"][l1, h1, l2, h2] = np.sqrt(np.mean([float(fro(ov @ m) / fro(ov) / fro(m)) ** 2 for m in qk]))
-                    out["k"][l1, h1, l2, h2] = np.sqrt(np.mean([float(fro(ov @ m.T) / fro(ov) / fro(m)) ** 2
-                                                                for m in qk]))
+                    rms = lambda products: np.sqrt(np.mean(np.square(products)))  # noqa: E731
+                    out["q"][l1, h1, l2, h2] = rms([float(fro(ov @ m) / fro(ov) / fro(m)) for m in qk])
+                    out["k"][l1, h1, l2, h2] = rms([float(fro(ov @ m.T) / fro(ov) / fro(m)) for m in qk])
                     out["v"][l1, h1, l2, h2] = float(fro(ov @ ov2) / fro(ov) / fro(ov2))
     return out
 
