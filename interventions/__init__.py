@@ -10,12 +10,15 @@ applies in-pass.
 """
 
 from workbench.interventions.calibration import calibrate, find_hidden_sinks
+from workbench.interventions.components import project_out, remove_components
 from workbench.interventions.heads import ablate, keep_only, scale
 from workbench.interventions.masking import attention_influence
 from workbench.interventions.perturbation import soft_pag
 from workbench.interventions.redistribution import redistribute
 from workbench.interventions.reinforcement import reinforce
+from workbench.interventions.search import head_search
 from workbench.interventions.zerotuning import scale_initial, search_scale
 
-__all__ = ["ablate", "attention_influence", "calibrate", "find_hidden_sinks", "keep_only", "redistribute",
-           "reinforce", "scale", "scale_initial", "search_scale", "soft_pag"]
+__all__ = ["ablate", "attention_influence", "calibrate", "find_hidden_sinks", "head_search", "keep_only",
+           "project_out", "redistribute", "reinforce", "remove_components", "scale", "scale_initial", "search_scale",
+           "soft_pag"]
