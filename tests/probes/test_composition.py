@@ -124,6 +124,10 @@ def test_composition_equals_dense_matrices(name):
     assert len(pairs) == a.n_heads ** 2 * a.n_layers * (a.n_layers - 1) // 2
     row = pairs[(pairs.layer == 1) & (pairs["head"] == 0) & (pairs.source_layer == 0) & (pairs.source_head == 3)]
     assert float(row.value.iloc[0]) == pytest.approx(dense["k"][0, 3, 1, 0], rel=1e-9)
+    ranked = carrying_components(result, (0, 1), (1, 2), "v", k=a.head_dim)
+    assert ranked.share.sum() == pytest.approx(1.0) and list(ranked.score) == sorted(ranked.score, reverse=True)
+    with pytest.raises(ValueError, match="not in an earlier layer"):
+        carrying_components(result, (1, 0), (0, 1))
 
 
 def test_project_out_removes_the_directions_from_what_the_head_writes():
