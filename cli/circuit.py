@@ -9,10 +9,13 @@ import typer
 
 from workbench.cli.ablate import ExamplesOption, SeedOption, TaskOption
 from workbench.cli.common import (
+    DeviceMapOption,
     DeviceOption,
+    MaxMemoryOption,
     ModelOption,
     NoStoreOption,
     OverwriteOption,
+    OffloadOption,
     StoreOption,
     console,
     default_out,
@@ -39,6 +42,9 @@ def circuit_command(
     store: StoreOption = None,
     no_store: NoStoreOption = False,
     device: DeviceOption = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadOption = None,
 ) -> None:
     """Score every edge between heads and MLPs on a clean/corrupted task, keep the strongest as the circuit,
     and measure its faithfulness (everything outside it mean-ablated)."""
@@ -50,7 +56,7 @@ def circuit_command(
     out = out or default_out("circuits")
     try:
         preflight(out, overwrite, store, no_store)
-        subject = load_subject(model, device)
+        subject = load_subject(model, device, device_map, max_memory, offload_folder)
         the_task = load_task(subject, task, n=examples, seed=seed)
         console.print(f"{subject.name}: {method} on {the_task.name} ({len(the_task.examples)} examples, "
                       f"metric {the_task.metric})")
