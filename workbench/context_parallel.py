@@ -133,12 +133,23 @@ def combine(name: str, record: torch.Tensor, shards: Shards, length: int) -> tor
     return gather_sequence(record, record.ndim - 1, shards)[..., :length]
 
 
-def last_logits(logits: torch.Tensor, mask: torch.Tensor, shards: Shards) -> torch.Tensor:
-    """[B, vocab]: the logits at each sequence's last real token, from whichever rank holds it."""
-    last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # [B]
-    held = shards.positions[None, :] == last[:, None]  # [B, l]
-    mine = (logits * held[..., None].to(logits.dtype)).sum(1)
-    return sum_over_ranks(mine.float(), shards)
+def _last(mask: torch.Tensor) -> torch.Tensor:
+    """[B]: the position of each sequence's last real token."""
+    return (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
+
+
+def last_rows(shards: Shards, mask: torch.Tensor) -> torch.Tensor:
+    """The local indices of this rank's tokens that are some sequence's last real token (often none): the only
+    rows whose logits a trace keeping the last logits needs (`logits_to_keep`)."""
+    return torch.nonzero(torch.isin(shards.positions, _last(mask))).flatten()
+
+
+def last_logits(logits: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, shards: Shards) -> torch.Tensor:
+    """[B, vocab] float32: the logits at each sequence's last real token, from whichever rank holds it, given this
+    rank's logits [B, len(rows), vocab] at its local rows `rows`."""
+    held = shards.positions[rows][None, :] == _last(mask)[:, None]  # [B, rows]
+    mine = (logits.float() * held[..., None]).sum(1)
+    return sum_over_ranks(mine, shards)
 
 
 def start(device: str | None = None) -> str:

@@ -261,7 +261,13 @@ def trace(
             raise WorkbenchError("patterns are not kept in a context-parallel trace: trace them in one process")
         shards = cp.split(enc["attention_mask"])
     run = enc if shards is None else cp.local_inputs(shards, enc["input_ids"])
-    keep = {} if shards else _logits_to_keep(subject, enc["attention_mask"], logits)
+    if shards is None:
+        keep = _logits_to_keep(subject, enc["attention_mask"], logits)
+    else:  # each rank computes logits only at the last tokens it holds, unless all are kept
+        rows, keep = torch.arange(shards.positions.numel(), device=shards.positions.device), {}
+        if logits != "all" and _takes_logits_to_keep(subject):
+            rows = cp.last_rows(shards, enc["attention_mask"])
+            keep = {"logits_to_keep": rows}
     with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
                                   patterns=patterns, pattern_window=pattern_window, backend=backend) as cap:
         cap.shards, cap.length = shards, length
@@ -273,7 +279,7 @@ def trace(
     kept_logits = getattr(out, "logits", None)
     if shards is not None and kept_logits is not None and logits is not None:
         kept_logits = (_whole_sequence(kept_logits, shards, length) if logits == "all"
-                       else cp.last_logits(kept_logits, enc["attention_mask"], shards)[:, None])
+                       else cp.last_logits(kept_logits, rows, enc["attention_mask"], shards)[:, None])
     return Trace(
         model_id=subject.name,
         config=subject.adapter.facts(),
@@ -299,8 +305,11 @@ def _logits_to_keep(subject: Subject, mask: torch.Tensor, logits: str | None) ->
     """{"logits_to_keep": 1} where only the last position's logits are wanted and every sequence ends there
     (no right padding), so that the model computes one row of logits per sequence instead of L."""
     ends_at_last = bool(mask[:, -1].all())
-    takes = "logits_to_keep" in inspect.signature(subject.model.forward).parameters
-    return {"logits_to_keep": 1} if logits in (None, "last") and ends_at_last and takes else {}
+    return {"logits_to_keep": 1} if logits in (None, "last") and ends_at_last and _takes_logits_to_keep(subject) else {}
+
+
+def _takes_logits_to_keep(subject: Subject) -> bool:
+    return "logits_to_keep" in inspect.signature(subject.model.forward).parameters
 
 
 def _kept_logits(out: torch.Tensor | None, mask: torch.Tensor, logits: str | None) -> torch.Tensor | None:

@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 import pandas as pd
-from multiprocess import spawn
+from gloo_ranks import spawn
 from typer.testing import CliRunner
 
 import workbench

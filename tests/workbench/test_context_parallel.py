@@ -5,7 +5,7 @@ redistribution among them) applied across the shards."""
 
 import pytest
 import torch
-from multiprocess import spawn
+from gloo_ranks import spawn
 from tiny_models import build, token_ids, tokenizer
 
 import workbench
@@ -28,22 +28,22 @@ def _edits(n_heads: int) -> dict[int, HeadEdits]:
                          target_keys=torch.tensor([3, 5]), gate=torch.linspace(0.5, 1.5, n_heads))}
 
 
-CASES = {  # name -> (model, inputs, edits)
-    "llama-gqa-left-padding": ("llama", TEXTS, False),
+CASES = {  # name -> (model, inputs, edits, logits kept)
+    "llama-gqa-left-padding": ("llama", TEXTS, False, "last"),
     "gemma3-sliding-right-padding": ("gemma3_text", [token_ids(1, 21, seed=1)[0].tolist(),
-                                                     token_ids(1, 14, seed=2)[0].tolist()], False),
-    "qwen2-sliding-edits": ("qwen2", token_ids(2, 19, seed=3), True),
-    "gpt2-uneven": ("gpt2", token_ids(1, 23, seed=4), False),
+                                                     token_ids(1, 14, seed=2)[0].tolist()], False, "last"),
+    "qwen2-sliding-edits": ("qwen2", token_ids(2, 19, seed=3), True, "all"),
+    "gpt2-uneven": ("gpt2", token_ids(1, 23, seed=4), False, "all"),
 }
 
 
 def _trace(case: str, edited: bool = True) -> workbench.Trace:
     """The case traced in this process, context-parallel when a process group is up."""
-    name, inputs, with_edits = CASES[case]
+    name, inputs, with_edits, logits = CASES[case]
     subject = workbench.load(build(name), tokenizer=_left_padding_tokenizer(), device="cpu")
     edits = _edits(subject.adapter.n_heads) if with_edits and edited else {}
     with workbench.capture(subject, stats=(), edits=edits):
-        return workbench.trace(subject, inputs, stats=ALL_STATS, logits="all", hidden_states=True,
+        return workbench.trace(subject, inputs, stats=ALL_STATS, logits=logits, hidden_states=True,
                                context_parallel=torch.distributed.is_initialized())
 
 
@@ -99,6 +99,7 @@ def _check_cli(tmp_path) -> None:
     got = workbench.Trace.load(tmp_path / "trace")
     for name in want.stats:
         torch.testing.assert_close(got.stats[name], want.stats[name], atol=2e-6, rtol=2e-5, equal_nan=True)
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
 
 
 def test_the_edited_case_is_edited():
