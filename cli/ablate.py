@@ -62,8 +62,6 @@ def ablate_command(
         if path.suffix.lower() not in (".html", ".htm"):
             raise WorkbenchError(f"--out {str(path)!r} is the HTML report: give a file name ending in .html")
         preflight(None, overwrite, store, no_store, files=report_files(path))
-        if device is None and device_map is None and parallel.processes() > 1:
-            device = parallel.device()  # each process on its own GPU
         subject = load_subject(model, device, device_map, max_memory, offload_folder)
         chosen = parse_heads(subject, heads)
         the_task = load_task(subject, task, n=examples, seed=seed)

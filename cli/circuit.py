@@ -47,7 +47,10 @@ def circuit_command(
     offload_folder: OffloadOption = None,
 ) -> None:
     """Score every edge between heads and MLPs on a clean/corrupted task, keep the strongest as the circuit,
-    and measure its faithfulness (everything outside it mean-ablated)."""
+    and measure its faithfulness (everything outside it mean-ablated).
+
+    Under `accelerate launch` or `torchrun`, patching splits its runs across the processes; the first writes."""
+    from workbench import parallel
     from workbench.probes.circuits.circuit import save
     from workbench.probes.circuits.discover import find_circuit
     from workbench.probes.tasks import load_task
@@ -64,6 +67,8 @@ def circuit_command(
                                steps=steps)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
+    if not parallel.is_main():
+        return
     circuit.params["seed"] = seed
     chosen = circuit.edges[circuit.edges.in_circuit].sort_values("score", key=abs, ascending=False)
     console.print(f"circuit: {len(circuit.heads)} of {circuit.n_layers * circuit.n_heads} heads "

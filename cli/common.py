@@ -44,14 +44,18 @@ INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT)
 def load_subject(model: str | None, device: str | None = None, device_map: str | None = None,
                  max_memory: str | None = None, offload_folder: Path | None = None):
     """workbench.load(model, device) under a "Loading ..." spinner (model None: the default model); with
-    `device_map`, sharded by accelerate within `max_memory` (the --max-memory text) and `offload_folder`."""
+    `device_map`, sharded by accelerate within `max_memory` (the --max-memory text) and `offload_folder`.
+    Under `accelerate launch` or `torchrun` the default device is the process's own GPU."""
     import workbench
+    from workbench import parallel
 
     placement = {}
     if device_map is not None:
         placement = dict(device_map=device_map, max_memory=memory_limits(max_memory), offload_folder=offload_folder)
     elif max_memory is not None or offload_folder is not None:
         raise WorkbenchError("--max-memory and --offload-folder shard the model: give them with --device-map")
+    elif device is None and parallel.processes() > 1:
+        device = parallel.device()
     with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
         return workbench.load(model, device=device, **placement)
 

@@ -31,6 +31,7 @@ from workbench.cli.common import (
     read_text,
     store_run,
 )
+from workbench import parallel
 from workbench.atomic import check_output, output_folder
 from workbench.errors import WorkbenchError
 
@@ -49,6 +50,8 @@ def _run(probe: str, model: str | None, device: str | None, make: Callable, out:
         preflight(None if checked else out, overwrite, store, no_store)
         subject = load_subject(model, device)
         results = make(subject)
+        if not parallel.is_main():
+            return  # under a launcher, every process holds the results; the first writes them
         interrupted = [r for r in results if r.params.get("interrupted")]
         if interrupted:
             done = interrupted[0].params.get("cases", 0)

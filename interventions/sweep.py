@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from workbench import parallel
 from workbench.interventions.heads import MODES, ablate, record_reference
@@ -56,26 +55,28 @@ def ablation_sweep(subject: Subject, task: Task, heads: Sequence[Head] | None = 
     heads = check_heads(subject, heads if heads is not None else parse_heads(subject, "all"))
     if not heads:
         raise WorkbenchError("no heads to ablate")
-    mine = parallel.share(heads)
     start = time.perf_counter()
     base = evaluate(subject, task)
     if on_start is not None:
-        on_start((time.perf_counter() - start) * len(mine))
+        on_start((time.perf_counter() - start) * len(parallel.share(heads)))
     # the heads' outputs on the task's own clean prompts, recorded once for every head's mean/resample ablation
     reference = None if mode == "zero" else record_reference(subject, [list(e.clean) for e in task.examples])
     sign = 1.0 if task.higher_is_better else -1.0
-    done = []  # per head of this process's share: (its table rows, its per-example delta of the task metric)
-    for layer, head in tqdm(mine, desc=f"{mode}-ablating heads on {task.name}", unit="head"):
-        with ablate(subject, [(layer, head)], mode=mode, reference=reference, seed=seed):
+
+    def one(head: Head) -> tuple[list[tuple], np.ndarray]:
+        """The head's table rows and the per-example change of the task metric when it is ablated."""
+        layer, index = head
+        with ablate(subject, [head], mode=mode, reference=reference, seed=seed):
             ablated = evaluate(subject, task)
         rows = []
         for name, values in ablated.items():
-            rows.append((layer, head, f"ablated_{name}", float(values.mean())))
-            rows.append((layer, head, f"delta_{name}", float((values - base[name]).mean())))
+            rows.append((layer, index, f"ablated_{name}", float(values.mean())))
+            rows.append((layer, index, f"delta_{name}", float((values - base[name]).mean())))
         delta = ablated[task.metric] - base[task.metric]
-        rows.append((layer, head, "importance", float(-sign * delta.mean())))
-        done.append((rows, delta))
-    done = parallel.gather(done)
+        rows.append((layer, index, "importance", float(-sign * delta.mean())))
+        return rows, delta
+
+    done = parallel.map_items(one, heads, desc=f"{mode}-ablating heads on {task.name}", unit="head")
     rows = [row for head_rows, _ in done for row in head_rows]
     deltas = [delta for _, delta in done]
     table = pd.DataFrame(rows, columns=["layer", "head", "metric", "value"])

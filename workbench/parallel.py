@@ -9,14 +9,16 @@ process (rank 0) alone writes reports and store runs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @functools.cache
@@ -51,3 +53,14 @@ def gather(mine: list[T]) -> list[T]:
     if processes() == 1:
         return list(mine)
     return gather_object(list(mine))
+
+
+def wait() -> None:
+    """Wait until every process gets here (a no-op in one process)."""
+    _state().wait_for_everyone()
+
+
+def map_items(fn: Callable[[T], R], items: Sequence[T], desc: str, unit: str) -> list[R]:
+    """[fn(item) for item in items], each process running its share (with a progress bar `desc`, in `unit`s),
+    the results in item order on every process."""
+    return gather([fn(item) for item in tqdm(share(items), desc=desc, unit=unit)])

@@ -47,8 +47,11 @@ def _trace(case: str, edited: bool = True) -> workbench.Trace:
                                context_parallel=torch.distributed.is_initialized())
 
 
-def _traces() -> dict[str, workbench.Trace]:
-    return {case: _trace(case) for case in CASES}
+FOUR_RANKS = ("llama-gqa-left-padding", "gemma3-sliding-right-padding")  # 4 ranks: the cases with padding
+
+
+def _traces(cases=tuple(CASES)) -> dict[str, workbench.Trace]:
+    return {case: _trace(case) for case in cases}
 
 
 def _cli(folder: str) -> None:
@@ -62,8 +65,8 @@ def _cli(folder: str) -> None:
 
 
 def _ranks(folder: str | None) -> dict[str, workbench.Trace]:
-    """What each rank does: trace every case, then (given a folder) run `workbench trace --context-parallel`."""
-    traces = _traces()
+    """What each rank does: trace the cases, then (given a folder) run `workbench trace --context-parallel`."""
+    traces = _traces(tuple(CASES) if folder is not None else FOUR_RANKS)
     if folder is not None:
         _cli(folder)
     return traces
@@ -71,11 +74,11 @@ def _ranks(folder: str | None) -> dict[str, workbench.Trace]:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_context_parallel_trace_equals_one_process(world, tmp_path):
-    """On 2 ranks, also `workbench trace --context-parallel`: one Trace folder, one store run (spawning ranks is
-    the slow part of these tests, so the command runs in the same ranks)."""
+    """On 2 ranks every case and `workbench trace --context-parallel` (one Trace folder, one store run; spawning
+    ranks is the slow part of these tests, so the command runs in the same ranks); on 4, the padded cases."""
     cli = str(tmp_path) if world == 2 else None
     ranks = spawn(_ranks, world, tmp_path / "ranks", cli)
-    want = _traces()
+    want = _traces(tuple(CASES) if cli else FOUR_RANKS)
     for got in ranks:  # every rank holds the whole trace
         for case, one in want.items():
             many = got[case]
