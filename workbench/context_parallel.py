@@ -79,10 +79,13 @@ def _rank_order(shards: Shards) -> torch.Tensor:
 
 def gather_sequence(local: torch.Tensor, dim: int, shards: Shards) -> torch.Tensor:
     """Every rank's `local` (this rank's positions along `dim`) as the whole padded sequence, in position order."""
+    device = local.device
+    if device.type != "cpu" and dist.get_backend(shards.group) == "gloo":
+        local = local.cpu()  # gloo gathers host tensors only (ranks sharing one GPU run gloo)
     local = local.contiguous()
     parts = [torch.empty_like(local) for _ in range(shards.world)]
     dist.all_gather(parts, local, group=shards.group)
-    gathered = torch.cat(parts, dim=dim)
+    gathered = torch.cat(parts, dim=dim).to(device)
     full = torch.empty_like(gathered)
     full.index_copy_(dim, _rank_order(shards), gathered)
     return full
