@@ -3,7 +3,10 @@
 One program handles BLOCK_M query rows of one (batch, query head) and walks the key blocks those rows may see
 (causal: up to the diagonal; sliding window: from the window's first key; left padding: from the first real
 key). Blocks that every row sees whole skip the mask; only the blocks on the diagonal, on the window's
-edges and at the end of the keys are masked (with key padding, every block is).
+edges and at the end of the keys are masked (with key padding, every block is). On Hopper the tiles arrive
+through tensor descriptors (TMA, the bulk tensor copy engine: no address arithmetic in the loop, zeros beyond
+the tensor); elsewhere through pointer loads. With plain scaled logits (FOLD: no softcap, bias or temperature)
+the whole blocks take the row maximum on q.k and scale it, so each score costs one multiply-add before exp2.
 
 The online-softmax recurrence, per row, over key blocks, in base-2 logits u (see `workbench.kernels.triton_logits`),
 with x_j = u_j - m' and p_j = exp2(x_j):
@@ -53,8 +56,55 @@ def load_rows(base, offs, stride, offs_d, n_rows, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def load_block(desc, b, head, row0, base, offs, stride, offs_d, n_rows,
+               HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """The tile [ROWS, BLOCK_D] of rows row0.. (= offs) of one (batch, head): through the tensor descriptor
+    `desc` (a bulk tensor copy on Hopper, zero beyond the tensor) when TMA, else as `load_rows`."""
+    if TMA:
+        return desc.load([b, head, row0, 0]).reshape(ROWS, BLOCK_D)
+    else:
+        return load_rows(base, offs, stride, offs_d, n_rows, HEAD_DIM)
+
+
+@triton.jit
+def distance_tile(p, q_abs, n0, distance_cap, BLOCK_N: tl.constexpr, CAP: tl.constexpr):
+    """sum_j p_ij min(|i - j|, cap) [rows] over the key block n0.. from the tile of distances."""
+    dist = tl.abs(q_abs[:, None] - (n0 + tl.arange(0, BLOCK_N))[None, :]).to(tl.float32)
+    if CAP:
+        dist = tl.minimum(dist, distance_cap)
+    return tl.sum(p * dist, 1)
+
+
+@triton.jit
+def block_distance(p, row_sum, q_abs, n0, q_first, q_last, distance_cap,
+                   BLOCK_N: tl.constexpr, CAP: tl.constexpr, BELOW: tl.constexpr):
+    """sum_j p_ij min(|i - j|, cap) [rows] over the key block n0.. (row_sum = sum_j p_ij).
+
+    A block at least the cap away from every row adds cap * row_sum. BELOW: every key of the block precedes
+    every row (a whole block under a causal mask); where the block is also within the cap of every row,
+    |i - j| = (i - n0) - c is linear in the column c, so the sum is (i - n0) row_sum - sum_c p_ic c: one
+    multiply-add per score instead of a tile of distances.
+    """
+    if CAP:
+        limit = distance_cap
+    else:
+        limit = 1.0e30
+    if (q_first - (n0 + BLOCK_N - 1) >= limit) | (n0 - q_last >= limit):
+        w = limit * row_sum
+    elif BELOW:
+        if q_last - n0 < limit:
+            cols = tl.arange(0, BLOCK_N).to(tl.float32)
+            w = (q_abs - n0).to(tl.float32) * row_sum - tl.sum(p * cols[None, :], 1)
+        else:
+            w = distance_tile(p, q_abs, n0, distance_cap, BLOCK_N, CAP)
+    else:
+        w = distance_tile(p, q_abs, n0, distance_cap, BLOCK_N, CAP)
+    return w
+
+
+@triton.jit
 def stats_forward(
-    Q, K, V, Out, KeyValid, Start, SinkKeys, Temperature, KeyBias, BiasKeys, Gate, Mix,
+    Q, K, V, DescQ, DescK, DescV, Out, KeyValid, Start, SinkKeys, Temperature, KeyBias, BiasKeys, Gate, Mix,
     Redistribute, SourceKeys, TargetKeys,
     Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, SelfMass, RowMax, RowLog2Sum, RowKeep, RowBoost,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
@@ -66,6 +116,7 @@ def stats_forward(
     REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr,
     N_SINK: tl.constexpr, LSE: tl.constexpr, NORM: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr,
     MAX: tl.constexpr, DISTANCE: tl.constexpr, SELF: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
+    TMA: tl.constexpr, FOLD: tl.constexpr,
 ):
     """Output rows and query statistics of one block of BLOCK_M query rows of one (batch, query head).
 
@@ -89,7 +140,8 @@ def stats_forward(
     if PADDED:  # a padding query sees no key
         row_ok &= tl.load(key_valid_row + q_abs, mask=in_range, other=0) != 0
 
-    q_tile = load_rows(Q + b * stride_qb + head * stride_qh, offs_m, stride_qm, offs_d, lq, HEAD_DIM)
+    q_tile = load_block(DescQ, b, head, pid_m * BLOCK_M, Q + b * stride_qb + head * stride_qh, offs_m, stride_qm,
+                        offs_d, lq, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
     k_tile_base = K + b * stride_kb + kv_head * stride_kh
     v_tile_base = V + b * stride_vb + kv_head * stride_vh
     pre, post = logit_scales(scale, softcap, Temperature, head, SOFTCAP, TEMPERATURE)
@@ -135,21 +187,31 @@ def stats_forward(
         for n0 in range(seg_lo, seg_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             rel_k = offs_n - start
-            k_tile = load_rows(k_tile_base, offs_n, stride_kn, offs_d, lk, HEAD_DIM)
-            u = edited_logits(q_tile, k_tile, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS, PRECISION)
-            if seg != 1:  # on the window's lower edge, the diagonal or the keys' end
-                seen = visible(q_abs, offs_n, row_ok, lk, window, CAUSAL, WINDOW)
-                if PADDED:
-                    seen &= tl.load(key_valid_row + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
-                u = tl.where(seen, u, MASKED)
-
-            if MAX:  # the row maximum and its first position in one reduction
-                block_max, block_arg = tl.max(u, 1, return_indices=True, return_indices_tie_break_left=True)
+            k_tile = load_block(DescK, b, kv_head, n0, k_tile_base, offs_n, stride_kn, offs_d, lk, HEAD_DIM,
+                                BLOCK_N, BLOCK_D, TMA)
+            qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
+            if FOLD and seg == 1:  # plain scaled logits on whole blocks: max on q.k, then one FMA per score
+                if MAX:  # the row maximum and its first position in one reduction (post > 0 keeps the order)
+                    qk_max, block_arg = tl.max(qk, 1, return_indices=True, return_indices_tie_break_left=True)
+                else:
+                    qk_max = tl.max(qk, 1)
+                block_max = qk_max * post
+                m_new = tl.maximum(m_i, block_max)
+                x = qk * post - m_new[:, None]
             else:
-                block_max = tl.max(u, 1)
-            m_new = tl.maximum(m_i, block_max)
+                u = edited_logits(qk, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS)
+                if seg != 1:  # on the window's lower edge, the diagonal or the keys' end
+                    seen = visible(q_abs, offs_n, row_ok, lk, window, CAUSAL, WINDOW)
+                    if PADDED:
+                        seen &= tl.load(key_valid_row + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
+                    u = tl.where(seen, u, MASKED)
+                if MAX:  # the row maximum and its first position in one reduction
+                    block_max, block_arg = tl.max(u, 1, return_indices=True, return_indices_tie_break_left=True)
+                else:
+                    block_max = tl.max(u, 1)
+                m_new = tl.maximum(m_i, block_max)
+                x = u - m_new[:, None]
             alpha = tl.exp2(m_i - m_new)
-            x = u - m_new[:, None]
             p = tl.exp2(x)
             row_sum = tl.sum(p, 1)
             if ENTROPY:
@@ -162,21 +224,14 @@ def stats_forward(
                 if block_has_sink:  # most blocks hold no sink key
                     z_i += tl.sum(tl.where(is_sink[None, :], p, 0.0), 1)
             if DISTANCE:
-                w_i = w_i * alpha
-                if CAP:
-                    far = (q_first - (n0 + BLOCK_N - 1) >= distance_cap) | (n0 - q_last >= distance_cap)
-                    if far:  # every (query, key) pair of the block is at least the cap apart
-                        w_i += distance_cap * row_sum
-                    else:
-                        dist = tl.minimum(tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32), distance_cap)
-                        w_i += tl.sum(p * dist, 1)
-                else:
-                    w_i += tl.sum(p * tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32), 1)
+                w_i = w_i * alpha + block_distance(p, row_sum, q_abs, n0, q_first, q_last, distance_cap, BLOCK_N,
+                                                   CAP, CAUSAL and seg == 1)
             if SELF:
                 d_i = d_i * alpha
                 if (n0 <= q_last) & (n0 + BLOCK_N > q_first):  # the block holds some row's own key
                     d_i += tl.sum(tl.where(offs_n[None, :] == q_abs[:, None], p, 0.0), 1)
-            v_tile = load_rows(v_tile_base, offs_n, stride_vn, offs_d, lk, HEAD_DIM)
+            v_tile = load_block(DescV, b, kv_head, n0, v_tile_base, offs_n, stride_vn, offs_d, lk, HEAD_DIM,
+                                BLOCK_N, BLOCK_D, TMA)
             if REDIST:
                 is_s, block_has_s = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)
                 is_t, block_has_t = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)
@@ -205,7 +260,7 @@ def stats_forward(
                     if block_has_t:
                         m_t, arg_t = update_max(m_t, arg_t, u, is_t, offs_n, lk)
             l_i = alpha * l_i + row_sum
-            acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
+            acc = tl.dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], input_precision=PRECISION)
             m_i = m_new
 
     seen_any = m_i > MASKED / 2

@@ -46,6 +46,7 @@ def cases(L, D, window, device="cpu"):
         "softcap_scale": ({}, {"softcap": 4.0, "scale": 0.6}),
         "peaked": ({"peak": 8.0}, {}),
         "sinks_and_cap": ({}, {"sink_keys": (0, 3), "distance_cap": 6}),
+        "wide_cap": ({}, {"distance_cap": 2 * L // 3}),  # whole blocks inside the cap and beyond it
         "no_sinks": ({}, {"sink_keys": ()}),
         "one_kv_head": ({"Hkv": 1}, {}),
         "no_grouping": ({"Hkv": 4}, {}),

@@ -60,6 +60,18 @@ def test_only_requested_statistics_are_computed():
     matrix.check_only_requested_statistics(triton_attention.attention, *(t.float() for t in inputs(seed=3)))
 
 
+@pytest.mark.parametrize("case", ["causal", "left_padding", "window", "sinks_and_cap"])
+def test_pointer_loads_match_reference(case, monkeypatch):
+    """The portable path (pointer loads, for GPUs without tensor descriptors), which inputs a descriptor cannot
+    describe (a base off 16 bytes) take too."""
+    shape, opts = CASES[case]
+    q, k, v = inputs(seed=len(case) + 5, **shape)
+    unaligned = torch.empty(q.numel() + 1, dtype=torch.float32, device=q.device)[1:].view(q.shape).copy_(q)
+    assert triton_attention._use_tma(q.float(), k.float()) and not triton_attention._use_tma(unaligned, k.float())
+    monkeypatch.setattr(triton_attention, "TMA_ALLOWED", False)
+    check(q, k, v, **opts)
+
+
 def test_user_errors_name_the_bad_value():
     matrix.check_user_errors(triton_attention.attention, *(t.float() for t in inputs(seed=4)))
 
