@@ -92,3 +92,10 @@ def test_cli_trace_takes_a_device_map(tmp_path):
     want = workbench.trace(plain(), TEXT)
     torch.testing.assert_close(workbench.Trace.load(out).stats["entropy"], want.stats["entropy"], atol=1e-6,
                                rtol=1e-6, equal_nan=True)
+
+
+def test_cli_scan_takes_a_device_map(tmp_path):
+    result = CliRunner().invoke(app, ["scan", "heads", "-m", "induction-2l", "--device-map", "sequential",
+                                      "--length", "8", "--batch", "2", "--out", str(tmp_path / "scan"), "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert any((tmp_path / "scan").iterdir())
