@@ -46,6 +46,7 @@ class Adapter:
     layer_types: list[str]  # "full_attention" or "sliding_attention", one per layer
     attention_modules: list[nn.Module] = field(repr=False)
     out_projections: list[nn.Module] = field(repr=False)
+    layers: list[nn.Module] = field(default_factory=list, repr=False)  # the decoder (or encoder) layers, in order
 
     def layer_of(self) -> dict[int, int]:
         """id(attention module) -> layer index, the map the tracer files statistics by."""
@@ -104,6 +105,7 @@ def adapter_for(model: nn.Module) -> Adapter:
         layer_types=list(layer_types),
         attention_modules=[_get(layer, attn_path) for layer in layers],
         out_projections=[_get(layer, out_path) for layer in layers],
+        layers=layers,
     )
 
 
