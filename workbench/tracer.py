@@ -292,7 +292,8 @@ def trace(
         patterns={head: p.cpu() for head, p in cap.pattern_records.items()},
         pattern_window=pattern_window or ((0, length) if patterns else None),
         options={"sink_keys": list(sink_keys), "distance_cap": distance_cap, "logits": logits,
-                 "backend": kernels.resolve_backend(subject.device, backend)},
+                 "backend": kernels.resolve_backend(subject.device, backend),
+                 **({"context_parallel_ranks": shards.world} if shards else {})},
     )
 
 

@@ -82,6 +82,7 @@ def test_context_parallel_trace_equals_one_process(world, tmp_path):
     for got in ranks:  # every rank holds the whole trace
         for case, one in want.items():
             many = got[case]
+            assert many.options["context_parallel_ranks"] == world
             assert many.stats.keys() == one.stats.keys()
             torch.testing.assert_close(many.stats["argmax_key"], one.stats["argmax_key"], rtol=0, atol=0)
             # float32 sums over at most 64 keys, regrouped by the shards: a few ulps of 1
