@@ -19,7 +19,7 @@ import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import HeadEdits, check_shapes, check_stats, sink_logits
 from workbench.kernels.triton_forward import stats_forward
 from workbench.kernels.triton_received import received_pass
 
@@ -43,7 +43,7 @@ CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
 _KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
-        "REDIST", "TMA", "FOLD"]
+        "REDIST", "TMA", "FOLD", "SINK_LOGIT"]
 _RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "TMA"]
 
 
@@ -110,6 +110,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fused attention with statistics; same contract, shapes and dtypes as `workbench.kernels.reference.attention`.
 
@@ -141,8 +142,8 @@ def attention(
     dummy = torch.empty(1, **f32)
     per_query = lambda: torch.empty(batch, n_heads, lq, **f32)  # noqa: E731
     want_max = "max_prob" in stats or "argmax_key" in stats
-    res = {name: per_query() for name in ("lse", "entropy", "sink_mass", "window_distance", "self_mass")
-           if name in stats}
+    res = {name: per_query() for name in ("lse", "entropy", "sink_mass", "window_distance", "self_mass",
+                                          "learned_sink_mass") if name in stats}
     if want_max:
         res["max_prob"] = per_query()
         res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
@@ -152,13 +153,14 @@ def attention(
     factors = (per_query(), per_query()) if "received" in stats and redist else (dummy, dummy)
     out = torch.empty_like(q)
 
-    sinks = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
+    sink_positions = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
     key_bias = dummy if edits.key_bias is None else edits.key_bias.to(**f32).contiguous()
     bias_keys = dummy if edits.bias_keys is None else edits.bias_keys.to(device=device, dtype=torch.int32)
     temperature = dummy if edits.temperature is None else edits.temperature.to(**f32).contiguous()
     gate = dummy if edits.gate is None else edits.gate.to(**f32).contiguous()
     mix = dummy if edits.identity_mix is None else edits.identity_mix.to(**f32).contiguous()
     fraction = edits.redistribute.to(**f32).contiguous() if redist else dummy
+    sink_logit = sink_logits(None if sinks is None else sinks.detach(), edits, n_heads, torch.float32, device)
     source_keys, target_keys = (edits.source_keys.to(device=device, dtype=torch.int32), edits.target_keys.to(
         device=device, dtype=torch.int32)) if redist else (dummy, dummy)
     block_d = max(16, triton.next_power_of_2(head_dim))
@@ -186,15 +188,18 @@ def attention(
     fold = softcap is None and edits.key_bias is None and edits.temperature is None and not redist
     fold = fold and scalars["scale"] > 0
     _forward[query_grid](
-        q, k, v, desc_q, desc_k, desc_v, out, valid, start, sinks, temperature, key_bias, bias_keys, gate, mix,
+        q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
+        mix,
         fraction, source_keys, target_keys,
         res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
         res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm, *factors,
+        dummy if sink_logit is None else sink_logit, res.get("learned_sink_mass", dummy),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
         N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM="received" in stats, ENTROPY="entropy" in stats,
         SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, SELF="self_mass" in stats,
-        CAP=distance_cap is not None, FOLD=fold,
+        CAP=distance_cap is not None, FOLD=fold, SINK_LOGIT=sink_logit is not None,
+        LEARNED_MASS="learned_sink_mass" in stats,
         **scalars, **flags, **(PINNED or {}),
     )
     if "received" in stats:

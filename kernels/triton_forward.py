@@ -22,6 +22,16 @@ rescaled by alpha. At the end (ln 2 converts base-2 to nats):
     lse = ln2 (m + log2 l)     entropy = ln2 (log2 l - t / l)     max_prob = 1 / l
     sink_mass = z / l          window_distance = w / l            out = acc / l
 
+A learned sink logit (SINK_LOGIT, base 2: u_s) joins the denominator after the key loop, as a stable log-add
+that leaves m (the keys' maximum) and every running sum as they are, so nothing is rescaled and nothing
+overflows: log2 L = log2(l + exp2(u_s - m)), and with the keys' share P = l / L of the row
+
+    lse = ln2 logaddexp2(m + log2 l, u_s)     entropy = ln2 (P log2 L - t / L)
+    learned_sink_mass = exp2(u_s - m - log2 L)
+
+with L in place of l in every other ratio (lse is added up from m + log2 l and u_s, not m + log2 L, which would
+lose u_s's precision in m when the sink dominates a row whose keys have very low logits). The stored row
+normaliser is log2 L, so the received pass is unchanged.
 Both terms of the entropy are >= 0 (l >= 1, t <= 0), so the one-pass entropy does not cancel even when p is
 peaked; argmax_key is the first key at the running maximum. The state starts at m = MASKED, l = t = 0: a
 block whose keys a row cannot see gives that row p = 1 on each of them, and the first visible key wipes it
@@ -37,7 +47,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.kernels.triton_logits import LN2, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
+from workbench.kernels.triton_logits import LN2, LOG2E, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
 from workbench.kernels.triton_redistribution import (
     edited_entropy_bits,
     edited_max,
@@ -107,6 +117,7 @@ def stats_forward(
     Q, K, V, DescQ, DescK, DescV, Out, KeyValid, Start, SinkKeys, Temperature, KeyBias, BiasKeys, Gate, Mix,
     Redistribute, SourceKeys, TargetKeys,
     Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, SelfMass, RowMax, RowLog2Sum, RowKeep, RowBoost,
+    SinkLogit, LearnedSinkMass,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     n_heads, group, lq, lk, scale, softcap, window, distance_cap, tune_lq, tune_lk,
@@ -116,7 +127,7 @@ def stats_forward(
     REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr,
     N_SINK: tl.constexpr, LSE: tl.constexpr, NORM: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr,
     MAX: tl.constexpr, DISTANCE: tl.constexpr, SELF: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
-    TMA: tl.constexpr, FOLD: tl.constexpr,
+    TMA: tl.constexpr, FOLD: tl.constexpr, SINK_LOGIT: tl.constexpr, LEARNED_MASS: tl.constexpr,
 ):
     """Output rows and query statistics of one block of BLOCK_M query rows of one (batch, query head).
 
@@ -266,12 +277,23 @@ def stats_forward(
     seen_any = m_i > MASKED / 2
     l_safe = tl.where(seen_any, l_i, 1.0)
     log2_l = tl.log2(l_safe)
+    lse2 = m_i + log2_l  # the row's log2 normaliser
+    share = 1.0  # the keys' share of the row: 1 - learned_sink_mass
+    if SINK_LOGIT:  # the learned sink joins the denominator (module docstring)
+        sink2 = tl.load(SinkLogit + head) * LOG2E
+        lse2 = tl.maximum(lse2, sink2) + tl.log2(1.0 + tl.exp2(-tl.abs(lse2 - sink2)))
+        sink_u = sink2 - tl.where(seen_any, m_i, 0.0)
+        log2_total = tl.maximum(log2_l, sink_u) + tl.log2(1.0 + tl.exp2(-tl.abs(log2_l - sink_u)))
+        share = tl.exp2(log2_l - log2_total)
+        sink_share = tl.exp2(sink_u - log2_total)
+        log2_l = log2_total
+        l_safe = tl.exp2(log2_total)
     if REDIST:  # the corrections of `workbench.kernels.triton_redistribution`
         keep, boost = factors(z_s, z_t, tl.load(Redistribute + head))
         keep, boost = tl.where(seen_any, keep, 1.0), tl.where(seen_any, boost, 1.0)
         acc += (boost - 1.0)[:, None] * acc_t - (1.0 - keep)[:, None] * acc_s
         if ENTROPY:
-            bits = edited_entropy_bits(log2_l - t_i / l_safe, t_s, z_s, t_t, z_t, l_safe, log2_l, keep, boost)
+            bits = edited_entropy_bits(share * log2_l - t_i / l_safe, t_s, z_s, t_t, z_t, l_safe, log2_l, keep, boost)
         if SINK:
             z_i += (boost - 1.0) * k_t - (1.0 - keep) * k_s
         if DISTANCE:
@@ -284,7 +306,7 @@ def stats_forward(
             d_i *= tl.where(own_s, keep, tl.where(own_t, boost, 1.0))
     else:
         if ENTROPY:
-            bits = log2_l - t_i / l_safe
+            bits = share * log2_l - t_i / l_safe
         if MAX:
             top = tl.full([BLOCK_M], 1.0, tl.float32)  # p of the maximal key, exp2(m - m)
     out = acc / l_safe[:, None]
@@ -301,7 +323,7 @@ def stats_forward(
     nan = float("nan")
     row = bh * lq + offs_m
     if LSE:
-        tl.store(Lse + row, tl.where(seen_any, (m_i + log2_l) * LN2, nan), mask=in_range)
+        tl.store(Lse + row, tl.where(seen_any, lse2 * LN2, nan), mask=in_range)
     if NORM:  # what the received pass needs; NaN marks a row that sees no key
         tl.store(RowMax + row, tl.where(seen_any, m_i, nan), mask=in_range)
         tl.store(RowLog2Sum + row, log2_l, mask=in_range)
@@ -319,3 +341,8 @@ def stats_forward(
         tl.store(WindowDistance + row, tl.where(seen_any, w_i / l_safe, nan), mask=in_range)
     if SELF:
         tl.store(SelfMass + row, tl.where(seen_any, d_i / l_safe, nan), mask=in_range)
+    if LEARNED_MASS:
+        if SINK_LOGIT:
+            tl.store(LearnedSinkMass + row, tl.where(seen_any, sink_share, nan), mask=in_range)
+        else:
+            tl.store(LearnedSinkMass + row, tl.where(seen_any, 0.0, nan), mask=in_range)

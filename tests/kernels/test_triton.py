@@ -56,6 +56,10 @@ def test_edits():
     check(*inputs(seed=22), edits=edits, window=WINDOW, causal=False)
 
 
+def test_learned_sinks_with_edits():
+    matrix.check_learned_sinks_with_edits(triton_attention.attention, inputs, padding, L, DEVICE)
+
+
 def test_only_requested_statistics_are_computed():
     matrix.check_only_requested_statistics(triton_attention.attention, *(t.float() for t in inputs(seed=3)))
 
@@ -84,14 +88,15 @@ def test_gpu_long_sequences(dtype, head_dim):
 
 
 @pytest.mark.skipif(not GPU, reason="the tracer uses the Triton kernels only on CUDA")
-@pytest.mark.parametrize("name", ["qwen2", "gemma2", "bert"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma2", "bert", "gpt_oss"])
 def test_gpu_tracer_matches_the_reference_backend(name):
-    """Tiny models on CUDA (sliding windows, GQA, softcap, bidirectional): Triton and reference traces agree."""
+    """Tiny models on CUDA (sliding windows, GQA, softcap, bidirectional, learned sinks): Triton and reference
+    traces agree."""
     from tiny_models import build, token_ids
 
     import workbench
 
-    subject = workbench.load(build(name, "eager" if name == "gemma2" else "sdpa").cuda())
+    subject = workbench.load(build(name).cuda())
     matrix.check_traces_agree(subject, token_ids(2, 40), "triton", 1e-4)
 
 
