@@ -1,7 +1,7 @@
 """A context-parallel trace on 2 and 4 gloo ranks equals the one-process trace: every statistic, the logits and
 the hidden states, with grouped-query attention, left and right padding, sliding windows (Gemma-3's mix of local
-and global layers, Qwen2's windowed layers), a sequence that does not split evenly, and in-kernel edits (the VAR
-redistribution among them) applied across the shards."""
+and global layers, Qwen2's windowed layers), a sequence that does not split evenly, in-kernel edits (the VAR
+redistribution among them) applied across the shards, and GPT-OSS's learned sinks."""
 
 import pytest
 import torch
@@ -34,6 +34,7 @@ CASES = {  # name -> (model, inputs, edits, logits kept)
                                                      token_ids(1, 14, seed=2)[0].tolist()], False, "last"),
     "qwen2-sliding-edits": ("qwen2", token_ids(2, 19, seed=3), True, "all"),
     "gpt2-uneven": ("gpt2", token_ids(1, 23, seed=4), False, "all"),
+    "gpt_oss-learned-sinks": ("gpt_oss", token_ids(2, 18, seed=5), False, "last"),
 }
 
 
