@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -47,8 +47,11 @@ class Capture:
     patterns: dict[int, list[int]] = field(default_factory=dict)  # layer -> heads
     pattern_window: tuple[int, int] | None = None
     backend: str = "auto"
+    keep_inputs: tuple[int, ...] = ()
+    on_layer: Callable[[int], None] | None = None
     records: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     pattern_records: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    input_records: dict[int, AttentionInputs] = field(default_factory=dict)
 
     def keep(self, layer: int, stats: dict[str, torch.Tensor], pattern_of) -> None:
         """File this capture's share of one attention call's statistics, and its patterns, under `layer`.
@@ -71,6 +74,36 @@ class Capture:
         if missing:
             raise WorkbenchError(f"layers {missing} did not go through the workbench attention")
         return {name: to_host([self.records[i][name] for i in range(n_layers)]) for name in self.stats}
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What one layer's attention call was given: q [B, Hq, L, D] and k [B, Hkv, L, D] (after the model's
+    position encoding) and the kernel options (causal, scale, softcap, window, key_padding). Any window of
+    the layer's attention map is computed from them without running the model again (`pattern`)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    options: dict
+
+    def pattern(self, heads: Sequence[int], span: tuple[int, int]) -> torch.Tensor:
+        """Query heads `heads`' attention over positions span = (start, stop): [B, len(heads), span, span]
+        (`workbench.kernels.attention_pattern`: exact rows, not renormalized to the span).
+
+        Only the asked heads (and their key heads) are computed, and in a causal layer only the keys up to
+        `stop`, which are all the span's queries can see: a window costs O(span x stop) per head."""
+        stop = span[1] if self.options.get("causal", True) else self.key.shape[2]
+        n_heads, group = self.query.shape[1], self.query.shape[1] // self.key.shape[1]
+        padding = self.options.get("key_padding")
+        options = {**self.options, "key_padding": None if padding is None else padding[:, :stop]}
+        maps = []
+        for head in heads:
+            if not 0 <= head < n_heads:
+                raise WorkbenchError(f"query head {head} is outside the layer's {n_heads} heads")
+            kv = head // group
+            maps.append(kernels.attention_pattern(self.query[:, head:head + 1, :stop], self.key[:, kv:kv + 1, :stop],
+                                                  [0], span, **options))
+        return torch.cat(maps, dim=1)
 
 
 _ACTIVE: list[Capture] = []
@@ -116,6 +149,11 @@ def workbench_attention(module, query, key, value, attention_mask, dropout: floa
 
     for c in captures:
         c.keep(layer, computed, pattern_of)
+        if layer in c.keep_inputs:
+            c.input_records[layer] = AttentionInputs(query.detach(), key.detach(), options)
+    for c in captures:
+        if c.on_layer is not None:
+            c.on_layer(layer)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -143,17 +181,22 @@ def capture(
     patterns: Sequence[tuple[int, int]] | None = None,
     pattern_window: tuple[int, int] | None = None,
     backend: str = "auto",
+    keep_inputs: Sequence[int] = (),
+    on_layer: Callable[[int], None] | None = None,
 ) -> Iterator[Capture]:
     """Route the subject's attention through the workbench kernels while the block runs; yield the Capture.
 
     The model's attention implementation is restored on exit, also on error. Captures nest: the innermost
     one's sink_keys, distance_cap and backend apply, every one's edits compose (`HeadEdits.then`) and each
     gets the statistics it asked for. `edits` maps a layer to the HeadEdits its kernel applies.
+    keep_inputs: layers whose attention inputs are kept (`Capture.input_records`, AttentionInputs).
+    on_layer: called with each layer's index once its attention ran: progress reports, and an exception raised
+    there stops the forward (a cancelled run, or one that needs only the first layers).
     """
     adapter = subject.adapter
     for layer, head in patterns or ():
         adapter.check_head(layer, head)
-    for layer in edits or {}:
+    for layer in (*(edits or {}), *keep_inputs):
         adapter.check_head(layer, 0)
     kernels.resolve_backend(subject.device, backend)
     grouped: dict[int, list[int]] = {}
@@ -162,7 +205,7 @@ def capture(
     state = Capture(
         layer_of=adapter.layer_of(), stats=kernels.check_stats(stats), sink_keys=tuple(sink_keys),
         distance_cap=distance_cap, edits=dict(edits or {}), patterns=grouped, pattern_window=pattern_window,
-        backend=backend,
+        backend=backend, keep_inputs=tuple(keep_inputs), on_layer=on_layer,
     )
     model = subject.model
     previous = model.config._attn_implementation
@@ -203,6 +246,7 @@ def trace(
     hidden_states: bool = False,
     logits: str | None = "last",
     backend: str = "auto",
+    on_layer: Callable[[int], None] | None = None,
 ) -> Trace:
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
 
@@ -212,6 +256,7 @@ def trace(
     hidden_states: keep the residual stream [layer + 1, batch, pos, d].
     logits: "last" keeps the model's logits at each sequence's last real token [batch, vocab], "all" at every
     position [batch, pos, vocab], None none (and encoders, which have no language-model head, keep none).
+    on_layer: called with each layer's index once its attention ran (see `capture`).
     """
     if logits not in LOGITS:
         raise WorkbenchError(f"logits={logits!r}: use one of {list(LOGITS)}")
@@ -228,7 +273,8 @@ def trace(
         )
     keep = _logits_to_keep(subject, enc["attention_mask"], logits)
     with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
-                                  patterns=patterns, pattern_window=pattern_window, backend=backend) as cap:
+                                  patterns=patterns, pattern_window=pattern_window, backend=backend,
+                                  on_layer=on_layer) as cap:
         out = subject.model(**enc, output_hidden_states=hidden_states, use_cache=False, **keep)
     tensors = cap.statistics(subject.adapter.n_layers)
     hidden = torch.stack([h.detach().float().cpu() for h in out.hidden_states]) if hidden_states else None
