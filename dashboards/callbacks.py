@@ -366,9 +366,9 @@ def run_label(run, current: str | None) -> str:
 
 
 def run_options(session: Session, chosen: list[str] = (), current: str | None = None) -> tuple:
-    """The Runs tab's checklist options and its info line. Once MAX_COMPARED runs are ticked the others are
-    disabled. While another process holds the store longer than the app waits, the options stay as they are
-    and the line says so (never a server error)."""
+    """The Runs tab's checklist options and its info line (which says when MAX_COMPARED runs are ticked). While
+    another process holds the store longer than the app waits, the options stay as they are and the line says
+    so (never a server error)."""
     try:
         runs = session.runs()
     except WorkbenchError as err:
@@ -377,8 +377,7 @@ def run_options(session: Session, chosen: list[str] = (), current: str | None = 
         return [], (f"no runs in {session.store_path} yet: press Run trace above, or run `workbench trace` and the "
                     "other commands, which store their runs there")
     full = len(chosen) >= MAX_COMPARED
-    options = [{"label": run_label(r, current), "value": r.run_id, "disabled": full and r.run_id not in chosen}
-               for r in runs.itertuples()]
+    options = [{"label": run_label(r, current), "value": r.run_id} for r in runs.itertuples()]
     limit = f"; {MAX_COMPARED} ticked, the most compared at once: untick one to pick another" if full else ""
     return options, f"{len(runs)} runs in {session.store_path}{limit}"
 
