@@ -172,6 +172,8 @@ def retrieval(model: ModelOption = None,
               lengths: Annotated[str, typer.Option(help="Comma-separated context lengths.")] = "256,512,1024",
               depths: Annotated[str, typer.Option(help="Comma-separated needle depths in [0, 1].")] = "0.1,0.5,0.9",
               seeds: Annotated[int, typer.Option(min=1, help="Needles per length and depth.")] = 1,
+              min_recall: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Score only needles recalled "
+                                                        "above this share of their tokens (-1: every needle).")] = 0.5,
               out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
               no_store: NoStoreOption = False,
               device: DeviceOption = None) -> None:
@@ -187,9 +189,35 @@ def retrieval(model: ModelOption = None,
 
     def make(subject):
         out.mkdir(parents=True, exist_ok=True)
-        return [retrieval_heads(subject, *grid, range(seeds), checkpoint=out / CHECKPOINT)]
+        return [retrieval_heads(subject, *grid, range(seeds), checkpoint=out / CHECKPOINT,
+                                min_recall=None if min_recall < 0 else min_recall)]
 
     _run("retrieval", model, device, make, out, overwrite, store, no_store, checked=True)
+
+
+@app.command()
+@interruptible
+def act(model: ModelOption = None,
+        task: Annotated[str, typer.Option(help="ioi, needle, induction, or a FILE.jsonl of "
+                                               '{"clean", "answer"} lines.')] = "needle",
+        examples: Annotated[int | None, typer.Option("--examples", "-n", min=1, help="Examples of a built-in task.")]
+        = 8,
+        beta: Annotated[float, typer.Option(min=0.0, max=1.0, help="ACT's scale of the sinks' attention.")] = 0.4,
+        alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Sink: mean received attention above it.")] = 0.1,
+        out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
+        no_store: NoStoreOption = False, device: DeviceOption = None) -> None:
+    """ACT's per-head calibration search: the heads whose hidden-sink calibration raises the answers' log-prob."""
+    from workbench.interventions.calibration import search_heads
+    from workbench.probes.tasks import load_task
+
+    def make(subject):
+        the_task = load_task(subject, task, n=examples)
+        if the_task.examples[0].answer is None:
+            raise WorkbenchError(f"task {the_task.name!r} has no answers for ACT to score")
+        pairs = [(list(e.clean), [e.answer]) for e in the_task.examples]
+        return [search_heads(subject, pairs, beta=beta, alpha=alpha)]
+
+    _run("act", model, device, make, out, overwrite, store, no_store)
 
 
 def _text(text: str | None, file) -> str:

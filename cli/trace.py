@@ -34,8 +34,9 @@ def trace_command(
     model: ModelOption = None,
     text: TextOption = None,
     file: FileOption = None,
-    stats: Annotated[str, typer.Option(help="Comma-separated statistics.")] = ",".join(
-        ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance", "self_mass")),
+    stats: Annotated[str | None, typer.Option(
+        help="Comma-separated statistics (default: entropy, sink_mass, max_prob, argmax_key, lse, received, "
+             "window_distance, self_mass, and learned_sink_mass on a model with learned sinks).")] = None,
     sink_keys: Annotated[str, typer.Option(help="Comma-separated sink key positions.")] = "0",
     out: OutOption = None,
     overwrite: OverwriteOption = False,
@@ -49,7 +50,7 @@ def trace_command(
 
     try:
         text = read_text(text, file)
-        stat_names = check_stats(tuple(s.strip() for s in stats.split(",") if s.strip()))
+        stat_names = None if stats is None else check_stats(tuple(s.strip() for s in stats.split(",") if s.strip()))
         sinks = numbers(sink_keys, int, "--sink-keys", low=0)
         out = out or default_out("traces")
         preflight(out, overwrite, store, no_store)
@@ -61,7 +62,7 @@ def trace_command(
         console.print(f"Trace saved to [bold]{out}[/]")
         if not no_store:
             store_run(store, "trace", trace.model_id, trace.head_table(),
-                      params={"stats": list(stat_names), "sink_keys": list(sinks),
+                      params={"stats": list(trace.stats), "sink_keys": list(sinks),
                               "n_tokens": len(trace.tokens[0])}, out=out,
                       token_file=out / TOKENS_FILE if trace.stats else None)
     except (WorkbenchError, ValueError) as err:

@@ -32,19 +32,29 @@ def scale_initial(subject: Subject, scales: Mapping[Head, float]) -> Iterator[No
         yield
 
 
-def answer_logprob(subject: Subject, prompt: str, answer: str) -> tuple[float, bool]:
-    """Teacher-forced log-probability of `answer` after `prompt`, and whether its first token is the argmax."""
-    tok = subject.tokenizer
+def answer_ids(subject: Subject, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """The token ids of `prompt` (as `Subject.encode` makes them) and of `answer` after it."""
     prompt_ids = subject.encode(prompt)["input_ids"][0].tolist()
-    answer_ids = tok.encode(answer, add_special_tokens=False)
+    answer_ids = subject.tokenizer.encode(answer, add_special_tokens=False)
     if not answer_ids:
         raise WorkbenchError(f"answer {answer!r} has no tokens")
+    return prompt_ids, answer_ids
+
+
+def sequence_logprob(subject: Subject, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, bool]:
+    """Teacher-forced log-probability of `answer_ids` after `prompt_ids` under the active edits, and whether the
+    answer's first token is the argmax."""
     ids = torch.tensor([prompt_ids + answer_ids], device=subject.device)
     with torch.no_grad():
         logits = subject.model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
     logp = torch.log_softmax(logits, -1)
     target = torch.tensor(answer_ids, device=logp.device)
     return float(logp.gather(-1, target[:, None]).sum()), bool(logits[0].argmax() == target[0])
+
+
+def answer_logprob(subject: Subject, prompt: str, answer: str) -> tuple[float, bool]:
+    """Teacher-forced log-probability of `answer` after `prompt`, and whether its first token is the argmax."""
+    return sequence_logprob(subject, *answer_ids(subject, prompt, answer))
 
 
 def search_scale(subject: Subject, examples: Sequence[tuple[str, str]], heads: Iterable[Head] | None = None,

@@ -85,17 +85,18 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    sinks: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Attention output [B, Hq, Lq, Dv] and the statistics named in `stats` (see `workbench.kernels.contract`).
 
     Arguments are those of `workbench.kernels.reference.attention`; `backend` picks 'triton', 'cpu', 'reference'
     or 'auto' (see `resolve_backend`). With 'auto', a call that needs no statistic and no edit runs the fastest
-    attention on the device (`workbench.kernels.fastest`) where it can.
+    attention on the device (`workbench.kernels.fastest`) where it can (not with learned `sinks`).
     """
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding,
-                  stats=stats, sink_keys=sink_keys, distance_cap=distance_cap, edits=edits)
-    if backend == "auto" and not stats and (edits is None or edits.is_identity()):
+                  stats=stats, sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, sinks=sinks)
+    if backend == "auto" and not stats and (edits is None or edits.is_identity()) and sinks is None:
         out = fastest.plain_attention(q, k, v, causal=causal, scale=scale, softcap=softcap, window=window,
                                       key_padding=key_padding)
         if out is not None:

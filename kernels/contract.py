@@ -12,6 +12,15 @@ optional softcap, the per-head temperature and the additive key bias:
     window_distance_i = sum_j p_ij * min(|i - j|, distance_cap)  (distance_cap=None: no cap)
     self_mass_i       = p_ii                                      (the row's attention to its own position)
     received_j        = sum_i p_ij                                (over real, non-padding query rows)
+    learned_sink_mass_i = 1 - sum_j p_ij = exp(u_h - lse_i)       (0 without learned sinks)
+
+Learned sinks (GPT-OSS; the "attention sinks" of Xiao et al. 2023, "Efficient Streaming Language Models with
+Attention Sinks", learned as one logit u_h per head): `sinks` [Hq] holds a logit that joins every row's softmax
+denominator without a key or a value, p_ij = exp(s_ij) / (sum_j exp(s_ij) + exp(u_h)), so a row's weights sum to
+1 - learned_sink_mass_i and lse_i is the log of that whole denominator. Every other statistic is read off the
+weights p_ij of the keys, which are the model's own attention weights (entropy is -sum_j p_ij log p_ij over the
+keys, the sink's own term left out). The sink logit is not scaled or softcapped (it is a logit already);
+the temperature edit divides it like every logit of the row, and `HeadEdits.sink_bias` is added to it.
 
 With a redistribution edit (`HeadEdits.redistribute`, VAR), every statistic but lse describes the edited
 map p' of that edit in place of p (out_i = sum_j p'_ij v_j); lse stays the log-normalizer of the edited
@@ -30,7 +39,7 @@ from dataclasses import dataclass, fields
 import torch
 
 QUERY_STATS: tuple[str, ...] = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance",
-                                 "self_mass")
+                                 "self_mass", "learned_sink_mass")
 KEY_STATS: tuple[str, ...] = ("received",)
 ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS
 
@@ -77,6 +86,9 @@ class HeadEdits:
       scales a key's unnormalized weight by c, then softmax renormalizes).
     - bias_keys    [n]: key positions of `key_bias`, counted like sink keys (from the first real key).
     - gate         [Hq]: multiplies the head's output (0 ablates the head, > 1 reinforces it).
+    - sink_bias    [Hq]: added to the learned sink logit u_h of a model that has one (a bias of log(c) scales
+      the sink's unnormalized weight by c, then softmax renormalizes: c = 0 removes the sink, c > 1 strengthens
+      it); ValueError on a layer without learned sinks.
     - identity_mix [Hq]: a_h in [0, 1]; out_i = (1 - a_h) * attn_out_i + a_h * v_i (SoftPAG, Ahn et al.).
     - redistribute [Hq]: f_h in [0, 1], with source_keys [m] and target_keys [n] (disjoint positions, counted
       like sink keys): VAR (Kang et al. 2025, "See What You Are Told: Visual Attention Sink in Large
@@ -94,6 +106,7 @@ class HeadEdits:
     key_bias: torch.Tensor | None = None
     bias_keys: torch.Tensor | None = None
     gate: torch.Tensor | None = None
+    sink_bias: torch.Tensor | None = None
     identity_mix: torch.Tensor | None = None
     redistribute: torch.Tensor | None = None
     source_keys: torch.Tensor | None = None
@@ -128,7 +141,8 @@ class HeadEdits:
     def then(self, other: HeadEdits) -> HeadEdits:
         """The edits of `self` followed by those of `other`, as one HeadEdits.
 
-        Temperatures and gates multiply, key biases add up (on the union of their keys), and identity mixes
+        Temperatures and gates multiply, key biases add up (on the union of their keys), so do sink biases, and
+        identity mixes
         compose as 1 - (1 - a1)(1 - a2), which is what mixing twice toward v_i gives. Gates act last, on the
         mixed output, so composed edits do not depend on their order. Redistributions act on the map after
         every logit edit; two of them compose only over the same source and target keys, as
@@ -140,6 +154,9 @@ class HeadEdits:
 
         def complement(x):
             return None if x is None else 1 - x
+
+        def total(a, b):
+            return b if a is None else a if b is None else a + b
 
         key_bias, bias_keys = self.key_bias, self.bias_keys
         if other.key_bias is not None:
@@ -156,6 +173,7 @@ class HeadEdits:
             source_keys, target_keys = other.source_keys, other.target_keys
         return HeadEdits(temperature=product(self.temperature, other.temperature), key_bias=key_bias,
                          bias_keys=bias_keys, gate=product(self.gate, other.gate),
+                         sink_bias=total(self.sink_bias, other.sink_bias),
                          identity_mix=complement(product(complement(self.identity_mix),
                                                          complement(other.identity_mix))),
                          redistribute=complement(product(complement(self.redistribute),
@@ -172,3 +190,24 @@ class HeadEdits:
             value = getattr(self, f.name)
             if value is not None and f.name not in _KEY_FIELDS and value.shape[0] != n_heads:
                 raise ValueError(f"HeadEdits.{f.name} has {value.shape[0]} heads, the layer has {n_heads}")
+
+
+def sink_logits(sinks: torch.Tensor | None, edits: HeadEdits, n_heads: int, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor | None:
+    """The learned sink logit of each query head after the edits, u_h / T_h + sink_bias_h: [Hq] in `dtype`.
+
+    None for a layer without learned sinks; ValueError when `sinks` is not [Hq], or when a sink bias is asked of
+    a layer that has no learned sink (it would silently do nothing).
+    """
+    if sinks is None:
+        if edits.sink_bias is not None:
+            raise ValueError("HeadEdits.sink_bias edits the learned attention sinks, and this layer has none")
+        return None
+    if tuple(sinks.shape) != (n_heads,):
+        raise ValueError(f"sinks has shape {tuple(sinks.shape)}, expected one logit per query head ({n_heads},)")
+    u = sinks.to(device=device, dtype=dtype)
+    if edits.temperature is not None:
+        u = u / edits.temperature.to(device=device, dtype=dtype)
+    if edits.sink_bias is not None:
+        u = u + edits.sink_bias.to(device=device, dtype=dtype)
+    return u.contiguous()

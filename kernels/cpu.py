@@ -11,6 +11,7 @@ of causal and sliding-window maps is skipped, not masked. Per chunk, in float32:
    temperature and key-bias edits, padding keys, then with m = max_j s_ij and e_ij = exp(s_ij - m)
        l = sum_j e_ij,  lse = m + log l,  max_prob = 1 / l  (argmax: the first key where s = m),
        entropy = lse - sum_j p_ij s_ij = log l - sum_j e_ij (s_ij - m) / l,
+   (a learned sink logit joins l by a log-add, see cpu_rows.c)
    the one-pass identities of the fused kernels (FlashAttention, Dao et al. 2022, keeps the same (m, l)), while
    the row is in cache; the row is overwritten with p_ij = e_ij / l, with window_distance, self and sink mass
    read off it (with the VAR redistribution of `HeadEdits.redistribute`, the few source and target keys of
@@ -36,11 +37,11 @@ from collections.abc import Sequence
 import torch
 
 from workbench.kernels import reference
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import HeadEdits, check_shapes, check_stats, sink_logits
 from workbench.kernels.cpu_build import Chunk, library
 
 CHUNK_ELEMENTS = 1 << 23  # scores per chunk (32 MiB in float32): the fastest of 2^19-2^25 on 2 cores at 2k-8k tokens
-_PER_QUERY = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass")
+_PER_QUERY = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "learned_sink_mass")
 
 
 def attention(
@@ -57,6 +58,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    sinks: torch.Tensor | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Attention output and the requested statistics of `workbench.kernels.contract`, chunk by chunk.
@@ -72,14 +74,14 @@ def attention(
     if q.device.type != "cpu":
         raise ValueError(f"the cpu backend takes CPU tensors, got {q.device}")
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding, stats=stats,
-                  sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, chunk_size=chunk_size)
+                  sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, sinks=sinks, chunk_size=chunk_size)
     if q.dtype == torch.float64:
         return reference.attention(q, k, v, **kwargs)
     return _attention(q, k, v, **kwargs)
 
 
 def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, sink_keys, distance_cap, edits,
-               chunk_size):
+               sinks, chunk_size):
     batch, heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
     group, offset = heads // kv_heads, lk - lq
@@ -93,9 +95,10 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
     padded = key_padding is not None and not bool(key_padding.all())
     valid = key_padding.to(torch.uint8).contiguous() if padded else None
     start = (valid.argmax(-1) if padded else torch.zeros(batch, dtype=torch.long)).to(torch.int64).contiguous()
-    sinks = torch.tensor(sorted(set(sink_keys)) or [0], dtype=torch.int64)
+    sink_positions = torch.tensor(sorted(set(sink_keys)) or [0], dtype=torch.int64)
     inv_temperature = None if edits.temperature is None else (1.0 / edits.temperature.to(**f32)).contiguous()
     bias = None if edits.key_bias is None else _dense_bias(edits, valid, start, batch, lk)
+    sink_logit = sink_logits(None if sinks is None else sinks.detach(), edits, heads, torch.float32, q.device)
     redistributing = edits.redistribute is not None
     fraction = edits.redistribute.to(**f32).contiguous() if redistributing else None
     sources, targets = ((edits.source_keys.to(torch.int64).contiguous(), edits.target_keys.to(torch.int64).contiguous())
@@ -112,11 +115,11 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
     buffer = torch.empty(batch * heads * chunk * min(lk, span + chunk), **f32)
     args = Chunk(heads=heads, n_keys=lk, causal=int(causal), window=window or 0,
                  valid=_pointer(valid), start=start.data_ptr(), inv_temperature=_pointer(inv_temperature),
-                 bias=_pointer(bias), sink_keys=sinks.data_ptr(), n_sink=len(set(sink_keys)),
+                 bias=_pointer(bias), sink_keys=sink_positions.data_ptr(), n_sink=len(set(sink_keys)),
                  distance_cap=math.inf if distance_cap is None else float(distance_cap), fraction=_pointer(fraction),
                  source_keys=_pointer(sources), target_keys=_pointer(targets),
                  n_source=0 if sources is None else sources.numel(), n_target=0 if targets is None else targets.numel(),
-                 out_length=lq,
+                 out_length=lq, sink_logit=_pointer(sink_logit),
                  **{name: _pointer(res.get(name)) for name in (*_PER_QUERY, "argmax_key")})
     rows_pass = library().softmax_rows
     for c0 in range(0, lq, chunk):

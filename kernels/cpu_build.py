@@ -38,7 +38,8 @@ class Chunk(ctypes.Structure):
         ("n_target", ctypes.c_int64), ("out_length", ctypes.c_int64),
         ("out_offset", ctypes.c_int64), ("lse", ctypes.c_void_p), ("entropy", ctypes.c_void_p),
         ("sink_mass", ctypes.c_void_p), ("max_prob", ctypes.c_void_p), ("window_distance", ctypes.c_void_p),
-        ("self_mass", ctypes.c_void_p), ("argmax_key", ctypes.c_void_p),
+        ("self_mass", ctypes.c_void_p), ("argmax_key", ctypes.c_void_p), ("sink_logit", ctypes.c_void_p),
+        ("learned_sink_mass", ctypes.c_void_p),
     ]
 
 

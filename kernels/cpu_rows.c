@@ -6,6 +6,11 @@
  * `received` matmuls. Per row it writes the statistics of workbench.kernels.contract:
  *     m = max_j s_ij,  l = sum_j exp(s_ij - m),  t = sum_j exp(s_ij - m) (s_ij - m)
  *     lse = m + log l,  entropy = log l - t / l,  max_prob = 1 / l  (the maximal key has exp(0) = 1)
+ * A learned sink logit u (GPT-OSS) joins the denominator, log L = logaddexp(log l, u - m) (m stays the keys'
+ * maximum: nothing is rescaled, and nothing overflows however large u is); with the keys' share P = l / L:
+ *     lse = logaddexp(m + log l, u),  entropy = P log L - t / L,  max_prob = 1 / L,
+ *     learned_sink_mass = exp(u - m - log L)
+ * (lse is not m + log L, which would lose u's precision in m when the sink dominates a row of very low logits).
  * With the VAR redistribution the row's sources give up the fraction f of their mass S to the targets, in
  * proportion to the targets' mass T (workbench.kernels.contract.HeadEdits); the entropy is corrected on those few
  * keys, and the max and argmax are read again off the edited row.
@@ -36,6 +41,8 @@ struct chunk {
     int64_t out_length, out_offset;  /* per-query outputs are [batch, heads, out_length], this chunk at offset */
     float *lse, *entropy, *sink_mass, *max_prob, *window_distance, *self_mass;  /* NULL: not requested */
     int64_t *argmax_key;
+    const float *sink_logit;       /* [heads] learned sink logits (edited), or NULL: no learned sinks */
+    float *learned_sink_mass;      /* NULL: not requested */
 };
 
 /* exp(x) for x <= 0, 0 below -87.3 (where expf leaves the normal range), in a form the compiler vectorizes:
@@ -61,7 +68,8 @@ static inline float exp_nonpositive(float x) {
 
 static void empty_row(const struct chunk *a, float *row, int64_t out) {
     memset(row, 0, (size_t)a->width * sizeof *row);
-    float *per_query[] = {a->lse, a->entropy, a->sink_mass, a->max_prob, a->window_distance, a->self_mass};
+    float *per_query[] = {a->lse, a->entropy, a->sink_mass, a->max_prob, a->window_distance, a->self_mass,
+                          a->learned_sink_mass};
     for (size_t i = 0; i < sizeof per_query / sizeof *per_query; i++)
         if (per_query[i]) per_query[i][out] = NAN;
     if (a->argmax_key) a->argmax_key[out] = -1;
@@ -155,7 +163,17 @@ static void one_row(const struct chunk *a, int64_t r) {
             l += e;
         }
     }
-    float inv = 1.0f / l, log_l = logf(l), entropy = log_l - t * inv, max_prob = inv;
+    float inv = 1.0f / l, log_l = logf(l), share = 1.0f, sink_share = 0.0f, lse = m + log_l;
+    if (a->sink_logit) {
+        float u = a->sink_logit[h], d = u - m, top = d > log_l ? d : log_l;
+        lse = (lse > u ? lse : u) + log1pf(expf(-fabsf(lse - u)));
+        float log_total = top + log1pf(expf(-fabsf(log_l - d)));
+        share = expf(log_l - log_total);
+        sink_share = expf(d - log_total);
+        log_l = log_total;
+        inv = expf(-log_total);
+    }
+    float entropy = share * log_l - t * inv, max_prob = inv;
     int64_t offset = query - a->first_key;
     if (a->window_distance && !a->fraction) {
         float distance = 0.0f, cap = a->distance_cap;
@@ -189,10 +207,11 @@ static void one_row(const struct chunk *a, int64_t r) {
             a->window_distance[out] = distance;
         }
     }
-    if (a->lse) a->lse[out] = m + log_l;
+    if (a->lse) a->lse[out] = lse;
     if (a->entropy) a->entropy[out] = entropy;
     if (a->max_prob) a->max_prob[out] = max_prob;
     if (a->self_mass) a->self_mass[out] = row[own];
+    if (a->learned_sink_mass) a->learned_sink_mass[out] = sink_share;
     if (a->sink_mass) {
         float mass = 0.0f;
         for (int64_t n = 0; n < a->n_sink; n++) {

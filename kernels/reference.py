@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import HeadEdits, check_shapes, check_stats, sink_logits
 
 CHUNK_ELEMENTS = 1 << 24  # score elements per chunk: 64 MiB in float32
 
@@ -40,13 +40,14 @@ class _Layout:
     fraction: torch.Tensor | None  # [Hq] redistributed fraction, or None
     source: torch.Tensor | None  # [B, Lk] bool: the redistribution's source keys
     target: torch.Tensor | None  # [B, Lk] bool: its target keys
+    sink_logit: torch.Tensor | None  # [Hq] the learned sinks' edited logits, or None
 
     @property
     def heads(self) -> int:
         return self.kv_heads * self.group
 
 
-def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits) -> _Layout:
+def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits, sinks) -> _Layout:
     check_shapes(q, k, key_padding)
     batch, n_q_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
@@ -75,6 +76,7 @@ def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits) -> _Lay
         fraction=edits.redistribute.to(q.device, cdt) if redistributing else None,
         source=at(edits.source_keys).any(1) if redistributing else None,
         target=at(edits.target_keys).any(1) if redistributing else None,
+        sink_logit=sink_logits(sinks, edits, n_q_heads, cdt, q.device),
     )
 
 
@@ -105,15 +107,23 @@ def _scores(lay: _Layout, qc: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor)
     return s.masked_fill(~_visible(lay, qpos), float("-inf"))
 
 
-def _probabilities(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(p, lse, row_ok) from masked logits; rows with no visible key get p = 0, lse = NaN, row_ok = False."""
+def _probabilities(s: torch.Tensor, sink_logit: torch.Tensor | None = None):
+    """(p, lse, row_ok, sink_p) from masked logits [B, Hq, C, Lk] and the learned sink logits [Hq] (or None):
+    the sink joins each row's denominator, sink_p [B, Hq, C] is its share (0 without sinks). Rows with no visible
+    key get p = 0, lse = NaN, sink_p = NaN, row_ok = False."""
     m = s.amax(-1, keepdim=True)
     row_ok = torch.isfinite(m)
-    e = torch.exp(s - torch.where(row_ok, m, torch.zeros_like(m)))
-    denom = e.sum(-1, keepdim=True)
+    if sink_logit is not None:
+        m = torch.where(row_ok, torch.maximum(m, sink_logit[None, :, None, None]), m)
+    m0 = torch.where(row_ok, m, torch.zeros_like(m))
+    e = torch.exp(s - m0)
+    sink_e = torch.zeros_like(m) if sink_logit is None else torch.exp(sink_logit[None, :, None, None] - m0)
+    denom = e.sum(-1, keepdim=True) + sink_e
     p = torch.where(row_ok, e / denom.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(e))
-    lse = torch.where(row_ok, m + torch.log(denom), torch.full_like(m, float("nan")))
-    return p, lse.squeeze(-1), row_ok.squeeze(-1)
+    nan = torch.full_like(m, float("nan"))
+    lse = torch.where(row_ok, m + torch.log(denom), nan)
+    sink_p = torch.where(row_ok, sink_e / denom.clamp_min(torch.finfo(s.dtype).tiny), nan)
+    return p, lse.squeeze(-1), row_ok.squeeze(-1), sink_p.squeeze(-1)
 
 
 def _redistribute(lay: _Layout, p: torch.Tensor) -> torch.Tensor:
@@ -142,6 +152,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    sinks: torch.Tensor | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Attention output and the requested statistics of `workbench.kernels.contract`, computed chunk by chunk.
@@ -149,13 +160,14 @@ def attention(
     q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] with Hq a multiple of Hkv (GQA).
     causal: bottom-right aligned causal mask. window: keys with |i - j| < window stay visible (HF's
     sliding_window). key_padding: [B, Lk] bool, True for real tokens. softcap: logits -> c * tanh(s / c).
+    sinks: [Hq] learned sink logits (GPT-OSS), which join every row's softmax denominator, or None.
     Returns out [B, Hq, Lq, Dv] in q's dtype, and a dict: query statistics [B, Hq, Lq] (float32, argmax_key
     int64) and `received` [B, Hq, Lk] float32.
     """
     stats = check_stats(stats)
     edits = edits or HeadEdits()
     lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
-                  key_padding=key_padding, edits=edits)
+                  key_padding=key_padding, edits=edits, sinks=sinks)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf, vf = q.to(cdt), k.to(cdt), v.to(cdt)
     batch, heads, lq, lk = lay.batch, lay.heads, lay.lq, lay.lk
@@ -175,7 +187,7 @@ def attention(
     for c0 in range(0, lq, chunk):
         c1 = min(lq, c0 + chunk)
         qpos = torch.arange(c0, c1, device=q.device) + lay.offset
-        p, lse, row_ok = _probabilities(_scores(lay, qf[:, :, c0:c1], kf, qpos))
+        p, lse, row_ok, sink_p = _probabilities(_scores(lay, qf[:, :, c0:c1], kf, qpos), lay.sink_logit)
         p = _redistribute(lay, p)
         pg = p.reshape(batch, lay.kv_heads, lay.group, c1 - c0, lk)
         o = torch.einsum("bkgcl,bkld->bkgcd", pg, vf).reshape(batch, heads, c1 - c0, -1)
@@ -208,6 +220,8 @@ def attention(
         if "self_mass" in res:
             own = p[:, :, torch.arange(c1 - c0, device=q.device), qpos]  # [B, Hq, C]: p at the row's own key
             res["self_mass"][:, :, c0:c1] = torch.where(row_ok, own, nan)
+        if "learned_sink_mass" in res:
+            res["learned_sink_mass"][:, :, c0:c1] = sink_p
         if "received" in res:
             res["received"] += p.sum(2).float()
     return out.to(q.dtype), res
@@ -225,21 +239,22 @@ def attention_pattern(
     window: int | None = None,
     key_padding: torch.Tensor | None = None,
     edits: HeadEdits | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention map of query heads `heads` over the key positions span = (start, stop): [B, n, span, span].
 
     Rows are the queries at key positions start..stop-1 and columns the keys there; each row is the exact
     softmax over all keys the query may see (after every edit of `edits`; not renormalized to the span), so
-    rows may sum to less than 1.
+    rows may sum to less than 1 (also over all keys, with learned `sinks`).
     Only the span's rows are computed: memory O(B x Hq x span x Lk).
     """
     lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
-                  key_padding=key_padding, edits=edits)
+                  key_padding=key_padding, edits=edits, sinks=sinks)
     start, stop = span
     if not 0 <= start < stop <= lay.lk or start < lay.offset:
         raise ValueError(f"pattern span {span} is outside the query positions {lay.offset}..{lay.lk}")
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     qpos = torch.arange(start, stop, device=q.device)
     s = _scores(lay, q[:, :, start - lay.offset:stop - lay.offset].to(cdt), k.to(cdt), qpos)
-    p = _redistribute(lay, _probabilities(s)[0])
+    p = _redistribute(lay, _probabilities(s, lay.sink_logit)[0])
     return p[:, list(heads), :, start:stop].float()

@@ -3,6 +3,8 @@
 On CUDA the block sizes are autotuned over a small Hopper-minded space, keyed by the lengths rounded up to
 powers of two (see `_pinned_configuration` for the environment variables that fix one configuration);
 under TRITON_INTERPRET=1 (CPU tests) 16 x 16 blocks run.
+On Hopper and later, inputs whose base and strides are 16-byte aligned are read through tensor descriptors
+(WORKBENCH_TRITON_TMA=0 turns them off); other inputs and GPUs take pointer loads.
 fp16 / bf16 / fp32 inputs, fp32 accumulation; fp32 inputs use IEEE products (no TF32), so the kernel can be
 held to the fp32 reference.
 """
@@ -15,21 +17,34 @@ from collections.abc import Sequence
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats
+from workbench.kernels.contract import HeadEdits, check_shapes, check_stats, sink_logits
 from workbench.kernels.triton_forward import stats_forward
 from workbench.kernels.triton_received import received_pass
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TMA_ALLOWED = os.environ.get("WORKBENCH_TRITON_TMA", "1") != "0"  # 0: pointer loads even on Hopper
+_DESCRIPTORS = {"DescQ": "BLOCK_M", "DescK": "BLOCK_N", "DescV": "BLOCK_N"}  # kernel argument: rows of its tile
+
+
+def _descriptor_blocks(nargs: dict) -> None:
+    """Autotune pre-hook: give the tensor descriptors among the arguments the tile of this configuration."""
+    for name, rows in _DESCRIPTORS.items():
+        desc = nargs.get(name)
+        if isinstance(desc, TensorDescriptor):
+            desc.block_shape = [1, 1, nargs[rows], nargs["BLOCK_D"]]
+
+
 CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                         (64, 32, 4, 2)]
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_descriptor_blocks)
+    for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
+                         (128, 32, 4, 3), (64, 32, 4, 2)]
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
 _KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
-        "REDIST"]
-_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST"]
+        "REDIST", "TMA", "FOLD", "SINK_LOGIT"]
+_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "TMA"]
 
 
 def _pinned_configuration() -> dict | None:
@@ -59,6 +74,22 @@ else:
     _forward, _received_pass = stats_forward, received_pass
 
 
+def _use_tma(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels load through tensor descriptors (the bulk tensor copy engine): on Hopper and later
+    (and in the interpreter, which emulates them), when every tensor's base and strides are 16-byte aligned."""
+    if not TMA_ALLOWED:
+        return False
+    if not INTERPRET and torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    return all(t.data_ptr() % 16 == 0 and all(st > 0 and st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
+               and t.shape[-1] * t.element_size() >= 16 for t in tensors)
+
+
+def _descriptor(t: torch.Tensor, rows: int, block_d: int) -> TensorDescriptor:
+    """A descriptor of the [B, H, L, D] tensor t with tiles of `rows` rows of one (batch, head)."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, block_d])
+
+
 @functools.cache
 def _on_device(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A small int32 tensor made once per device (no host-to-device copy on every attention call)."""
@@ -79,6 +110,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fused attention with statistics; same contract, shapes and dtypes as `workbench.kernels.reference.attention`.
 
@@ -110,8 +142,8 @@ def attention(
     dummy = torch.empty(1, **f32)
     per_query = lambda: torch.empty(batch, n_heads, lq, **f32)  # noqa: E731
     want_max = "max_prob" in stats or "argmax_key" in stats
-    res = {name: per_query() for name in ("lse", "entropy", "sink_mass", "window_distance", "self_mass")
-           if name in stats}
+    res = {name: per_query() for name in ("lse", "entropy", "sink_mass", "window_distance", "self_mass",
+                                          "learned_sink_mass") if name in stats}
     if want_max:
         res["max_prob"] = per_query()
         res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
@@ -121,17 +153,25 @@ def attention(
     factors = (per_query(), per_query()) if "received" in stats and redist else (dummy, dummy)
     out = torch.empty_like(q)
 
-    sinks = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
+    sink_positions = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
     key_bias = dummy if edits.key_bias is None else edits.key_bias.to(**f32).contiguous()
     bias_keys = dummy if edits.bias_keys is None else edits.bias_keys.to(device=device, dtype=torch.int32)
     temperature = dummy if edits.temperature is None else edits.temperature.to(**f32).contiguous()
     gate = dummy if edits.gate is None else edits.gate.to(**f32).contiguous()
     mix = dummy if edits.identity_mix is None else edits.identity_mix.to(**f32).contiguous()
     fraction = edits.redistribute.to(**f32).contiguous() if redist else dummy
+    sink_logit = sink_logits(None if sinks is None else sinks.detach(), edits, n_heads, torch.float32, device)
     source_keys, target_keys = (edits.source_keys.to(device=device, dtype=torch.int32), edits.target_keys.to(
         device=device, dtype=torch.int32)) if redist else (dummy, dummy)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    tma = _use_tma(q, k, v)
+    if tma:  # tiles as pinned, or set per configuration by the autotuner's pre-hook
+        rows_m, rows_n = (PINNED["BLOCK_M"], PINNED["BLOCK_N"]) if PINNED else (16, 16)
+        desc_q, desc_k, desc_v = (_descriptor(t, rows, block_d) for t, rows in ((q, rows_m), (k, rows_n), (v, rows_n)))
+    else:
+        desc_q, desc_k, desc_v = q, k, v
     flags = dict(
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), CAUSAL=causal,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, TMA=tma,
         WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
         TEMPERATURE=edits.temperature is not None, N_BIAS=0 if edits.key_bias is None else edits.bias_keys.numel(),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", REDIST=redist,
@@ -145,16 +185,21 @@ def attention(
     def query_grid(meta):
         return triton.cdiv(lq, meta["BLOCK_M"]), batch * n_heads
 
+    fold = softcap is None and edits.key_bias is None and edits.temperature is None and not redist
+    fold = fold and scalars["scale"] > 0
     _forward[query_grid](
-        q, k, v, out, valid, start, sinks, temperature, key_bias, bias_keys, gate, mix,
+        q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
+        mix,
         fraction, source_keys, target_keys,
         res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
         res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm, *factors,
+        dummy if sink_logit is None else sink_logit, res.get("learned_sink_mass", dummy),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
         N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM="received" in stats, ENTROPY="entropy" in stats,
         SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, SELF="self_mass" in stats,
-        CAP=distance_cap is not None,
+        CAP=distance_cap is not None, FOLD=fold, SINK_LOGIT=sink_logit is not None,
+        LEARNED_MASS="learned_sink_mass" in stats,
         **scalars, **flags, **(PINNED or {}),
     )
     if "received" in stats:
@@ -163,8 +208,10 @@ def attention(
         def key_grid(meta):
             return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads
 
+        if tma:  # own descriptors: the forward's carry the forward's tiles
+            desc_q, desc_k = _descriptor(q, rows_m, block_d), _descriptor(k, rows_n, block_d)
         _received_pass[key_grid](
-            q, k, valid, start, temperature, key_bias, bias_keys, *norm, res["received"],
+            q, k, desc_q, desc_k, valid, start, temperature, key_bias, bias_keys, *norm, res["received"],
             source_keys, target_keys, *factors,
             *q.stride()[:3], *k.stride()[:3], **scalars, **flags, **(PINNED or {}),
         )

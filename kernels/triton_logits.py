@@ -35,13 +35,11 @@ def logit_scales(scale, softcap, temperature_ptr, head, SOFTCAP: tl.constexpr, T
 
 
 @triton.jit
-def edited_logits(q, k, rel_k, pre, post, head, key_bias_ptr, bias_keys_ptr,
-                  SOFTCAP: tl.constexpr, N_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """Base-2 logits u [rows, keys] of the query tile q [rows, D] against the key tile k [keys, D].
+def edited_logits(qk, rel_k, pre, post, head, key_bias_ptr, bias_keys_ptr, SOFTCAP: tl.constexpr, N_BIAS: tl.constexpr):
+    """Base-2 logits u [rows, keys] from the scores qk = q k^T [rows, keys] of a query tile and a key tile.
 
     rel_k [keys]: key positions counted from the first real key (where `bias_keys` point).
     """
-    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if SOFTCAP:
         x = pre * qk
         e = tl.exp2(tl.abs(x) * (-2.0 * LOG2E))  # tanh(|x|) = (1 - e) / (1 + e), stable for large |x|

@@ -6,6 +6,8 @@ forward's row max m and log2 l (base 2, see `workbench.kernels.triton_forward`):
 stored. Query blocks whose rows all see every key of the block skip the mask. Rows that see no key (m = NaN:
 padding queries) add nothing. Under the VAR redistribution edit (REDIST) each p_ij is multiplied by its row's
 keep (source keys) or boost (target keys) factor, which the forward stores (`workbench.kernels.triton_redistribution`).
+The p of each query block are added into a [BLOCK_M, BLOCK_N] tile in registers and summed over the rows once,
+after the loop: a sum over rows inside the loop crosses warps (shared memory and a barrier per block).
 """
 
 from __future__ import annotations
@@ -13,21 +15,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.kernels.triton_forward import load_rows
+from workbench.kernels.triton_forward import load_block
 from workbench.kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
 from workbench.kernels.triton_redistribution import key_set
 
 
 @triton.jit
 def received_pass(
-    Q, K, KeyValid, Start, Temperature, KeyBias, BiasKeys, RowMax, RowLog2Sum, Received,
+    Q, K, DescQ, DescK, KeyValid, Start, Temperature, KeyBias, BiasKeys, RowMax, RowLog2Sum, Received,
     SourceKeys, TargetKeys, RowKeep, RowBoost,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     n_heads, group, lq, lk, scale, softcap, window, tune_lq, tune_lk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr,
+    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr, TMA: tl.constexpr,
 ):
     """received [keys] of one block of BLOCK_N keys of one (batch, query head).
 
@@ -42,7 +44,8 @@ def received_pass(
     offs_d = tl.arange(0, BLOCK_D)
     start = tl.load(Start + b)
     rel_k = offs_n - start
-    k_tile = load_rows(K + b * stride_kb + kv_head * stride_kh, offs_n, stride_kn, offs_d, lk, HEAD_DIM)
+    k_tile = load_block(DescK, b, kv_head, n0, K + b * stride_kb + kv_head * stride_kh, offs_n, stride_kn, offs_d,
+                        lk, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     key_ok = offs_n < lk
     if PADDED:
         key_ok &= tl.load(KeyValid + b * lk + offs_n, mask=key_ok, other=0) != 0
@@ -65,11 +68,13 @@ def received_pass(
     if REDIST:
         is_source = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)[0]
         is_target = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)[0]
-    total = tl.zeros([BLOCK_N], tl.float32)
+    total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # summed over rows once, after the loop
     for m0 in range(lo, hi, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        q_tile = load_rows(q_tile_base, offs_m, stride_qm, offs_d, lq, HEAD_DIM)
-        u = edited_logits(q_tile, k_tile, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS, PRECISION)
+        q_tile = load_block(DescQ, b, head, m0, q_tile_base, offs_m, stride_qm, offs_d, lq, HEAD_DIM, BLOCK_M, BLOCK_D,
+                            TMA)
+        qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
+        u = edited_logits(qk, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS)
         m = tl.load(row_max + offs_m, mask=offs_m < lq, other=float("nan"))
         log2_l = tl.load(row_log2sum + offs_m, mask=offs_m < lq, other=0.0)
         if (m0 < full_lo) | (m0 >= full_hi):  # on the diagonal, the window's edges or the queries' end
@@ -82,5 +87,5 @@ def received_pass(
             keep = tl.load(RowKeep + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
             boost = tl.load(RowBoost + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
             p *= tl.where(is_source[None, :], keep[:, None], tl.where(is_target[None, :], boost[:, None], 1.0))
-        total += tl.sum(p, 0)
-    tl.store(Received + bh * lk + offs_n, total, mask=offs_n < lk)
+        total += p
+    tl.store(Received + bh * lk + offs_n, tl.sum(total, 0), mask=offs_n < lk)

@@ -180,8 +180,11 @@ def retrieval_section(subject: Subject, config: FindingsConfig) -> Section:
 
 
 def retrieval_scores(section: Section) -> np.ndarray:
-    """[layer, head] retrieval score over every length of a retrieval section."""
-    return np.mean([r.arrays["retrieval_score"] for r in section.results.values()], axis=0)
+    """[layer, head] retrieval score over the lengths of a retrieval section where the model recalled a needle
+    (NaN where it recalled none at any length)."""
+    scores = np.stack([r.arrays["retrieval_score"] for r in section.results.values()])
+    counted = ~np.isnan(scores)
+    return np.where(counted.any(0), np.nansum(scores, 0) / np.maximum(counted.sum(0), 1), np.nan)
 
 
 def ioi_section(subject: Subject, config: FindingsConfig) -> Section:

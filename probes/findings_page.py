@@ -321,8 +321,9 @@ def _retrieval(findings: Findings, command: str, load: str) -> str:
         f"generates a three-number needle hidden in standard-library prose; a head scores when its most attended key "
         f"is the needle token being generated. Context lengths {lengths} tokens, needle depths {depths}, "
         f"{c.needles} needle(s) each; the longest context run on this CPU is {max(c.retrieval_lengths)} tokens. "
-        f"The score averages over all cases; {int((scores > 0.1).sum())} heads score over 0.1 (the paper's "
-        f"retrieval-head threshold).",
+        f"As in the paper's code, the score averages over the cases whose needle the model recalled (over half of "
+        f"its tokens generated); {int((scores > 0.1).sum())} heads score over 0.1 (the paper's retrieval-head "
+        f"threshold).",
         _table(["context (tokens)", "cases", "wall time (s)", "exact needle generated", "heads over 0.1"],
                by_length),
         f"![retrieval score per head]({Path(findings.model).name}/retrieval.png)",

@@ -1,7 +1,8 @@
 """The Result every probe returns: a tidy table plus the raw arrays it was computed from.
 
 `table` has one row per finding: columns `layer`, `head`, `metric`, `value` (and `position` / `token`
-where a finding is about a token). Layer-level rows carry head = -1; model-level rows layer = -1 too.
+where a finding is about a token, `case` / `document` where it is about a re-ranked document). Layer-level
+rows carry head = -1; model-level rows layer = -1 too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ import numpy as np
 import pandas as pd
 
 LAYER_LEVEL = -1  # the `head` (and for model-level rows also `layer`) of rows that are not about one head
+ITEM_COLUMNS = ("position", "document")  # rows with one of these set are about a token or a document, not a head
+
+
+def _per_item(rows: pd.DataFrame) -> pd.Series:
+    """True for the rows about one token or document (the store's head_metrics table leaves them out)."""
+    item = pd.Series(False, index=rows.index)
+    for column in ITEM_COLUMNS:
+        if column in rows:
+            item |= rows[column].notna()
+    return item
 
 
 @dataclass
@@ -44,18 +55,14 @@ class Result:
 
     def head_metrics(self) -> pd.DataFrame:
         """The rows that fit the store's head_metrics table (layer, head, metric, value)."""
-        rows = self.table
-        if "position" in rows:
-            rows = rows[rows.position.isna()]
+        rows = self.table[~_per_item(self.table)]
         return rows[["layer", "head", "metric", "value"]].reset_index(drop=True)
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the probe's options, a layer x head map of each per-head metric, its top heads."""
         from workbench.display import card
 
-        per_head = self.table[self.table["head"] != LAYER_LEVEL]
-        if "position" in per_head:
-            per_head = per_head[per_head.position.isna()]
+        per_head = self.table[(self.table["head"] != LAYER_LEVEL) & ~_per_item(self.table)]
         metrics = list(dict.fromkeys(per_head.metric))
         maps = {name: self.head_matrix(name) for name in metrics[:4]}
         tables = {f"top heads by {name}": self.top(name, 5)[["layer", "head", "value"]] for name in metrics[:2]}

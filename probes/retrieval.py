@@ -6,12 +6,18 @@ argmax key (the key it attends to most, from the query that produced the token) 
 value and holds the very token being generated: the head is copying it. A head's score on a prompt is
 hits over the needle's length; its retrieval score averages that over context lengths and depths. Heads
 above 0.1 are retrieval heads. Only `argmax_key` is computed in-kernel: no attention map is built.
+
+As the paper's code does, the score averages only over the needles the model recalled: those whose recall, the
+share of the needle's tokens found among the generated ones, exceeds 0.5 (`min_recall`); a head copies nothing
+from a needle the model did not retrieve, so counting those would only dilute its score. The score over every
+needle is kept beside it (`retrieval_score_all`); `min_recall=None` makes it the headline score again.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +32,7 @@ from workbench.subject import Subject
 from workbench.tracer import capture
 
 RETRIEVAL_THRESHOLD = 0.1
+MIN_RECALL = 0.5  # Wu et al. score a needle only when the answer's recall of it is above 0.5
 Builder = Callable[[object, int, float, int], NeedleCase]
 
 
@@ -64,14 +71,17 @@ def retrieval_heads(
     builder: Builder = needle_case,
     checkpoint: str | Path | None = None,
     backend: str = "auto",
+    min_recall: float | None = MIN_RECALL,
 ) -> Result:
     """Retrieval scores of every head over a grid of context lengths x needle depths x seeds.
 
     builder(tokenizer, length, depth, seed) -> NeedleCase makes each prompt (default: stdlib-prose haystacks).
     checkpoint: a JSONL file that receives each finished case; cases already in it are not run again, so a
     long scan that was interrupted (Ctrl-C) resumes where it stopped. An interrupt returns the cases done.
-    Metrics per head: `retrieval_score`, `is_retrieval_head` (score > 0.1). Arrays: `retrieval_score`
-    [layer, head] and per-case `accuracy` (1 when the generated answer equals the needle's value).
+    Metrics per head: `retrieval_score` (over the needles with recall > min_recall; NaN when there is none;
+    every needle when min_recall is None), `retrieval_score_all` (over every needle) and `is_retrieval_head`
+    (retrieval_score > 0.1). Arrays: both scores [layer, head] and per case `accuracy` (1 when the generated
+    answer equals the needle's value) and `recall`.
     """
     grid = list(itertools.product(lengths, depths, seeds))
     done = _read_checkpoint(checkpoint)
@@ -83,7 +93,8 @@ def retrieval_heads(
                 continue
             case = builder(subject.tokenizer, length, depth, seed)
             hits, generated, _ = copy_paste_hits(subject, case, backend=backend)
-            done[key] = {"score": (hits / len(case.answer)).tolist(), "correct": generated == case.answer}
+            done[key] = {"score": (hits / len(case.answer)).tolist(), "correct": generated == case.answer,
+                         "recall": needle_recall(generated, case.answer)}
             if checkpoint is not None:
                 with open(checkpoint, "a") as f:
                     f.write(json.dumps({"key": key, **done[key]}) + "\n")
@@ -93,14 +104,26 @@ def retrieval_heads(
     if not keys:
         return Result("retrieval", pd.DataFrame(columns=["layer", "head", "metric", "value"]), {},
                       {"interrupted": interrupted, "cases": 0})
-    scores = np.mean([np.array(done[k]["score"]) for k in keys], axis=0)
+    per_case = np.array([done[k]["score"] for k in keys])  # [case, layer, head]
     accuracy = np.array([float(done[k]["correct"]) for k in keys])
-    table = pd.concat([head_rows(scores, "retrieval_score"),
+    recall = np.array([done[k].get("recall", done[k]["correct"]) for k in keys], dtype=float)
+    every = per_case.mean(axis=0)
+    recalled = np.ones(len(keys), bool) if min_recall is None else recall > min_recall
+    scores = per_case[recalled].mean(axis=0) if recalled.any() else np.full_like(every, np.nan)
+    table = pd.concat([head_rows(scores, "retrieval_score"), head_rows(every, "retrieval_score_all"),
                        head_rows((scores > RETRIEVAL_THRESHOLD).astype(float), "is_retrieval_head")],
                       ignore_index=True)
     params = {"lengths": list(lengths), "depths": list(depths), "seeds": list(seeds), "cases": len(keys),
-              "needle_accuracy": float(accuracy.mean()), "interrupted": interrupted}
-    return Result("retrieval", table, {"retrieval_score": scores, "accuracy": accuracy}, params)
+              "needle_accuracy": float(accuracy.mean()), "min_recall": min_recall,
+              "recalled_cases": int(recalled.sum()), "interrupted": interrupted}
+    arrays = {"retrieval_score": scores, "retrieval_score_all": every, "accuracy": accuracy, "recall": recall}
+    return Result("retrieval", table, arrays, params)
+
+
+def needle_recall(generated: Sequence[int], answer: Sequence[int]) -> float:
+    """The share of the needle's tokens that the generated tokens hold (counted with multiplicity), the unigram
+    recall by which Wu et al. judge whether the model retrieved the needle."""
+    return sum((Counter(generated) & Counter(answer)).values()) / len(answer)
 
 
 def _read_checkpoint(path: str | Path | None) -> dict[str, dict]:

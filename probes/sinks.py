@@ -34,40 +34,61 @@ def sink_scores(trace: Trace, eps: float = 0.3) -> Result:
     The first query row is left out: it sees only the first token, so its mass is 1 by construction.
     Table metrics: `sink_score` per head; `sink_share` (share of heads over eps) per layer and, at
     layer = -1, for the whole model.
+    A model with learned sinks (GPT-OSS) parks attention in its per-head sink logit as well as on the first
+    token, and both are the no-op attention the score measures: the table then also has `learned_sink_score`
+    (the mean learned_sink_mass) per head, and a head counts in `sink_share` when its first-token and learned
+    scores together exceed eps (a head that sinks into its learned sink is not missed).
     """
-    _need(trace, "sink_mass")
+    learned = bool(trace.config.get("learned_sinks"))
+    _need(trace, "sink_mass", *(["learned_sink_mass"] if learned else []))
     if trace.options.get("sink_keys", [0]) != [0]:
         raise WorkbenchError(f"sink scores need sink_keys=(0,), the trace used {trace.options['sink_keys']}")
     rows = trace.attention_mask.clone()
     rows[torch.arange(rows.shape[0]), rows.int().argmax(-1)] = False  # drop each sequence's first real query
-    mass = trace.stats["sink_mass"].double().where(rows[None, :, None, :], torch.nan)
-    score = mass.nanmean(dim=(1, 3)).numpy()  # [layer, head]
-    share = (score > eps).mean(axis=1)
-    total = pd.DataFrame({"layer": [LAYER_LEVEL], "head": [LAYER_LEVEL], "metric": ["sink_share"],
-                          "value": [float((score > eps).mean())]})
-    table = pd.concat([head_rows(score, "sink_score"), layer_rows(share, "sink_share"), total], ignore_index=True)
-    return Result("sinks", table, {"sink_score": score, "sink_share": share}, {"eps": eps})
+
+    def head_mean(stat: str) -> np.ndarray:  # [layer, head]
+        return trace.stats[stat].double().where(rows[None, :, None, :], torch.nan).nanmean(dim=(1, 3)).numpy()
+
+    score = head_mean("sink_mass")
+    tables, arrays = [head_rows(score, "sink_score")], {"sink_score": score}
+    total = score
+    if learned:
+        arrays["learned_sink_score"] = head_mean("learned_sink_mass")
+        tables.append(head_rows(arrays["learned_sink_score"], "learned_sink_score"))
+        total = score + arrays["learned_sink_score"]
+    share = (total > eps).mean(axis=1)
+    whole = pd.DataFrame({"layer": [LAYER_LEVEL], "head": [LAYER_LEVEL], "metric": ["sink_share"],
+                          "value": [float((total > eps).mean())]})
+    table = pd.concat([*tables, layer_rows(share, "sink_share"), whole], ignore_index=True)
+    return Result("sinks", table, {**arrays, "sink_share": share}, {"eps": eps})
 
 
-def uniform_received(trace: Trace, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([n] attention each real key would receive if every query attended uniformly, [n] queries that see it)."""
+def uniform_received(trace: Trace, layer: int, batch: int,
+                     kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([..., n] attention each real key would receive if every query attended uniformly, [n] queries that see it).
+
+    kept [..., n]: the share of each query's attention that goes to keys (1 - learned_sink_mass, per head), which
+    a uniform query spreads over its keys; default 1 (a model without learned sinks)."""
     visible = trace.visible_keys(layer)[batch][trace.attention_mask[batch]].double()  # [n]
     n = visible.shape[0]
     window = trace.window(layer) or n
-    share = torch.cat([torch.zeros(1, dtype=torch.float64), (1.0 / visible).cumsum(0)])  # prefix sums
+    per_query = 1.0 / visible if kept is None else kept.double() / visible
+    share = torch.cat([torch.zeros(*per_query.shape[:-1], 1, dtype=torch.float64), per_query.cumsum(-1)], -1)
     j = torch.arange(n)
     if trace.config.get("is_causal", True):
         first, last = j, (j + window - 1).clamp_max(n - 1)  # the queries that see key j
     else:
         first, last = (j - window + 1).clamp_min(0), (j + window - 1).clamp_max(n - 1)
-    return share[last + 1] - share[first], last - first + 1
+    return share[..., last + 1] - share[..., first], last - first + 1
 
 
 def secondary_sinks(trace: Trace, ratio: float = 5.0, min_queries: int = 4) -> Result:
     """Non-initial tokens that receive over `ratio` times their uniform share of attention in some head.
 
     A key is judged only if at least `min_queries` queries see it (the last few keys of a causal sequence
-    are seen by too few to tell). Per hit, a row (layer, head, position, token, metric `received_ratio`);
+    are seen by too few to tell). With learned sinks a uniform query spreads only its keys' share of the row
+    (1 - learned_sink_mass) over them, so a head that parks attention in its learned sink is not judged
+    against more attention than it hands out. Per hit, a row (layer, head, position, token, metric `received_ratio`);
     per sink token, its levels: `first_layer`, `last_layer`, `n_layers` (layers with a hit in any head),
     `persistence` (the longest run of consecutive such layers) and `n_heads` (heads with a hit), at
     layer = head = -1.
@@ -79,8 +100,9 @@ def secondary_sinks(trace: Trace, ratio: float = 5.0, min_queries: int = 4) -> R
         received = trace.sequence("received", b).double()  # [layer, head, n]
         n = received.shape[-1]
         flagged = np.zeros((trace.n_layers, trace.n_heads, n), dtype=bool)
+        kept = 1 - trace.sequence("learned_sink_mass", b) if "learned_sink_mass" in trace.stats else None
         for layer in range(trace.n_layers):
-            expected, seen_by = uniform_received(trace, layer, b)
+            expected, seen_by = uniform_received(trace, layer, b, None if kept is None else kept[layer])
             judged = seen_by >= min_queries
             judged[0] = False  # the first token is the initial sink, scored by sink_scores
             r = received[layer] / expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from workbench.errors import HeadNotFoundError, WorkbenchError
@@ -27,8 +28,20 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,
+    "cohere": _LLAMA_LIKE,
+    "starcoder2": _LLAMA_LIKE,
+    "mixtral": _LLAMA_LIKE,
+    "qwen3_moe": _LLAMA_LIKE,
+    "gpt_oss": _LLAMA_LIKE,
     "bert": ("encoder.layer", "attention.self", "attention.output.dense"),
 }
+
+
+# config flags of attention features the kernels do not implement -> what they are
+UNSUPPORTED_FEATURES = {"alibi": "ALiBi position biases", "use_alibi": "ALiBi position biases"}
 
 
 @dataclass
@@ -44,8 +57,10 @@ class Adapter:
     is_causal: bool
     sliding_window: int | None
     layer_types: list[str]  # "full_attention" or "sliding_attention", one per layer
+    learned_sinks: bool  # a learned sink logit per head in every softmax denominator (GPT-OSS)
     attention_modules: list[nn.Module] = field(repr=False)
     out_projections: list[nn.Module] = field(repr=False)
+    layers: list[nn.Module] = field(default_factory=list, repr=False)  # the decoder (or encoder) layers, in order
 
     def layer_of(self) -> dict[int, int]:
         """id(attention module) -> layer index, the map the tracer files statistics by."""
@@ -65,6 +80,7 @@ class Adapter:
             "model_type": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "context_length": self.context_length,
             "is_causal": self.is_causal, "sliding_window": self.sliding_window, "layer_types": self.layer_types,
+            "learned_sinks": self.learned_sinks,
         }
 
 
@@ -82,6 +98,10 @@ def adapter_for(model: nn.Module) -> Adapter:
         raise WorkbenchError(
             f"unsupported architecture {model_type!r}; supported: {sorted(ARCHITECTURES)}"
         )
+    unsupported = [name for name in UNSUPPORTED_FEATURES if getattr(config, name, False)]
+    if unsupported:
+        raise WorkbenchError(f"model_type {model_type!r} with {unsupported} switched on: the workbench kernels do not "
+                             f"implement {', '.join(UNSUPPORTED_FEATURES[n] for n in unsupported)}")
     layers_path, attn_path, out_path = ARCHITECTURES[model_type]
     base = model.base_model
     layers = list(_get(base, layers_path))
@@ -92,6 +112,7 @@ def adapter_for(model: nn.Module) -> Adapter:
     layer_types = getattr(config, "layer_types", None) or (
         ["sliding_attention" if window else "full_attention"] * len(layers)
     )
+    attention_modules = [_get(layer, attn_path) for layer in layers]
     return Adapter(
         model_type=model_type,
         n_layers=len(layers),
@@ -102,8 +123,10 @@ def adapter_for(model: nn.Module) -> Adapter:
         is_causal=model_type != "bert" or bool(getattr(config, "is_decoder", False)),
         sliding_window=window if "sliding_attention" in layer_types else None,
         layer_types=list(layer_types),
-        attention_modules=[_get(layer, attn_path) for layer in layers],
+        learned_sinks=any(isinstance(getattr(m, "sinks", None), torch.Tensor) for m in attention_modules),
+        attention_modules=attention_modules,
         out_projections=[_get(layer, out_path) for layer in layers],
+        layers=layers,
     )
 
 

@@ -136,7 +136,8 @@ class Trace:
 
         heads = self.head_table()
         maps = {name: rows.pivot(index="layer", columns="head", values="value").to_numpy()
-                for name, rows in heads.groupby("metric") if name in ("sink_mass", "entropy", "max_prob")}
+                for name, rows in heads.groupby("metric")
+                if name in ("sink_mass", "learned_sink_mass", "entropy", "max_prob")}
         facts = {"model": self.model_id, "sequences": self.token_ids.shape[0],
                  "tokens": int(self.attention_mask.sum()), "layers x heads": f"{self.n_layers} x {self.n_heads}",
                  "statistics": ", ".join(self.stats), "logits": "kept" if self.logits is not None else "not kept"}
@@ -261,13 +262,15 @@ def _check_consistent(directory: Path, meta: dict, tensors: dict[str, torch.Tens
 def layer_summary(trace: Trace, sink_threshold: float = 0.3) -> pd.DataFrame:
     """Per-layer means of the head table, plus the share of heads whose sink mass exceeds `sink_threshold`.
 
-    The share is Sink_k^eps of Gu et al. 2024 ("When Attention Sink Emerges in Language Models"), eps = 0.3.
+    The share is Sink_k^eps of Gu et al. 2024 ("When Attention Sink Emerges in Language Models"), eps = 0.3; with
+    learned sinks (learned_sink_mass in the trace) a head's sink mass is its first-token and learned sinks' together.
     Entropy is also given normalized by log(number of visible keys), averaged over real query rows.
     """
     heads = trace.head_table().pivot_table(index=["layer", "head"], columns="metric", values="value")
     summary = heads.groupby(level="layer").mean()
     if "sink_mass" in heads:
-        summary["sink_heads"] = (heads["sink_mass"] > sink_threshold).groupby(level="layer").mean()
+        mass = heads["sink_mass"] + heads.get("learned_sink_mass", 0.0)
+        summary["sink_heads"] = (mass > sink_threshold).groupby(level="layer").mean()
     if "entropy" in trace.stats:
         summary["entropy_norm"] = normalized_entropy(trace).nanmean(dim=(1, 2, 3)).numpy()
     return summary.reset_index()

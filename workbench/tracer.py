@@ -28,7 +28,12 @@ from workbench.trace import Trace
 
 IMPLEMENTATION = "workbench"
 DEFAULT_STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance",
-                 "self_mass")
+                 "self_mass")  # and learned_sink_mass for a model with learned sinks (`default_stats`)
+# attention-call keyword arguments that change nothing the kernels compute: output flags, and positions, which are
+# already in q and k (packed sequences' cu_seq_lens / seq_idx would make the attention block-diagonal: they raise)
+IGNORED_KWARGS = frozenset({"position_ids", "cache_position", "position_embeddings", "output_attentions",
+                            "output_hidden_states", "output_router_logits", "return_dict", "use_cache",
+                            "past_key_values", "past_key_value", "layer_idx", "token_type_ids", "num_items_in_batch"})
 MAX_DEFAULT_PATTERN = 512  # patterns over longer inputs need an explicit pattern_window
 LOGITS = ("last", "all", None)
 
@@ -79,8 +84,9 @@ class Capture:
 @dataclass(frozen=True)
 class AttentionInputs:
     """What one layer's attention call was given: q [B, Hq, L, D] and k [B, Hkv, L, D] (after the model's
-    position encoding) and the kernel options (causal, scale, softcap, window, key_padding). Any window of
-    the layer's attention map is computed from them without running the model again (`pattern`)."""
+    position encoding) and the kernel options (causal, scale, softcap, window, key_padding, learned sinks). Any
+    window of the layer's attention map (without the capture's edits) is computed from them without running the
+    model again (`pattern`)."""
 
     query: torch.Tensor
     key: torch.Tensor
@@ -100,9 +106,10 @@ class AttentionInputs:
         for head in heads:
             if not 0 <= head < n_heads:
                 raise WorkbenchError(f"query head {head} is outside the layer's {n_heads} heads")
-            kv = head // group
-            maps.append(kernels.attention_pattern(self.query[:, head:head + 1, :stop], self.key[:, kv:kv + 1, :stop],
-                                                  [0], span, **options))
+            kv, sinks = head // group, options.get("sinks")
+            maps.append(kernels.attention_pattern(
+                self.query[:, head:head + 1, :stop], self.key[:, kv:kv + 1, :stop], [0], span,
+                **{**options, "sinks": None if sinks is None else sinks[head:head + 1]}))
         return torch.cat(maps, dim=1)
 
 
@@ -119,14 +126,34 @@ def _key_padding(attention_mask: torch.Tensor | None, kv_length: int) -> torch.T
     return attention_mask[:, -kv_length:].bool()
 
 
+def default_stats(learned_sinks: bool) -> tuple[str, ...]:
+    """The statistics a trace keeps unless told: DEFAULT_STATS, and learned_sink_mass where the model has sinks."""
+    return (*DEFAULT_STATS, "learned_sink_mass") if learned_sinks else DEFAULT_STATS
+
+
+def _check_call(module, kwargs: dict) -> None:
+    """WorkbenchError naming any attention feature of this call that the kernels do not implement (an argument
+    they would otherwise ignore, giving statistics of some other attention)."""
+    unknown = sorted(name for name, value in kwargs.items() if value is not None and name not in IGNORED_KWARGS)
+    if unknown:
+        raise WorkbenchError(
+            f"{type(module).__name__} calls the attention with {unknown}, which the workbench kernels do not "
+            f"implement: its statistics would be those of a different attention"
+        )
+
+
 def workbench_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                         scaling: float | None = None, is_causal: bool | None = None,
-                        sliding_window: int | None = None, softcap: float | None = None, **kwargs):
+                        sliding_window: int | None = None, softcap: float | None = None,
+                        s_aux: torch.Tensor | None = None, **kwargs):
     """AttentionInterface function: q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] -> ([B, Lq, Hq, Dv], None).
 
-    Every active capture of this module's model takes part: the kernel computes the union of their
-    statistics with the composition of their edits, and each capture keeps what it asked for.
+    s_aux: the learned sink logits [Hq] (GPT-OSS), which join each row's softmax denominator. Every active
+    capture of this module's model takes part: the kernel computes the union of their statistics with the
+    composition of their edits, and each capture keeps what it asked for. Any other argument that would change
+    the attention raises WorkbenchError naming it (see `_check_call`).
     """
+    _check_call(module, kwargs)
     if dropout:
         raise WorkbenchError(f"attention dropout {dropout} is not supported: put the model in eval mode")
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
@@ -137,7 +164,7 @@ def workbench_attention(module, query, key, value, attention_mask, dropout: floa
         edits = edits.then(c.edits.get(layer, HeadEdits()))
     stats = tuple(dict.fromkeys(name for c in captures for name in c.stats))
     options = dict(causal=causal, scale=scaling, softcap=softcap, window=sliding_window,
-                   key_padding=_key_padding(attention_mask, key.shape[2]))
+                   key_padding=_key_padding(attention_mask, key.shape[2]), sinks=s_aux)
     backend = captures[-1].backend if captures else "auto"
     out, computed = kernels.attention(query, key, value, stats=stats, edits=edits, backend=backend,
                                       sink_keys=captures[-1].sink_keys if captures else (0,),
@@ -174,7 +201,7 @@ AttentionMaskInterface.register(IMPLEMENTATION, padding_mask)
 def capture(
     subject: Subject,
     *,
-    stats: Sequence[str] = DEFAULT_STATS,
+    stats: Sequence[str] | None = None,
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: dict[int, HeadEdits] | None = None,
@@ -188,7 +215,8 @@ def capture(
 
     The model's attention implementation is restored on exit, also on error. Captures nest: the innermost
     one's sink_keys, distance_cap and backend apply, every one's edits compose (`HeadEdits.then`) and each
-    gets the statistics it asked for. `edits` maps a layer to the HeadEdits its kernel applies.
+    gets the statistics it asked for (None: `default_stats` of the model). `edits` maps a layer to the HeadEdits
+    its kernel applies.
     keep_inputs: layers whose attention inputs are kept (`Capture.input_records`, AttentionInputs).
     on_layer: called with each layer's index once its attention ran: progress reports, and an exception raised
     there stops the forward (a cancelled run, or one that needs only the first layers).
@@ -203,7 +231,8 @@ def capture(
     for layer, head in patterns or ():
         grouped.setdefault(layer, []).append(head)
     state = Capture(
-        layer_of=adapter.layer_of(), stats=kernels.check_stats(stats), sink_keys=tuple(sink_keys),
+        layer_of=adapter.layer_of(), stats=kernels.check_stats(default_stats(adapter.learned_sinks) if stats is None
+                                                             else stats), sink_keys=tuple(sink_keys),
         distance_cap=distance_cap, edits=dict(edits or {}), patterns=grouped, pattern_window=pattern_window,
         backend=backend, keep_inputs=tuple(keep_inputs), on_layer=on_layer,
     )
@@ -238,7 +267,7 @@ def trace(
     subject: Subject,
     inputs,
     *,
-    stats: Sequence[str] = DEFAULT_STATS,
+    stats: Sequence[str] | None = None,
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     patterns: Sequence[tuple[int, int]] | None = None,
@@ -251,8 +280,9 @@ def trace(
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
 
     Statistics are those of `workbench.kernels.contract`: per query [layer, batch, head, q] and `received`
-    [layer, batch, head, k]. patterns: (layer, head) pairs whose attention map is kept over
-    `pattern_window` = (start, stop) positions (default: the whole input, up to 512 tokens).
+    [layer, batch, head, k]; stats=None keeps `default_stats` of the model. patterns: (layer, head) pairs whose
+    attention map is kept over `pattern_window` = (start, stop) positions (default: the whole input, up to 512
+    tokens).
     hidden_states: keep the residual stream [layer + 1, batch, pos, d].
     logits: "last" keeps the model's logits at each sequence's last real token [batch, vocab], "all" at every
     position [batch, pos, vocab], None none (and encoders, which have no language-model head, keep none).

@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from workbench.probes.circuits.graph import head_nodes, sites
+from workbench.probes.circuits.graph import head_nodes, mlp_output, sites, with_mlp_output
 from workbench.probes.tasks import Task, evaluate
 from workbench.head_outputs import head_output_hook
 from workbench.subject import Subject
@@ -116,7 +116,7 @@ def reference_outputs(subject: Subject, rows: list[list[int]]) -> tuple[torch.Te
     """One forward over `rows`: every head's output [layer, B, L, H, Dh] and every MLP's [layer, B, L, d]."""
     heads: dict[int, torch.Tensor] = {}
     mlps: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda m, a, out, l=l: mlps.__setitem__(l, out.detach().float()))
+    hooks = [m.register_forward_hook(lambda m, a, out, l=l: mlps.__setitem__(l, mlp_output(out).detach().float()))
              for l, m in enumerate(sites(subject).mlps)]
     try:
         with torch.no_grad(), head_output_hook(subject, lambda l, x: heads.__setitem__(l, x.detach().float())):
@@ -161,7 +161,13 @@ def mean_ablate_outside(subject: Subject, task: Task, nodes: set[str]) -> Iterat
         x[:, :, dropped[layer]] = heads[layer, :, :x.shape[1], dropped[layer]].to(x)
         return x
 
-    hooks = [m.register_forward_hook(lambda m, a, out, l=l: mlps[l, :, :out.shape[1]].to(out).clone())
+    def mean_of(layer: int):
+        def hook(module, args, out):
+            written = mlp_output(out)
+            return with_mlp_output(out, mlps[layer, :, :written.shape[1]].to(written).clone())
+        return hook
+
+    hooks = [m.register_forward_hook(mean_of(l))
              for l, m in enumerate(sites(subject).mlps) if f"M{l}" not in nodes]
     try:
         with head_output_hook(subject, edit):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from workbench.probes.circuits.circuit import Circuit, faithfulness, select
 from workbench.probes.circuits.eap import attribution_scores, node_scores
-from workbench.probes.circuits.graph import is_edge, receivers, senders
+from workbench.probes.circuits.graph import edge_test, receivers, senders
 from workbench.probes.circuits.patching import patch_heads
 from workbench.probes.circuits.path_patching import path_patch
 from workbench.probes.tasks import Task
@@ -28,10 +28,9 @@ def patching_scores(subject: Subject, task: Task, candidates: int = 8) -> tuple[
     effects = patch_heads(subject, task).metric("effect")
     strongest = effects.reindex(effects.value.abs().sort_values(ascending=False).index).head(candidates)
     chosen = {f"L{r.layer}.H{r.head}" for r in strongest.itertuples()}
-    n_layers = subject.adapter.n_layers
+    is_edge = edge_test(subject)
     keep = lambda n: not n.startswith("L") or n in chosen  # noqa: E731
-    pairs = [(u, v) for u in senders(subject) for v in receivers(subject)
-             if keep(u) and keep(v) and is_edge(u, v, n_layers)]
+    pairs = [(u, v) for u in senders(subject) for v in receivers(subject) if keep(u) and keep(v) and is_edge(u, v)]
     edges = path_patch(subject, task, pairs)[["source", "target", "effect"]].rename(columns={"effect": "score"})
     scores = node_scores(edges).to_dict()
     scores.update({f"L{r.layer}.H{r.head}": float(r.value) for r in effects.itertuples()})

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.probes.circuits.graph import ReceiverDeltas, is_edge, receivers, record, senders, sites, split_receivers
+from workbench.probes.circuits.graph import (ReceiverDeltas, edge_test, receivers, record, senders, sites,
+                                            split_receivers)
 from workbench.probes.tasks import Task, encode, score_logits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
@@ -95,9 +96,9 @@ def attribution_scores(subject: Subject, task: Task, method: str = "eap", steps:
     sent = torch.stack([delta.of(u) for u in sources]).double()
     got = torch.stack([grads.of(v) for v in targets]).double()
     scores = torch.einsum("ubld,vbld->uv", sent, got).numpy()
-    n_layers = subject.adapter.n_layers
+    is_edge = edge_test(subject)
     rows = [(u, v, float(scores[i, j])) for i, u in enumerate(sources) for j, v in enumerate(targets)
-            if is_edge(u, v, n_layers)]
+            if is_edge(u, v)]
     return pd.DataFrame(rows, columns=["source", "target", "score"])
 
 

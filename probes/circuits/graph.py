@@ -8,7 +8,12 @@ its senders' outputs, read through its own pre-norm; `split_receivers` re-runs e
 the residual per head (and each MLP on its own copy), so a delta can be added to one receiver's input alone
 (path patching) or its gradient taken alone (edge attribution patching).
 
-Supported: pre-norm sequential blocks (GPT-2; Llama, Mistral, Qwen2/3, Gemma).
+Supported: pre-norm blocks: sequential (GPT-2; Llama, Mistral, Qwen2/3, Qwen3-MoE, Mixtral, Phi-3, StarCoder2,
+GPT-OSS, Gemma; Granite, whose branches join the residual scaled by its residual multiplier; Gemma-2/3, whose
+branches pass a norm of their own before joining it: a head's share of that norm's output is its share of the
+norm's input, times the norm's gain at that position in that run; OLMo-2, whose branches read the residual itself
+and have only such output norms) and parallel (GPT-NeoX, Cohere: attention and MLP
+read the same residual, so a layer's heads do not send to its MLP).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,34 +30,87 @@ from workbench.errors import WorkbenchError
 from workbench.head_outputs import head_output_hook
 from workbench.subject import Subject
 
-_LLAMA = ("layers", "input_layernorm", "post_attention_layernorm", "mlp", "norm")
-# model_type -> (layer list, attention pre-norm, MLP pre-norm, MLP, final norm); paths relative to base_model / layer
-SITES = {"gpt2": ("h", "ln_1", "ln_2", "mlp", "ln_f"), "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
-         "qwen3": _LLAMA, "gemma": _LLAMA}
+class Layout(NamedTuple):
+    """Where an architecture reads and writes the residual stream; paths relative to base_model / a layer."""
+
+    layers: str
+    attn_norm: str | None  # None: the branch reads the residual itself (OLMo-2)
+    mlp_norm: str | None  # the attention's pre-norm again where both branches read one norm (Cohere)
+    mlp: str
+    final_norm: str
+    attn_post_norm: str | None = None  # a norm on the attention's output before it joins the residual (Gemma-2/3)
+    mlp_post_norm: str | None = None
+    parallel: bool = False  # the MLP reads the layer's input, not the residual after the attention
+
+
+_LLAMA = Layout("layers", "input_layernorm", "post_attention_layernorm", "mlp", "norm")
+_GEMMA2 = Layout("layers", "input_layernorm", "pre_feedforward_layernorm", "mlp", "norm", "post_attention_layernorm",
+                 "post_feedforward_layernorm")
+SITES = {"gpt2": Layout("h", "ln_1", "ln_2", "mlp", "ln_f"), "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
+         "qwen3": _LLAMA, "gemma": _LLAMA, "phi3": _LLAMA, "granite": _LLAMA, "starcoder2": _LLAMA,
+         "mixtral": _LLAMA, "qwen3_moe": _LLAMA, "gpt_oss": _LLAMA, "gemma2": _GEMMA2, "gemma3_text": _GEMMA2,
+         "cohere": Layout("layers", "input_layernorm", "input_layernorm", "mlp", "norm", parallel=True),
+         "olmo2": Layout("layers", None, None, "mlp", "norm", "post_attention_layernorm", "post_feedforward_layernorm"),
+         "gpt_neox": Layout("layers", "input_layernorm", "post_attention_layernorm", "mlp", "final_layer_norm")}
 
 
 @dataclass
 class Sites:
-    """The modules where the residual stream is read and written, per layer."""
+    """The modules where the residual stream is read and written, per layer, and how the branches join it.
+
+    attn_inputs / mlp_inputs: the modules whose input is the residual each branch reads (its pre-norm, or the
+    branch itself where it has none, whose norms are then the identity)."""
 
     layers: list[nn.Module]
     attn_norms: list[nn.Module]
     mlp_norms: list[nn.Module]
     mlps: list[nn.Module]
     final_norm: nn.Module
+    attn_inputs: list[nn.Module]
+    mlp_inputs: list[nn.Module]
+    attn_post_norms: list[nn.Module] | None = None
+    mlp_post_norms: list[nn.Module] | None = None
+    parallel: bool = False
+    residual_scale: float = 1.0  # Granite's residual_multiplier: each branch joins the residual times this
 
 
 def sites(subject: Subject) -> Sites:
-    """The Sites of a subject; WorkbenchError naming an architecture without a sequential pre-norm residual."""
+    """The Sites of a subject; WorkbenchError naming an architecture whose residual is not a sum of its branches."""
     model_type = subject.adapter.model_type
     if model_type not in SITES:
-        raise WorkbenchError(f"circuits need a sequential pre-norm architecture; {model_type!r} is not one of "
-                             f"{sorted(SITES)}")
-    layers_path, attn_norm, mlp_norm, mlp, final = SITES[model_type]
+        raise WorkbenchError(f"circuits need a residual stream that each block's branches add to (no norm of the "
+                             f"whole stream between layers); {model_type!r} is not one of {sorted(SITES)}")
+    layout, config = SITES[model_type], subject.model.config
     base = subject.model.base_model
-    layers = list(base.get_submodule(layers_path))
-    return Sites(layers, [m.get_submodule(attn_norm) for m in layers], [m.get_submodule(mlp_norm) for m in layers],
-                 [m.get_submodule(mlp) for m in layers], base.get_submodule(final))
+    layers = list(base.get_submodule(layout.layers))
+
+    def each(path: str | None) -> list[nn.Module] | None:
+        return None if path is None else [m.get_submodule(path) for m in layers]
+
+    parallel = layout.parallel or bool(model_type == "gpt_neox" and config.use_parallel_residual)
+    attentions, mlps = list(subject.adapter.attention_modules), each(layout.mlp)
+    identity = [nn.Identity() for _ in layers]
+    attn_norms, mlp_norms = each(layout.attn_norm), each(layout.mlp_norm)
+    return Sites(layers, attn_norms or identity, mlp_norms or identity, mlps, base.get_submodule(layout.final_norm),
+                 attn_norms or attentions, mlp_norms or mlps, each(layout.attn_post_norm),
+                 each(layout.mlp_post_norm), parallel, float(getattr(config, "residual_multiplier", 1.0)))
+
+
+def on_input(module: nn.Module, fn):
+    """Register a forward pre-hook calling fn(x) with the module's input x (first argument or hidden_states)."""
+    return module.register_forward_pre_hook(lambda m, args, kwargs: fn(args[0] if args else kwargs["hidden_states"]),
+                                            with_kwargs=True)
+
+
+def mlp_output(out):
+    """The tensor an MLP writes to the residual: its output, or the first item where it returns a tuple (GPT-OSS's
+    mixture of experts returns its router scores too)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def with_mlp_output(out, value: torch.Tensor):
+    """`out` (an MLP's output, tensor or tuple) with the written tensor replaced by `value`."""
+    return (value, *out[1:]) if isinstance(out, tuple) else value
 
 
 def head_name(layer: int, head: int) -> str:
@@ -81,20 +140,27 @@ def receivers(subject: Subject) -> list[str]:
     return senders(subject)[1:] + ["logits"]
 
 
-def position(node: str, n_layers: int) -> tuple[int, int]:
-    """(layer, stage) of a node: stage 0 = attention, 1 = MLP; input is (-1, 1) and logits (n_layers, 0)."""
+def position(node: str, n_layers: int, parallel: bool = False) -> tuple[int, int]:
+    """(layer, stage) of a node: stage 0 = attention, 1 = MLP (0 too in a parallel block, where both read the
+    layer's input); input is (-1, 1) and logits (n_layers, 0)."""
     if node == "input":
         return -1, 1
     if node == "logits":
         return n_layers, 0
     if node.startswith("M"):
-        return int(node[1:]), 1
+        return int(node[1:]), 0 if parallel else 1
     return parse_head(node)[0], 0
 
 
-def is_edge(sender: str, receiver: str, n_layers: int) -> bool:
-    """Whether `sender` writes to the residual stream before `receiver` reads it."""
-    return position(sender, n_layers) < position(receiver, n_layers)
+def is_edge(sender: str, receiver: str, n_layers: int, parallel: bool = False) -> bool:
+    """Whether `sender` writes to the residual stream before `receiver` reads it (`parallel`: `Sites.parallel`)."""
+    return position(sender, n_layers, parallel) < position(receiver, n_layers, parallel)
+
+
+def edge_test(subject: Subject):
+    """is_edge(sender, receiver) for the subject's graph: its number of layers and whether its blocks are parallel."""
+    n_layers, parallel = subject.adapter.n_layers, sites(subject).parallel
+    return lambda sender, receiver: is_edge(sender, receiver, n_layers, parallel)
 
 
 @dataclass
@@ -134,11 +200,20 @@ def record(subject: Subject, enc: dict[str, torch.Tensor]) -> Activations:
     heads: dict[int, torch.Tensor] = {}
 
     def keep_z(layer: int, z: torch.Tensor) -> None:
-        heads[layer] = head_contributions(adapter.out_projections[layer], z)
+        proj = adapter.out_projections[layer]
+        share = head_contributions(proj, z)
+        if s.attn_post_norms is not None:  # each head's share of the post-norm's output (the module docstring)
+            total = proj.forward(z.reshape(*z.shape[:2], -1))
+            gain = s.attn_post_norms[layer].forward(total) / torch.where(total == 0, torch.ones_like(total), total)
+            share = share * gain
+        heads[layer] = share * s.residual_scale
 
-    handles = [s.attn_norms[0].register_forward_pre_hook(lambda m, args: kept.__setitem__("input", args[0]))]
-    handles += [mlp.register_forward_hook(lambda m, args, out, l=l: kept.__setitem__(f"M{l}", out))
-                for l, mlp in enumerate(s.mlps)]
+    def keep_mlp(layer: int):
+        return lambda m, args, out: kept.__setitem__(f"M{layer}", mlp_output(out) * s.residual_scale)
+
+    writers = s.mlps if s.mlp_post_norms is None else s.mlp_post_norms
+    handles = [on_input(s.attn_inputs[0], lambda x: kept.__setitem__("input", x))]
+    handles += [module.register_forward_hook(keep_mlp(l)) for l, module in enumerate(writers)]
     try:
         with torch.no_grad(), head_output_hook(subject, keep_z):
             subject.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False)
@@ -201,10 +276,10 @@ def split_receivers(subject: Subject, deltas: ReceiverDeltas) -> Iterator[None]:
         return torch.cat([own[None], torch.zeros_like(copies[1:])]).reshape(z.shape)
 
     def stash_input(key):
-        def hook(module, args):
+        def keep(x):
             if not inside:
-                stash[key] = args[0]
-        return hook
+                stash[key] = x
+        return keep
 
     def rerun_attention(layer: int):
         def hook(module, args, kwargs, output):
@@ -243,10 +318,10 @@ def split_receivers(subject: Subject, deltas: ReceiverDeltas) -> Iterator[None]:
 
     handles = [s.final_norm.register_forward_pre_hook(add_logits)]
     for layer in range(adapter.n_layers):
-        handles.append(s.attn_norms[layer].register_forward_pre_hook(stash_input(f"a{layer}")))
+        handles.append(on_input(s.attn_inputs[layer], stash_input(f"a{layer}")))
         handles.append(adapter.attention_modules[layer].register_forward_hook(rerun_attention(layer),
                                                                               with_kwargs=True))
-        handles.append(s.mlp_norms[layer].register_forward_pre_hook(stash_input(f"m{layer}")))
+        handles.append(on_input(s.mlp_inputs[layer], stash_input(f"m{layer}")))
         handles.append(s.mlps[layer].register_forward_hook(rerun_mlp(layer)))
     try:
         with head_output_hook(subject, combine):

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench.probes.circuits.graph import ReceiverDeltas, is_edge, record, split_receivers
+from workbench.probes.circuits.graph import ReceiverDeltas, edge_test, record, split_receivers
 from workbench.probes.tasks import Task, encode, evaluate, normalized, score_logits
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
@@ -25,9 +25,9 @@ def path_patch(subject: Subject, task: Task, edges: Sequence[tuple[str, str]], s
     sender's corrupted-minus-clean output), `effect` (patched - clean) and `normalized` (clean = 1, corrupted = 0).
     """
     task.check_pairs()
-    n_layers = subject.adapter.n_layers
+    is_edge = edge_test(subject)
     for u, v in edges:
-        if not is_edge(u, v, n_layers):
+        if not is_edge(u, v):
             raise WorkbenchError(f"{u} -> {v} is not an edge: {u} does not write before {v} reads")
     clean_enc, corrupted_enc = encode(subject, "clean", task), encode(subject, "corrupted", task)
     delta = record(subject, corrupted_enc) - record(subject, clean_enc)

@@ -1,6 +1,8 @@
 """Each intervention against a brute-force version: edited weights, or attention weights read from an eager
 run and edited by hand; restore on error; composition."""
 
+import os
+
 import pytest
 import torch
 from tiny_models import build, token_ids, tokenizer
@@ -17,7 +19,8 @@ from workbench.interventions import (
     search_scale,
     soft_pag,
 )
-from workbench.interventions.zerotuning import answer_logprob
+from workbench.interventions.calibration import search_heads
+from workbench.interventions.zerotuning import answer_ids, answer_logprob
 from workbench.head_outputs import record_head_outputs
 
 DH, H, G = 8, 4, 2  # tiny llama: head_dim, query heads, query heads per kv head
@@ -155,9 +158,10 @@ def test_scale_initial_reweights_the_first_token():
     torch.testing.assert_close(seen, want, atol=1e-5, rtol=1e-5)
 
 
-def test_calibrate_scales_the_sinks_it_finds():
+def test_calibrate_renormalize_scales_the_sinks_the_ratio_rule_finds():
     subject = workbench.load(build("llama"))
-    with calibrate(subject, IDS, heads=[(0, h) for h in range(4)], beta=0.4, ratio=1.2) as sinks:
+    with calibrate(subject, IDS, heads=[(0, h) for h in range(4)], beta=0.4, rule="ratio", ratio=1.2,
+                   scaling="renormalize") as sinks:
         seen, _ = record_head_outputs(subject, IDS)
     assert sinks == {(0, 3): [8]}  # a random model has weak sinks: found at 1.2x the uniform share
 
@@ -171,6 +175,58 @@ def test_calibrate_scales_the_sinks_it_finds():
     want, _ = eager_heads(IDS, reweight)
     torch.testing.assert_close(seen[0], want[0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(seen[0, :, :, 3], eager_heads(IDS)[0][0, :, :, 3], atol=1e-4)
+
+
+def act_sinks(attn, alpha):
+    """ACT's absolute rule from eager weights [B, H, L, L]: {head: positions} with row-mean attention > alpha."""
+    mean = attn.mean(dim=2)  # [B, H, L]: each key's attention averaged over every query row
+    mean[..., 0] = 0
+    found = {}
+    for _, head, position in torch.nonzero(mean > alpha).tolist():
+        found.setdefault(head, set()).add(position)
+    return {head: sorted(p) for head, p in sorted(found.items())}
+
+
+def test_calibrate_scales_act_sinks_to_exactly_beta_and_gives_the_rest_to_every_other_key():
+    subject, beta, alpha = workbench.load(build("llama")), 0.4, 0.1
+    with torch.no_grad():
+        attn = build("llama", "eager")(input_ids=IDS, output_attentions=True).attentions[0].double()
+    want_sinks = act_sinks(attn, alpha)
+    with calibrate(subject, IDS, heads=[(0, h) for h in range(4)], beta=beta, alpha=alpha) as sinks:
+        seen, _ = record_head_outputs(subject, IDS)
+    assert sinks == {(0, h): p for h, p in want_sinks.items()} and len(sinks) >= 2
+    union = sorted({p for positions in sinks.values() for p in positions})  # a layer's heads share its sinks
+
+    def exact(layer, attn):
+        attn = attn.clone()
+        if layer == 0:
+            for h in want_sinks:
+                moved = attn[:, h, :, union].sum(-1, keepdim=True)
+                attn[:, h] *= (1 - beta * moved) / (1 - moved)
+                attn[:, h, :, union] *= beta * (1 - moved) / (1 - beta * moved)  # exactly beta * p
+        return attn
+
+    want, _ = eager_heads(IDS, exact)
+    torch.testing.assert_close(seen[0], want[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(seen[0], eager_heads(IDS)[0][0], atol=1e-4)
+
+
+def test_act_head_search_keeps_the_heads_whose_calibration_helps():
+    subject = workbench.load(build("llama"), tokenizer=tokenizer())
+    examples = [("The secret code is", " 12 34"), ("wind from the west, a light", " swell")]
+    result = search_heads(subject, examples, alpha=0.1)
+    gains = result.metric("act_gain")
+    assert len(gains) >= 2
+    assert result.params["heads"] == [[r.layer, r.head] for r in gains.itertuples() if r.value > 0]
+    base = sum(answer_logprob(subject, p, a)[0] for p, a in examples) / 2
+    assert result.metric("base_logprob").value[0] == pytest.approx(base, abs=1e-5)
+    head = (int(gains.layer[0]), int(gains["head"][0]))
+    alone = []
+    for prompt, answer in examples:
+        with calibrate(subject, [sum(answer_ids(subject, prompt, answer), [])], [head], alpha=0.1):
+            alone.append(answer_logprob(subject, prompt, answer)[0])
+    assert result.metric("act_logprob").value[0] == pytest.approx(sum(alone) / 2, abs=1e-5)
+    assert gains.value[0] == pytest.approx(sum(alone) / 2 - base, abs=1e-5)
 
 
 def test_attention_influence_is_the_loss_difference():
@@ -203,3 +259,17 @@ def test_search_scale_scores_each_candidate():
     with torch.no_grad():
         logp = torch.log_softmax(subject.model(input_ids=torch.tensor([ids])).logits[0, -2], -1)
     assert plain[0][0] == pytest.approx(float(logp[ids[-1]]), rel=1e-6)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"),
+                    reason="ACT's exact scaling on the Triton kernel needs CUDA")
+def test_gpu_act_exact_scaling_on_triton_equals_the_reference_backend():
+    subject = workbench.load("organism", device="cuda")
+    text = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n" * 4
+    enc = subject.encode(text)
+    logits = {}
+    for backend in ("triton", "reference"):
+        with torch.no_grad(), calibrate(subject, text) as sinks, workbench.capture(subject, stats=(), backend=backend):
+            logits[backend] = subject.model(**enc).logits.float()
+    assert sinks
+    torch.testing.assert_close(logits["triton"], logits["reference"], atol=2e-2, rtol=2e-2)

@@ -9,6 +9,8 @@ inputs. argmax_key must hold the maximal probability of the baseline's attention
 tolerance (a near-tie may resolve either way).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,6 +48,7 @@ def cases(L, D, window, device="cpu"):
         "softcap_scale": ({}, {"softcap": 4.0, "scale": 0.6}),
         "peaked": ({"peak": 8.0}, {}),
         "sinks_and_cap": ({}, {"sink_keys": (0, 3), "distance_cap": 6}),
+        "wide_cap": ({}, {"distance_cap": 2 * L // 3}),  # whole blocks inside the cap and beyond it
         "no_sinks": ({}, {"sink_keys": ()}),
         "one_kv_head": ({"Hkv": 1}, {}),
         "no_grouping": ({"Hkv": 4}, {}),
@@ -54,6 +57,10 @@ def cases(L, D, window, device="cpu"):
         "chunked_prefill": ({"Lq": 9, "Lk": L}, {}),
         "prefill_padded_window": ({"B": 2, "Lq": 20, "Lk": L},
                                   {"window": 11, "key_padding": padding(2, L, left=5, device=device)}),
+        "learned_sinks": ({}, {"sinks": SINKS.to(device)}),
+        "learned_sinks_window_padded": ({"B": 2}, {"sinks": SINKS.to(device), "window": window // 3,
+                                                   "key_padding": padding(2, L, left=7, device=device)}),
+        "learned_sinks_softcap_decode": ({"Lq": 1, "Lk": L}, {"sinks": SINKS.to(device), "softcap": 4.0}),
     }
 
 
@@ -61,7 +68,10 @@ EDITS = HeadEdits(temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]),  # every in-ke
                   key_bias=torch.tensor([[0.0, 1.0], [-2.0, 0.5], [3.0, 0.0], [-1e4, 1.0]]),
                   bias_keys=torch.tensor([0, 3]), gate=torch.tensor([1.0, 0.0, 2.0, 0.5]),
                   identity_mix=torch.tensor([0.0, 0.3, 1.0, 0.5]))
-LOW_PRECISION = ["causal", "left_padding", "window", "softcap_scale", "peaked", "chunked_prefill"]
+# learned sink logits per head (GPT-OSS): one below the logits, two among them, one that takes nearly all the mass
+SINKS = torch.tensor([-3.0, 0.5, 2.0, 60.0], dtype=torch.float64)
+SINK_EDITS = dataclasses.replace(EDITS, sink_bias=torch.tensor([0.0, 1.5, -1e4, -2.0]))  # -1e4: the sink removed
+LOW_PRECISION = ["causal", "left_padding", "window", "softcap_scale", "peaked", "chunked_prefill", "learned_sinks"]
 
 
 def check(kernel, q, k, v, dtype=torch.float32, **opts):
@@ -83,6 +93,17 @@ def check(kernel, q, k, v, dtype=torch.float32, **opts):
         error = (value - want).nan_to_num().abs().max().item()
         assert error <= tolerance[name], f"{name}: error {error:.3g} > tolerance {tolerance[name]:.3g}"
     check_argmax(q, k, got, base, tolerance["max_prob"], **opts)
+
+
+def check_learned_sinks_with_edits(kernel, inputs, padding, L, device):
+    """Learned sinks under every logit edit plus the sink bias (padded), and under the VAR redistribution."""
+    on = lambda edits: HeadEdits(**{name: None if value is None else value.to(device)  # noqa: E731
+                                    for name, value in vars(edits).items()})
+    sinks = SINKS.to(device)
+    check(kernel, *inputs(B=2, seed=31), edits=on(SINK_EDITS), sinks=sinks, key_padding=padding(2, L, left=4))
+    var = HeadEdits(redistribute=torch.tensor([0.0, 0.4, 1.0, 0.75]), source_keys=torch.tensor([0, 2]),
+                    target_keys=torch.tensor([5, 7, 30]), temperature=torch.tensor([1.0, 2.0, 0.5, 1.0]))
+    check(kernel, *inputs(seed=32), edits=on(var), sinks=sinks, sink_keys=(0, 5), distance_cap=4)
 
 
 def check_argmax(q, k, got, base, tol, **opts):

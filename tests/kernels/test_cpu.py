@@ -16,7 +16,6 @@ from tiny_models import build, token_ids
 
 import workbench
 from workbench.kernels import ALL_STATS, HeadEdits, cpu, reference, resolve_backend
-from workbench.tracer import DEFAULT_STATS
 
 L, D, WINDOW = 45, 16, 40
 inputs = functools.partial(matrix.inputs, Lq=L, head_dim=D)
@@ -59,6 +58,10 @@ def test_edits(layout):
 def test_softcap_with_temperature_and_bias():
     """Gemma-2 order: softcap first, then the temperature, then the key bias."""
     matrix.check(cpu.attention, *inputs(seed=23), softcap=3.0, edits=EDITS)
+
+
+def test_learned_sinks_with_edits():
+    matrix.check_learned_sinks_with_edits(cpu.attention, inputs, matrix.padding, L, "cpu")
 
 
 @pytest.mark.parametrize("layout", ["causal", "left_padding", "window_bidirectional"])
@@ -117,18 +120,19 @@ def test_backend_selection():
         resolve_backend(torch.device("meta"), "cpu")
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma2", "gemma3_text", "bert"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma2", "gemma3_text", "bert", "gpt_oss"])
 def test_traced_models_keep_their_logits_and_match_the_reference_backend(name):
-    """Tiny models (GQA, sliding windows, softcap, bidirectional), a right-padded batch: backend "cpu" leaves the
-    model's output that of its own sdpa (eager for Gemma-2) forward, and gives the reference's statistics."""
-    model = build(name, "eager" if name == "gemma2" else "sdpa")
+    """Tiny models (GQA, sliding windows, softcap, bidirectional, learned sinks), a right-padded batch: backend
+    "cpu" leaves the model's output that of its own sdpa (eager for Gemma-2 and GPT-OSS) forward, and gives the
+    reference's statistics."""
+    model = build(name, "eager" if name in ("gemma2", "gpt_oss") else "sdpa")
     subject = workbench.load(model)
     ids = token_ids(2, 40)
     mask = torch.ones_like(ids)
     mask[1, 30:] = 0
     with torch.no_grad():
         plain = model(input_ids=ids, attention_mask=mask)
-        with workbench.capture(subject, stats=DEFAULT_STATS, backend="cpu"):
+        with workbench.capture(subject, backend="cpu"):
             traced = model(input_ids=ids, attention_mask=mask)
     read = "logits" if hasattr(plain, "logits") else "last_hidden_state"
     keep = mask.bool()[..., None]  # padding positions are the model's own business

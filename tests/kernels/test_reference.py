@@ -17,7 +17,7 @@ from workbench.kernels.reference import attention, attention_pattern
 
 
 def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, key_padding=None,
-                sink_keys=(0,), distance_cap=None, edits=None):
+                sink_keys=(0,), distance_cap=None, edits=None, sinks=None):
     q, k, v = q.double(), k.double(), v.double()
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
@@ -46,7 +46,16 @@ def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, 
     allowed = allowed[None, None] & pad[:, None, None, :] & pad[:, qabs][:, None, :, None]
     s = s.masked_fill(~allowed, -math.inf)
     ok = allowed.any(-1)
-    p = torch.softmax(s, -1).nan_to_num(0.0)
+    if sinks is None:
+        learned = torch.zeros(B, H, Lq, dtype=torch.float64)
+        logits = s
+    else:  # HF's eager GPT-OSS attention: the sink logit as one more column of the softmax, dropped after it
+        u = sinks.double() / (1 if edits.temperature is None else edits.temperature.double())
+        u = u + (0 if edits.sink_bias is None else edits.sink_bias.double())
+        logits = torch.cat([s, u[None, :, None, None].expand(B, H, Lq, 1)], -1)
+        full = torch.softmax(logits, -1)
+        learned = full[..., -1]
+    p = torch.softmax(logits, -1)[..., :Lk].where(ok[..., None], torch.zeros(())).nan_to_num(0.0)
     out = p @ v
     if edits.identity_mix is not None:
         a = edits.identity_mix.double()[None, :, None, None]
@@ -62,7 +71,7 @@ def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, 
         sink |= rel == key
     nan = torch.tensor(math.nan, dtype=torch.float64)
     stats = {
-        "lse": torch.where(ok, torch.logsumexp(s, -1), nan),
+        "lse": torch.where(ok, torch.logsumexp(logits, -1), nan),
         "entropy": torch.where(ok, -(p * logp).sum(-1), nan),
         "sink_mass": torch.where(ok, (p * (sink & pad)[:, None, None, :]).sum(-1), nan),
         "max_prob": torch.where(ok, p.max(-1).values, nan),
@@ -70,6 +79,7 @@ def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, 
         "window_distance": torch.where(ok, (p * dist).sum(-1), nan),
         "self_mass": torch.where(ok, p.diagonal(Lk - Lq, -2, -1), nan),
         "received": p.sum(2),
+        "learned_sink_mass": torch.where(ok, learned, nan),
     }
     return out, stats, p
 
@@ -156,6 +166,33 @@ def test_edits_match_brute_force():
     torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
     assert_stats_close(stats, want, atol=1e-6)
     assert out[:, 1].abs().max() == 0  # gate 0 ablates head 1
+
+
+@pytest.mark.parametrize("case", ["causal", "left_padding", "bidirectional", "sliding_window", "softcap_scale"])
+def test_learned_sinks_match_brute_force(case):
+    """The sink logit as one more softmax column (HF's eager GPT-OSS attention), with every logit edit."""
+    q, k, v = rand_qkv(seed=9)
+    sinks = torch.tensor([-3.0, 0.5, 2.0, 60.0], dtype=torch.float64)
+    edits = HeadEdits(temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]), sink_bias=torch.tensor([0.0, 1.5, -1e4, -2.0]),
+                      key_bias=torch.tensor([[1.0], [-2.0], [3.0], [0.5]]), bias_keys=torch.tensor([1]))
+    for chosen in (HeadEdits(), edits):
+        out, stats = attention(q, k, v, stats=ALL_STATS, edits=chosen, sinks=sinks, chunk_size=5, **CASES[case])
+        want_out, want, p = brute_force(q, k, v, edits=chosen, sinks=sinks, **CASES[case])
+        torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
+        assert_stats_close(stats, want, atol=1e-6)
+        pattern = attention_pattern(q, k, range(4), (0, 13), edits=chosen, sinks=sinks, **{
+            key: value for key, value in CASES[case].items() if key != "sink_keys"})
+        torch.testing.assert_close(pattern.double(), p, atol=1e-6, rtol=0)
+    assert stats["learned_sink_mass"][:, 2].nan_to_num().abs().max() == 0  # a sink bias of -1e4 removes it
+    assert stats["learned_sink_mass"][:, 3].nanmean() > 0.99  # a sink logit of 60 takes nearly everything
+
+
+def test_sink_bias_needs_learned_sinks():
+    q, k, v = rand_qkv(seed=10)
+    with pytest.raises(ValueError, match="has none"):
+        attention(q, k, v, edits=HeadEdits(sink_bias=torch.zeros(4)))
+    with pytest.raises(ValueError, match="one logit per query head"):
+        attention(q, k, v, sinks=torch.zeros(2))
 
 
 def test_identity_edits_change_nothing():

@@ -56,8 +56,24 @@ def test_edits():
     check(*inputs(seed=22), edits=edits, window=WINDOW, causal=False)
 
 
+def test_learned_sinks_with_edits():
+    matrix.check_learned_sinks_with_edits(triton_attention.attention, inputs, padding, L, DEVICE)
+
+
 def test_only_requested_statistics_are_computed():
     matrix.check_only_requested_statistics(triton_attention.attention, *(t.float() for t in inputs(seed=3)))
+
+
+@pytest.mark.parametrize("case", ["causal", "left_padding", "window", "sinks_and_cap"])
+def test_pointer_loads_match_reference(case, monkeypatch):
+    """The portable path (pointer loads, for GPUs without tensor descriptors), which inputs a descriptor cannot
+    describe (a base off 16 bytes) take too."""
+    shape, opts = CASES[case]
+    q, k, v = inputs(seed=len(case) + 5, **shape)
+    unaligned = torch.empty(q.numel() + 1, dtype=torch.float32, device=q.device)[1:].view(q.shape).copy_(q)
+    assert triton_attention._use_tma(q.float(), k.float()) and not triton_attention._use_tma(unaligned, k.float())
+    monkeypatch.setattr(triton_attention, "TMA_ALLOWED", False)
+    check(q, k, v, **opts)
 
 
 def test_user_errors_name_the_bad_value():
@@ -72,14 +88,15 @@ def test_gpu_long_sequences(dtype, head_dim):
 
 
 @pytest.mark.skipif(not GPU, reason="the tracer uses the Triton kernels only on CUDA")
-@pytest.mark.parametrize("name", ["qwen2", "gemma2", "bert"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma2", "bert", "gpt_oss"])
 def test_gpu_tracer_matches_the_reference_backend(name):
-    """Tiny models on CUDA (sliding windows, GQA, softcap, bidirectional): Triton and reference traces agree."""
+    """Tiny models on CUDA (sliding windows, GQA, softcap, bidirectional, learned sinks): Triton and reference
+    traces agree."""
     from tiny_models import build, token_ids
 
     import workbench
 
-    subject = workbench.load(build(name, "eager" if name == "gemma2" else "sdpa").cuda())
+    subject = workbench.load(build(name).cuda())
     matrix.check_traces_agree(subject, token_ids(2, 40), "triton", 1e-4)
 
 

@@ -10,7 +10,7 @@ from tiny_models import build, tokenizer
 
 import workbench
 from workbench.probes.haystack import NeedleCase, needle_case
-from workbench.probes.retrieval import copy_paste_hits, retrieval_heads
+from workbench.probes.retrieval import copy_paste_hits, needle_recall, retrieval_heads
 
 
 def brute_force_hits(model, case):
@@ -76,3 +76,34 @@ def test_interrupted_scan_keeps_finished_cases_and_resumes(tmp_path):
     np.testing.assert_allclose(resumed.arrays["retrieval_score"], fresh.arrays["retrieval_score"])
     rows = [json.loads(line) for line in checkpoint.read_text().splitlines()]
     assert len(rows) == 4
+
+
+def test_needle_recall_counts_the_needle_tokens_generated():
+    assert needle_recall([5, 6, 7], [5, 6, 7]) == 1.0
+    assert needle_recall([7, 5, 9], [5, 6, 7]) == pytest.approx(2 / 3)
+    assert needle_recall([5, 5, 5], [5, 6, 5]) == pytest.approx(2 / 3)  # with multiplicity
+    assert needle_recall([], [5]) == 0.0
+
+
+def test_the_score_averages_over_recalled_needles_and_keeps_the_unfiltered_one(tmp_path):
+    subject = workbench.load(build("llama"), tokenizer=tokenizer())
+    shape = (subject.adapter.n_layers, subject.adapter.n_heads)
+    rng = np.random.default_rng(0)
+    scores = rng.random((4, *shape))
+    recalls = [1.0, 0.5, 2 / 3, 0.0]  # 0.5 is not above the threshold
+    checkpoint = tmp_path / "needles.jsonl"
+    with open(checkpoint, "w") as f:
+        for depth, recall, score in zip((0.1, 0.3, 0.5, 0.7), recalls, scores, strict=True):
+            row = {"key": f"{subject.name}/64/{depth}/0", "score": score.tolist(), "correct": recall == 1.0,
+                   "recall": recall}
+            f.write(json.dumps(row) + "\n")
+    grid = dict(lengths=(64,), depths=(0.1, 0.3, 0.5, 0.7), seeds=(0,), checkpoint=checkpoint)
+    result = retrieval_heads(subject, **grid)
+    np.testing.assert_allclose(result.arrays["retrieval_score"], scores[[0, 2]].mean(0))
+    np.testing.assert_allclose(result.head_matrix("retrieval_score_all"), scores.mean(0))
+    np.testing.assert_array_equal(result.head_matrix("is_retrieval_head"), scores[[0, 2]].mean(0) > 0.1)
+    assert result.params["recalled_cases"] == 2
+    unfiltered = retrieval_heads(subject, **grid, min_recall=None)
+    np.testing.assert_allclose(unfiltered.arrays["retrieval_score"], scores.mean(0))
+    none = retrieval_heads(subject, **grid, min_recall=1.0)
+    assert np.isnan(none.arrays["retrieval_score"]).all() and not none.head_matrix("is_retrieval_head").any()

@@ -30,8 +30,9 @@ def test_query_window_names_bad_positions_and_heads():
         query_window(subject, ids, 0, 0, 3, width=0)
 
 
-def test_layer_inputs_give_any_window_of_the_map_without_running_later_layers():
-    subject = workbench.load(build("qwen2"))  # GQA and a sliding window in layer 1
+@pytest.mark.parametrize("arch", ["qwen2", "gpt_oss"])  # GQA and a sliding window in layer 1; learned sinks
+def test_layer_inputs_give_any_window_of_the_map_without_running_later_layers(arch):
+    subject = workbench.load(build(arch))
     ids = token_ids(1, 30, seed=5)[0].tolist()
     full = workbench.trace(subject, ids, stats=(), patterns=[(1, 3), (1, 0)])
     later = []

@@ -17,7 +17,7 @@ def test_load_a_local_folder(tiny_folder):
     facts = subject.adapter.facts()
     assert facts | {"layer_types": None} == {
         "model_type": "llama", "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "context_length": 64,
-        "is_causal": True, "sliding_window": None, "layer_types": None}
+        "is_causal": True, "sliding_window": None, "layer_types": None, "learned_sinks": False}
     trace = workbench.trace(subject, "The keeper wrote the weather in a logbook.")
     assert trace.tokens[0][:3] == subject.tokenizer.convert_ids_to_tokens(trace.token_ids[0, :3].tolist())
     assert trace.stats["entropy"].shape[:3] == (2, 1, 4)

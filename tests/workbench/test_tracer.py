@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import CONFIGS, build, token_ids
+from tiny_models import CONFIGS, NO_SDPA, build, token_ids
 
 import workbench
 from workbench.errors import HeadNotFoundError, WorkbenchError
@@ -19,7 +19,7 @@ STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "w
 
 
 def reference_impl(name):
-    return "eager" if name == "gemma2" else "sdpa"  # gemma2 has no sdpa path (logit softcapping)
+    return "eager" if name in NO_SDPA else "sdpa"
 
 
 def model_output(model, ids, mask=None):
@@ -63,7 +63,7 @@ def test_statistics_equal_the_models_own_attention_weights(name):
     ids = token_ids(2, 20, seed=1)
     with torch.no_grad():
         weights = eager(input_ids=ids, output_attentions=True).attentions
-    trace = workbench.trace(workbench.load(build(name, "sdpa" if name != "gemma2" else "eager")), ids, stats=STATS)
+    trace = workbench.trace(workbench.load(build(name, reference_impl(name))), ids, stats=STATS)
     causal = name != "bert"
     for layer, attn in enumerate(weights):
         want = stats_from_weights(attn, causal)

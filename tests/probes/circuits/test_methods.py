@@ -5,14 +5,15 @@ nothing, and faithfulness's mean ablation equals a prompt-by-prompt construction
 
 import pytest
 import torch
-from tiny_models import build, token_ids, tokenizer
+from tiny_models import CONFIGS, build, token_ids, tokenizer
 
 import workbench
 from workbench.interventions import ablate
 from workbench.probes import tasks as T
 from workbench.probes.circuits.circuit import circuit_metric, faithfulness
 from workbench.probes.circuits.eap import attribution_scores
-from workbench.probes.circuits.graph import ReceiverDeltas, record, sites, split_receivers
+from workbench.probes.circuits.discover import find_circuit
+from workbench.probes.circuits.graph import SITES, ReceiverDeltas, record, senders, sites, split_receivers
 from workbench.probes.circuits.patching import patch_heads, patch_patterns, patch_residual, pattern_patching
 from workbench.probes.circuits.path_patching import path_patch
 from workbench.head_outputs import head_output_hook, record_head_outputs
@@ -38,7 +39,7 @@ def metric(subject, task, which="clean"):
     return float(T.evaluate(subject, task, which)[task.metric].mean())
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", sorted(set(SITES) & set(CONFIGS)))
 def test_split_receivers_are_transparent_and_senders_sum_to_the_residual(name):
     subject = tiny(name)
     ids = token_ids(3, 9)
@@ -60,10 +61,15 @@ def test_split_receivers_are_transparent_and_senders_sum_to_the_residual(name):
     torch.testing.assert_close(total, final["x"], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name, eps, tol", [("gpt2", 1e-4, 1e-6), ("llama", 1e-3, 2e-3)])
+@pytest.mark.parametrize("name, eps, tol", [("gpt2", 1e-4, 1e-6), ("llama", 1e-3, 2e-3), ("gemma2", 1e-3, 2e-3),
+                                           ("gpt_neox", 1e-4, 1e-6), ("cohere", 1e-3, 2e-3), ("granite", 3e-3, 2e-3),
+                                           ("olmo2", 1e-3, 2e-3)])
 def test_eap_is_the_derivative_of_path_patching(name, eps, tol):
-    """score(u -> v) = d/de M(edge carries e x delta_u) at e = 0, by central differences (Llama's RMSNorm
-    computes in float32 even in a float64 model, hence its larger step and looser tolerance)."""
+    """score(u -> v) = d/de M(edge carries e x delta_u) at e = 0, by central differences (the RMSNorms of Llama,
+    Gemma-2, Granite and OLMo-2 and Cohere's LayerNorm compute in float32 even in a float64 model, hence their
+    larger steps and looser tolerances). Gemma-2 has post-norms on each branch, OLMo-2 only those, GPT-NeoX and
+    Cohere parallel blocks, Granite a residual multiplier. The mixtures of experts (Mixtral, Qwen3-MoE, GPT-OSS)
+    have no float64 grouped matmul: they are checked in float32 by the transparency test above."""
     subject, task = tiny(name, double=True), tiny_task()
     edges = attribution_scores(subject, task, "eap")
     sample = edges.sample(6, random_state=0)
@@ -72,6 +78,24 @@ def test_eap_is_the_derivative_of_path_patching(name, eps, tol):
     derivative = (up.patched.to_numpy() - down.patched.to_numpy()) / (2 * eps)
     scale = max(1e-3, float(abs(derivative).max()))
     assert abs(sample.score.to_numpy() - derivative).max() <= tol * scale
+
+
+@pytest.mark.parametrize("name", sorted(set(SITES) & set(CONFIGS)))
+def test_discovery_runs_on_every_architecture_and_keeping_everything_ablates_nothing(name):
+    """EAP-IG, selection and mean ablation on each architecture: the graph has the edges its blocks allow (none
+    from a layer's heads to its own MLP in a parallel block), and the circuit of every node is the whole model."""
+    subject, task = tiny(name), tiny_task()
+    circuit = find_circuit(subject, task, "eap-ig", top_k=6, steps=2, measure=False)
+    own_mlp = circuit.edges.source.str.match(r"L\d+\.H") & (
+        circuit.edges.source.str.extract(r"L(\d+)\.", expand=False) == circuit.edges.target.str[1:])
+    assert own_mlp.any() != sites(subject).parallel
+    assert circuit.edges.in_circuit.sum() == 6 and circuit.edges.score.abs().max() > 0
+    assert circuit_metric(subject, task, set(senders(subject))) == pytest.approx(metric(subject, task), abs=1e-5)
+
+
+def test_a_post_norm_residual_fails_naming_the_architecture():
+    with pytest.raises(workbench.WorkbenchError, match="circuits need a residual stream that.*'bert'"):
+        sites(tiny("bert"))
 
 
 def test_eap_ig_is_complete_and_one_step_is_eap():
