@@ -103,13 +103,14 @@ class AttentionInputs:
         padding = self.options.get("key_padding")
         options = {**self.options, "key_padding": None if padding is None else padding[:, :stop]}
         maps = []
-        for head in heads:
+        for head in heads:  # under no_grad: a model's learned sinks are parameters
             if not 0 <= head < n_heads:
                 raise WorkbenchError(f"query head {head} is outside the layer's {n_heads} heads")
             kv, sinks = head // group, options.get("sinks")
-            maps.append(kernels.attention_pattern(
-                self.query[:, head:head + 1, :stop], self.key[:, kv:kv + 1, :stop], [0], span,
-                **{**options, "sinks": None if sinks is None else sinks[head:head + 1]}))
+            with torch.no_grad():
+                maps.append(kernels.attention_pattern(
+                    self.query[:, head:head + 1, :stop], self.key[:, kv:kv + 1, :stop], [0], span,
+                    **{**options, "sinks": None if sinks is None else sinks[head:head + 1]}))
         return torch.cat(maps, dim=1)
 
 
