@@ -20,8 +20,13 @@ def test_a_trace_job_reports_each_layer_and_stores_its_run(session):
     run = job.future.result(timeout=60)
     assert job.finished and job.outcome() is run and job.state()["finished"]
     assert session.runs().run_id.tolist() == [run.run_id]
-    job = jobs.submit(("count",), "count", lambda j: (j.plan(6, "six steps"),
-                                                     [(j.step(), seen.append(j.state()["fraction"])) for _ in range(6)]))
+    def count(j):
+        j.plan(6, "six steps")
+        for _ in range(6):
+            j.step()
+            seen.append(j.state()["fraction"])
+
+    job = jobs.submit(("count",), "count", count)
     job.future.result(timeout=10)
     assert seen == pytest.approx([i / 6 for i in range(1, 7)])
 
