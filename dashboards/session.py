@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import textwrap
 import threading
 import time
 from collections import OrderedDict
@@ -102,7 +103,7 @@ class EditOutcome:
 
 READ_TIMEOUT = 10.0  # seconds the app waits to read the store while another process writes to it
 MAX_LAYER_INPUTS = 4  # layers whose attention inputs are kept for moving a head view's window
-SNIPPET = 60  # characters of the text a store run of the app keeps (the Runs tab shows them)
+SNIPPET = 60  # at most this many characters of the text's first words go into an app trace's store run
 
 
 class Session:
@@ -167,7 +168,7 @@ class Session:
             with workbench.Store(self.store) as db:
                 run_id = db.write_run("trace", subject.name, trace.head_table(), command="workbench dash",
                                       params={"n_tokens": int(trace.attention_mask[0].sum()), "source": "dashboard",
-                                              "text": " ".join(text.split())[:SNIPPET]})
+                                              "text": textwrap.shorten(text, SNIPPET, placeholder=" ...")})
         run = TraceRun(model, text, trace, results, run_id, time.perf_counter() - begin)
         self._traces[run_id] = run
         while len(self._traces) > MAX_TRACES:
