@@ -9,11 +9,14 @@ from workbench.cli.ablate import ablate_command
 from workbench.cli.attribute import attribute_command
 from workbench.cli.circuit import circuit_command
 from workbench.cli.common import interruptible
+from workbench.cli.compose import compose_command
 from workbench.cli.dash import dash_command
 from workbench.cli.models import app as models_app
 from workbench.cli.report import app as report_app
 from workbench.cli.rerank import rerank_command
+from workbench.cli.reuse import reuse_command
 from workbench.cli.scan import app as scan_app
+from workbench.cli.search import search_command
 from workbench.cli.trace import info_command, trace_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -26,6 +29,9 @@ app.command("trace")(interruptible(trace_command))
 app.command("info")(interruptible(info_command))
 app.command("ablate")(interruptible(ablate_command))
 app.command("circuit")(interruptible(circuit_command))
+app.command("compose")(interruptible(compose_command))
+app.command("search")(interruptible(search_command))
+app.command("reuse")(interruptible(reuse_command))
 app.command("rerank")(interruptible(rerank_command))
 app.command("attribute")(interruptible(attribute_command))
 app.command("dash")(interruptible(dash_command))

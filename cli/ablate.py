@@ -11,9 +11,12 @@ import typer
 from rich.table import Table
 
 from workbench.cli.common import (
+    DeviceMapOption,
     DeviceOption,
+    MaxMemoryOption,
     ModelOption,
     NoStoreOption,
+    OffloadOption,
     StoreOption,
     console,
     default_out,
@@ -42,8 +45,14 @@ def ablate_command(
     store: StoreOption = None,
     no_store: NoStoreOption = False,
     device: DeviceOption = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadOption = None,
 ) -> None:
-    """Ablate each head alone on a task; rank heads by the change of the task's loss or metric; write a report."""
+    """Ablate each head alone on a task; rank heads by the change of the task's loss or metric; write a report.
+
+    Under `accelerate launch` or `torchrun` the heads are split across the processes; the first writes."""
+    from workbench import parallel
     from workbench.interventions.report import TOP_K, report_data, report_files, write_report
     from workbench.interventions.sweep import ablation_sweep, parse_heads
     from workbench.probes.tasks import load_task
@@ -53,7 +62,7 @@ def ablate_command(
         if path.suffix.lower() not in (".html", ".htm"):
             raise WorkbenchError(f"--out {str(path)!r} is the HTML report: give a file name ending in .html")
         preflight(None, overwrite, store, no_store, files=report_files(path))
-        subject = load_subject(model, device)
+        subject = load_subject(model, device, device_map, max_memory, offload_folder)
         chosen = parse_heads(subject, heads)
         the_task = load_task(subject, task, n=examples, seed=seed)
         console.print(f"{subject.name}: {mode}-ablating {len(chosen)} heads on {the_task.name} "
@@ -62,6 +71,8 @@ def ablate_command(
                                 on_start=lambda s: console.print(f"estimated time: about {s:.0f} s"))
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
+    if not parallel.is_main():
+        return
     adapter = subject.adapter
     command = shlex.join(["workbench", *sys.argv[1:]])
     data = report_data(result, the_task, subject.name, adapter.n_layers, adapter.n_heads, command)

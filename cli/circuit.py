@@ -9,10 +9,13 @@ import typer
 
 from workbench.cli.ablate import ExamplesOption, SeedOption, TaskOption
 from workbench.cli.common import (
+    DeviceMapOption,
     DeviceOption,
+    MaxMemoryOption,
     ModelOption,
     NoStoreOption,
     OverwriteOption,
+    OffloadOption,
     StoreOption,
     console,
     default_out,
@@ -39,9 +42,15 @@ def circuit_command(
     store: StoreOption = None,
     no_store: NoStoreOption = False,
     device: DeviceOption = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadOption = None,
 ) -> None:
     """Score every edge between heads and MLPs on a clean/corrupted task, keep the strongest as the circuit,
-    and measure its faithfulness (everything outside it mean-ablated)."""
+    and measure its faithfulness (everything outside it mean-ablated).
+
+    Under `accelerate launch` or `torchrun`, patching splits its runs across the processes; the first writes."""
+    from workbench import parallel
     from workbench.probes.circuits.circuit import save
     from workbench.probes.circuits.discover import find_circuit
     from workbench.probes.tasks import load_task
@@ -50,7 +59,7 @@ def circuit_command(
     out = out or default_out("circuits")
     try:
         preflight(out, overwrite, store, no_store)
-        subject = load_subject(model, device)
+        subject = load_subject(model, device, device_map, max_memory, offload_folder)
         the_task = load_task(subject, task, n=examples, seed=seed)
         console.print(f"{subject.name}: {method} on {the_task.name} ({len(the_task.examples)} examples, "
                       f"metric {the_task.metric})")
@@ -58,6 +67,8 @@ def circuit_command(
                                steps=steps)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
+    if not parallel.is_main():
+        return
     circuit.params["seed"] = seed
     chosen = circuit.edges[circuit.edges.in_circuit].sort_values("score", key=abs, ascending=False)
     console.print(f"circuit: {len(circuit.heads)} of {circuit.n_layers * circuit.n_heads} heads "

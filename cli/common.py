@@ -26,6 +26,11 @@ console = Console()
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Zoo or named model, folder or hub id "
                                                  "(default: smollm2-135m).")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")]
+DeviceMapOption = Annotated[str | None, typer.Option(
+    "--device-map", help="Shard the model with accelerate: auto, balanced or sequential (GPUs, then CPU, then disk).")]
+MaxMemoryOption = Annotated[str | None, typer.Option(
+    help="With --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB.")]
+OffloadOption = Annotated[Path | None, typer.Option(help="With --device-map: folder for weights offloaded to disk.")]
 TextOption = Annotated[str | None, typer.Option("--text", "-t", help="Text to run (default: a built-in paragraph).")]
 FileOption = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file.")]
 OutOption = Annotated[Path | None, typer.Option(help="Output folder (default: in the user data dir).")]
@@ -36,12 +41,37 @@ OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Write into a
 INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
-def load_subject(model: str | None, device: str | None = None):
-    """workbench.load(model, device) under a "Loading ..." spinner (model None: the default model)."""
+def load_subject(model: str | None, device: str | None = None, device_map: str | None = None,
+                 max_memory: str | None = None, offload_folder: Path | None = None):
+    """workbench.load(model, device) under a "Loading ..." spinner (model None: the default model); with
+    `device_map`, sharded by accelerate within `max_memory` (the --max-memory text) and `offload_folder`.
+    Under `accelerate launch` or `torchrun` the default device is the process's own GPU."""
     import workbench
+    from workbench import parallel
 
+    placement = {}
+    if device_map is not None:
+        placement = dict(device_map=device_map, max_memory=memory_limits(max_memory), offload_folder=offload_folder)
+    elif max_memory is not None or offload_folder is not None:
+        raise WorkbenchError("--max-memory and --offload-folder shard the model: give them with --device-map")
+    elif device is None and parallel.processes() > 1:
+        device = parallel.device()
     with console.status(f"Loading {model or workbench.DEFAULT_MODEL}..."):
-        return workbench.load(model, device=device)
+        return workbench.load(model, device=device, **placement)
+
+
+def memory_limits(text: str | None) -> dict[int | str, str] | None:
+    """The --max-memory text `0=20GiB,cpu=64GiB` as accelerate's max_memory dict {0: "20GiB", "cpu": "64GiB"}."""
+    if text is None:
+        return None
+    limits: dict[int | str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        where, equals, amount = part.partition("=")
+        where = where.strip()
+        if not equals or not amount.strip() or not (where.isdigit() or where in ("cpu", "disk")):
+            raise WorkbenchError(f"--max-memory {text!r}: write DEVICE=AMOUNT pairs such as 0=20GiB,cpu=64GiB")
+        limits[int(where) if where.isdigit() else where] = amount.strip()
+    return limits
 
 
 def fail(err: Exception) -> typer.Exit:

@@ -35,8 +35,11 @@ def model_command(
     device: DeviceOption = None,
 ) -> None:
     """Sinks, entropy, effective rank, induction heads, retrieval heads and IOI of one model, as a markdown page
-    with figures; the page states the command, the machine and the wall time of every section."""
+    with figures; the page states the command, the machine and the wall time of every section.
+    Under `accelerate launch` or `torchrun` the retrieval section's needle cases are split across the processes
+    (each on its own GPU); the first writes the page."""
     import workbench
+    from workbench import parallel
     from workbench.probes.findings import FindingsConfig, compute_findings
     from workbench.probes.findings_page import check_page, write_page
 
@@ -49,9 +52,11 @@ def model_command(
             ioi_prompts=ioi_prompts, seed=seed)
         check_page(name, out, overwrite)
         with console.status(f"Loading {name}..."):
-            subject = workbench.load(name, device=device)
+            subject = workbench.load(name, device=device or (parallel.device() if parallel.processes() > 1 else None))
         with console.status("Computing findings...") as status:
             findings = compute_findings(subject, config, lambda section: status.update(f"Computing {section}..."))
+        if not parallel.is_main():
+            return
         page = write_page(findings, out, _command(name, out, config, device), overwrite)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err

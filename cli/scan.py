@@ -12,11 +12,14 @@ from rich.table import Table
 
 from workbench.probes.result import LAYER_LEVEL, Result
 from workbench.cli.common import (
+    DeviceMapOption,
     DeviceOption,
     FileOption,
     ModelOption,
     INTERRUPTED,
+    MaxMemoryOption,
     NoStoreOption,
+    OffloadOption,
     OutOption,
     OverwriteOption,
     StoreOption,
@@ -31,6 +34,7 @@ from workbench.cli.common import (
     read_text,
     store_run,
 )
+from workbench import parallel
 from workbench.atomic import check_output, output_folder
 from workbench.errors import WorkbenchError
 
@@ -41,14 +45,17 @@ CHECKPOINT = "needles.jsonl"  # the retrieval scan's finished cases, one JSON li
 
 
 def _run(probe: str, model: str | None, device: str | None, make: Callable, out: Path | None, overwrite: bool,
-         store, no_store, checked: bool = False) -> None:
+         store, no_store, checked: bool = False, placement: tuple = (None, None, None)) -> None:
     """Check the options, load the model, call make(subject) -> [Result], print, save and store the results.
-    `checked`: the caller has checked `out` itself (a resumable scan)."""
+    `checked`: the caller has checked `out` itself (a resumable scan); placement: the model's --device-map,
+    --max-memory and --offload-folder."""
     out = out or default_out("scans")
     try:
         preflight(None if checked else out, overwrite, store, no_store)
-        subject = load_subject(model, device)
+        subject = load_subject(model, device, *placement)
         results = make(subject)
+        if not parallel.is_main():
+            return  # under a launcher, every process holds the results; the first writes them
         interrupted = [r for r in results if r.params.get("interrupted")]
         if interrupted:
             done = interrupted[0].params.get("cases", 0)
@@ -98,7 +105,8 @@ def sinks(model: ModelOption = None, text: TextOption = None, file: FileOption =
           ratio: Annotated[float, typer.Option(min=0.0, help="Secondary sinks: times the uniform share.")] = 5.0,
           out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
           no_store: NoStoreOption = False,
-          device: DeviceOption = None) -> None:
+          device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
+          offload_folder: OffloadOption = None) -> None:
     """First-token sink scores and Sink^eps, secondary sinks with their levels, massive activations."""
     from workbench.probes.sinks import massive_activations, secondary_sinks, sink_scores
     from workbench import trace
@@ -109,7 +117,8 @@ def sinks(model: ModelOption = None, text: TextOption = None, file: FileOption =
         t = trace(subject, source, stats=("sink_mass", "received"), hidden_states=True)
         return [sink_scores(t, eps), secondary_sinks(t, ratio), massive_activations(t)]
 
-    _run("sinks", model, device, make, out, overwrite, store, no_store)
+    _run("sinks", model, device, make, out, overwrite, store, no_store,
+         placement=(device_map, max_memory, offload_folder))
 
 
 @app.command()
@@ -118,7 +127,8 @@ def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption
             window: Annotated[int, typer.Option(min=1, help="W of the windowed attention distance.")] = 64,
             out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
             no_store: NoStoreOption = False,
-            device: DeviceOption = None) -> None:
+            device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
+          offload_folder: OffloadOption = None) -> None:
     """Entropy per head, layer and position; local versus global heads; future attention influence."""
     from workbench.probes.entropy import entropy_profile, future_attention_influence, local_global
     from workbench import trace
@@ -130,7 +140,8 @@ def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption
                   distance_cap=window)
         return [entropy_profile(t), local_global(t), future_attention_influence(t)]
 
-    _run("entropy", model, device, make, out, overwrite, store, no_store)
+    _run("entropy", model, device, make, out, overwrite, store, no_store,
+         placement=(device_map, max_memory, offload_folder))
 
 
 @app.command()
@@ -138,7 +149,8 @@ def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption
 def erank(model: ModelOption = None, text: TextOption = None, file: FileOption = None,
           out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
           no_store: NoStoreOption = False,
-          device: DeviceOption = None) -> None:
+          device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
+          offload_folder: OffloadOption = None) -> None:
     """Effective rank of the hidden states per layer and of each head's output."""
     from workbench.probes.erank import head_output_erank, hidden_state_erank
     from workbench import trace
@@ -149,7 +161,8 @@ def erank(model: ModelOption = None, text: TextOption = None, file: FileOption =
         return [hidden_state_erank(trace(subject, source, stats=(), hidden_states=True)),
                 head_output_erank(subject, source)]
 
-    _run("erank", model, device, make, out, overwrite, store, no_store)
+    _run("erank", model, device, make, out, overwrite, store, no_store,
+         placement=(device_map, max_memory, offload_folder))
 
 
 @app.command()
@@ -159,11 +172,13 @@ def heads(model: ModelOption = None,
           batch: Annotated[int, typer.Option(min=1, help="Number of random sequences.")] = 4,
           out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
           no_store: NoStoreOption = False,
-          device: DeviceOption = None) -> None:
+          device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
+          offload_folder: OffloadOption = None) -> None:
     """Previous-token, duplicate-token and induction scores on repeated random tokens."""
     from workbench.probes.heads import head_types
 
-    _run("heads", model, device, lambda subject: [head_types(subject, length, batch)], out, overwrite, store, no_store)
+    _run("heads", model, device, lambda subject: [head_types(subject, length, batch)], out, overwrite, store, no_store,
+         placement=(device_map, max_memory, offload_folder))
 
 
 @app.command()
@@ -176,7 +191,8 @@ def retrieval(model: ModelOption = None,
                                                         "above this share of their tokens (-1: every needle).")] = 0.5,
               out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
               no_store: NoStoreOption = False,
-              device: DeviceOption = None) -> None:
+              device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
+          offload_folder: OffloadOption = None) -> None:
     """Retrieval heads by needle-in-a-haystack copy-paste; resumable through OUT/needles.jsonl."""
     from workbench.probes.retrieval import retrieval_heads
 
@@ -192,7 +208,8 @@ def retrieval(model: ModelOption = None,
         return [retrieval_heads(subject, *grid, range(seeds), checkpoint=out / CHECKPOINT,
                                 min_recall=None if min_recall < 0 else min_recall)]
 
-    _run("retrieval", model, device, make, out, overwrite, store, no_store, checked=True)
+    _run("retrieval", model, device, make, out, overwrite, store, no_store, checked=True,
+         placement=(device_map, max_memory, offload_folder))
 
 
 @app.command()
@@ -205,7 +222,8 @@ def act(model: ModelOption = None,
         beta: Annotated[float, typer.Option(min=0.0, max=1.0, help="ACT's scale of the sinks' attention.")] = 0.4,
         alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Sink: mean received attention above it.")] = 0.1,
         out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
-        no_store: NoStoreOption = False, device: DeviceOption = None) -> None:
+        no_store: NoStoreOption = False, device: DeviceOption = None, device_map: DeviceMapOption = None,
+        max_memory: MaxMemoryOption = None, offload_folder: OffloadOption = None) -> None:
     """ACT's per-head calibration search: the heads whose hidden-sink calibration raises the answers' log-prob."""
     from workbench.interventions.calibration import search_heads
     from workbench.probes.tasks import load_task
@@ -217,7 +235,8 @@ def act(model: ModelOption = None,
         pairs = [(list(e.clean), [e.answer]) for e in the_task.examples]
         return [search_heads(subject, pairs, beta=beta, alpha=alpha)]
 
-    _run("act", model, device, make, out, overwrite, store, no_store)
+    _run("act", model, device, make, out, overwrite, store, no_store,
+         placement=(device_map, max_memory, offload_folder))
 
 
 def _text(text: str | None, file) -> str:

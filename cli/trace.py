@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
 import typer
 from rich.table import Table
 
 from workbench.cli.common import (
+    DeviceMapOption,
     DeviceOption,
     FileOption,
+    MaxMemoryOption,
     ModelOption,
     NoStoreOption,
+    OffloadOption,
     OutOption,
     OverwriteOption,
     StoreOption,
@@ -43,7 +47,12 @@ def trace_command(
     store: StoreOption = None,
     no_store: NoStoreOption = False,
     device: DeviceOption = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadOption = None,
     backend: Annotated[str, typer.Option(help="auto, cpu, reference or triton.")] = "auto",
+    context_parallel: Annotated[bool, typer.Option(
+        "--context-parallel", help="Split the sequence across the ranks of torchrun (rank 0 writes).")] = False,
 ) -> None:
     """Trace a text through every attention head; print the per-layer sink/entropy report; save the Trace."""
     import workbench
@@ -54,9 +63,16 @@ def trace_command(
         sinks = numbers(sink_keys, int, "--sink-keys", low=0)
         out = out or default_out("traces")
         preflight(out, overwrite, store, no_store)
-        subject = load_subject(model, device)
+        if context_parallel:
+            from workbench import context_parallel as cp
+
+            device = cp.start(device)
+        subject = load_subject(model, device, device_map, max_memory, offload_folder)
         with console.status(f"Tracing {len(text)} characters..."):
-            trace = workbench.trace(subject, text, stats=stat_names, sink_keys=sinks, backend=backend)
+            trace = workbench.trace(subject, text, stats=stat_names, sink_keys=sinks, backend=backend,
+                                    context_parallel=context_parallel)
+        if context_parallel and torch.distributed.get_rank() != 0:
+            return  # every rank holds the whole trace; rank 0 reports and writes it
         _print_report(trace)
         trace.save(out, overwrite=overwrite)
         console.print(f"Trace saved to [bold]{out}[/]")

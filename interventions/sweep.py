@@ -3,6 +3,8 @@
 Each head (or each head of a given set) is ablated alone (`workbench.interventions.heads.ablate`: zero, mean or
 resample, with the task's own clean prompts as the reference) and the task is scored again
 (`workbench.probes.tasks.evaluate`).
+Under `accelerate launch` or `torchrun` the heads are split across the processes (`workbench.parallel`) and every
+process gets the whole result, equal to the one-process one.
 A head's `importance` is the change of the task's metric in the direction that hurts: the rise in loss, or the
 fall in logit difference, so the heads the task leans on rank first.
 """
@@ -14,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from workbench import parallel
 from workbench.interventions.heads import MODES, ablate, record_reference
 from workbench.interventions.select import Head, check_heads
 from workbench.probes.result import Result
@@ -45,7 +47,8 @@ def ablation_sweep(subject: Subject, task: Task, heads: Sequence[Head] | None = 
     Table rows per head: `ablated_<m>` (mean of metric m with the head ablated), `delta_<m>` (ablated - plain)
     for every metric of the task, and `importance` (the change of task.metric in its bad direction).
     Arrays: `heads` [k, 2], `base` [n] and `delta` [k, n] (the task metric per example), `importance` [k].
-    on_start(seconds): called with the estimated duration once the plain run has been timed.
+    on_start(seconds): called with the estimated duration once the plain run has been timed (of this
+    process's share of the heads, under a launcher).
     """
     if mode not in MODES:
         raise WorkbenchError(f"unknown ablation mode {mode!r}; known: {list(MODES)}")
@@ -55,20 +58,27 @@ def ablation_sweep(subject: Subject, task: Task, heads: Sequence[Head] | None = 
     start = time.perf_counter()
     base = evaluate(subject, task)
     if on_start is not None:
-        on_start((time.perf_counter() - start) * len(heads))
+        on_start((time.perf_counter() - start) * len(parallel.share(heads)))
     # the heads' outputs on the task's own clean prompts, recorded once for every head's mean/resample ablation
     reference = None if mode == "zero" else record_reference(subject, [list(e.clean) for e in task.examples])
     sign = 1.0 if task.higher_is_better else -1.0
-    rows, deltas = [], []
-    for layer, head in tqdm(heads, desc=f"{mode}-ablating heads on {task.name}", unit="head"):
-        with ablate(subject, [(layer, head)], mode=mode, reference=reference, seed=seed):
+
+    def one(head: Head) -> tuple[list[tuple], np.ndarray]:
+        """The head's table rows and the per-example change of the task metric when it is ablated."""
+        layer, index = head
+        with ablate(subject, [head], mode=mode, reference=reference, seed=seed):
             ablated = evaluate(subject, task)
+        rows = []
         for name, values in ablated.items():
-            rows.append((layer, head, f"ablated_{name}", float(values.mean())))
-            rows.append((layer, head, f"delta_{name}", float((values - base[name]).mean())))
+            rows.append((layer, index, f"ablated_{name}", float(values.mean())))
+            rows.append((layer, index, f"delta_{name}", float((values - base[name]).mean())))
         delta = ablated[task.metric] - base[task.metric]
-        deltas.append(delta)
-        rows.append((layer, head, "importance", float(-sign * delta.mean())))
+        rows.append((layer, index, "importance", float(-sign * delta.mean())))
+        return rows, delta
+
+    done = parallel.map_items(one, heads, desc=f"{mode}-ablating heads on {task.name}", unit="head")
+    rows = [row for head_rows, _ in done for row in head_rows]
+    deltas = [delta for _, delta in done]
     table = pd.DataFrame(rows, columns=["layer", "head", "metric", "value"])
     delta = np.stack(deltas)
     return Result("ablate", table,

@@ -9,6 +9,7 @@ device (`workbench.kernels.fastest`). This package imports only torch, triton, t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Sequence
@@ -97,8 +98,9 @@ def attention(
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding,
                   stats=stats, sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, sinks=sinks)
     if backend == "auto" and not stats and (edits is None or edits.is_identity()) and sinks is None:
-        out = fastest.plain_attention(q, k, v, causal=causal, scale=scale, softcap=softcap, window=window,
-                                      key_padding=key_padding)
+        with _on(q.device):
+            out = fastest.plain_attention(q, k, v, causal=causal, scale=scale, softcap=softcap, window=window,
+                                          key_padding=key_padding)
         if out is not None:
             return out, {}
     chosen = resolve_backend(q.device, backend)
@@ -108,12 +110,19 @@ def attention(
     if chosen == "triton":
         from workbench.kernels import triton_attention
 
-        return triton_attention.attention(q, k, v, **kwargs)
+        with _on(q.device):
+            return triton_attention.attention(q, k, v, **kwargs)
     if chosen == "cpu":
         from workbench.kernels import cpu
 
         return cpu.attention(q, k, v, **kwargs)
     return reference.attention(q, k, v, **kwargs)
+
+
+def _on(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make `device` the current CUDA device while a kernel launches: Triton and FlashAttention-4 launch on the
+    current device, and the layers of a model sharded by a device_map sit on several GPUs."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 attention_pattern = reference.attention_pattern

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from workbench import parallel
 from workbench.probes.haystack import NeedleCase, needle_case
 from workbench.probes.result import Result, head_rows
 from workbench.subject import Subject
@@ -78,6 +80,8 @@ def retrieval_heads(
     builder(tokenizer, length, depth, seed) -> NeedleCase makes each prompt (default: stdlib-prose haystacks).
     checkpoint: a JSONL file that receives each finished case; cases already in it are not run again, so a
     long scan that was interrupted (Ctrl-C) resumes where it stopped. An interrupt returns the cases done.
+    Under `accelerate launch` or `torchrun` the cases to run are split across the processes (each appends its
+    finished cases to the same checkpoint), and every process returns the whole result.
     Metrics per head: `retrieval_score` (over the needles with recall > min_recall; NaN when there is none;
     every needle when min_recall is None), `retrieval_score_all` (over every needle) and `is_retrieval_head`
     (retrieval_score > 0.1). Arrays: both scores [layer, head] and per case `accuracy` (1 when the generated
@@ -85,22 +89,24 @@ def retrieval_heads(
     """
     grid = list(itertools.product(lengths, depths, seeds))
     done = _read_checkpoint(checkpoint)
+    parallel.wait()  # every process has read the checkpoint before any appends to it
+    todo = [case for case in grid if _key(subject, *case) not in done]
+    finished: list[tuple[str, dict]] = []
     interrupted = False
     try:
-        for length, depth, seed in tqdm(grid, desc="needles", unit="case"):
-            key = f"{subject.name}/{length}/{depth}/{seed}"
-            if key in done:
-                continue
+        for length, depth, seed in tqdm(parallel.share(todo), desc="needles", unit="case"):
             case = builder(subject.tokenizer, length, depth, seed)
             hits, generated, _ = copy_paste_hits(subject, case, backend=backend)
-            done[key] = {"score": (hits / len(case.answer)).tolist(), "correct": generated == case.answer,
-                         "recall": needle_recall(generated, case.answer)}
+            key = _key(subject, length, depth, seed)
+            finished.append((key, {"score": (hits / len(case.answer)).tolist(), "correct": generated == case.answer,
+                                   "recall": needle_recall(generated, case.answer)}))
             if checkpoint is not None:
-                with open(checkpoint, "a") as f:
-                    f.write(json.dumps({"key": key, **done[key]}) + "\n")
+                _append_line(checkpoint, json.dumps({"key": key, **finished[-1][1]}))
     except KeyboardInterrupt:
         interrupted = True
-    keys = [k for k in (f"{subject.name}/{length}/{depth}/{seed}" for length, depth, seed in grid) if k in done]
+    done.update(parallel.gather(finished))
+    interrupted = any(parallel.gather([interrupted]))
+    keys = [k for k in (_key(subject, *case) for case in grid) if k in done]
     if not keys:
         return Result("retrieval", pd.DataFrame(columns=["layer", "head", "metric", "value"]), {},
                       {"interrupted": interrupted, "cases": 0})
@@ -124,6 +130,20 @@ def needle_recall(generated: Sequence[int], answer: Sequence[int]) -> float:
     """The share of the needle's tokens that the generated tokens hold (counted with multiplicity), the unigram
     recall by which Wu et al. judge whether the model retrieved the needle."""
     return sum((Counter(generated) & Counter(answer)).values()) / len(answer)
+
+
+def _key(subject: Subject, length: int, depth: float, seed: int) -> str:
+    return f"{subject.name}/{length}/{depth}/{seed}"
+
+
+def _append_line(path: str | Path, line: str) -> None:
+    """Append one line in a single write to a file opened for appending, so that processes appending to the same
+    checkpoint at once never interleave their lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def _read_checkpoint(path: str | Path | None) -> dict[str, dict]:

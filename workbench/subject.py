@@ -31,6 +31,12 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the model's device, or for a model sharded by a device_map, the device its input
+        embeddings run on (accelerate moves each layer's inputs on from there)."""
+        embeddings = self.model.get_input_embeddings()
+        hook = getattr(embeddings, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
         return next(self.model.parameters()).device
 
     def encode(self, inputs: str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from workbench import context_parallel as cp
 from workbench import kernels
 from workbench.bridge import hf_attention
 from workbench.kernels import HeadEdits
@@ -52,6 +53,8 @@ class Capture:
     patterns: dict[int, list[int]] = field(default_factory=dict)  # layer -> heads
     pattern_window: tuple[int, int] | None = None
     backend: str = "auto"
+    length: int = 0  # the input's length, where `shards` pads it
+    shards: cp.Shards | None = None  # this rank's share of a context-parallel run
     keep_inputs: tuple[int, ...] = ()
     on_layer: Callable[[int], None] | None = None
     records: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -78,7 +81,14 @@ class Capture:
         missing = sorted(set(range(n_layers)) - set(self.records))
         if missing:
             raise WorkbenchError(f"layers {missing} did not go through the workbench attention")
-        return {name: to_host([self.records[i][name] for i in range(n_layers)]) for name in self.stats}
+        return {name: to_host([self._whole(name, self.records[i][name]) for i in range(n_layers)])
+                for name in self.stats}
+
+    def _whole(self, name: str, record: torch.Tensor) -> torch.Tensor:
+        """The record of the whole input: this rank's share combined with the others' in a context-parallel run."""
+        if self.shards is None:
+            return record
+        return cp.combine(name, record, self.shards, self.length)
 
 
 @dataclass(frozen=True)
@@ -167,9 +177,14 @@ def workbench_attention(module, query, key, value, attention_mask, dropout: floa
     options = dict(causal=causal, scale=scaling, softcap=softcap, window=sliding_window,
                    key_padding=_key_padding(attention_mask, key.shape[2]), sinks=s_aux)
     backend = captures[-1].backend if captures else "auto"
-    out, computed = kernels.attention(query, key, value, stats=stats, edits=edits, backend=backend,
-                                      sink_keys=captures[-1].sink_keys if captures else (0,),
-                                      distance_cap=captures[-1].distance_cap if captures else None, **options)
+    shards = next((c.shards for c in captures if c.shards is not None), None)
+    common = dict(stats=stats, edits=edits, backend=backend, sink_keys=captures[-1].sink_keys if captures else (0,),
+                  distance_cap=captures[-1].distance_cap if captures else None)
+    if shards is not None:
+        del options["key_padding"]  # the whole sequence's, from the shards
+        out, computed = cp.attention(query, key, value, shards, **options, **common)
+    else:
+        out, computed = kernels.attention(query, key, value, **options, **common)
 
     def pattern_of(heads, window):
         span = window or (0, key.shape[2])
@@ -250,12 +265,23 @@ def capture(
 
 
 def to_host(records: list[torch.Tensor]) -> torch.Tensor:
-    """Stack per-layer records and bring them to the host in one copy, through pinned memory from a GPU.
+    """Stack per-layer records and bring them to the host, one copy per device (layers of a model sharded by a
+    device_map sit on several), through pinned memory from a GPU.
 
     Pageable device-to-host copies ran at about 1 GB/s on the H100 machine: at 32k tokens the statistics of a
     16-layer model took longer to copy than the whole forward (benchmarks/results/attention_stats_model_*).
     """
-    stacked = torch.stack(records)
+    runs: list[list[torch.Tensor]] = []
+    for record in records:  # consecutive layers on one device, as device maps place them
+        if runs and runs[-1][0].device == record.device:
+            runs[-1].append(record)
+        else:
+            runs.append([record])
+    parts = [_copy_to_host(torch.stack(run)) for run in runs]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _copy_to_host(stacked: torch.Tensor) -> torch.Tensor:
     if stacked.device.type != "cuda":
         return stacked.cpu()
     host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
@@ -276,6 +302,7 @@ def trace(
     hidden_states: bool = False,
     logits: str | None = "last",
     backend: str = "auto",
+    context_parallel: bool = False,
     on_layer: Callable[[int], None] | None = None,
 ) -> Trace:
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
@@ -287,6 +314,8 @@ def trace(
     hidden_states: keep the residual stream [layer + 1, batch, pos, d].
     logits: "last" keeps the model's logits at each sequence's last real token [batch, vocab], "all" at every
     position [batch, pos, vocab], None none (and encoders, which have no language-model head, keep none).
+    context_parallel: split the sequence across the ranks of the initialized torch.distributed process group
+    (see `workbench.context_parallel`); every rank passes the same inputs and gets the same whole Trace.
     on_layer: called with each layer's index once its attention ran (see `capture`).
     """
     if logits not in LOGITS:
@@ -302,13 +331,32 @@ def trace(
         raise WorkbenchError(
             f"input of {length} tokens: pass pattern_window=(start, stop) to bound the patterns' size"
         )
-    keep = _logits_to_keep(subject, enc["attention_mask"], logits)
+    shards = None
+    if context_parallel:
+        if patterns:
+            raise WorkbenchError("patterns are not kept in a context-parallel trace: trace them in one process")
+        shards = cp.split(enc["attention_mask"])
+    run = enc if shards is None else cp.local_inputs(shards, enc["input_ids"])
+    if shards is None:
+        keep = _logits_to_keep(subject, enc["attention_mask"], logits)
+    else:  # each rank computes logits only at the last tokens it holds, unless all are kept
+        rows, keep = torch.arange(shards.positions.numel(), device=shards.positions.device), {}
+        if logits != "all" and _takes_logits_to_keep(subject):
+            rows = cp.last_rows(shards, enc["attention_mask"])
+            keep = {"logits_to_keep": rows}
     with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
                                   patterns=patterns, pattern_window=pattern_window, backend=backend,
                                   on_layer=on_layer) as cap:
-        out = subject.model(**enc, output_hidden_states=hidden_states, use_cache=False, **keep)
+        cap.shards, cap.length = shards, length
+        out = subject.model(**run, output_hidden_states=hidden_states, use_cache=False, **keep)
     tensors = cap.statistics(subject.adapter.n_layers)
-    hidden = torch.stack([h.detach().float().cpu() for h in out.hidden_states]) if hidden_states else None
+    hidden = None
+    if hidden_states:
+        hidden = torch.stack([_whole_sequence(h.detach().float(), shards, length).cpu() for h in out.hidden_states])
+    kept_logits = getattr(out, "logits", None)
+    if shards is not None and kept_logits is not None and logits is not None:
+        kept_logits = (_whole_sequence(kept_logits, shards, length) if logits == "all"
+                       else cp.last_logits(kept_logits, rows, enc["attention_mask"], shards)[:, None])
     return Trace(
         model_id=subject.name,
         config=subject.adapter.facts(),
@@ -317,20 +365,29 @@ def trace(
         tokens=subject.token_strings(enc["input_ids"]),
         stats=tensors,
         hidden_states=hidden,
-        logits=_kept_logits(getattr(out, "logits", None), enc["attention_mask"], logits),
+        logits=_kept_logits(kept_logits, enc["attention_mask"], logits),
         patterns={head: p.cpu() for head, p in cap.pattern_records.items()},
         pattern_window=pattern_window or ((0, length) if patterns else None),
         options={"sink_keys": list(sink_keys), "distance_cap": distance_cap, "logits": logits,
-                 "backend": kernels.resolve_backend(subject.device, backend)},
+                 "backend": kernels.resolve_backend(subject.device, backend),
+                 **({"context_parallel_ranks": shards.world} if shards else {})},
     )
+
+
+def _whole_sequence(local: torch.Tensor, shards: cp.Shards | None, length: int) -> torch.Tensor:
+    """[B, L, ...] of the whole input from this rank's positions [B, l, ...] (unchanged in one process)."""
+    return local if shards is None else cp.gather_sequence(local, 1, shards)[:, :length]
 
 
 def _logits_to_keep(subject: Subject, mask: torch.Tensor, logits: str | None) -> dict:
     """{"logits_to_keep": 1} where only the last position's logits are wanted and every sequence ends there
     (no right padding), so that the model computes one row of logits per sequence instead of L."""
     ends_at_last = bool(mask[:, -1].all())
-    takes = "logits_to_keep" in inspect.signature(subject.model.forward).parameters
-    return {"logits_to_keep": 1} if logits in (None, "last") and ends_at_last and takes else {}
+    return {"logits_to_keep": 1} if logits in (None, "last") and ends_at_last and _takes_logits_to_keep(subject) else {}
+
+
+def _takes_logits_to_keep(subject: Subject) -> bool:
+    return "logits_to_keep" in inspect.signature(subject.model.forward).parameters
 
 
 def _kept_logits(out: torch.Tensor | None, mask: torch.Tensor, logits: str | None) -> torch.Tensor | None:

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from workbench import parallel
 from workbench.probes.circuits.graph import sites
 from workbench.probes.result import Result
 from workbench.probes.tasks import Task, evaluate, normalized
@@ -51,8 +51,7 @@ def _table(subject: Subject, task: Task, target: str, units: list[tuple], run: C
     corrupted = float(evaluate(subject, task, "corrupted")[task.metric].mean())
     base = clean if target == "clean" else corrupted
     rows = []
-    for unit in tqdm(units, desc=f"patching {name}", unit="run"):
-        patched = run(unit)
+    for unit, patched in zip(units, parallel.map_items(run, units, desc=f"patching {name}", unit="run")):
         for metric, value in (("patched", patched), ("effect", patched - base),
                               ("normalized", normalized(patched, clean, corrupted))):
             rows.append((*unit, metric, value))

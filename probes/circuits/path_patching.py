@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from workbench import parallel
 from workbench.probes.circuits.graph import ReceiverDeltas, edge_test, record, split_receivers
 from workbench.probes.tasks import Task, encode, evaluate, normalized, score_logits
 from workbench.errors import WorkbenchError
@@ -33,13 +33,16 @@ def path_patch(subject: Subject, task: Task, edges: Sequence[tuple[str, str]], s
     delta = record(subject, corrupted_enc) - record(subject, clean_enc)
     clean = float(evaluate(subject, task, "clean")[task.metric].mean())
     corrupted = float(evaluate(subject, task, "corrupted")[task.metric].mean())
-    rows = []
-    for u, v in tqdm(edges, desc="path patching", unit="edge"):
+
+    def run(edge: tuple[str, str]) -> tuple:
+        u, v = edge
         deltas = ReceiverDeltas.zeros(subject, *clean_enc["input_ids"].shape)
         deltas.of(v).copy_(scale * delta.of(u))
         with torch.no_grad(), split_receivers(subject, deltas):
             logits = subject.model(input_ids=clean_enc["input_ids"], attention_mask=clean_enc["attention_mask"],
                                    use_cache=False).logits
         patched = float(score_logits(task, logits, clean_enc)[task.metric].mean())
-        rows.append((u, v, patched, patched - clean, normalized(patched, clean, corrupted)))
+        return u, v, patched, patched - clean, normalized(patched, clean, corrupted)
+
+    rows = parallel.map_items(run, list(edges), desc="path patching", unit="edge")
     return pd.DataFrame(rows, columns=["source", "target", "patched", "effect", "normalized"])

@@ -89,6 +89,8 @@ def test_every_out_option_refuses_a_folder_with_files(tmp_path):
         ("scan", "heads", "--model", "induction-2l", "--length", "4", "--batch", "1", "--out", str(out)),
         ("scan", "retrieval", "--model", "induction-2l", "--out", str(out)),
         ("circuit", "--model", "induction-2l", "--task", "induction", "-n", "2", "--out", str(out)),
+        ("compose", "--model", "induction-2l", "--out", str(out)),
+        ("search", "--model", "induction-2l", "--task", "induction", "-n", "2", "--out", str(out)),
         ("ablate", "--model", "induction-2l", "--task", "induction", "-n", "2", "--out", str(report)),
     ]
     for command in commands:

@@ -1,0 +1,179 @@
+"""Tracing beyond one GPU: a model sharded by a device_map (with CPU offload), and context-parallel traces.
+
+Both modes trace a random-init model of the shape benchmarks/configs/NAME.json (bfloat16; speed does not depend
+on the weights) on random tokens, batch 1, with every statistic of the contract, and time the fastest of
+--repeats traces after one untimed warm-up. Each row also holds the peak GPU memory (the largest over ranks).
+  device-map        python benchmarks/scaling.py --mode device-map --config llama3-8b --max-memory 0=8GiB,cpu=100GiB
+                    workbench.load(model, device_map="auto", max_memory=...): layers over the GPUs, the rest
+                    offloaded to the CPU; one process. The row says how many layers sit on a GPU.
+  context-parallel  torchrun --nproc-per-node N benchmarks/scaling.py --mode context-parallel --config llama-1.1b
+                    workbench.trace(..., context_parallel=True) on N ranks (NCCL when each rank has a GPU of its
+                    own, gloo when ranks share one), against the one-process trace of the same model on rank 0
+                    where it fits (--baseline), whose statistics the parallel ones are checked against.
+Writes scaling_<mode>_<config>_<gpus>x<gpu>.json and .md into --out (default benchmarks/results), with the GPU
+name and a `gpus` field (GPUs in use: distinct devices of the ranks, or of the device map).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+def random_model(name: str, length: int, device: str) -> torch.nn.Module:
+    """A random-init causal LM of the shape of configs/NAME.json, in bfloat16 on `device`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = json.loads((CONFIGS_DIR / f"{name}.json").read_text())
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config.max_position_embeddings = max(config.max_position_embeddings, length)
+    with torch.device(device):
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16).eval()
+
+
+def timed_trace(subject, ids: torch.Tensor, repeats: int, **options) -> tuple[float, object]:
+    """The fastest of `repeats` traces (ms) after one warm-up, and the last trace."""
+    import workbench
+    from workbench.kernels import ALL_STATS
+
+    def run():
+        return workbench.trace(subject, ids, stats=ALL_STATS, logits="last", **options)
+
+    trace = run()
+    best = float("inf")
+    for _ in range(repeats):
+        if dist.is_initialized():
+            dist.barrier()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        trace = run()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) * 1000)
+    return best, trace
+
+
+def peak_gib() -> float:
+    """The largest peak of allocated memory over this process's GPUs, in GiB."""
+    return max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30
+
+
+def device_map_rows(args) -> tuple[list[dict], int]:
+    import workbench
+    from workbench.cli.common import memory_limits
+
+    lengths = [int(x) for x in args.lengths.split(",")]
+    model = random_model(args.config, max(lengths), "cpu")
+    subject = workbench.load(model, device_map="auto", max_memory=memory_limits(args.max_memory))
+    placed = subject.model.hf_device_map
+    on_gpu = sorted({p for p in placed.values() if isinstance(p, int)})
+    layers_on_gpu = sum(1 for k, p in placed.items() if ".layers." in k and isinstance(p, int))
+    rows = []
+    for length in lengths:
+        ids = torch.randint(0, model.config.vocab_size, (1, length))
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            ms, _ = timed_trace(subject, ids, args.repeats)
+            rows.append({"L": length, "ms": ms, "peak_gib": peak_gib(), "layers_on_gpu": layers_on_gpu,
+                         "layers": subject.adapter.n_layers, "max_memory": args.max_memory})
+        except torch.OutOfMemoryError:
+            rows.append({"L": length, "error": "out of memory"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows, max(1, len(on_gpu))
+
+
+def context_parallel_rows(args) -> tuple[list[dict], int]:
+    import workbench
+    from workbench import context_parallel as cp
+
+    device = cp.start()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    subject = workbench.load(random_model(args.config, max(lengths), device))
+    rows = []
+    for length in lengths:
+        generator = torch.Generator().manual_seed(length)
+        ids = torch.randint(0, subject.model.config.vocab_size, (1, length), generator=generator)
+        torch.cuda.reset_peak_memory_stats()
+        row = {"L": length, "ranks": world, "backend": dist.get_backend()}
+        try:
+            row["ms"], trace = timed_trace(subject, ids, args.repeats, context_parallel=True)
+            row["peak_gib"] = peak_gib()
+        except torch.OutOfMemoryError:
+            row["error"] = "out of memory"
+            trace = None
+        peaks = [None] * world
+        dist.all_gather_object(peaks, row.get("peak_gib"))
+        row["peak_gib"] = None if None in peaks else max(peaks)
+        if rank == 0 and args.baseline and trace is not None:
+            try:
+                torch.cuda.reset_peak_memory_stats()
+                row["one_process_ms"], one = timed_trace(subject, ids, args.repeats)
+                row["one_process_peak_gib"] = peak_gib()
+                row["max_abs_diff"] = {name: float((trace.stats[name].double() - one.stats[name].double())
+                                                   .abs().nan_to_num().max()) for name in one.stats}
+            except torch.OutOfMemoryError:
+                row["one_process_ms"] = "out of memory"
+        dist.barrier()
+        if rank == 0:
+            print(json.dumps(row), flush=True)
+        rows.append(row)
+    devices = [None] * world
+    dist.all_gather_object(devices, device)
+    return rows, len(set(devices))
+
+
+def markdown(mode: str, config: str, gpu: str, gpus: int, rows: list[dict]) -> str:
+    lines = [f"# {mode}: {config} on {gpus} x {gpu}", ""]
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k != "max_abs_diff"]
+    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [f"{row[k]:.2f}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    diffs = [row["max_abs_diff"] for row in rows if "max_abs_diff" in row]
+    if diffs:
+        worst = {name: max(d[name] for d in diffs) for name in diffs[0]}
+        lines += ["", "Largest |context-parallel - one process| per statistic: "
+                  + ", ".join(f"{k} {v:.2g}" for k, v in worst.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("device-map", "context-parallel"), required=True)
+    parser.add_argument("--config", default="llama-1.1b", help="a name of benchmarks/configs/*.json")
+    parser.add_argument("--lengths", default="4096,16384,65536")
+    parser.add_argument("--max-memory", default=None, help="device-map: e.g. 0=8GiB,cpu=100GiB")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="context-parallel: also trace in one process on rank 0 and compare")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    start = time.time()
+    rows, gpus = (device_map_rows if args.mode == "device-map" else context_parallel_rows)(args)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    gpu = torch.cuda.get_device_name()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
+    name = f"scaling_{args.mode}_{args.config}_{gpus}x{slug}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"gpu": gpu, "gpus": gpus, "mode": args.mode, "config": args.config, "torch": torch.__version__,
+            "seconds": round(time.time() - start)}
+    (out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    table = markdown(args.mode, args.config, gpu, gpus, rows)
+    (out / f"{name}.md").write_text(table)
+    print(table, flush=True)
+
+
+if __name__ == "__main__":
+    main()
