@@ -14,7 +14,11 @@ from workbench.dashboards.session import Session
 def create_app(model: str | None = None, store: str | Path | None = None) -> Dash:
     """The app over a fresh Session: `model` preselected (default: the workbench's default model), `store`
     the DuckDB results store it reads and writes (default: the user's)."""
-    session = Session(model, store)
+    return session_app(Session(model, store))
+
+
+def session_app(session: Session) -> Dash:
+    """The app over `session` (its models, traces and store)."""
     app = Dash(__name__, title="Attention Workbench", suppress_callback_exceptions=False)
     app.layout = layout(session.default_model)
     register(app, session)

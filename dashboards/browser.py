@@ -60,6 +60,7 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator[object]:
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # for `server_errors`
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield driver
@@ -113,6 +114,31 @@ def click_point(driver, element_id: str | dict, x: float, y: float) -> None:
     actions.perform()
 
 
+def graph_note(driver, element_id: str | dict) -> str | None:
+    """The text of a dcc.Graph's first annotation (what an empty figure says), None when it has none."""
+    return driver.execute_script("""
+        const el = document.getElementById(arguments[0]);
+        const gd = el && el.querySelector('.js-plotly-plot');
+        const notes = gd && gd.layout && gd.layout.annotations;
+        return notes && notes.length ? notes[0].text : null;""", dom_id(element_id))
+
+
+def server_errors(driver) -> list[str]:
+    """The browser's console messages since the last call that report a failed request to the app (an
+    exception in a callback answers HTTP 500)."""
+    return [entry["message"] for entry in driver.get_log("browser") if "status of 5" in entry["message"]]
+
+
+def type_text(driver, element_id: str, value: str) -> None:
+    """Set the text of the input or textarea `element_id` as typing would (React sees an input event),
+    without sending the keys one by one."""
+    driver.execute_script("""
+        const el = document.getElementById(arguments[0]);
+        const proto = el.tagName === 'TEXTAREA' ? HTMLTextAreaElement.prototype : HTMLInputElement.prototype;
+        Object.getOwnPropertyDescriptor(proto, 'value').set.call(el, arguments[1]);
+        el.dispatchEvent(new Event('input', {bubbles: true}));""", element_id, value)
+
+
 def click(driver, element_id: str) -> None:
     """Click the element `element_id` once it exists."""
     from selenium.webdriver.common.by import By
@@ -123,11 +149,15 @@ def click(driver, element_id: str) -> None:
 
 
 def text(driver, element_id: str) -> str:
-    """The visible text of element `element_id` ("" while it does not exist)."""
+    """The visible text of element `element_id` ("" while it does not exist, or while Dash redraws it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.ID, element_id)
-    return found[0].text if found else ""
+    try:
+        found = driver.find_elements(By.ID, element_id)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
 
 
 def selected_tab(driver) -> str | None:

@@ -92,6 +92,6 @@ def circuit_runs(store: str | Path | None) -> pd.DataFrame:
     with Store(store) as db:
         runs = db.runs()
     runs = runs[(runs.kind == "circuit") & runs.trace_dir.notna()].copy()
-    runs["path"] = [str(Path(d) / FILE_NAME) for d in runs.trace_dir]
-    runs = runs[[Path(p).is_file() for p in runs.path]]
+    runs["path"] = pd.Series([str(Path(d) / FILE_NAME) for d in runs.trace_dir], index=runs.index, dtype=object)
+    runs = runs[runs.path.map(lambda p: Path(p).is_file()).astype(bool)]
     return runs[["run_id", "created", "model_id", "path"]].reset_index(drop=True)

@@ -55,21 +55,49 @@ def empty_figure(message: str) -> go.Figure:
     return _layout(fig, "", height=200)
 
 
+WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def token_label(token: str) -> str:
+    """A token as an axis or hover label: whitespace drawn as visible marks (␣ space, ↵ newline, ⇥ tab), an
+    empty token as ∅, so that no label is blank."""
+    if token == "":
+        return "∅"
+    if token.strip():
+        return token
+    return "".join(WHITESPACE.get(c, c) for c in token)
+
+
+def token_labels(tokens: Sequence[str]) -> list[str]:
+    """`token_label` of every token."""
+    return [token_label(t) for t in tokens]
+
+
 def _labels(tokens: Sequence[str], start: int = 0) -> list[str]:
     """Unique axis labels `position:token` (plotly merges equal category labels)."""
     return [f"{start + i}:{t}" for i, t in enumerate(tokens)]
 
 
 def pattern_figure(pattern: np.ndarray, tokens: Sequence[str], start: int, title: str) -> go.Figure:
-    """One head's attention map over positions [start, start + len(tokens)): queries as rows, keys as columns."""
+    """One head's attention map over positions [start, start + len(tokens)): queries as rows, keys as columns.
+
+    Rows are the head's true attention, not renormalized to the window: what a row's cells do not hold went to
+    keys before the window (often the first token, a sink). The colour bar says how much that is, and the scale
+    runs from 0 to the window's largest cell."""
     pattern = np.asarray(pattern, dtype=float)
     if pattern.shape != (len(tokens), len(tokens)):
         raise ValueError(f"pattern of shape {pattern.shape} does not match {len(tokens)} tokens")
     labels = _labels(tokens, start)
+    outside = 1.0 - pattern.sum(1)
+    note = "" if start == 0 else (f"<br>{outside.mean():.0%} of each row<br>(mean; up to {outside.max():.0%})"
+                                  f"<br>goes to keys<br>before {start}")
     fig = go.Figure(go.Heatmap(z=_values(pattern), x=labels, y=labels, colorscale="Blues", zmin=0,
-                               hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.3f}<extra></extra>"))
-    fig.update_xaxes(title="key", tickangle=-60, type="category")
-    fig.update_yaxes(title="query", autorange="reversed", type="category")
+                               customdata=_values(np.repeat(outside[:, None], len(tokens), 1)),
+                               colorbar=dict(title=dict(text="attention p" + note, side="top")),
+                               hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.3f}<br>row's attention before "
+                                             "the window: %{customdata:.3f}<extra></extra>"))
+    fig.update_xaxes(title="key (position:token)", tickangle=-60, type="category")
+    fig.update_yaxes(title="query (position:token)", autorange="reversed", type="category")
     return _layout(fig, title, height=260 + 12 * len(tokens))
 
 
@@ -163,7 +191,9 @@ def runs_figure(tables: Mapping[str, pd.DataFrame], metric: str) -> go.Figure:
 
 
 HEAD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]  # one per head, in every row
-SEQUENCE_TITLES = {"received": "attention received", "sink_mass": "sink mass", "entropy": "entropy (nats)"}
+SEQUENCE_TITLES = {"received": "attention received (sum of p over the queries)",
+                   "sink_mass": "sink mass (p on the first token)", "entropy": "entropy of the query's row (nats)"}
+SEQUENCE_UNITS = {"received": "sum of p", "sink_mass": "p", "entropy": "nats"}
 
 
 def sequence_figure(series: Mapping[str, Mapping[str, np.ndarray]], tokens: Sequence[str], title: str) -> go.Figure:
@@ -186,7 +216,8 @@ def sequence_figure(series: Mapping[str, Mapping[str, np.ndarray]], tokens: Sequ
                                        showlegend=row == 1, customdata=list(tokens), line={"color": colors[head]},
                                        hovertemplate=f"{head} %{{x}}: %{{customdata}}<br>{name} %{{y:.3f}}"
                                                      "<extra></extra>"), row=row, col=1)
-    fig.update_xaxes(title="position (drag to zoom, double-click to reset; click a point for its query)",
+        fig.update_yaxes(title=SEQUENCE_UNITS.get(name), row=row, col=1)
+    fig.update_xaxes(title="position (token index; drag to zoom, double-click resets; click a point for its query)",
                      row=len(names), col=1)
     return _layout(fig, title, height=170 * len(names) + 80).update_layout(dragmode="zoom", hovermode="closest")
 
@@ -199,5 +230,5 @@ def query_figure(probabilities: np.ndarray, tokens: Sequence[str], start: int, q
     fig = go.Figure(go.Bar(x=list(range(start, query + 1)), y=_values(probabilities), customdata=list(tokens),
                            hovertemplate="key %{x}: %{customdata}<br>p = %{y:.4f}<extra></extra>"))
     fig.update_xaxes(title=f"key position (query {query})")
-    fig.update_yaxes(title="attention", rangemode="tozero")
+    fig.update_yaxes(title="attention p", rangemode="tozero")
     return _layout(fig, title, height=280)

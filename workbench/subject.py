@@ -60,7 +60,8 @@ class Subject:
         limit = self.adapter.context_length
         longest = int(mask.sum(-1).max())
         if longest > limit:
-            raise ContextLengthError(f"input of {longest} tokens is longer than {self.name!r}'s context of {limit}")
+            raise ContextLengthError(f"input of {longest} tokens is longer than the context of {self.name} "
+                                     f"({limit} tokens)")
         vocab = self.model.config.vocab_size
         if int(ids.max()) >= vocab or int(ids.min()) < 0:
             raise WorkbenchError(f"token id {int(ids.max())} is outside the vocabulary of {vocab} tokens")

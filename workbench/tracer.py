@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -56,8 +56,11 @@ class Capture:
     backend: str = "auto"
     length: int = 0  # the input's length, where `shards` pads it
     shards: cp.Shards | None = None  # this rank's share of a context-parallel run
+    keep_inputs: tuple[int, ...] = ()
+    on_layer: Callable[[int], None] | None = None
     records: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     pattern_records: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    input_records: dict[int, AttentionInputs] = field(default_factory=dict)
 
     def keep(self, layer: int, stats: dict[str, torch.Tensor], pattern_of) -> None:
         """File this capture's share of one attention call's statistics, and its patterns, under `layer`.
@@ -88,6 +91,39 @@ class Capture:
         if self.shards is None:
             return record
         return cp.combine(name, record, self.shards, self.length)
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What one layer's attention call was given: q [B, Hq, L, D] and k [B, Hkv, L, D] (after the model's
+    position encoding) and the kernel options (causal, scale, softcap, window, key_padding, learned sinks). Any
+    window of the layer's attention map (without the capture's edits) is computed from them without running the
+    model again (`pattern`)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    options: dict
+
+    def pattern(self, heads: Sequence[int], span: tuple[int, int]) -> torch.Tensor:
+        """Query heads `heads`' attention over positions span = (start, stop): [B, len(heads), span, span]
+        (`workbench.kernels.attention_pattern`: exact rows, not renormalized to the span).
+
+        Only the asked heads (and their key heads) are computed, and in a causal layer only the keys up to
+        `stop`, which are all the span's queries can see: a window costs O(span x stop) per head."""
+        stop = span[1] if self.options.get("causal", True) else self.key.shape[2]
+        n_heads, group = self.query.shape[1], self.query.shape[1] // self.key.shape[1]
+        padding = self.options.get("key_padding")
+        options = {**self.options, "key_padding": None if padding is None else padding[:, :stop]}
+        maps = []
+        for head in heads:  # under no_grad: a model's learned sinks are parameters
+            if not 0 <= head < n_heads:
+                raise WorkbenchError(f"query head {head} is outside the layer's {n_heads} heads")
+            kv, sinks = head // group, options.get("sinks")
+            with torch.no_grad():
+                maps.append(kernels.attention_pattern(
+                    self.query[:, head:head + 1, :stop], self.key[:, kv:kv + 1, :stop], [0], span,
+                    **{**options, "sinks": None if sinks is None else sinks[head:head + 1]}))
+        return torch.cat(maps, dim=1)
 
 
 _ACTIVE: list[Capture] = []
@@ -159,6 +195,11 @@ def workbench_attention(module, query, key, value, attention_mask, dropout: floa
 
     for c in captures:
         c.keep(layer, computed, pattern_of)
+        if layer in c.keep_inputs:
+            c.input_records[layer] = AttentionInputs(query.detach(), key.detach(), options)
+    for c in captures:
+        if c.on_layer is not None:
+            c.on_layer(layer)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -187,6 +228,8 @@ def capture(
     patterns: Sequence[tuple[int, int]] | None = None,
     pattern_window: tuple[int, int] | None = None,
     backend: str = "auto",
+    keep_inputs: Sequence[int] = (),
+    on_layer: Callable[[int], None] | None = None,
 ) -> Iterator[Capture]:
     """Route the subject's attention through the workbench kernels while the block runs; yield the Capture.
 
@@ -194,11 +237,14 @@ def capture(
     one's sink_keys, distance_cap, block_size and backend apply, every one's edits compose (`HeadEdits.then`) and
     each gets the statistics it asked for (None: `default_stats` of the model). `edits` maps a layer to the
     HeadEdits its kernel applies.
+    keep_inputs: layers whose attention inputs are kept (`Capture.input_records`, AttentionInputs).
+    on_layer: called with each layer's index once its attention ran: progress reports, and an exception raised
+    there stops the forward (a cancelled run, or one that needs only the first layers).
     """
     adapter = subject.adapter
     for layer, head in patterns or ():
         adapter.check_head(layer, head)
-    for layer in edits or {}:
+    for layer in (*(edits or {}), *keep_inputs):
         adapter.check_head(layer, 0)
     kernels.resolve_backend(subject.device, backend)
     block_size = _checked_block_size(block_size)
@@ -209,7 +255,7 @@ def capture(
         layer_of=adapter.layer_of(), stats=kernels.check_stats(default_stats(adapter.learned_sinks) if stats is None
                                                              else stats), sink_keys=tuple(sink_keys),
         distance_cap=distance_cap, block_size=block_size, edits=dict(edits or {}), patterns=grouped,
-        pattern_window=pattern_window, backend=backend,
+        pattern_window=pattern_window, backend=backend, keep_inputs=tuple(keep_inputs), on_layer=on_layer,
     )
     model = subject.model
     previous = model.config._attn_implementation
@@ -270,6 +316,7 @@ def trace(
     logits: str | None = "last",
     backend: str = "auto",
     context_parallel: bool = False,
+    on_layer: Callable[[int], None] | None = None,
 ) -> Trace:
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
 
@@ -283,6 +330,7 @@ def trace(
     position [batch, pos, vocab], None none (and encoders, which have no language-model head, keep none).
     context_parallel: split the sequence across the ranks of the initialized torch.distributed process group
     (see `workbench.context_parallel`); every rank passes the same inputs and gets the same whole Trace.
+    on_layer: called with each layer's index once its attention ran (see `capture`).
     """
     if logits not in LOGITS:
         raise WorkbenchError(f"logits={logits!r}: use one of {list(LOGITS)}")
@@ -316,7 +364,8 @@ def trace(
             keep = {"logits_to_keep": rows}
     with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
                                   block_size=block_size,
-                                  patterns=patterns, pattern_window=pattern_window, backend=backend) as cap:
+                                  patterns=patterns, pattern_window=pattern_window, backend=backend,
+                                  on_layer=on_layer) as cap:
         cap.shards, cap.length = shards, length
         out = subject.model(**run, output_hidden_states=hidden_states, use_cache=False, **keep)
     tensors = cap.statistics(subject.adapter.n_layers)

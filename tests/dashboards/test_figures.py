@@ -124,3 +124,13 @@ def test_query_figure_places_keys_at_their_positions():
     assert list(fig.data[0].x) == [7, 8, 9] and list(fig.data[0].y) == [0.5, 0.25, 0.25]
     with pytest.raises(ValueError):
         figures.query_figure(np.array([1.0]), ["a"], 7, 9, "q")
+
+
+def test_whitespace_tokens_get_visible_labels_and_the_map_says_what_the_window_hides():
+    assert figures.token_labels([" ", "\n", "\t\t", "", " the", "Ġ"]) == ["␣", "↵", "⇥⇥", "∅", " the", "Ġ"]
+    pattern = np.array([[0.5, 0.0], [0.2, 0.3]])  # rows hold half of their attention: the rest is before the window
+    fig = figures.pattern_figure(pattern, ["a", "b"], 7, "map")
+    assert "50% of each row" in fig.data[0].colorbar.title.text and "before 7" in fig.data[0].colorbar.title.text
+    np.testing.assert_allclose(np.array(fig.data[0].customdata, dtype=float), [[0.5, 0.5], [0.5, 0.5]])
+    whole = figures.pattern_figure(np.tril(np.ones((2, 2))) / [[1], [2]], ["a", "b"], 0, "map")
+    assert whole.data[0].colorbar.title.text == "attention p"  # a window from position 0 hides nothing

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import workbench
 from workbench.dashboards.session import Session
 from workbench.interventions import ablate, calibrate, scale, scale_initial
 from workbench.interventions.calibration import find_hidden_sinks
@@ -49,28 +50,42 @@ def session(tmp_path_factory):
     return Session("organism", tmp_path_factory.mktemp("session") / "runs.duckdb")
 
 
+@pytest.fixture(scope="module")
+def traced(session):
+    """The store run id of a trace of a short text."""
+    return session.run_trace("organism", "def f(x):").run_id
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda s: s.run_trace("organism", "   "), WorkbenchError, "the text is empty"),
     (lambda s: s.run_trace(str(os.sep) + "no/such/folder", "text"), WorkbenchError, "does not exist"),
-    (lambda s: s.head_view("organism", "def f(x):", 6, 0), HeadNotFoundError, r"head \(6, 0\)"),
-    (lambda s: s.intervene("organism", "def f(x):", [], "ablate-zero", 1.0), WorkbenchError, "at least one head"),
-    (lambda s: s.intervene("organism", "def f(x):", [(0, 0)], "melt", 1.0), WorkbenchError, "unknown edit 'melt'"),
-    (lambda s: s.intervene("organism", "def f(x):", [(0, 0)], "calibrate", 2.0), WorkbenchError, "beta 2.0"),
+    (lambda s: s.run_trace("organism", "x " * 2100), WorkbenchError,
+     r"the text has \d+ tokens, more than the 2048 of organism's context"),
+    (lambda s, r: s.head_view(r, 6, 0), HeadNotFoundError, r"head \(6, 0\)"),
+    (lambda s, r: s.intervene(r, [], "ablate-zero", 1.0), WorkbenchError, "at least one head"),
+    (lambda s, r: s.intervene(r, [(0, 0)], "melt", 1.0), WorkbenchError, "unknown edit 'melt'"),
+    (lambda s, r: s.intervene(r, [(0, 0)], "calibrate", 2.0), WorkbenchError, "beta 2.0"),
     (lambda s: s.task_text("organism", "poetry"), WorkbenchError, "unknown task 'poetry'"),
     (lambda s: s.trace_run("nope"), WorkbenchError, "trace 'nope'"),
+    (lambda s: s.head_view(None, 0, 0), WorkbenchError, "no trace yet: press Run trace"),
 ])
-def test_session_names_bad_input(session, call, error, message):
+def test_session_names_bad_input(session, traced, call, error, message):
     with pytest.raises(error, match=message):
-        call(session)
+        call(session, traced) if call.__code__.co_argcount == 2 else call(session)
 
 
 def test_head_view_window_is_bounded_and_tasks_fill_text(session):
     text = session.task_text("organism", "needle")
     assert "code is" in text and session.task_text("organism", "ioi").count(" ") > 5
-    view = session.head_view("organism", text, 5, 3, start=0)
+    run = session.run_trace("organism", text)
+    view = session.head_view(run.run_id, 5, 3, start=0)
     assert view.pattern.shape == (48, 48) and view.start == 0 and len(view.received) == len(view.labels) > 48
-    late = session.head_view("organism", text, 5, 3, start=10_000)  # clamped to the last full window
+    late = session.head_view(run.run_id, 5, 3, start=10_000)  # clamped to the last full window
     assert late.start == len(late.labels) - 48
+    full = workbench.trace(session.subject("organism"), text, stats=(), patterns=[(5, 3)])
+    n = len(late.labels)
+    np.testing.assert_allclose(late.pattern, full.patterns[(5, 3)][0, n - 48:, n - 48:].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(view.received, run.trace.sequence("received")[5, 3].numpy())
 
 
 
@@ -92,7 +107,7 @@ def test_each_edit_gives_what_the_intervention_gives(session, edit, value):
                "scale": lambda: scale(subject, heads, value),
                "calibrate": lambda: calibrate(subject, text, heads, beta=value),
                "zerotuning": lambda: scale_initial(subject, dict.fromkeys(heads, value))}[edit]
-    outcome = session.intervene("organism", text, heads, edit, value)
+    outcome = session.intervene(session.run_trace("organism", text).run_id, heads, edit, value)
     enc = subject.encode(text)
     with torch.no_grad():
         plain = torch.softmax(subject.model(**enc).logits[0, -1].float(), -1)
