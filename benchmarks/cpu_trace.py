@@ -55,14 +55,14 @@ def head_stats(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def forward_of(method: str, subject, ids: torch.Tensor):
     """The function that runs one forward of `method` and returns its statistics (see the module docstring)."""
     import workbench
-    from workbench.kernels import ALL_STATS
+    from workbench.kernels import KEY_STATS, QUERY_STATS
 
     model = subject.model
     if method == "sdpa":
         return lambda: model(input_ids=ids, use_cache=False).logits
     if method.startswith("workbench"):
         backend = "reference" if method == "workbench_ref" else "cpu"
-        stats = ALL_STATS if method == "workbench_cpu_all" else STATS
+        stats = QUERY_STATS + KEY_STATS if method == "workbench_cpu_all" else STATS
         return lambda: workbench.trace(subject, ids, stats=stats, backend=backend)
     if method == "eager_weights":
         model.set_attn_implementation("eager")

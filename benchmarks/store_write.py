@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.kernels import ALL_STATS
+from workbench.kernels import KEY_STATS, QUERY_STATS
 from workbench.store import Store
 from workbench.trace import TOKENS_FILE, Trace
 
@@ -31,7 +31,7 @@ SHAPE = {"n_layers": 30, "n_heads": 9}  # SmolLM2-135M
 def synthetic_trace(n: int) -> Trace:
     g = torch.Generator().manual_seed(0)
     layers, heads = SHAPE["n_layers"], SHAPE["n_heads"]
-    stats = {name: torch.rand(layers, 1, heads, n, generator=g) for name in ALL_STATS}
+    stats = {name: torch.rand(layers, 1, heads, n, generator=g) for name in QUERY_STATS + KEY_STATS}
     stats["argmax_key"] = torch.randint(0, n, (layers, 1, heads, n), generator=g)
     vocab = [f"tok{i}" for i in range(2000)]
     ids = torch.randint(0, len(vocab), (1, n), generator=g)

@@ -25,6 +25,7 @@ def model_command(
     eps: Annotated[float, typer.Option(help="Sink^eps threshold on the first-token sink score.")] = 0.3,
     ratio: Annotated[float, typer.Option(help="Non-initial sinks: times the uniform share.")] = 5.0,
     min_queries: Annotated[int, typer.Option(help="Non-initial sinks: judge keys seen by this many queries.")] = 128,
+    block_size: Annotated[int, typer.Option(help="Block sparsity: positions per block (64-1024).")] = 128,
     induction_length: Annotated[int, typer.Option(help="Random span, repeated twice.")] = 50,
     induction_batch: Annotated[int, typer.Option(help="Random sequences.")] = 4,
     retrieval_lengths: Annotated[str, typer.Option(help="Comma-separated haystack lengths.")] = "512,1024,2048",
@@ -34,8 +35,8 @@ def model_command(
     seed: Annotated[int, typer.Option(help="Seed of the random tokens, needles and IOI prompts.")] = 0,
     device: DeviceOption = None,
 ) -> None:
-    """Sinks, entropy, effective rank, induction heads, retrieval heads and IOI of one model, as a markdown page
-    with figures; the page states the command, the machine and the wall time of every section.
+    """Sinks, entropy, effective rank, block sparsity, induction heads, retrieval heads and IOI of one model, as a
+    markdown page with figures; the page states the command, the machine and the wall time of every section.
     Under `accelerate launch` or `torchrun` the retrieval section's needle cases are split across the processes
     (each on its own GPU); the first writes the page."""
     import workbench
@@ -45,7 +46,7 @@ def model_command(
 
     try:
         config = FindingsConfig(
-            text_tokens=text_tokens, texts=texts, eps=eps, ratio=ratio, min_queries=min_queries,
+            text_tokens=text_tokens, texts=texts, eps=eps, ratio=ratio, min_queries=min_queries, block_size=block_size,
             induction_length=induction_length,
             induction_batch=induction_batch, retrieval_lengths=numbers(retrieval_lengths, int, "--retrieval-lengths"),
             retrieval_depths=numbers(retrieval_depths, float, "--retrieval-depths", 0.0, 1.0), needles=needles,

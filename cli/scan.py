@@ -87,6 +87,11 @@ def _print(result: Result) -> None:
             shown = rows.nlargest(TOP, "value")
             cells = [f"L{r.layer} pos {int(r.position)} {getattr(r, 'token', '')!s} {r.value:.3g}"
                      for r in shown.itertuples()]
+        elif "kept_fraction" in rows and rows.kept_fraction.notna().any():
+            cells = [f"kept {r.kept_fraction:g}: {r.value:.4g}" for r in rows.itertuples()]
+        elif "other_layer" in rows and rows.other_layer.notna().any():
+            cells = [f"L{r.layer}~L{int(r.other_layer)} {r.value:.3f}"
+                     for r in rows.nlargest(TOP, "value").itertuples()]
         elif (rows["head"] != LAYER_LEVEL).any():
             cells = [f"L{r.layer}.H{r.head} {r.value:.3f}" for r in result.top(metric, TOP).itertuples()]
         else:
@@ -237,6 +242,51 @@ def act(model: ModelOption = None,
 
     _run("act", model, device, make, out, overwrite, store, no_store,
          placement=(device_map, max_memory, offload_folder))
+
+
+@app.command()
+@interruptible
+def sparsity(model: ModelOption = None, text: TextOption = None, file: FileOption = None,
+             block_size: Annotated[int, typer.Option(help="Positions per block (64-1024).")] = 128,
+             gamma: Annotated[float, typer.Option(min=0.0, max=1.0, help="Coverage: the mass to reach.")] = 0.9,
+             top_k: Annotated[str, typer.Option(help="Coverage: comma-separated numbers of top blocks.")] = "1,4,16",
+             groups: Annotated[int, typer.Option(min=1, help="Head groups per layer (representative heads).")] = 2,
+             task: Annotated[str | None, typer.Option(help="Also score this task under block-sparse budgets: loss, "
+                                                           "ioi, needle, induction or a FILE.jsonl.")] = None,
+             budgets: Annotated[str, typer.Option(help="Kept fractions of the blocks, comma-separated, in (0, 1].")]
+             = "1,0.5,0.25,0.125",
+             examples: Annotated[int | None, typer.Option("--examples", "-n", min=1,
+                                                          help="Examples of a built-in task.")] = None,
+             out: OutOption = None, overwrite: OverwriteOption = False, store: StoreOption = None,
+             no_store: NoStoreOption = False,
+             device: DeviceOption = None) -> None:
+    """Block-level attention mass: coverage per head, head groups, cross-layer similarity; budgets on a task."""
+    from workbench import trace
+    from workbench.interventions.block_sparse import sparsity_sweep
+    from workbench.kernels import check_block_size
+    from workbench.probes.sparsity import coverage, head_groups, layer_similarity
+    from workbench.probes.tasks import load_task
+
+    source = _text(text, file)
+    try:
+        check_block_size(block_size)
+        ks = numbers(top_k, int, "--top-k", low=1)
+        fractions = numbers(budgets, float, "--budgets", low=0.0, high=1.0)
+        if 0.0 in fractions:
+            raise WorkbenchError(f"--budgets {budgets!r}: a kept fraction must be above 0")
+    except (WorkbenchError, ValueError) as err:
+        raise fail(err) from err
+
+    def make(subject):
+        if groups > subject.adapter.n_heads:
+            raise WorkbenchError(f"--groups {groups} is more than the {subject.adapter.n_heads} heads of a layer")
+        t = trace(subject, source, stats=("block_mass",), block_size=block_size, logits=None)
+        results = [coverage(t, gamma, ks), head_groups(t, groups, gamma), layer_similarity(t)]
+        if task is not None:
+            results.append(sparsity_sweep(subject, load_task(subject, task, n=examples), fractions, block_size))
+        return results
+
+    _run("sparsity", model, device, make, out, overwrite, store, no_store)
 
 
 def _text(text: str | None, file) -> str:

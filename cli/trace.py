@@ -80,7 +80,7 @@ def trace_command(
             store_run(store, "trace", trace.model_id, trace.head_table(),
                       params={"stats": list(trace.stats), "sink_keys": list(sinks),
                               "n_tokens": len(trace.tokens[0])}, out=out,
-                      token_file=out / TOKENS_FILE if trace.stats else None)
+                      token_file=out / TOKENS_FILE if trace.token_stats() else None)
     except (WorkbenchError, ValueError) as err:
         raise fail(err) from err
 

@@ -17,12 +17,21 @@ from collections.abc import Sequence
 import torch
 
 from workbench.kernels import fastest, reference
-from workbench.kernels.contract import ALL_STATS, KEY_STATS, QUERY_STATS, HeadEdits, check_stats
+from workbench.kernels.contract import (
+    ALL_STATS,
+    BLOCK_STATS,
+    DEFAULT_BLOCK_SIZE,
+    KEY_STATS,
+    QUERY_STATS,
+    HeadEdits,
+    check_block_size,
+    check_stats,
+)
 
 BACKENDS = ("auto", "reference", "triton", "cpu")
 
-__all__ = ["ALL_STATS", "BACKENDS", "KEY_STATS", "QUERY_STATS", "HeadEdits", "attention", "attention_pattern",
-           "check_stats", "resolve_backend"]
+__all__ = ["ALL_STATS", "BACKENDS", "BLOCK_STATS", "DEFAULT_BLOCK_SIZE", "KEY_STATS", "QUERY_STATS", "HeadEdits",
+           "attention", "attention_pattern", "check_block_size", "check_stats", "resolve_backend"]
 
 
 def resolve_backend(device: torch.device, backend: str = "auto") -> str:
@@ -86,6 +95,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     sinks: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -96,7 +106,8 @@ def attention(
     attention on the device (`workbench.kernels.fastest`) where it can (not with learned `sinks`).
     """
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding,
-                  stats=stats, sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, sinks=sinks)
+                  stats=stats, sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, block_size=block_size,
+                  sinks=sinks)
     if backend == "auto" and not stats and (edits is None or edits.is_identity()) and sinks is None:
         with _on(q.device):
             out = fastest.plain_attention(q, k, v, causal=causal, scale=scale, softcap=softcap, window=window,

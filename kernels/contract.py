@@ -12,6 +12,8 @@ optional softcap, the per-head temperature and the additive key bias:
     window_distance_i = sum_j p_ij * min(|i - j|, distance_cap)  (distance_cap=None: no cap)
     self_mass_i       = p_ii                                      (the row's attention to its own position)
     received_j        = sum_i p_ij                                (over real, non-padding query rows)
+    block_mass[a, b]  = sum_{i in query block a} sum_{j in key block b} p_ij
+    block_max[a, b]   = max_{i in query block a, j in key block b} p_ij   (0 where no row sees a key of the block)
     learned_sink_mass_i = 1 - sum_j p_ij = exp(u_h - lse_i)       (0 without learned sinks)
 
 Learned sinks (GPT-OSS; the "attention sinks" of Xiao et al. 2023, "Efficient Streaming Language Models with
@@ -22,6 +24,16 @@ weights p_ij of the keys, which are the model's own attention weights (entropy i
 keys, the sink's own term left out). The sink logit is not scaled or softcapped (it is a logit already);
 the temperature edit divides it like every logit of the row, and `HeadEdits.sink_bias` is added to it.
 
+Blocks hold `block_size` positions (64-1024, default 128): key block b holds the keys whose position, counted
+from the first real key, is in [b * block_size, (b + 1) * block_size); query block a holds the query rows counted
+likewise from the first real query row. There are ceil(Lq / block_size) x ceil(Lk / block_size) blocks per head
+(those past a sequence's real tokens hold 0); with Lq = Lk (a whole prompt) both grids cut the same positions.
+Each query row sums to 1 over its keys, so a query block's row of block_mass sums to its number of real rows
+(SeerAttention, Gao et al. 2024, trains its block gates against exactly this map).
+
+With a block-sparse edit (`HeadEdits.block_keep`), the keys of the dropped blocks are hidden from the rows of
+that query block before the softmax, as a block-sparse attention skips them: p is the softmax over the kept
+keys, and every statistic describes it.
 With a redistribution edit (`HeadEdits.redistribute`, VAR), every statistic but lse describes the edited
 map p' of that edit in place of p (out_i = sum_j p'_ij v_j); lse stays the log-normalizer of the edited
 logits, log sum_j exp(s_ij), which is what the redistribution leaves untouched.
@@ -41,7 +53,10 @@ import torch
 QUERY_STATS: tuple[str, ...] = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance",
                                  "self_mass", "learned_sink_mass")
 KEY_STATS: tuple[str, ...] = ("received",)
-ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS
+BLOCK_STATS: tuple[str, ...] = ("block_mass", "block_max")
+ALL_STATS: tuple[str, ...] = QUERY_STATS + KEY_STATS + BLOCK_STATS
+BLOCK_SIZES = (64, 1024)  # the smallest and largest block size of the block statistics
+DEFAULT_BLOCK_SIZE = 128
 
 
 def check_stats(stats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -51,6 +66,19 @@ def check_stats(stats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown statistic(s) {unknown}; known: {list(ALL_STATS)}")
     return stats
+
+
+def check_block_size(block_size: int) -> int:
+    """The block size of the block statistics as an int; ValueError naming it unless an integer in 64-1024."""
+    low, high = BLOCK_SIZES
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not low <= block_size <= high:
+        raise ValueError(f"block_size {block_size!r} must be an integer from {low} to {high}")
+    return block_size
+
+
+def n_blocks(length: int, block_size: int) -> int:
+    """How many blocks of `block_size` positions cover `length` positions."""
+    return -(-length // block_size)
 
 
 def check_shapes(q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor | None = None) -> None:
@@ -66,7 +94,7 @@ def check_shapes(q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor | N
         raise ValueError(f"key_padding has shape {tuple(key_padding.shape)}, expected {(batch, lk)}")
 
 
-_KEY_FIELDS = ("bias_keys", "source_keys", "target_keys")  # per key position, not per head
+_KEY_FIELDS = ("bias_keys", "source_keys", "target_keys", "keep_block_size")  # not per head
 
 
 def _same_keys(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -98,6 +126,10 @@ class HeadEdits:
           p'_ij = p_ij (1 + f S_i / T_i)       j a target
           p'_ij = p_ij                         otherwise, and on every key of a row with T_i = 0.
       Rows still sum to 1. It depends on the whole row, so it is no logit bias: the kernels apply it in-pass.
+    - block_keep   [Hq, 1 or B, n_qblocks, n_kblocks] bool, with keep_block_size (64-1024, default 128): which key
+      blocks each query block of each head sees (per sequence of the batch, or one mask for all), blocks counted
+      as those of `block_mass`; the others are skipped, as block-sparse attention does (SeerAttention, The
+      Sparse Frontier). A row left with no key (every block it sees dropped) gets out = 0 and NaN statistics.
     Statistics describe the softmax map after temperature and bias, then the redistribution (see the module
     docstring for lse); gate and identity_mix act on the output only, so they leave the statistics unchanged.
     """
@@ -111,6 +143,8 @@ class HeadEdits:
     redistribute: torch.Tensor | None = None
     source_keys: torch.Tensor | None = None
     target_keys: torch.Tensor | None = None
+    block_keep: torch.Tensor | None = None
+    keep_block_size: int | None = None
 
     def __post_init__(self) -> None:
         if (self.key_bias is None) != (self.bias_keys is None):
@@ -124,6 +158,13 @@ class HeadEdits:
             raise ValueError("redistribute, source_keys and target_keys must be given together")
         if all(given):
             self._check_redistribution()
+        if self.block_keep is not None:
+            if self.block_keep.dtype != torch.bool or self.block_keep.dim() != 4:
+                raise ValueError(f"HeadEdits.block_keep must be a bool [heads, 1 or batch, query blocks, key blocks] "
+                                 f"tensor, got {self.block_keep.dtype} {tuple(self.block_keep.shape)}")
+            object.__setattr__(self, "keep_block_size", check_block_size(self.keep_block_size or DEFAULT_BLOCK_SIZE))
+        elif self.keep_block_size is not None:
+            raise ValueError("keep_block_size needs a block_keep mask")
 
     def _check_redistribution(self) -> None:
         fractions = self.redistribute.tolist()
@@ -148,6 +189,7 @@ class HeadEdits:
         every logit edit; two of them compose only over the same source and target keys, as
         1 - (1 - f1)(1 - f2), which is exactly what redistributing twice gives (the second one finds the
         targets' mass grown by f1 S, in the same proportions); other pairs raise ValueError.
+        Block masks intersect (a block is kept where both keep it); they must share their block size.
         """
         def product(a, b):
             return b if a is None else a if b is None else a * b
@@ -171,6 +213,12 @@ class HeadEdits:
             )
         if self.redistribute is None:
             source_keys, target_keys = other.source_keys, other.target_keys
+        block_keep, keep_size = self.block_keep, self.keep_block_size
+        if other.block_keep is not None:
+            if block_keep is not None and keep_size != other.keep_block_size:
+                raise ValueError(f"cannot compose block masks of blocks of {keep_size} and {other.keep_block_size}")
+            block_keep = other.block_keep if block_keep is None else block_keep & other.block_keep
+            keep_size = other.keep_block_size
         return HeadEdits(temperature=product(self.temperature, other.temperature), key_bias=key_bias,
                          bias_keys=bias_keys, gate=product(self.gate, other.gate),
                          sink_bias=total(self.sink_bias, other.sink_bias),
@@ -178,18 +226,27 @@ class HeadEdits:
                                                          complement(other.identity_mix))),
                          redistribute=complement(product(complement(self.redistribute),
                                                          complement(other.redistribute))),
-                         source_keys=source_keys, target_keys=target_keys)
+                         source_keys=source_keys, target_keys=target_keys, block_keep=block_keep,
+                         keep_block_size=keep_size)
 
     def is_identity(self) -> bool:
         """True when no edit is set."""
         return all(getattr(self, f.name) is None for f in fields(self))
 
-    def check(self, n_heads: int) -> None:
-        """Raise ValueError naming the field whose leading size is not the number of query heads."""
+    def check(self, n_heads: int, lq: int | None = None, lk: int | None = None, batch: int | None = None) -> None:
+        """Raise ValueError naming the field whose leading size is not the number of query heads, or a block
+        mask whose grid does not fit lq queries and lk keys of `batch` sequences (when given)."""
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and f.name not in _KEY_FIELDS and value.shape[0] != n_heads:
                 raise ValueError(f"HeadEdits.{f.name} has {value.shape[0]} heads, the layer has {n_heads}")
+        if self.block_keep is not None and lq is not None:
+            size = self.keep_block_size
+            want = (n_blocks(lq, size), n_blocks(lk, size))
+            if tuple(self.block_keep.shape[2:]) != want or self.block_keep.shape[1] not in (1, batch):
+                raise ValueError(f"HeadEdits.block_keep has shape {tuple(self.block_keep.shape)}: {lq} queries and "
+                                 f"{lk} keys of {batch} sequence(s) in blocks of {size} need "
+                                 f"({n_heads}, 1 or {batch}, {want[0]}, {want[1]})")
 
 
 def sink_logits(sinks: torch.Tensor | None, edits: HeadEdits, n_heads: int, dtype: torch.dtype,

@@ -16,7 +16,8 @@ of causal and sliding-window maps is skipped, not masked. Per chunk, in float32:
    the row is in cache; the row is overwritten with p_ij = e_ij / l, with window_distance, self and sink mass
    read off it (with the VAR redistribution of `HeadEdits.redistribute`, the few source and target keys of
    the row are then rescaled, the entropy corrected on them and the max read again);
-3. out = p V (a second batched matmul) and received_j += sum_i p_ij (a sum over the chunk's rows).
+3. out = p V (a second batched matmul) and received_j += sum_i p_ij (a sum over the chunk's rows); the block
+   statistics fold p into their [query block, key block] maps (`workbench.kernels.reference.BlockGrid`).
 
 Steps 1 and 3 are the two matmuls PyTorch's own fused attention does, with the same float32 accumulation, so the
 output equals `torch.nn.functional.scaled_dot_product_attention`'s to float rounding and the model's logits stay
@@ -37,7 +38,14 @@ from collections.abc import Sequence
 import torch
 
 from workbench.kernels import reference
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats, sink_logits
+from workbench.kernels.contract import (
+    DEFAULT_BLOCK_SIZE,
+    HeadEdits,
+    check_block_size,
+    check_shapes,
+    check_stats,
+    sink_logits,
+)
 from workbench.kernels.cpu_build import Chunk, library
 
 CHUNK_ELEMENTS = 1 << 23  # scores per chunk (32 MiB in float32): the fastest of 2^19-2^25 on 2 cores at 2k-8k tokens
@@ -58,6 +66,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     sinks: torch.Tensor | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -65,23 +74,26 @@ def attention(
 
     q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] (Hq a multiple of Hkv). Returns out
     [B, Hq, Lq, Dv] in q's dtype and a dict: query statistics [B, Hq, Lq] float32 (argmax_key int64) and
-    `received` [B, Hq, Lk] float32. chunk_size: queries per chunk (default: CHUNK_ELEMENTS scores per chunk).
+    `received` [B, Hq, Lk] float32, the block statistics [B, Hq, ceil(Lq / block_size), ceil(Lk / block_size)]
+    float32. chunk_size: queries per chunk (default: CHUNK_ELEMENTS scores per chunk).
     """
     stats = check_stats(stats)
+    block_size = check_block_size(block_size)
     edits = edits or HeadEdits()
     check_shapes(q, k, key_padding)
-    edits.check(q.shape[1])
+    edits.check(q.shape[1], q.shape[2], k.shape[2], q.shape[0])
     if q.device.type != "cpu":
         raise ValueError(f"the cpu backend takes CPU tensors, got {q.device}")
     kwargs = dict(causal=causal, scale=scale, softcap=softcap, window=window, key_padding=key_padding, stats=stats,
-                  sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, sinks=sinks, chunk_size=chunk_size)
+                  sink_keys=sink_keys, distance_cap=distance_cap, edits=edits, block_size=block_size, sinks=sinks,
+                  chunk_size=chunk_size)
     if q.dtype == torch.float64:
         return reference.attention(q, k, v, **kwargs)
     return _attention(q, k, v, **kwargs)
 
 
 def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, sink_keys, distance_cap, edits,
-               sinks, chunk_size):
+               block_size, sinks, chunk_size):
     batch, heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
     group, offset = heads // kv_heads, lk - lq
@@ -108,6 +120,13 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
         res["argmax_key"] = torch.empty(batch, heads, lq, dtype=torch.int64)
     if "received" in stats:
         res["received"] = torch.zeros(batch, heads, lk, **f32)
+    blocks = (reference.BlockGrid.of(start, lq, lk, block_size) if {"block_mass", "block_max"} & set(stats)
+              else None)
+    if blocks:
+        res |= blocks.empty(stats, heads, torch.float32)
+    keep = None if edits.block_keep is None else edits.block_keep.to(q.device)
+    keep_grid = None if keep is None else reference.BlockGrid.of(start, lq, lk, edits.keep_block_size)
+    blind = None if keep is None else torch.zeros(batch, heads, lq, dtype=torch.bool)  # rows left with no key
     out = torch.empty(batch, kv_heads, group, lq, v.shape[-1], **f32)
 
     span = lk if window is None else min(lk, (1 if causal else 2) * window)  # widest key range of a query
@@ -131,13 +150,21 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
                   kf[:, k0:k1].transpose(1, 2), out=scores)
         if softcap is not None:
             scores.div_(softcap).tanh_().mul_(softcap)
+        if keep is not None:  # the block-sparse edit: the dropped blocks' keys become invisible
+            dropped = ~keep_grid.expand(keep, torch.arange(c0, c1))[..., k0:k1]
+            scores.view(batch, heads, n, width).masked_fill_(dropped, -math.inf)
         args.scores, args.rows, args.width, args.n_queries = scores.data_ptr(), batch * heads * n, width, n
         args.first_query, args.first_key, args.out_offset = c0 + offset, k0, c0
         rows_pass(args)
+        if blind is not None:
+            blind[:, :, c0:c1] = ~scores.view(batch, heads, n, width).any(-1)
         out[:, :, :, c0:c1] = torch.bmm(scores, vf[:, k0:k1]).view(batch, kv_heads, group, n, -1)
         if "received" in res:
             res["received"][:, :, k0:k1] += scores.view(batch, heads, n, width).sum(2)
-    out = _output_edits(out.view(batch, heads, lq, -1), vf.view(batch, kv_heads, lk, -1), edits, valid, offset)
+        if blocks:
+            blocks.add(res, scores.view(batch, heads, n, width), c0, k0)
+    out = _output_edits(out.view(batch, heads, lq, -1), vf.view(batch, kv_heads, lk, -1), edits, valid, offset,
+                        blind)
     return out.to(q.dtype), {name: res[name] for name in stats}
 
 
@@ -159,13 +186,17 @@ def _dense_bias(edits: HeadEdits, valid, start: torch.Tensor, batch: int, lk: in
     return bias
 
 
-def _output_edits(out: torch.Tensor, v: torch.Tensor, edits: HeadEdits, valid, offset: int) -> torch.Tensor:
-    """The identity mix (1 - a) out_i + a v_i on rows that see a key, then the gate, per query head."""
+def _output_edits(out: torch.Tensor, v: torch.Tensor, edits: HeadEdits, valid, offset: int,
+                  blind: torch.Tensor | None) -> torch.Tensor:
+    """The identity mix (1 - a) out_i + a v_i on rows that see a key (not padding, not `blind` [B, Hq, Lq]: left
+    with no key by a block mask), then the gate, per query head."""
     if edits.identity_mix is not None:
         a = edits.identity_mix.to(torch.float32)[None, :, None, None]
         v_self = v[:, :, offset:].repeat_interleave(out.shape[1] // v.shape[1], dim=1)
         mixed = (1 - a) * out + a * v_self
         out = mixed if valid is None else torch.where(valid[:, None, offset:, None].bool(), mixed, out)
+        if blind is not None:
+            out = torch.where(blind[..., None], 0.0, out)
     if edits.gate is not None:
         out = out * edits.gate.to(torch.float32)[None, :, None, None]
     return out

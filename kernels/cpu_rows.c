@@ -141,6 +141,10 @@ static void one_row(const struct chunk *a, int64_t r) {
     memset(row, 0, (size_t)lo * sizeof *row);
     memset(row + hi, 0, (size_t)(a->width - hi) * sizeof *row);
     float m = edit_and_max(a, row, b, h, lo, hi);
+    if (m == -INFINITY) {  /* every key the row may see is masked (padding, a dropped block): it sees nothing */
+        empty_row(a, row, out);
+        return;
+    }
     if (a->argmax_key) {
         int64_t j = lo;
         while (j < hi - 1 && row[j] != m) j++;

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats, sink_logits
+from workbench.kernels.contract import (
+    DEFAULT_BLOCK_SIZE,
+    QUERY_STATS,
+    HeadEdits,
+    check_block_size,
+    check_shapes,
+    check_stats,
+    n_blocks,
+    sink_logits,
+)
 
 CHUNK_ELEMENTS = 1 << 24  # score elements per chunk: 64 MiB in float32
 
@@ -40,6 +49,8 @@ class _Layout:
     fraction: torch.Tensor | None  # [Hq] redistributed fraction, or None
     source: torch.Tensor | None  # [B, Lk] bool: the redistribution's source keys
     target: torch.Tensor | None  # [B, Lk] bool: its target keys
+    keep: torch.Tensor | None  # [Hq, 1 or B, nq, nk] bool: the block-sparse edit's kept blocks, or None
+    keep_grid: BlockGrid | None  # the blocks of `keep`
     sink_logit: torch.Tensor | None  # [Hq] the learned sinks' edited logits, or None
 
     @property
@@ -57,7 +68,7 @@ def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits, sinks) 
         valid_k = key_padding.to(device=q.device, dtype=torch.bool)
     start = torch.where(valid_k.any(-1), valid_k.int().argmax(-1), torch.full_like(valid_k[:, 0], lk, dtype=torch.long))
     edits = edits or HeadEdits()
-    edits.check(n_q_heads)
+    edits.check(n_q_heads, lq, lk, batch)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     rel = torch.arange(lk, device=q.device)[None, :] - start[:, None]  # [B, Lk]
 
@@ -76,6 +87,8 @@ def _layout(q, k, *, causal, scale, softcap, window, key_padding, edits, sinks) 
         fraction=edits.redistribute.to(q.device, cdt) if redistributing else None,
         source=at(edits.source_keys).any(1) if redistributing else None,
         target=at(edits.target_keys).any(1) if redistributing else None,
+        keep=None if edits.block_keep is None else edits.block_keep.to(q.device),
+        keep_grid=None if edits.block_keep is None else BlockGrid.of(start, lq, lk, edits.keep_block_size),
         sink_logit=sink_logits(sinks, edits, n_q_heads, cdt, q.device),
     )
 
@@ -104,7 +117,10 @@ def _scores(lay: _Layout, qc: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor)
         s = s / lay.temperature[None, :, None, None]
     if lay.key_bias is not None:
         s = s + lay.key_bias[:, :, None, :]
-    return s.masked_fill(~_visible(lay, qpos), float("-inf"))
+    s = s.masked_fill(~_visible(lay, qpos), float("-inf"))
+    if lay.keep is not None:
+        s = s.masked_fill(~lay.keep_grid.expand(lay.keep, qpos - lay.offset), float("-inf"))
+    return s
 
 
 def _probabilities(s: torch.Tensor, sink_logit: torch.Tensor | None = None):
@@ -152,6 +168,7 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     sinks: torch.Tensor | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -160,11 +177,14 @@ def attention(
     q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] with Hq a multiple of Hkv (GQA).
     causal: bottom-right aligned causal mask. window: keys with |i - j| < window stay visible (HF's
     sliding_window). key_padding: [B, Lk] bool, True for real tokens. softcap: logits -> c * tanh(s / c).
+    block_size: positions per block of `block_mass` / `block_max`.
     sinks: [Hq] learned sink logits (GPT-OSS), which join every row's softmax denominator, or None.
     Returns out [B, Hq, Lq, Dv] in q's dtype, and a dict: query statistics [B, Hq, Lq] (float32, argmax_key
-    int64) and `received` [B, Hq, Lk] float32.
+    int64), `received` [B, Hq, Lk] float32 and the block statistics [B, Hq, ceil(Lq / block_size),
+    ceil(Lk / block_size)] float32.
     """
     stats = check_stats(stats)
+    block_size = check_block_size(block_size)
     edits = edits or HeadEdits()
     lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
                   key_padding=key_padding, edits=edits, sinks=sinks)
@@ -178,11 +198,13 @@ def attention(
     sink = torch.isin(rel_k, torch.tensor(list(sink_keys), device=q.device, dtype=torch.long)) & lay.valid_k
     out = torch.empty(batch, heads, lq, v.shape[-1], dtype=cdt, device=q.device)
     res = {name: torch.empty(batch, heads, lq, dtype=torch.float32, device=q.device) for name in stats
-           if name not in ("argmax_key", "received")}
+           if name in QUERY_STATS and name != "argmax_key"}
     if "argmax_key" in stats:
         res["argmax_key"] = torch.empty(batch, heads, lq, dtype=torch.long, device=q.device)
     if "received" in stats:
         res["received"] = torch.zeros(batch, heads, lk, dtype=torch.float32, device=q.device)
+    blocks = BlockGrid.of(lay.start, lq, lk, block_size) if {"block_mass", "block_max"} & set(stats) else None
+    block_res = blocks.empty(stats, heads, cdt) if blocks else {}
 
     for c0 in range(0, lq, chunk):
         c1 = min(lq, c0 + chunk)
@@ -224,7 +246,58 @@ def attention(
             res["learned_sink_mass"][:, :, c0:c1] = sink_p
         if "received" in res:
             res["received"] += p.sum(2).float()
-    return out.to(q.dtype), res
+        if blocks:
+            blocks.add(block_res, p, c0, 0)
+    res |= {name: value.float() for name, value in block_res.items()}
+    return out.to(q.dtype), {name: res[name] for name in stats}
+
+
+@dataclass
+class BlockGrid:
+    """Which block each query row and key falls in, per sequence (see `workbench.kernels.contract`).
+
+    q_block [B, Lq] and k_block [B, Lk] count from each sequence's first real query row and key; positions of
+    padding, whose p is 0, are put in block 0.
+    """
+
+    q_block: torch.Tensor
+    k_block: torch.Tensor
+    n_q: int
+    n_k: int
+
+    @classmethod
+    def of(cls, start: torch.Tensor, lq: int, lk: int, block_size: int) -> BlockGrid:
+        """The grid of a batch whose sequences' first real keys are `start` [B] (queries: the last lq keys)."""
+        first_row = (start - (lk - lq)).clamp_min(0)
+        rows = torch.arange(lq, device=start.device)[None, :] - first_row[:, None]
+        keys = torch.arange(lk, device=start.device)[None, :] - start[:, None]
+        return cls(q_block=rows.clamp_min(0) // block_size, k_block=keys.clamp_min(0) // block_size,
+                   n_q=n_blocks(lq, block_size), n_k=n_blocks(lk, block_size))
+
+    def expand(self, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[B, Hq, C, Lk]: a block mask [Hq, 1 or B, n_q, n_k] at query rows `rows` [C] and every key."""
+        per_sequence = [mask[:, b if mask.shape[1] > 1 else 0][:, self.q_block[b, rows]][:, :, self.k_block[b]]
+                        for b in range(self.q_block.shape[0])]
+        return torch.stack(per_sequence)
+
+    def empty(self, stats, heads: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Zeroed [B, Hq, n_q, n_k] accumulators of the block statistics named in `stats`."""
+        shape = (self.q_block.shape[0], heads, self.n_q, self.n_k)
+        return {name: torch.zeros(shape, dtype=dtype, device=self.q_block.device) for name in stats
+                if name in ("block_mass", "block_max")}
+
+    def add(self, res: dict[str, torch.Tensor], p: torch.Tensor, row0: int, key0: int) -> None:
+        """Fold p [B, Hq, C, W] of query rows row0.. and keys key0.. into the accumulators `res` (sum, max)."""
+        rows, cols = slice(row0, row0 + p.shape[2]), slice(key0, key0 + p.shape[3])
+        for b in range(p.shape[0]):
+            q_block, k_block = self.q_block[b, rows], self.k_block[b, cols]
+            pb = p[b].to(res["block_mass" if "block_mass" in res else "block_max"].dtype)
+            if "block_mass" in res:
+                per_key = pb.new_zeros(*pb.shape[:2], self.n_k).index_add_(-1, k_block, pb)
+                res["block_mass"][b].index_add_(1, q_block, per_key)
+            if "block_max" in res:
+                per_key = pb.new_zeros(*pb.shape[:2], self.n_k).scatter_reduce_(-1, k_block.expand_as(pb), pb, "amax")
+                res["block_max"][b].scatter_reduce_(1, q_block[None, :, None].expand_as(per_key), per_key, "amax")
 
 
 def attention_pattern(

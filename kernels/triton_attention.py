@@ -19,7 +19,16 @@ import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from workbench.kernels.contract import HeadEdits, check_shapes, check_stats, sink_logits
+from workbench.kernels.contract import (
+    BLOCK_STATS,
+    DEFAULT_BLOCK_SIZE,
+    HeadEdits,
+    check_block_size,
+    check_shapes,
+    check_stats,
+    n_blocks,
+    sink_logits,
+)
 from workbench.kernels.triton_forward import stats_forward
 from workbench.kernels.triton_received import received_pass
 
@@ -43,8 +52,9 @@ CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
 _KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
-        "REDIST", "TMA", "FOLD", "SINK_LOGIT"]
-_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "TMA"]
+        "REDIST", "TMA", "FOLD", "SINK_LOGIT", "BLOCK_KEEP"]
+_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "TMA", "RECEIVED",
+                 "BLOCK_MASS", "BLOCK_MAX", "BLOCK_KEEP"]
 
 
 def _pinned_configuration() -> dict | None:
@@ -69,7 +79,8 @@ def _pinned_configuration() -> dict | None:
 PINNED = _pinned_configuration()
 if PINNED is None:
     _forward = triton.autotune(CONFIGS, key=_KEY)(stats_forward)
-    _received_pass = triton.autotune(CONFIGS, key=_RECEIVED_KEY)(received_pass)
+    # the block statistics are atomic sums: every configuration the autotuner tries starts them from zero
+    _received_pass = triton.autotune(CONFIGS, key=_RECEIVED_KEY, reset_to_zero=["BlockMass", "BlockMax"])(received_pass)
 else:
     _forward, _received_pass = stats_forward, received_pass
 
@@ -110,24 +121,28 @@ def attention(
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
     edits: HeadEdits | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fused attention with statistics; same contract, shapes and dtypes as `workbench.kernels.reference.attention`.
 
     q: [B, Hq, Lq, D]; k, v: [B, Hkv, Lk, D] (Hq a multiple of Hkv, K/V never repeated; the last dimension
     contiguous, any other strides). Returns out [B, Hq, Lq, D] in q's dtype and the requested statistics:
-    per query [B, Hq, Lq] float32 (argmax_key int64), `received` [B, Hq, Lk] float32. Only the requested
-    statistics are computed: with stats=() this is a plain flash attention. Deciding whether `key_padding`
+    per query [B, Hq, Lq] float32 (argmax_key int64), `received` [B, Hq, Lk] float32, the block statistics
+    [B, Hq, ceil(Lq / block_size), ceil(Lk / block_size)] float32 (in the received pass, see
+    `workbench.kernels.triton_blocks`). Only the requested statistics are computed: with stats=() this is a
+    plain flash attention. Deciding whether `key_padding`
     pads anything reads it on the host (one synchronization); pass None when nothing is padded.
     """
     stats = check_stats(stats)
+    block_size = check_block_size(block_size)
     edits = edits or HeadEdits()
     batch, n_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
     check_shapes(q, k, key_padding)
     if v.shape[-1] != head_dim:
         raise ValueError(f"value head_dim {v.shape[-1]} differs from query head_dim {head_dim}")
-    edits.check(n_heads)
+    edits.check(n_heads, lq, lk, batch)
     device = q.device
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     padded = key_padding is not None and not bool(key_padding.all())
@@ -148,9 +163,10 @@ def attention(
         res["max_prob"] = per_query()
         res["argmax_key"] = torch.empty(batch, n_heads, lq, device=device, dtype=torch.int64)
     redist = edits.redistribute is not None
+    second_pass = "received" in stats or any(name in stats for name in BLOCK_STATS)
     # the received pass's per-row numbers: row max, log2 of row sum, and the redistribution's keep and boost
-    norm = (per_query(), per_query()) if "received" in stats else (dummy, dummy)
-    factors = (per_query(), per_query()) if "received" in stats and redist else (dummy, dummy)
+    norm = (per_query(), per_query()) if second_pass else (dummy, dummy)
+    factors = (per_query(), per_query()) if second_pass and redist else (dummy, dummy)
     out = torch.empty_like(q)
 
     sink_positions = _on_device(tuple(sink_keys) or (-(1 << 30),), device)
@@ -163,6 +179,9 @@ def attention(
     sink_logit = sink_logits(None if sinks is None else sinks.detach(), edits, n_heads, torch.float32, device)
     source_keys, target_keys = (edits.source_keys.to(device=device, dtype=torch.int32), edits.target_keys.to(
         device=device, dtype=torch.int32)) if redist else (dummy, dummy)
+    sparse = edits.block_keep is not None
+    block_keep = edits.block_keep.to(device=device, dtype=torch.int8).contiguous() if sparse else valid
+    keep_size = edits.keep_block_size or DEFAULT_BLOCK_SIZE
     block_d = max(16, triton.next_power_of_2(head_dim))
     tma = _use_tma(q, k, v)
     if tma:  # tiles as pinned, or set per configuration by the autotuner's pre-hook
@@ -171,7 +190,7 @@ def attention(
     else:
         desc_q, desc_k, desc_v = q, k, v
     flags = dict(
-        HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, TMA=tma,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, TMA=tma, BLOCK_KEEP=sparse,
         WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
         TEMPERATURE=edits.temperature is not None, N_BIAS=0 if edits.key_bias is None else edits.bias_keys.numel(),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", REDIST=redist,
@@ -180,30 +199,36 @@ def attention(
     scalars = dict(n_heads=n_heads, group=n_heads // kv_heads, lq=lq, lk=lk,
                    scale=head_dim ** -0.5 if scale is None else float(scale),
                    softcap=float(softcap or 1.0), window=int(window or 0),
+                   keep_size=keep_size, keep_nq=n_blocks(lq, keep_size), keep_nk=n_blocks(lk, keep_size),
+                   keep_batches=edits.block_keep.shape[1] if sparse else 1,
                    tune_lq=triton.next_power_of_2(lq), tune_lk=triton.next_power_of_2(lk))
 
     def query_grid(meta):
         return triton.cdiv(lq, meta["BLOCK_M"]), batch * n_heads
 
     fold = softcap is None and edits.key_bias is None and edits.temperature is None and not redist
-    fold = fold and scalars["scale"] > 0
+    fold = fold and scalars["scale"] > 0 and not sparse  # the block-sparse edit masks edited logits
     _forward[query_grid](
         q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
         mix,
         fraction, source_keys, target_keys,
         res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
         res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm, *factors,
-        dummy if sink_logit is None else sink_logit, res.get("learned_sink_mass", dummy),
+        dummy if sink_logit is None else sink_logit, res.get("learned_sink_mass", dummy), block_keep,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
-        N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM="received" in stats, ENTROPY="entropy" in stats,
+        N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM=second_pass, ENTROPY="entropy" in stats,
         SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, SELF="self_mass" in stats,
         CAP=distance_cap is not None, FOLD=fold, SINK_LOGIT=sink_logit is not None,
         LEARNED_MASS="learned_sink_mass" in stats,
         **scalars, **flags, **(PINNED or {}),
     )
-    if "received" in stats:
-        res["received"] = torch.empty(batch, n_heads, lk, **f32)
+    if second_pass:
+        n_qb, n_kb = n_blocks(lq, block_size), n_blocks(lk, block_size)
+        for name in ("received", *BLOCK_STATS):
+            if name in stats:
+                res[name] = (torch.empty(batch, n_heads, lk, **f32) if name == "received" else
+                             torch.zeros(batch, n_heads, n_qb, n_kb, **f32))
 
         def key_grid(meta):
             return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads
@@ -211,8 +236,10 @@ def attention(
         if tma:  # own descriptors: the forward's carry the forward's tiles
             desc_q, desc_k = _descriptor(q, rows_m, block_d), _descriptor(k, rows_n, block_d)
         _received_pass[key_grid](
-            q, k, desc_q, desc_k, valid, start, temperature, key_bias, bias_keys, *norm, res["received"],
-            source_keys, target_keys, *factors,
-            *q.stride()[:3], *k.stride()[:3], **scalars, **flags, **(PINNED or {}),
+            q, k, desc_q, desc_k, valid, start, temperature, key_bias, bias_keys, *norm, res.get("received", dummy),
+            source_keys, target_keys, *factors, res.get("block_mass", dummy), res.get("block_max", dummy), block_keep,
+            *q.stride()[:3], *k.stride()[:3], block_size=block_size, n_qb=n_qb, n_kb=n_kb, **scalars, **flags,
+            RECEIVED="received" in stats, BLOCK_MASS="block_mass" in stats, BLOCK_MAX="block_max" in stats,
+            **(PINNED or {}),
         )
     return out, {name: res[name] for name in stats}

@@ -47,6 +47,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from workbench.kernels.triton_blocks import kept_keys
 from workbench.kernels.triton_logits import LN2, LOG2E, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
 from workbench.kernels.triton_redistribution import (
     edited_entropy_bits,
@@ -117,10 +118,11 @@ def stats_forward(
     Q, K, V, DescQ, DescK, DescV, Out, KeyValid, Start, SinkKeys, Temperature, KeyBias, BiasKeys, Gate, Mix,
     Redistribute, SourceKeys, TargetKeys,
     Lse, Entropy, SinkMass, MaxProb, ArgmaxKey, WindowDistance, SelfMass, RowMax, RowLog2Sum, RowKeep, RowBoost,
-    SinkLogit, LearnedSinkMass,
+    SinkLogit, LearnedSinkMass, BlockKeep,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    n_heads, group, lq, lk, scale, softcap, window, distance_cap, tune_lq, tune_lk,
+    n_heads, group, lq, lk, scale, softcap, window, distance_cap, keep_size, keep_nq, keep_nk, keep_batches,
+    tune_lq, tune_lk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, GATE: tl.constexpr, MIX: tl.constexpr,
@@ -128,6 +130,7 @@ def stats_forward(
     N_SINK: tl.constexpr, LSE: tl.constexpr, NORM: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr,
     MAX: tl.constexpr, DISTANCE: tl.constexpr, SELF: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
     TMA: tl.constexpr, FOLD: tl.constexpr, SINK_LOGIT: tl.constexpr, LEARNED_MASS: tl.constexpr,
+    BLOCK_KEEP: tl.constexpr,
 ):
     """Output rows and query statistics of one block of BLOCK_M query rows of one (batch, query head).
 
@@ -216,6 +219,10 @@ def stats_forward(
                     if PADDED:
                         seen &= tl.load(key_valid_row + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
                     u = tl.where(seen, u, MASKED)
+                if BLOCK_KEEP:  # the block-sparse edit (never FOLD): the keys of dropped blocks are masked too
+                    u = tl.where(kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk,
+                                           offs_m, offs_n, tl.maximum(start - offset, 0), start, keep_size, keep_nq,
+                                           keep_nk), u, MASKED)
                 if MAX:  # the row maximum and its first position in one reduction
                     block_max, block_arg = tl.max(u, 1, return_indices=True, return_indices_tie_break_left=True)
                 else:

@@ -1,4 +1,5 @@
-"""The second pass: received_j = sum_i p_ij, the attention each key receives (`workbench.kernels.contract`).
+"""The second pass: received_j = sum_i p_ij, the attention each key receives, and the block statistics
+block_mass / block_max (`workbench.kernels.contract`, `workbench.kernels.triton_blocks`).
 
 Like the dK pass of a flash-attention backward, one program holds BLOCK_N keys of one (batch, query head) and
 walks the query blocks that may see them, recomputing p_ij = exp2((u_ij - m_i) - log2 l_i) from q, k and the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from workbench.kernels.triton_blocks import add_block_stats, kept_keys
 from workbench.kernels.triton_forward import load_block
 from workbench.kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
 from workbench.kernels.triton_redistribution import key_set
@@ -23,15 +25,18 @@ from workbench.kernels.triton_redistribution import key_set
 @triton.jit
 def received_pass(
     Q, K, DescQ, DescK, KeyValid, Start, Temperature, KeyBias, BiasKeys, RowMax, RowLog2Sum, Received,
-    SourceKeys, TargetKeys, RowKeep, RowBoost,
+    SourceKeys, TargetKeys, RowKeep, RowBoost, BlockMass, BlockMax, BlockKeep,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-    n_heads, group, lq, lk, scale, softcap, window, tune_lq, tune_lk,
+    n_heads, group, lq, lk, scale, softcap, window, block_size, n_qb, n_kb, keep_size, keep_nq, keep_nk, keep_batches,
+    tune_lq, tune_lk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr, TMA: tl.constexpr,
+    RECEIVED: tl.constexpr, BLOCK_MASS: tl.constexpr, BLOCK_MAX: tl.constexpr, BLOCK_KEEP: tl.constexpr,
 ):
-    """received [keys] of one block of BLOCK_N keys of one (batch, query head).
+    """received [keys] of one block of BLOCK_N keys of one (batch, query head), and its share of the block
+    statistics (each of RECEIVED, BLOCK_MASS, BLOCK_MAX asks for one).
 
     Grid: (key blocks, batch x query heads). tune_lq / tune_lk are the autotuner's key, unused here.
     """
@@ -83,9 +88,16 @@ def received_pass(
             p = tl.where(seen, tl.exp2((u - tl.where(row_ok, m, 0.0)[:, None]) - log2_l[:, None]), 0.0)
         else:
             p = tl.exp2((u - m[:, None]) - log2_l[:, None])
+        if BLOCK_KEEP:  # the block-sparse edit's dropped blocks hold no mass
+            p = tl.where(kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk, offs_m,
+                                   offs_n, tl.maximum(start - offset, 0), start, keep_size, keep_nq, keep_nk), p, 0.0)
         if REDIST:
             keep = tl.load(RowKeep + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
             boost = tl.load(RowBoost + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
             p *= tl.where(is_source[None, :], keep[:, None], tl.where(is_target[None, :], boost[:, None], 1.0))
         total += p
-    tl.store(Received + bh * lk + offs_n, tl.sum(total, 0), mask=offs_n < lk)
+        if BLOCK_MASS or BLOCK_MAX:
+            add_block_stats(p, offs_m, offs_n, m0, n0, lq, lk, tl.maximum(start - offset, 0), start, block_size,
+                            n_qb, n_kb, bh, BlockMass, BlockMax, BLOCK_M, BLOCK_N, BLOCK_MASS, BLOCK_MAX)
+    if RECEIVED:
+        tl.store(Received + bh * lk + offs_n, tl.sum(total, 0), mask=offs_n < lk)

@@ -31,8 +31,10 @@ from workbench.probes.heads import head_types
 from workbench.probes.result import Result
 from workbench.probes.retrieval import retrieval_heads
 from workbench.probes.sinks import secondary_sinks, sink_scores
+from workbench.probes.sparsity import coverage, head_groups, layer_similarity
 from workbench import registry, zoo
 from workbench.errors import WorkbenchError
+from workbench.kernels import check_block_size
 from workbench.subject import Subject
 from workbench.tracer import trace
 from workbench.zoo.organism import ioi_scores
@@ -49,6 +51,7 @@ class FindingsConfig:
     eps: float = 0.3  # Sink^eps threshold on a head's first-token sink score
     ratio: float = 5.0  # secondary sinks: received attention over the uniform share
     min_queries: int = 128  # secondary sinks: judge only keys that this many queries see (not the last few)
+    block_size: int = 128  # block sparsity: positions per block of block_mass
     induction_length: int = 50  # random span, repeated twice
     induction_batch: int = 4
     retrieval_lengths: tuple[int, ...] = (512, 1024, 2048)
@@ -62,6 +65,10 @@ class FindingsConfig:
                      "ioi_prompts"):
             if getattr(self, name) < 1:
                 raise WorkbenchError(f"{name} must be at least 1, got {getattr(self, name)}")
+        try:
+            check_block_size(self.block_size)
+        except ValueError as err:
+            raise WorkbenchError(str(err)) from None
         if not self.retrieval_lengths or not self.retrieval_depths:
             raise WorkbenchError("give at least one retrieval length and one depth")
 
@@ -143,10 +150,12 @@ def prose_inputs(subject: Subject, tokens: int, texts: int) -> list[list[int]]:
 
 
 def text_section(subject: Subject, config: FindingsConfig) -> tuple[Section, list[str]]:
-    """Sinks, entropy and effective rank from one trace of prose (plus one run recording head outputs)."""
+    """Sinks, entropy, effective rank and block sparsity from one trace of prose (plus one run recording head
+    outputs)."""
     inputs = prose_inputs(subject, config.text_tokens, config.texts)
     start = time.perf_counter()
-    t = trace(subject, inputs, stats=("sink_mass", "received", "self_mass", "entropy"), hidden_states=True)
+    t = trace(subject, inputs, stats=("sink_mass", "received", "self_mass", "entropy", "block_mass"),
+              block_size=config.block_size, hidden_states=True)
     results = {
         "sinks": sink_scores(t, config.eps),
         "secondary_sinks": secondary_sinks(t, config.ratio, config.min_queries),
@@ -154,6 +163,9 @@ def text_section(subject: Subject, config: FindingsConfig) -> tuple[Section, lis
         "entropy": entropy_profile(t),
         "erank_hidden": hidden_state_erank(t),
         "erank_heads": head_output_erank(subject, inputs),
+        "coverage": coverage(t),
+        "head_groups": head_groups(t),
+        "layer_similarity": layer_similarity(t),
     }
     return Section(results, time.perf_counter() - start), [row[0] for row in t.tokens]
 

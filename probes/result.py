@@ -1,8 +1,9 @@
 """The Result every probe returns: a tidy table plus the raw arrays it was computed from.
 
 `table` has one row per finding: columns `layer`, `head`, `metric`, `value` (and `position` / `token`
-where a finding is about a token, `case` / `document` where it is about a re-ranked document). Layer-level
-rows carry head = -1; model-level rows layer = -1 too.
+where a finding is about a token, `case` / `document` where it is about a re-ranked document, `other_layer`
+where it is about a pair of layers, `kept_fraction` where it is about one sparsity budget). Layer-level rows carry
+head = -1; model-level rows layer = -1 too.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import numpy as np
 import pandas as pd
 
 LAYER_LEVEL = -1  # the `head` (and for model-level rows also `layer`) of rows that are not about one head
-ITEM_COLUMNS = ("position", "document")  # rows with one of these set are about a token or a document, not a head
+# rows with one of these set are about a token, a document, a pair of layers or a sweep's budget, not a head
+ITEM_COLUMNS = ("position", "document", "other_layer", "kept_fraction")
 
 
 def _per_item(rows: pd.DataFrame) -> pd.Series:
-    """True for the rows about one token or document (the store's head_metrics table leaves them out)."""
+    """True for the rows about one token, document, layer pair or budget (the store's head_metrics table leaves
+    them out)."""
     item = pd.Series(False, index=rows.index)
     for column in ITEM_COLUMNS:
         if column in rows:

@@ -1,11 +1,12 @@
 """The Trace: what one traced model run recorded, per layer and head, and its on-disk form.
 
 Tensors are kept in the padded batch layout the model saw, with `attention_mask` saying which positions
-are real tokens: query statistics [layer, batch, head, q], `received` [layer, batch, head, k], optional
+are real tokens: query statistics [layer, batch, head, q], `received` [layer, batch, head, k], the block
+statistics [layer, batch, head, q_blocks, k_blocks] (blocks of options["block_size"] positions), optional
 hidden states [layer + 1, batch, pos, d] and attention patterns [batch, span, span] per (layer, head).
 On disk a Trace is a folder: meta.json (ids, token strings, options), tensors.safetensors (every tensor,
 bit for bit, the logits too when kept), heads.parquet (the tidy per-head table) and tokens.parquet (the per-token
-statistics, one column per statistic, which the results store and DuckDB query in place).
+statistics (not the block ones), one column per statistic, which the results store and DuckDB query in place).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from safetensors.torch import load_file, save_file
 
 from workbench.atomic import output_folder
 from workbench.errors import WorkbenchError
+from workbench.kernels import DEFAULT_BLOCK_SIZE
 
 FORMAT_VERSION = 1
 TOKENS_FILE = "tokens.parquet"  # the per-token statistics, columnar (`Trace.token_arrow`)
 PER_KEY = ("received",)
+PER_BLOCK = ("block_mass", "block_max")  # [layer, batch, head, q_blocks, k_blocks]: no per-token column
 NOT_AVERAGED = ("argmax_key",)  # positions: a mean over queries means nothing
 
 
@@ -54,13 +57,26 @@ class Trace:
     def n_heads(self) -> int:
         return int(self.config["n_heads"])
 
+    @property
+    def block_size(self) -> int:
+        """Positions per block of the block statistics."""
+        return int(self.options.get("block_size", DEFAULT_BLOCK_SIZE))
+
     def sequence(self, name: str, batch: int = 0) -> torch.Tensor:
-        """Statistic `name` of sequence `batch` without its padding: [layer, head, n_real_tokens]."""
+        """Statistic `name` of sequence `batch` without its padding: [layer, head, n_real_tokens], or for a block
+        statistic the blocks that hold its real tokens, [layer, head, n_blocks, n_blocks]."""
         if name not in self.stats:
             raise WorkbenchError(f"statistic {name!r} was not traced; traced: {sorted(self.stats)}")
         if not 0 <= batch < self.token_ids.shape[0]:
             raise WorkbenchError(f"batch index {batch} is outside the trace's {self.token_ids.shape[0]} sequences")
+        if name in PER_BLOCK:
+            n = -(-int(self.attention_mask[batch].sum()) // self.block_size)
+            return self.stats[name][:, batch, :, :n, :n]
         return self.stats[name][:, batch][..., self.attention_mask[batch]]
+
+    def token_stats(self) -> list[str]:
+        """The traced statistics with one value per token (all but the block statistics)."""
+        return [name for name in self.stats if name not in PER_BLOCK]
 
     def window(self, layer: int) -> int | None:
         """The sliding window of `layer` (None for a full-attention layer)."""
@@ -88,7 +104,7 @@ class Trace:
         rows = []
         real = self.attention_mask[None, :, None, :]  # [1, B, 1, L]
         for name, tensor in self.stats.items():
-            if name in PER_KEY or name in NOT_AVERAGED:
+            if name in PER_KEY or name in NOT_AVERAGED or name in PER_BLOCK:
                 continue
             t = tensor.float().where(real, torch.nan)
             mean = t.nanmean(dim=(1, 3))  # [layer, head]
@@ -115,7 +131,7 @@ class Trace:
             tokens = np.asarray(self.real_tokens(b), dtype=object)
             columns = {"batch": np.full(layer.shape, b, dtype=np.int16), "position": position,
                        "token": pa.array(tokens[position]).dictionary_encode(), "layer": layer, "head": head}
-            columns |= {name: self.sequence(name, b).float().reshape(-1).numpy() for name in self.stats}
+            columns |= {name: self.sequence(name, b).float().reshape(-1).numpy() for name in self.token_stats()}
             parts.append(pa.table(columns))
         return pa.concat_tables(parts) if parts else pa.table({})
 
@@ -123,11 +139,11 @@ class Trace:
         """Tidy per-token table (batch, position, token, layer, head, metric, value) over real tokens: the long
         form of `token_arrow`, one row per statistic."""
         columns = ["batch", "position", "token", "layer", "head", "metric", "value"]
-        if not self.stats:
+        if not self.token_stats():
             return pd.DataFrame(columns=columns)
         wide = self.token_arrow().to_pandas()
         wide["token"] = wide["token"].astype(str)
-        long = wide.melt(id_vars=columns[:5], value_vars=list(self.stats), var_name="metric", value_name="value")
+        long = wide.melt(id_vars=columns[:5], value_vars=self.token_stats(), var_name="metric", value_name="value")
         return long[columns].astype({"batch": int, "position": int, "layer": int, "head": int})
 
     def _repr_html_(self) -> str:
@@ -168,7 +184,7 @@ class Trace:
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
             self.head_table().to_parquet(tmp / "heads.parquet", index=False)
-            if self.stats:
+            if self.token_stats():
                 pq.write_table(self.token_arrow(), tmp / TOKENS_FILE, compression="zstd")
         return directory
 
@@ -253,10 +269,13 @@ def _check_consistent(directory: Path, meta: dict, tensors: dict[str, torch.Tens
     if "logits" in tensors and tuple(tensors["logits"].shape[:1]) != (batch,):
         raise bad(f"logits {tuple(tensors['logits'].shape)} do not hold {batch} sequences")
     n_layers, n_heads = meta["config"]["n_layers"], meta["config"]["n_heads"]
+    blocks = -(-length // int(meta["options"].get("block_size", DEFAULT_BLOCK_SIZE)))
     for key, value in tensors.items():
-        if key.startswith("stat.") and (value.dim() != 4 or tuple(value.shape[:2]) != (n_layers, batch)
-                                        or value.shape[2] != n_heads or value.shape[3] != length):
-            raise bad(f"{key} has shape {tuple(value.shape)}, expected {(n_layers, batch, n_heads, length)}")
+        if not key.startswith("stat."):
+            continue
+        want = (n_layers, batch, n_heads) + ((blocks, blocks) if key[len("stat."):] in PER_BLOCK else (length,))
+        if tuple(value.shape) != want:
+            raise bad(f"{key} has shape {tuple(value.shape)}, expected {want}")
 
 
 def layer_summary(trace: Trace, sink_threshold: float = 0.3) -> pd.DataFrame:

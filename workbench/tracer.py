@@ -49,6 +49,7 @@ class Capture:
     stats: tuple[str, ...] = ()
     sink_keys: tuple[int, ...] = (0,)
     distance_cap: int | None = None
+    block_size: int = kernels.DEFAULT_BLOCK_SIZE
     edits: dict[int, HeadEdits] = field(default_factory=dict)
     patterns: dict[int, list[int]] = field(default_factory=dict)  # layer -> heads
     pattern_window: tuple[int, int] | None = None
@@ -75,7 +76,8 @@ class Capture:
 
     def statistics(self, n_layers: int) -> dict[str, torch.Tensor]:
         """Every recorded statistic stacked over the layers and brought to the host: [layer, batch, head, q]
-        (`received`: [layer, batch, head, k]), as a Trace holds them. For captures driven by another tool's run
+        (`received`: [layer, batch, head, k]; block statistics [layer, batch, head, q_blocks, k_blocks]), as a
+        Trace holds them. For captures driven by another tool's run
         (an nnsight trace, a TransformerLens bridge): WorkbenchError when a layer did not go through the
         workbench attention."""
         missing = sorted(set(range(n_layers)) - set(self.records))
@@ -184,7 +186,8 @@ def workbench_attention(module, query, key, value, attention_mask, dropout: floa
         del options["key_padding"]  # the whole sequence's, from the shards
         out, computed = cp.attention(query, key, value, shards, **options, **common)
     else:
-        out, computed = kernels.attention(query, key, value, **options, **common)
+        block_size = captures[-1].block_size if captures else kernels.DEFAULT_BLOCK_SIZE
+        out, computed = kernels.attention(query, key, value, block_size=block_size, **options, **common)
 
     def pattern_of(heads, window):
         span = window or (0, key.shape[2])
@@ -220,6 +223,7 @@ def capture(
     stats: Sequence[str] | None = None,
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
+    block_size: int = kernels.DEFAULT_BLOCK_SIZE,
     edits: dict[int, HeadEdits] | None = None,
     patterns: Sequence[tuple[int, int]] | None = None,
     pattern_window: tuple[int, int] | None = None,
@@ -230,9 +234,9 @@ def capture(
     """Route the subject's attention through the workbench kernels while the block runs; yield the Capture.
 
     The model's attention implementation is restored on exit, also on error. Captures nest: the innermost
-    one's sink_keys, distance_cap and backend apply, every one's edits compose (`HeadEdits.then`) and each
-    gets the statistics it asked for (None: `default_stats` of the model). `edits` maps a layer to the HeadEdits
-    its kernel applies.
+    one's sink_keys, distance_cap, block_size and backend apply, every one's edits compose (`HeadEdits.then`) and
+    each gets the statistics it asked for (None: `default_stats` of the model). `edits` maps a layer to the
+    HeadEdits its kernel applies.
     keep_inputs: layers whose attention inputs are kept (`Capture.input_records`, AttentionInputs).
     on_layer: called with each layer's index once its attention ran: progress reports, and an exception raised
     there stops the forward (a cancelled run, or one that needs only the first layers).
@@ -243,14 +247,15 @@ def capture(
     for layer in (*(edits or {}), *keep_inputs):
         adapter.check_head(layer, 0)
     kernels.resolve_backend(subject.device, backend)
+    block_size = _checked_block_size(block_size)
     grouped: dict[int, list[int]] = {}
     for layer, head in patterns or ():
         grouped.setdefault(layer, []).append(head)
     state = Capture(
         layer_of=adapter.layer_of(), stats=kernels.check_stats(default_stats(adapter.learned_sinks) if stats is None
                                                              else stats), sink_keys=tuple(sink_keys),
-        distance_cap=distance_cap, edits=dict(edits or {}), patterns=grouped, pattern_window=pattern_window,
-        backend=backend, keep_inputs=tuple(keep_inputs), on_layer=on_layer,
+        distance_cap=distance_cap, block_size=block_size, edits=dict(edits or {}), patterns=grouped,
+        pattern_window=pattern_window, backend=backend, keep_inputs=tuple(keep_inputs), on_layer=on_layer,
     )
     model = subject.model
     previous = model.config._attn_implementation
@@ -262,6 +267,13 @@ def capture(
     finally:
         _ACTIVE.remove(state)
         model.set_attn_implementation(previous)
+
+
+def _checked_block_size(block_size: int) -> int:
+    try:
+        return kernels.check_block_size(block_size)
+    except ValueError as err:
+        raise WorkbenchError(str(err)) from None
 
 
 def to_host(records: list[torch.Tensor]) -> torch.Tensor:
@@ -297,6 +309,7 @@ def trace(
     stats: Sequence[str] | None = None,
     sink_keys: Sequence[int] = (0,),
     distance_cap: int | None = None,
+    block_size: int = kernels.DEFAULT_BLOCK_SIZE,
     patterns: Sequence[tuple[int, int]] | None = None,
     pattern_window: tuple[int, int] | None = None,
     hidden_states: bool = False,
@@ -307,10 +320,11 @@ def trace(
 ) -> Trace:
     """Run the subject once on `inputs` (text(s) or token ids) and return a Trace of per-head statistics.
 
-    Statistics are those of `workbench.kernels.contract`: per query [layer, batch, head, q] and `received`
-    [layer, batch, head, k]; stats=None keeps `default_stats` of the model. patterns: (layer, head) pairs whose
-    attention map is kept over `pattern_window` = (start, stop) positions (default: the whole input, up to 512
-    tokens).
+    Statistics are those of `workbench.kernels.contract`: per query [layer, batch, head, q], `received`
+    [layer, batch, head, k] and the block statistics (`block_mass`, `block_max`, not traced by default)
+    [layer, batch, head, q_blocks, k_blocks] over blocks of `block_size` positions (64-1024); stats=None keeps
+    `default_stats` of the model. patterns: (layer, head) pairs whose attention map is kept over `pattern_window`
+    = (start, stop) positions (default: the whole input, up to 512 tokens).
     hidden_states: keep the residual stream [layer + 1, batch, pos, d].
     logits: "last" keeps the model's logits at each sequence's last real token [batch, vocab], "all" at every
     position [batch, pos, vocab], None none (and encoders, which have no language-model head, keep none).
@@ -331,10 +345,14 @@ def trace(
         raise WorkbenchError(
             f"input of {length} tokens: pass pattern_window=(start, stop) to bound the patterns' size"
         )
+    block_size = _checked_block_size(block_size)
     shards = None
     if context_parallel:
         if patterns:
             raise WorkbenchError("patterns are not kept in a context-parallel trace: trace them in one process")
+        blocks = sorted(set(stats or ()) & set(kernels.BLOCK_STATS))
+        if blocks:
+            raise WorkbenchError(f"{blocks} are not merged across context-parallel ranks: trace them in one process")
         shards = cp.split(enc["attention_mask"])
     run = enc if shards is None else cp.local_inputs(shards, enc["input_ids"])
     if shards is None:
@@ -345,6 +363,7 @@ def trace(
             rows = cp.last_rows(shards, enc["attention_mask"])
             keep = {"logits_to_keep": rows}
     with torch.no_grad(), capture(subject, stats=stats, sink_keys=sink_keys, distance_cap=distance_cap,
+                                  block_size=block_size,
                                   patterns=patterns, pattern_window=pattern_window, backend=backend,
                                   on_layer=on_layer) as cap:
         cap.shards, cap.length = shards, length
@@ -368,7 +387,7 @@ def trace(
         logits=_kept_logits(kept_logits, enc["attention_mask"], logits),
         patterns={head: p.cpu() for head, p in cap.pattern_records.items()},
         pattern_window=pattern_window or ((0, length) if patterns else None),
-        options={"sink_keys": list(sink_keys), "distance_cap": distance_cap, "logits": logits,
+        options={"sink_keys": list(sink_keys), "distance_cap": distance_cap, "block_size": block_size, "logits": logits,
                  "backend": kernels.resolve_backend(subject.device, backend),
                  **({"context_parallel_ranks": shards.world} if shards else {})},
     )

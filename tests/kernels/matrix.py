@@ -71,6 +71,41 @@ EDITS = HeadEdits(temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]),  # every in-ke
 # learned sink logits per head (GPT-OSS): one below the logits, two among them, one that takes nearly all the mass
 SINKS = torch.tensor([-3.0, 0.5, 2.0, 60.0], dtype=torch.float64)
 SINK_EDITS = dataclasses.replace(EDITS, sink_bias=torch.tensor([0.0, 1.5, -1e4, -2.0]))  # -1e4: the sink removed
+VAR = HeadEdits(redistribute=torch.tensor([0.5, 1.0, 0.0, 0.3]), source_keys=torch.tensor([0]),
+                target_keys=torch.tensor([3, 66]))  # key 66: in the second block of 64
+
+
+def block_cases(L=150, device="cpu"):
+    """name -> (shape options of `inputs`, options of `attention`) over L (> 64) keys in blocks of 64 (and 100):
+    the block statistics where tiles straddle block edges (left padding, chunked prefill) and under every edit."""
+    def on(edits):
+        return HeadEdits(**{n: t.to(device) if isinstance(t, torch.Tensor) else t for n, t in vars(edits).items()})
+
+    return {
+        "causal": ({"Lq": L}, {"block_size": 64}),
+        "left_padding": ({"B": 2, "Lq": L},
+                         {"block_size": 64, "key_padding": padding(2, L, left=L // 4, device=device)}),
+        "chunked_prefill": ({"B": 2, "Lq": L // 2, "Lk": L},
+                            {"block_size": 64, "key_padding": padding(2, L, left=9, device=device)}),
+        "block_of_100": ({"Lq": L}, {"block_size": 100, "window": 50}),
+        "window_bidirectional": ({"Lq": L, "Hkv": 1}, {"block_size": 64, "window": 70, "causal": False}),
+        "edits": ({"B": 2, "Lq": L}, {"block_size": 64, "edits": on(EDITS),
+                                      "key_padding": padding(2, L, left=5, device=device)}),
+        "redistribution": ({"Lq": L}, {"block_size": 64, "edits": on(VAR)}),
+        "block_sparse": ({"B": 2, "Lq": L}, {"block_size": 64, "edits": on(block_keep(L, 2)),
+                                             "key_padding": padding(2, L, left=L // 4, device=device)}),
+        "block_sparse_edits": ({"Lq": L}, {"block_size": 64, "window": 70, "causal": False,
+                                           "edits": on(EDITS.then(VAR).then(block_keep(L, 1)))}),
+    }
+
+
+def block_keep(L: int, per_sequence: int, size: int = 64, seed: int = 0) -> HeadEdits:
+    """A block-sparse edit of 4 heads that keeps about 60% of the blocks of L queries and keys, at random."""
+    n = -(-L // size)
+    keep = torch.rand(4, per_sequence, n, n, generator=torch.Generator().manual_seed(seed)) < 0.6
+    return HeadEdits(block_keep=keep, keep_block_size=size)
+
+
 LOW_PRECISION = ["causal", "left_padding", "window", "softcap_scale", "peaked", "chunked_prefill", "learned_sinks"]
 
 
@@ -114,7 +149,7 @@ def check_argmax(q, k, got, base, tol, **opts):
         assert torch.equal(arg, want)
         return
     pattern = reference.attention_pattern(q, k, range(q.shape[1]), (0, k.shape[2]), **{
-        key: value for key, value in opts.items() if key not in ("sink_keys", "distance_cap")})
+        key: value for key, value in opts.items() if key not in ("sink_keys", "distance_cap", "block_size")})
     start = 0 if opts.get("key_padding") is None else opts["key_padding"].int().argmax(-1)[:, None, None]
     at_kernel_key = pattern.gather(-1, (arg + start).clamp_min(0)[..., None])[..., 0]
     gap = (base["max_prob"] - at_kernel_key).nan_to_num()

@@ -47,6 +47,13 @@ def test_longer_sequences_over_many_chunks(head_dim, dtype):
     matrix.check(kernel, q, k, v, dtype=dtype, window=100, sink_keys=(0, 1))
 
 
+@pytest.mark.parametrize("case", sorted(matrix.block_cases()))
+def test_block_statistics(case):
+    """block_mass / block_max over chunks of 33 queries, where chunks and tiles straddle blocks, every edit."""
+    shape, opts = matrix.block_cases()[case]
+    matrix.check(functools.partial(cpu.attention, chunk_size=33), *inputs(seed=len(case), **shape), **opts)
+
+
 @pytest.mark.parametrize("layout", ["padded", "window_bidirectional"])
 def test_edits(layout):
     opts = ({"key_padding": matrix.padding(2, L, left=4)} if layout == "padded"

@@ -7,6 +7,7 @@ to rounding); statistics are stored in float32 by contract, so they are held to 
 the statistics against the brute force run on the same rounded inputs, and to the output dtype's rounding.
 """
 
+import itertools
 import math
 
 import pytest
@@ -44,6 +45,14 @@ def brute_force(q, k, v, *, causal=True, scale=None, softcap=None, window=None, 
     if window is not None:
         allowed &= diff.abs() < window
     allowed = allowed[None, None] & pad[:, None, None, :] & pad[:, qabs][:, None, :, None]
+    if edits.block_keep is not None:  # query row i in block (i - first real row) // size, key j likewise
+        allowed = allowed.repeat(1, H, 1, 1) if allowed.shape[1] == 1 else allowed
+        size, keep = edits.keep_block_size, edits.block_keep
+        for b in range(B):
+            first_row = max(0, int(start[b]) - (Lk - Lq))
+            for i, j in itertools.product(range(Lq), range(Lk)):
+                a, c = max(0, i - first_row) // size, max(0, j - int(start[b])) // size
+                allowed[b, :, i, j] &= keep[:, b if keep.shape[1] > 1 else 0, a, c]
     s = s.masked_fill(~allowed, -math.inf)
     ok = allowed.any(-1)
     if sinks is None:
@@ -260,3 +269,102 @@ def test_composed_edits_act_like_applying_them_one_after_the_other():
     a1, a2 = first.identity_mix[None, :, None, None], second.identity_mix[None, :, None, None]
     want = ((1 - a2) * ((1 - a1) * plain + a1 * v_self) + a2 * v_self) * second.gate[None, :, None, None]
     torch.testing.assert_close(composed, want, atol=1e-10, rtol=0)
+
+
+def brute_force_blocks(p, key_padding, block_size):
+    """block_mass and block_max [B, H, nq, nk] of the full map p [B, H, Lq, Lk], block by block, with the query
+    and key blocks counted from each sequence's first real query row and key."""
+    B, H, Lq, Lk = p.shape
+    nq, nk = -(-Lq // block_size), -(-Lk // block_size)
+    mass, top = torch.zeros(B, H, nq, nk, dtype=p.dtype), torch.zeros(B, H, nq, nk, dtype=p.dtype)
+    for b in range(B):
+        start = 0 if key_padding is None else int(key_padding[b].int().argmax())
+        first_row = max(0, start - (Lk - Lq))
+        for a in range(nq):
+            rows = slice(first_row + a * block_size, first_row + (a + 1) * block_size)
+            for c in range(nk):
+                tile = p[b, :, rows, start + c * block_size:start + (c + 1) * block_size]
+                if tile.numel():
+                    mass[b, :, a, c], top[b, :, a, c] = tile.sum((-1, -2)), tile.amax((-1, -2))
+    return mass, top
+
+
+BLOCK_CASES = {
+    "causal": ({}, {}),
+    "bidirectional_window": ({}, {"causal": False, "window": 70}),
+    "left_padding": ({}, {"key_padding": padding(2, 150, 37, 0)}),
+    "right_padding_window": ({}, {"key_padding": padding(2, 150, 0, 20), "window": 90}),
+    "one_kv_head": ({"Hkv": 1}, {}),
+    "chunked_prefill": ({"Lq": 70}, {"key_padding": padding(2, 150, 100, 0)}),
+    "decode": ({"Lq": 1}, {}),
+    "edits": ({}, {"key_padding": padding(2, 150, 5, 0), "edits": HeadEdits(
+        temperature=torch.tensor([1.0, 0.5, 2.0, 1.3]), key_bias=torch.tensor([[0.0, 1.0], [-2.0, 0.5], [3.0, 0.0],
+                                                                                [-1e4, 1.0]]),
+        bias_keys=torch.tensor([0, 70]), gate=torch.tensor([1.0, 0.0, 2.0, 0.5]),
+        identity_mix=torch.tensor([0.0, 0.3, 1.0, 0.5]))}),
+}
+
+
+@pytest.mark.parametrize("block_size", [64, 100])
+@pytest.mark.parametrize("case", sorted(BLOCK_CASES))
+def test_block_statistics_match_brute_force(case, block_size):
+    """block_mass / block_max against the full map summed block by block; each block row of block_mass sums to
+    the number of real query rows in the block (every row of p sums to 1)."""
+    shape, opts = BLOCK_CASES[case]
+    q, k, v = rand_qkv(**{"Lq": 150, "Lk": 150, **shape}, seed=len(case))
+    _, stats = attention(q, k, v, stats=("block_mass", "block_max"), block_size=block_size, chunk_size=33, **opts)
+    _, _, p = brute_force(q, k, v, **opts)
+    mass, top = brute_force_blocks(p, opts.get("key_padding"), block_size)
+    assert stats["block_mass"].dtype == torch.float32
+    torch.testing.assert_close(stats["block_mass"].double(), mass, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(stats["block_max"].double(), top, atol=1e-7, rtol=1e-6)
+    real = p.sum(-1) > 0.5  # [B, H, Lq]: the rows that see a key (each sums to 1)
+    pad = opts.get("key_padding")
+    for b in range(2):
+        start = 0 if pad is None else int(pad[b].int().argmax())
+        first_row = max(0, start - (150 - q.shape[2]))
+        for a in range(mass.shape[2]):
+            n_real = real[b, :, first_row + a * block_size:first_row + (a + 1) * block_size].sum(-1).double()
+            torch.testing.assert_close(stats["block_mass"][b, :, a].double().sum(-1), n_real, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("block_size", [32, 1025, 64.0, True])
+def test_a_block_size_out_of_range_is_refused(block_size):
+    q, k, v = rand_qkv()
+    with pytest.raises(ValueError, match=f"block_size {block_size!r} must be an integer from 64 to 1024"):
+        attention(q, k, v, stats=("block_mass",), block_size=block_size)
+
+
+@pytest.mark.parametrize("case", ["causal", "left_padding", "chunked_prefill", "edits"])
+def test_block_sparse_edit_matches_a_masked_brute_force(case):
+    """HeadEdits.block_keep hides the dropped blocks' keys from the query block's rows before the softmax; every
+    statistic describes the sparse map, and rows left with no key are NaN (out 0)."""
+    shape, opts = BLOCK_CASES[case]
+    q, k, v = rand_qkv(**{"Lq": 150, "Lk": 150, **shape}, seed=len(case) + 40)
+    g = torch.Generator().manual_seed(len(case))
+    per_sequence = 2 if case == "left_padding" else 1
+    keep = torch.rand(4, per_sequence, -(-q.shape[2] // 64), 3, generator=g) < 0.6
+    sparse = HeadEdits(block_keep=keep, keep_block_size=64)
+    edits = sparse if "edits" not in opts else opts["edits"].then(sparse)
+    opts = {**opts, "edits": edits}
+    out, stats = attention(q, k, v, stats=ALL_STATS, chunk_size=40, block_size=64, **opts)
+    want_out, want, p = brute_force(q, k, v, **opts)
+    torch.testing.assert_close(out, want_out, atol=1e-10, rtol=0)
+    assert_stats_close(stats, want, atol=1e-6)
+    mass, _ = brute_force_blocks(p, opts.get("key_padding"), 64)
+    torch.testing.assert_close(stats["block_mass"].double(), mass, atol=1e-5, rtol=1e-6)
+    assert (mass[~keep.expand(4, 2, *keep.shape[2:]).transpose(0, 1)] == 0).all()  # nothing lands on a dropped block
+
+
+def test_block_masks_compose_and_are_checked():
+    a = torch.tensor([True, True, False]).reshape(1, 1, 1, 3).expand(4, 1, 1, 3)
+    b = torch.tensor([True, False, True]).reshape(1, 1, 1, 3).expand(4, 1, 1, 3)
+    both = HeadEdits(block_keep=a, keep_block_size=64).then(HeadEdits(block_keep=b, keep_block_size=64))
+    assert both.block_keep[0, 0, 0].tolist() == [True, False, False] and both.keep_block_size == 64
+    with pytest.raises(ValueError, match="blocks of 64 and 128"):
+        HeadEdits(block_keep=a, keep_block_size=64).then(HeadEdits(block_keep=b))
+    with pytest.raises(ValueError, match="must be a bool"):
+        HeadEdits(block_keep=a.float())
+    q, k, v = rand_qkv()
+    with pytest.raises(ValueError, match=r"13 queries and 13 keys of 2 sequence\(s\) in blocks of 64 need"):
+        attention(q, k, v, edits=HeadEdits(block_keep=a, keep_block_size=64))

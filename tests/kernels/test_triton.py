@@ -49,6 +49,18 @@ def test_low_precision(case, dtype):
     check(*inputs(seed=len(case) + 1, **shape), dtype=dtype, **opts)
 
 
+INTERPRETED_BLOCK_CASES = ["block_sparse", "block_sparse_edits", "chunked_prefill", "edits", "left_padding",
+                           "redistribution", "window_bidirectional"]
+
+
+@pytest.mark.parametrize("case", sorted(matrix.block_cases()) if GPU else INTERPRETED_BLOCK_CASES)
+def test_block_statistics(case):
+    """block_mass / block_max of the received pass, where tiles straddle blocks, under every edit (in the
+    interpreter the cases where they do; the CPU tests cover the others)."""
+    shape, opts = matrix.block_cases(300 if GPU else 80, DEVICE)[case]
+    check(*inputs(seed=len(case), **shape), **opts)
+
+
 def test_edits():
     edits = HeadEdits(**{name: None if value is None else value.to(DEVICE)
                          for name, value in vars(matrix.EDITS).items()})

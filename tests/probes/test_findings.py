@@ -20,13 +20,15 @@ from workbench.probes.findings import prose_inputs
 from workbench.probes.heads import head_types
 from workbench.probes.retrieval import retrieval_heads
 from workbench.probes.sinks import secondary_sinks, sink_scores
+from workbench.probes.sparsity import coverage
 from workbench.cli import app
 from workbench.zoo.organism import ioi_scores
 
 runner = CliRunner()
 OPTIONS = ["--text-tokens", "96", "--texts", "2", "--min-queries", "16", "--induction-length", "12",
-           "--induction-batch", "2", "--retrieval-lengths", "96,128", "--retrieval-depths", "0.5", "--ioi-prompts", "6"]
-FIGURES = ["entropy.png", "erank.png", "induction.png", "retrieval.png", "sinks.png"]
+           "--induction-batch", "2", "--retrieval-lengths", "96,128", "--retrieval-depths", "0.5", "--ioi-prompts", "6",
+           "--block-size", "64"]
+FIGURES = ["entropy.png", "erank.png", "induction.png", "retrieval.png", "sinks.png", "sparsity.png"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_page_figures_and_json_are_written_and_nothing_else(report):
     for name in FIGURES:
         assert f"(organism/{name})" in page
     command = "workbench report model organism --out " + str(out)
-    assert page.count(f"*Reproduce:* `{command}") == 6  # every table and figure carries the command
+    assert page.count(f"*Reproduce:* `{command}") == 7  # every table and figure carries the command
     assert f"on {os.cpu_count()} CPU cores" in page
     assert "not run" in page and "--device cuda" in page  # the GPU section lists a command, not numbers
 
@@ -93,6 +95,10 @@ def test_page_numbers_equal_the_probes_called_directly(report, organism):
     table = rows(page, "Effective rank")
     assert [r[1] for r in table] == [f"{x:.1f}" for x in hidden]
     assert [r[2] for r in table[1:]] == [f"{x:.1f}" for x in heads.mean(axis=1)]
+
+    blocks = workbench.trace(organism, inputs, stats=("block_mass",), block_size=64)
+    kept = coverage(blocks).arrays["kept_fraction"]
+    assert [r[1] for r in rows(page, "Block sparsity")] == [f"{k.mean():.3f}" for k in kept]
 
     induction = head_types(organism, 12, 2, 0).arrays["induction"]
     for row in rows(page, "Induction heads"):

@@ -53,3 +53,36 @@ def test_scan_retrieval_resumes_from_its_checkpoint(tiny_folder, tmp_path):
 def test_scan_reports_bad_input(tmp_path):
     result = runner.invoke(app, ["scan", "sinks", "--model", str(tmp_path / "missing"), "--no-store"])
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
+
+
+def test_scan_sparsity_writes_its_tables_and_the_budget_sweep(tmp_path):
+    """organism on 300 tokens in blocks of 64, with the loss task at two budgets: the tables equal the probes
+    called from Python, the store holds the per-head rows."""
+    from workbench import zoo
+    from workbench.probes.sparsity import coverage
+
+    text = (zoo.model_dir("organism") / "heldout.txt").read_text()[:1500]
+    out, db = tmp_path / "out", tmp_path / "runs.duckdb"
+    result = runner.invoke(app, ["scan", "sparsity", "--model", "organism", "--text", text, "--block-size", "64",
+                                 "--task", "loss", "--examples", "2", "--budgets", "1,0.5", "--out", str(out),
+                                 "--store", str(db)])
+    assert result.exit_code == 0, result.output
+    for name in ("coverage", "head_groups", "layer_similarity", "sparsity_sweep"):
+        assert (out / f"{name}.parquet").is_file(), name
+    subject = workbench.load("organism")
+    want = coverage(workbench.trace(subject, text, stats=("block_mass",), block_size=64), 0.9, (1, 4, 16)).table
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "coverage.parquet"), want)
+    sweep = pd.read_parquet(out / "sparsity_sweep.parquet")
+    assert sorted(sweep.kept_fraction.unique()) == [0.5, 1.0]
+    with workbench.Store(db) as store:
+        stored = store.head_metrics(store.runs().run_id[0])
+    assert {"blocks_for_gamma", "own_missed_mass", "proxy_missed_mass", "next_layer_similarity"} <= set(stored.metric)
+
+
+@pytest.mark.parametrize("args, message", [(["--block-size", "32"], "block_size 32"),
+                                           (["--budgets", "0,0.5"], "kept fraction must be above 0"),
+                                           (["--top-k", "0"], "--top-k 0 is below 1")])
+def test_scan_sparsity_refuses_bad_options_before_loading(args, message, tmp_path):
+    result = runner.invoke(app, ["scan", "sparsity", "--model", str(tmp_path / "missing"), "--text", "x", *args,
+                                 "--no-store"])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output

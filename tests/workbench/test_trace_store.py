@@ -130,3 +130,26 @@ def test_store_rejects_tables_without_the_contract_columns(tmp_path):
         with pytest.raises(WorkbenchError, match=r"lacks column\(s\) \['metric'\]"):
             store.write_run("trace", "m", pd.DataFrame({"layer": [0], "head": [0], "value": [1.0]}))
         assert store.runs().empty
+
+
+def test_block_statistics_are_traced_saved_and_loaded(tmp_path):
+    """block_mass / block_max come out [layer, batch, head, q_blocks, k_blocks], padding-invariant (blocks count
+    from each sequence's first real token), and round-trip bit for bit beside the per-token statistics."""
+    subject = workbench.load("organism")  # a context of 2048 tokens
+    ids = token_ids(2, 150, seed=3)
+    stats = ("entropy", "block_mass", "block_max")
+    traced = workbench.trace(subject, [ids[0].tolist(), ids[1, 30:].tolist()], stats=stats, block_size=64)
+    n_layers, n_heads = traced.n_layers, traced.n_heads
+    assert traced.stats["block_mass"].shape == (n_layers, 2, n_heads, 3, 3) and traced.block_size == 64
+    alone = workbench.trace(subject, [ids[1, 30:].tolist()], stats=stats, block_size=64)
+    torch.testing.assert_close(traced.sequence("block_mass", 1), alone.sequence("block_mass"), atol=1e-5, rtol=1e-5)
+    assert traced.sequence("block_mass", 1).shape == (n_layers, n_heads, 2, 2)
+    rows = traced.sequence("block_mass", 0).sum(-1)  # each query block's row sums to its number of queries
+    torch.testing.assert_close(rows, torch.tensor([64.0, 64.0, 22.0]).expand_as(rows), atol=1e-3, rtol=0)
+    back = workbench.Trace.load(traced.save(tmp_path / "t"))
+    assert back.options["block_size"] == 64 and sorted(back.token_stats()) == ["entropy"]
+    for name in stats:
+        assert torch.equal(back.stats[name].nan_to_num(), traced.stats[name].nan_to_num())
+    assert set(back.head_table().metric) == {"entropy"} and set(back.token_table().metric) == {"entropy"}
+    with pytest.raises(WorkbenchError, match="block_size 32 must be an integer from 64 to 1024"):
+        workbench.trace(subject, [ids[0].tolist()], stats=stats, block_size=32)
