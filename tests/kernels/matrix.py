@@ -124,6 +124,8 @@ def check(kernel, q, k, v, dtype=torch.float32, **opts):
         want, baseline, value = want.double(), baseline.double(), value.double()
         assert torch.equal(value.isnan(), want.isnan()), f"{name}: NaN rows differ"
         floor = 4 * FP32_ULP * max(1.0, want.nan_to_num().abs().max().item())
+        if name == "block_max":  # a single p = exp(s - lse), recomputed: float32 logits fix it to |s| ulps
+            floor = 4 * FP32_ULP * max(1.0, oracle["lse"].nan_to_num().abs().max().item())
         tolerance[name] = 2 * (baseline - want).nan_to_num().abs().max().item() + floor
         error = (value - want).nan_to_num().abs().max().item()
         assert error <= tolerance[name], f"{name}: error {error:.3g} > tolerance {tolerance[name]:.3g}"

@@ -133,7 +133,7 @@ def test_traced_models_keep_their_logits_and_match_the_reference_backend(name):
     "cpu" leaves the model's output that of its own sdpa (eager for Gemma-2 and GPT-OSS) forward, and gives the
     reference's statistics."""
     model = build(name, "eager" if name in ("gemma2", "gpt_oss") else "sdpa")
-    subject = workbench.load(model)
+    subject = workbench.load(model, device="cpu")
     ids = token_ids(2, 40)
     mask = torch.ones_like(ids)
     mask[1, 30:] = 0
