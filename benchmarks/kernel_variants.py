@@ -1,0 +1,120 @@
+"""Our Triton kernel under pinned tile configurations, with and without tensor descriptors, against cuDNN SDPA.
+
+The autotuner of `workbench.kernels.triton_attention` picks one configuration per length; this benchmark shows
+them all side by side (what `benchmarks/NOTES.md` reads the effect of each kernel change from). For every
+configuration (BLOCK_M, BLOCK_N, warps, stages) and loads (tensor descriptors on Hopper, or pointer loads,
+WORKBENCH_TRITON_TMA=0), one process per variant, pinned with WORKBENCH_TRITON_CONFIG: the kernels are compiled
+in parallel first (one process per variant, into Triton's disk cache), then timed one variant at a time
+(`triton.testing.do_bench` median, bf16, causal, batch 1): no statistics, the one-pass statistics and every
+per-query statistic plus `received`; cuDNN SDPA is timed on the same inputs in the first variant's process.
+
+Usage: python benchmarks/kernel_variants.py [--configs 128,64,8,3;128,128,8,3] [--lengths 8192,32768]
+  [--shapes 32,32,128;32,8,64] [--out benchmarks/results]
+Writes kernel_variants_<gpu>.json and .md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RUNS = ("plain", "one_pass", "all")
+
+
+def child(shapes: list[tuple[int, int, int]], lengths: list[int], anchor: bool) -> None:
+    """Time this process's variant (pinned by the environment) at every shape and length; one JSON line each."""
+    import torch
+    import torch.nn.functional as F
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from workbench.kernels import KEY_STATS, QUERY_STATS
+    from workbench.kernels.triton_attention import attention
+
+    stats = {"plain": (), "one_pass": QUERY_STATS, "all": QUERY_STATS + KEY_STATS}
+    for heads, kv_heads, head_dim in shapes:
+        for length in lengths:
+            g = torch.Generator(device="cuda").manual_seed(0)
+            q, k, v = (torch.randn(1, h, length, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+                       for h in (heads, kv_heads, kv_heads))
+            row = {"shape": f"{heads}x{kv_heads}x{head_dim}", "L": length}
+            for name in RUNS:
+                try:
+                    row[name] = triton.testing.do_bench(
+                        lambda: attention(q, k, v, causal=True, stats=stats[name]), warmup=25, rep=150,
+                        return_mode="median")
+                except Exception as err:  # a configuration that does not fit (shared memory, registers)
+                    row[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            if anchor:
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    row["cudnn"] = triton.testing.do_bench(
+                        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                        warmup=25, rep=150, return_mode="median")
+            print(json.dumps(row), flush=True)
+
+
+def run_variant(config: str, tma: bool, args: argparse.Namespace, lengths: str, anchor: bool) -> list[dict]:
+    """One variant in its own process (its pinned configuration is read at import)."""
+    env = dict(os.environ, WORKBENCH_TRITON_CONFIG=config, WORKBENCH_TRITON_TMA="1" if tma else "0")
+    cmd = [sys.executable, __file__, "--child", "--shapes", args.shapes, "--lengths", lengths]
+    done = subprocess.run(cmd + (["--anchor"] if anchor else []), env=env, capture_output=True, text=True)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return [dict(row, config=config, tma=tma) for row in rows]
+
+
+def table(rows: list[dict], gpu: str) -> str:
+    """Markdown: one line per shape, length and variant, ms and the ratio to cuDNN SDPA of the same inputs."""
+    cudnn = {(r["shape"], r["L"]): r["cudnn"] for r in rows if "cudnn" in r}
+    lines = [f"# Kernel variants on {gpu}", "",
+             "bf16, causal, batch 1; median ms (ratio to cuDNN SDPA on the same inputs). Command: "
+             "`python benchmarks/kernel_variants.py`.", "",
+             "| shape | L | tiles (M, N, warps, stages) | loads | no statistics | one-pass | all (+received) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["shape"], r["L"], r["config"], r["tma"])):
+        anchor = cudnn.get((r["shape"], r["L"]))
+        cells = [f"{r[n]:.3f} ({r[n] / anchor:.2f}x)" if isinstance(r[n], float) and anchor else str(r[n])[:40]
+                 for n in RUNS]
+        loads = "descriptors" if r["tma"] else "pointers"
+        lines.append(f"| {r['shape']} | {r['L']} | {r['config']} | {loads} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="128,64,8,3;128,128,8,3;128,128,8,2;128,64,4,3")
+    parser.add_argument("--lengths", default="8192,32768")
+    parser.add_argument("--shapes", default="32,32,128;32,8,64")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--anchor", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
+        child(shapes, [int(x) for x in args.lengths.split(",")], args.anchor)
+        return
+    import torch
+
+    variants = [(config, tma) for config in args.configs.split(";") for tma in (False, True)]
+    with ThreadPoolExecutor(len(variants)) as pool:  # compile every variant at once, at a short length
+        list(pool.map(lambda v: run_variant(*v, args, "1024", False), variants))
+    rows = []
+    for i, (config, tma) in enumerate(variants):
+        rows += run_variant(config, tma, args, args.lengths, anchor=i == 0)
+        print(f"timed {config} {'descriptors' if tma else 'pointers'}", flush=True)
+    gpu = torch.cuda.get_device_name()
+    name = "kernel_variants_" + re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
+    (out / f"{name}.md").write_text(table(rows, gpu))
+    print(table(rows, gpu))
+
+
+if __name__ == "__main__":
+    main()
