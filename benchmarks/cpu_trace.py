@@ -63,7 +63,7 @@ def forward_of(method: str, subject, ids: torch.Tensor):
     if method.startswith("workbench"):
         backend = "reference" if method == "workbench_ref" else "cpu"
         stats = QUERY_STATS + KEY_STATS if method == "workbench_cpu_all" else STATS
-        return lambda: workbench.trace(subject, ids, stats=stats, backend=backend)
+        return lambda: workbench.trace(subject, ids, stats=stats, backend=backend, logits="all")
     if method == "eager_weights":
         model.set_attn_implementation("eager")
         return lambda: [head_stats(p) for p in model(input_ids=ids, output_attentions=True, use_cache=False)
