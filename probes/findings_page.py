@@ -213,7 +213,7 @@ def _sinks(findings: Findings, command: str, load: str) -> str:
                      f"{share[layer]:.2f}", f"H{head} {score[layer, head]:.3f}", secondary.get(layer, "none")])
     header = ["layer", "attention", "mean first-token sink score", f"share of heads > {c.eps}", "strongest head",
               f"non-initial sinks (hits > {c.ratio:g}x uniform; top keys: token@text:position mass (head, ratio))"]
-    python = (f"{load}\nfrom probes.findings import prose_inputs\n"
+    python = (f"{load}\nfrom workbench.probes.findings import prose_inputs\n"
               f"from workbench.probes.sinks import sink_scores, secondary_sinks\n"
               f"t = workbench.trace(s, prose_inputs(s, {c.text_tokens}, {c.texts}), "
               f"stats=('sink_mass', 'received', 'self_mass', 'entropy'), hidden_states=True)\n"
@@ -249,7 +249,7 @@ def _entropy(findings: Findings, command: str, load: str) -> str:
         low, high = int(np.nanargmin(norm[layer])), int(np.nanargmax(norm[layer]))
         rows.append([layer, f"{np.nanmean(mean[layer]):.3f}", f"{np.nanmean(norm[layer]):.3f}",
                      f"H{low} {norm[layer, low]:.3f}", f"H{high} {norm[layer, high]:.3f}"])
-    python = (f"{load}\nfrom probes.findings import prose_inputs\nfrom probes.entropy import entropy_profile\n"
+    python = (f"{load}\nfrom workbench.probes.findings import prose_inputs\nfrom workbench.probes.entropy import entropy_profile\n"
               f"t = workbench.trace(s, prose_inputs(s, {c.text_tokens}, {c.texts}), stats=('entropy',))\n"
               f"entropy_profile(t).arrays['entropy_norm']")
     return "\n\n".join([
@@ -270,7 +270,7 @@ def _erank(findings: Findings, command: str, load: str) -> str:
     for layer in range(heads.shape[0]):
         rows.append([layer + 1, f"{hidden[layer + 1]:.1f}", f"{heads[layer].mean():.1f}",
                      f"{heads[layer].min():.1f}", f"{heads[layer].max():.1f}"])
-    python = (f"{load}\nfrom probes.findings import prose_inputs\n"
+    python = (f"{load}\nfrom workbench.probes.findings import prose_inputs\n"
               f"from workbench.probes.erank import hidden_state_erank, head_output_erank\nx = prose_inputs(s, {c.text_tokens}, "
               f"{c.texts})\nhidden_state_erank(workbench.trace(s, x, stats=(), hidden_states=True)).arrays['erank'], "
               f"head_output_erank(s, x).arrays['erank']")
@@ -296,7 +296,7 @@ def _sparsity(findings: Findings, command: str, load: str) -> str:
         rows.append([layer, f"{kept[layer].mean():.3f}", f"H{sparsest} {kept[layer, sparsest]:.3f}",
                      f"{top1[layer].mean():.3f}", f"{own[layer].mean():.3f}", f"{proxy[layer].mean():.3f}",
                      f"{same[layer, layer + 1]:.3f}" if layer + 1 < len(same) else ""])
-    python = (f"{load}\nfrom probes.findings import prose_inputs\nfrom workbench.probes.sparsity import coverage\n"
+    python = (f"{load}\nfrom workbench.probes.findings import prose_inputs\nfrom workbench.probes.sparsity import coverage\n"
               f"t = workbench.trace(s, prose_inputs(s, {c.text_tokens}, {c.texts}), stats=('block_mass',), "
               f"block_size={c.block_size})\ncoverage(t).arrays['kept_fraction']")
     return "\n\n".join([
@@ -318,7 +318,7 @@ def _induction(findings: Findings, command: str, load: str) -> str:
     arrays = section.results["heads"].arrays
     rows = [[i + 1, f"L{l}.H{h}", f"{arrays['induction'][l, h]:.3f}", f"{arrays['prev_token'][l, h]:.3f}",
              f"{arrays['duplicate_token'][l, h]:.3f}"] for i, (l, h) in enumerate(_top_heads(arrays["induction"]))]
-    python = f"{load}\nfrom probes.heads import head_types\nhead_types(s, {c.induction_length}, " \
+    python = f"{load}\nfrom workbench.probes.heads import head_types\nhead_types(s, {c.induction_length}, " \
              f"{c.induction_batch}, {c.seed}).arrays['induction']"
     return "\n\n".join([
         "## Induction heads",
@@ -343,7 +343,7 @@ def _retrieval(findings: Findings, command: str, load: str) -> str:
                  for length, r in section.results.items()]
     lengths = ",".join(str(n) for n in c.retrieval_lengths)
     depths = ",".join(f"{d:g}" for d in c.retrieval_depths)
-    python = (f"{load}\nfrom probes.retrieval import retrieval_heads\nretrieval_heads(s, {list(c.retrieval_lengths)}, "
+    python = (f"{load}\nfrom workbench.probes.retrieval import retrieval_heads\nretrieval_heads(s, {list(c.retrieval_lengths)}, "
               f"{list(c.retrieval_depths)}, range({c.seed}, {c.seed + c.needles})).arrays['retrieval_score']")
     return "\n\n".join([
         "## Retrieval heads (CPU)",
@@ -406,8 +406,8 @@ def markdown(findings: Findings, command: str, name: str) -> str:
              f"entropy, effective-rank and block-sparsity sections read {c.texts} texts of {c.text_tokens} tokens "
              f"of English prose "
              f"(the docstrings of Python {findings.machine['python']}'s standard library, `workbench.probes.haystack`), "
-             f"starting with {first}. The sizes (the command's options) were chosen for a CPU run of about ten "
-             f"minutes on two shared cores; wall times are measured on this run, with other jobs sharing the CPU.")
+             f"starting with {first}. The sizes (the command's options) were chosen for a CPU run of a few "
+             f"minutes on two cores (the CPU backend, `kernels/cpu.py`); wall times are measured on this run.")
     parts = [f"# {findings.model}: attention findings", intro, "## The model", _facts(findings),
              _sinks(findings, command, load), _entropy(findings, command, load), _erank(findings, command, load),
              _sparsity(findings, command, load),
