@@ -33,6 +33,7 @@ float64 inputs go to the reference, which computes them in float64.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -48,6 +49,7 @@ from workbench.kernels.contract import (
 )
 from workbench.kernels.cpu_build import Chunk, library
 
+_THREAD = threading.local()  # the chunk buffer of each thread, see _workspace
 CHUNK_ELEMENTS = 1 << 23  # scores per chunk (32 MiB in float32): the fastest of 2^19-2^25 on 2 cores at 2k-8k tokens
 _PER_QUERY = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "learned_sink_mass")
 
@@ -131,7 +133,7 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
 
     span = lk if window is None else min(lk, (1 if causal else 2) * window)  # widest key range of a query
     chunk = chunk_size or max(1, min(lq, CHUNK_ELEMENTS // max(1, batch * heads * span)))
-    buffer = torch.empty(batch * heads * chunk * min(lk, span + chunk), **f32)
+    buffer = _workspace(batch * heads * chunk * min(lk, span + chunk))
     args = Chunk(heads=heads, n_keys=lk, causal=int(causal), window=window or 0,
                  valid=_pointer(valid), start=start.data_ptr(), inv_temperature=_pointer(inv_temperature),
                  bias=_pointer(bias), sink_keys=sink_positions.data_ptr(), n_sink=len(set(sink_keys)),
@@ -166,6 +168,16 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
     out = _output_edits(out.view(batch, heads, lq, -1), vf.view(batch, kv_heads, lk, -1), edits, valid, offset,
                         blind)
     return out.to(q.dtype), {name: res[name] for name in stats}
+
+
+def _workspace(n: int) -> torch.Tensor:
+    """n float32 scores of this thread's chunk buffer, kept between calls (one per thread: calls from several
+    threads never share it). A fresh buffer of tens of MiB per attention call leaves the C allocator holding
+    freed heap in pieces: several hundred MiB of peak memory over a model's forward."""
+    held = getattr(_THREAD, "scores", None)
+    if held is None or held.numel() < n:
+        _THREAD.scores = held = torch.empty(n, dtype=torch.float32)
+    return held[:n]
 
 
 def _key_range(q0: int, q1: int, lk: int, causal: bool, window: int | None) -> tuple[int, int]:
