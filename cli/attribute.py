@@ -20,7 +20,7 @@ from workbench.cli.common import (
     fail,
     load_subject,
     preflight,
-    store_run,
+    save_result,
 )
 from workbench.errors import WorkbenchError
 
@@ -40,7 +40,6 @@ def attribute_command(
     device: DeviceOption = None,
 ) -> None:
     """Each head's and MLP's direct contribution to the answer's logit (difference) at the last position."""
-    from workbench.atomic import output_folder
     from workbench.probes.attribution import direct_logit_attribution
     from workbench.probes.factual import TEMPLATES, factual_recall
     from workbench.probes.tasks import load_task
@@ -69,12 +68,5 @@ def attribute_command(
         console.print(f"the model knows {totals['accuracy']:.0%} of the facts (answer's first token is the argmax)")
     for title, cells in lines.items():
         console.print(f"{title}: {', '.join(cells)}")
-    try:
-        with output_folder(out, overwrite) as staged:
-            result.save(staged)
-        console.print(f"Tables saved to [bold]{out}[/]")
-        if not no_store:
-            store_run(store, "attribute", subject.name, result.head_metrics(),
-                      params={**result.params, "task": task}, out=out)
-    except WorkbenchError as err:
-        raise fail(err) from err
+    save_result(result, out, overwrite, store, no_store, "attribute", subject.name,
+                params={**result.params, "task": task})

@@ -153,3 +153,20 @@ def store_run(store: Path | None, kind: str, model_id: str, heads: pd.DataFrame,
         run_id = db.write_run(kind, model_id, heads, command=shlex.join(["workbench", *sys.argv[1:]]),
                               params=params, trace_dir=None if out is None else out.resolve(), token_file=token_file)
     console.print(f"Store run [bold]{run_id}[/] written to {db.path}")
+
+
+def save_result(result, out: Path, overwrite: bool, store: Path | None, no_store: bool, kind: str, model_id: str,
+                heads: pd.DataFrame | None = None, params: dict | None = None) -> None:
+    """Save a probe's Result into the output folder (all or nothing) and, unless --no-store, write its store run
+    (`heads`: the result's head metrics unless given; `params`: the result's)."""
+    from workbench.atomic import output_folder
+
+    try:
+        with output_folder(out, overwrite) as staged:
+            result.save(staged)
+        console.print(f"Tables saved to [bold]{out}[/]")
+        if not no_store:
+            store_run(store, kind, model_id, result.head_metrics() if heads is None else heads,
+                      params=result.params if params is None else params, out=out)
+    except WorkbenchError as err:
+        raise fail(err) from err

@@ -21,7 +21,7 @@ from workbench.cli.common import (
     load_subject,
     numbers,
     preflight,
-    store_run,
+    save_result,
 )
 from workbench.errors import WorkbenchError
 
@@ -39,7 +39,6 @@ def compose_command(
 ) -> None:
     """Score how much each earlier head's output can move each later head's query, key or value, from the weights
     alone (Elhage et al. 2021), with the singular directions that carry it (Merullo et al. 2024)."""
-    from workbench.atomic import output_folder
     from workbench.probes.composition import KINDS, composition_scores
 
     out = out or default_out("composition")
@@ -59,13 +58,6 @@ def compose_command(
     for i in range(top):
         table.add_row(*(cell(rows.iloc[i]) if i < len(rows) else "" for rows in columns))
     console.print(table)
-    try:
-        with output_folder(out, overwrite) as staged:
-            result.save(staged)
-        console.print(f"Tables saved to [bold]{out}[/]")
-        if not no_store:
-            summary = result.table[result.table.source_layer < 0]
-            store_run(store, "compose", subject.name, summary[["layer", "head", "metric", "value"]],
-                      params=result.params, out=out)
-    except WorkbenchError as err:
-        raise fail(err) from err
+    summary = result.table[result.table.source_layer < 0]
+    save_result(result, out, overwrite, store, no_store, "compose", subject.name,
+                heads=summary[["layer", "head", "metric", "value"]])

@@ -21,7 +21,7 @@ from workbench.cli.common import (
     fail,
     load_subject,
     preflight,
-    store_run,
+    save_result,
 )
 from workbench.errors import WorkbenchError
 
@@ -41,7 +41,6 @@ def rerank_command(
     device: DeviceOption = None,
 ) -> None:
     """Rank documents by the attention the query pays them (ICR, Chen et al. 2025), per model and per head."""
-    from workbench.atomic import output_folder
     from workbench.probes.rerank import read_cases, rerank
 
     out = out or default_out("rerank")
@@ -69,12 +68,5 @@ def rerank_command(
         console.print(f"nDCG {model_rows.value['ndcg']:.3f}, accuracy {model_rows.value['accuracy']:.3f} over "
                       f"{result.params['labelled']} labelled queries; heads that rank best (nDCG): " + ", ".join(
                           f"L{r.layer}.H{r.head} {r.value:.3f}" for r in result.top("ndcg", TOP_HEADS).itertuples()))
-    try:
-        with output_folder(out, overwrite) as staged:
-            result.save(staged)
-        console.print(f"Tables saved to [bold]{out}[/]")
-        if not no_store:
-            store_run(store, "rerank", subject.name, result.head_metrics(), params={**result.params,
-                                                                                 "file": str(file)}, out=out)
-    except WorkbenchError as err:
-        raise fail(err) from err
+    save_result(result, out, overwrite, store, no_store, "rerank", subject.name,
+                params={**result.params, "file": str(file)})

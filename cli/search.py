@@ -21,7 +21,7 @@ from workbench.cli.common import (
     fail,
     load_subject,
     preflight,
-    store_run,
+    save_result,
 )
 from workbench.errors import WorkbenchError
 
@@ -45,7 +45,6 @@ def search_command(
     device: DeviceOption = None,
 ) -> None:
     """Choose, one head at a time, the heads whose edit moves a task's metric most (HeadHunter, Ahn et al. 2025)."""
-    from workbench.atomic import output_folder
     from workbench.interventions.search import GOALS, head_search, task_edit, task_objective
     from workbench.interventions.sweep import parse_heads
     from workbench.probes.tasks import load_task
@@ -72,12 +71,5 @@ def search_command(
     for i, ((layer, head), value) in enumerate(zip(result.arrays["chosen"], result.arrays["curve"][1:], strict=True)):
         table.add_row(str(i + 1), f"L{layer}.H{head}", f"{value:.4f}")
     console.print(table)
-    try:
-        with output_folder(out, overwrite) as staged:
-            result.save(staged)
-        console.print(f"Tables saved to [bold]{out}[/]")
-        if not no_store:
-            store_run(store, "search", subject.name, result.head_metrics(),
-                      params={**result.params, "task": the_task.name, "edit": edit, "strength": strength}, out=out)
-    except WorkbenchError as err:
-        raise fail(err) from err
+    save_result(result, out, overwrite, store, no_store, "search", subject.name,
+                params={**result.params, "task": the_task.name, "edit": edit, "strength": strength})
