@@ -14,7 +14,6 @@ middle layers' query-to-document attention); with relevance labels, each head's 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from workbench.errors import WorkbenchError
 from workbench.probes.result import LAYER_LEVEL, Result, head_rows
 from workbench.subject import Subject
-from workbench.textfile import read_utf8
+from workbench.textfile import json_lines
 from workbench.tracer import capture
 
 CONTENT_FREE = "N/A"
@@ -166,17 +165,8 @@ def read_cases(path: str | Path) -> list[RerankCase]:
     """Cases from a JSONL file, one {"query": str, "documents": [str, ...], "relevance": [number, ...]} object per
     line ("relevance" optional, one grade per document); WorkbenchError naming the file and line of a bad one."""
     path = Path(path)
-    if not path.is_file():
-        raise WorkbenchError(f"re-ranking file {str(path)!r} does not exist")
     cases = []
-    for number, line in enumerate(read_utf8(path, "re-ranking file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise WorkbenchError(f"{where}: not valid JSON ({err.msg})") from err
+    for where, row in json_lines(path, "re-ranking file", WorkbenchError):
         if not isinstance(row, dict) or not isinstance(row.get("query"), str):
             raise WorkbenchError(f"{where}: expected an object with a \"query\" string")
         unknown = sorted(set(row) - {"query", "documents", "relevance"})

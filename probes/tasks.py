@@ -12,7 +12,6 @@ from a JSONL file with one {"clean", "corrupted", "answer", "wrong", "group"} ob
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from workbench import zoo
 from workbench.samples import SAMPLE_TEXT
-from workbench.textfile import read_utf8
+from workbench.textfile import json_lines
 from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.zoo import tasks as templates
@@ -226,17 +225,8 @@ def from_jsonl(subject: Subject, path: Path) -> Task:
     "corrupted", "wrong" and "group" (the prompt's template; strings or null). A bad line raises TaskError naming
     the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"task file {str(path)!r} does not exist")
     examples = []
-    for number, line in enumerate(read_utf8(path, "task file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskError(f"{where}: not valid JSON ({err.msg})") from err
+    for where, row in json_lines(path, "task file", TaskError):
         if not isinstance(row, dict):
             raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
         unknown = sorted(set(row) - set(JSONL_KEYS))
