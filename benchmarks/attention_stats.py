@@ -14,6 +14,9 @@ and of ours:
   ours_received   ours_stats plus the second, dK-style pass for `received`
   ours_block_mass_B  (with --block-mass B,...) ours_received plus `block_mass` in blocks of B, which the second
                   pass folds in by atomic adds; ours_block_max_B adds the max-pooled `block_max` as well
+  ours_sparse_F   (with --block-keep F,...) ours_stats under the block-sparse edit keeping a random fraction F of
+                  each query block's visible key blocks of 128 (always its first and diagonal ones): the tiles
+                  it drops are skipped, so the time falls with F
   eager_entropy   materialized softmax + entropy (what hooks on attention weights cost); OOM is recorded
 Each of ours carries its ratio to the fastest anchor of the row (`vs_fastest`, the anchor named in the row) and
 to cuDNN SDPA (`vs_cudnn`). --breakdown adds our kernel with one statistic at a time (what each one costs).
@@ -28,7 +31,7 @@ Before timing, every autotuned configuration of the kernels is compiled in paral
 configuration (WORKBENCH_TRITON_CONFIG pins it), into Triton's disk cache: the autotuner then only loads.
 
 Usage: python benchmarks/attention_stats.py [--lengths 8192,...] [--shapes 32,32,128;32,8,64] [--breakdown]
-  [--block-mass 128,...]
+  [--block-mass 128,...] [--block-keep 0.5,...]
   [--model-lengths 4096,...] [--model-configs llama-1.1b,...] [--out DIR] [--tag NAME]
 Writes attention_stats_{kernel,model}[_<tag>]_<gpu>.json and .md into --out (default benchmarks/results).
 """
@@ -45,12 +48,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 import triton
 
-from workbench.kernels import KEY_STATS, QUERY_STATS
+from workbench.kernels import KEY_STATS, QUERY_STATS, HeadEdits
 from workbench.kernels.triton_attention import CONFIGS, attention
 
 DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
@@ -128,33 +132,60 @@ def bf16_inputs(L: int, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torc
                  for h in (heads, kv_heads, kv_heads))
 
 
-def our_variants(q, k, v, block_sizes: tuple[int, ...] = ()) -> dict:
+class Extra(NamedTuple):
+    """Optional variants: block_mass in blocks of each of `block_sizes`, the block-sparse edit at each of
+    `keep_fractions`."""
+    block_sizes: tuple[int, ...] = ()
+    keep_fractions: tuple[float, ...] = ()
+
+    def arguments(self) -> list[str]:
+        """The command-line options that give this Extra back."""
+        return ((["--block-mass", ",".join(map(str, self.block_sizes))] if self.block_sizes else [])
+                + (["--block-keep", ",".join(map(str, self.keep_fractions))] if self.keep_fractions else []))
+
+
+def random_block_keep(heads: int, L: int, fraction: float, size: int = 128) -> torch.Tensor:
+    """A block_keep mask [heads, 1, n, n] of blocks of `size` keeping, per head and query block, a random
+    `fraction` of the key blocks a causal row sees, and always the first and the diagonal block."""
+    n = -(-L // size)
+    g = torch.Generator(device="cuda").manual_seed(n)
+    keep = torch.rand(heads, 1, n, n, device="cuda", generator=g) < fraction
+    keep[..., 0] = True
+    keep |= torch.eye(n, dtype=torch.bool, device="cuda")
+    return keep & torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
+
+
+def our_variants(q, k, v, extra: Extra = Extra()) -> dict:
     """(b), (c) and (d): our kernel without statistics, with the one-pass statistics, and with `received`; then
-    with `block_mass` (and `block_max`) beside `received` in blocks of each of `block_sizes`."""
+    with `block_mass` (and `block_max`) beside `received` in blocks of each of `extra.block_sizes`, and the
+    one-pass statistics under the block-sparse edit at each of `extra.keep_fractions`."""
     per_token = QUERY_STATS + KEY_STATS
     variants = {
         "ours_plain": lambda: attention(q, k, v),
         "ours_stats": lambda: attention(q, k, v, stats=QUERY_STATS, distance_cap=128),
         "ours_received": lambda: attention(q, k, v, stats=per_token, distance_cap=128),
     }
-    for size in block_sizes:
+    for size in extra.block_sizes:
         variants[f"ours_block_mass_{size}"] = lambda size=size: attention(
             q, k, v, stats=per_token + ("block_mass",), distance_cap=128, block_size=size)
         variants[f"ours_block_max_{size}"] = lambda size=size: attention(
             q, k, v, stats=per_token + ("block_mass", "block_max"), distance_cap=128, block_size=size)
+    for fraction in extra.keep_fractions:
+        edits = HeadEdits(block_keep=random_block_keep(q.shape[1], q.shape[2], fraction), keep_block_size=128)
+        variants[f"ours_sparse_{fraction:g}"] = lambda edits=edits: attention(
+            q, k, v, stats=QUERY_STATS, distance_cap=128, edits=edits)
     return variants
 
 
-def precompile(shapes: list[tuple[int, int, int]], block_sizes: tuple[int, ...] = ()) -> float:
+def precompile(shapes: list[tuple[int, int, int]], extra: Extra = Extra()) -> float:
     """Compile every configuration of CONFIGS for our variants at `shapes`, one process per configuration, in
     parallel; return the seconds it took. The processes run 256-token inputs: the compiled kernels are the
     same (lengths only enter as integers divisible by 16), and Triton's disk cache hands them to the
     autotuner of this process."""
     start = time.time()
     arg = ";".join(",".join(map(str, shape)) for shape in shapes)
-    blocks = ["--block-mass", ",".join(map(str, block_sizes))] if block_sizes else []
     processes = [
-        subprocess.Popen([sys.executable, __file__, "--compile-only", arg, *blocks], env={
+        subprocess.Popen([sys.executable, __file__, "--compile-only", arg, *extra.arguments()], env={
             **os.environ, "WORKBENCH_TRITON_CONFIG": f"{c.kwargs['BLOCK_M']},{c.kwargs['BLOCK_N']},{c.num_warps},"
                                                      f"{c.num_stages}"})
         for c in CONFIGS
@@ -164,10 +195,10 @@ def precompile(shapes: list[tuple[int, int, int]], block_sizes: tuple[int, ...] 
     return time.time() - start
 
 
-def compile_only(shapes: list[tuple[int, int, int]], block_sizes: tuple[int, ...] = ()) -> None:
+def compile_only(shapes: list[tuple[int, int, int]], extra: Extra = Extra()) -> None:
     """Run each of our variants once at 256 tokens for every shape (in a process that pins one configuration)."""
     for shape in shapes:
-        for fn in our_variants(*bf16_inputs(256, shape), block_sizes).values():
+        for fn in our_variants(*bf16_inputs(256, shape), extra).values():
             fn()
     torch.cuda.synchronize()
 
@@ -207,13 +238,13 @@ def anchors(q, k, v) -> dict:
 
 
 def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown: bool = False,
-               block_sizes: tuple[int, ...] = ()) -> dict:
+               extra: Extra = Extra()) -> dict:
     """Time and memory of every anchor and variant at context length L, for (query heads, kv heads, head_dim)."""
     heads, kv_heads, head_dim = shape
     q, k, v = bf16_inputs(L, shape)
     flops = 2 * heads * L * L * head_dim  # causal: half of the 4 L^2 D of QK^T and PV
 
-    cases = {**anchors(q, k, v), **our_variants(q, k, v, block_sizes)}
+    cases = {**anchors(q, k, v), **our_variants(q, k, v, extra)}
     if breakdown:
         cases.update({f"ours_only_{name}": (lambda name=name: attention(q, k, v, stats=(name,), distance_cap=128))
                       for name in QUERY_STATS})
@@ -236,10 +267,10 @@ def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown:
 
 
 def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE,
-                 breakdown: bool = False, block_sizes: tuple[int, ...] = ()) -> list[dict]:
+                 breakdown: bool = False, extra: Extra = Extra()) -> list[dict]:
     rows, with_eager = [], True
     for L in lengths:
-        rows.append({**kernel_row(L, with_eager, shape, breakdown, block_sizes), "shape": list(shape)})
+        rows.append({**kernel_row(L, with_eager, shape, breakdown, extra), "shape": list(shape)})
         with_eager = with_eager and "ms" in rows[-1]["eager_entropy"]
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -317,7 +348,9 @@ def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict]) -> str:
         heads, kv_heads, head_dim = kernel_rows[0]["shape"]
         blocks = sorted({n for r in kernel_rows for n in r if n.startswith("ours_block_")},
                         key=lambda n: (int(n.rsplit("_", 1)[1]), n))
-        ours = OURS + tuple(blocks)
+        sparse = sorted({n for r in kernel_rows for n in r if n.startswith("ours_sparse_")},
+                        key=lambda n: -float(n.rsplit("_", 1)[1]))
+        ours = OURS + tuple(blocks) + tuple(sparse)
         names = [n for n in ANCHORS + ours if any(n in r for r in kernel_rows)]
         lines += [f"Kernel level: batch 1, {heads} query heads, {kv_heads} key-value heads, head_dim {head_dim}, "
                   "causal, bf16; median ms (ratio to the fastest attention of the row, named last).", "",
@@ -354,15 +387,19 @@ def main() -> None:
                         help="kernel level: 'query heads,kv heads,head_dim', several separated by ';'")
     parser.add_argument("--block-mass", default="", metavar="SIZES",
                         help="kernel level: also block_mass (and block_max) beside received, in blocks of each size")
+    parser.add_argument("--block-keep", default="", metavar="FRACTIONS",
+                        help="kernel level: also the one-pass statistics under a random block-sparse edit keeping "
+                             "each fraction of the key blocks")
     parser.add_argument("--model-configs", default="llama-1.1b",
                         help="model level: comma-separated names of benchmarks/configs/*.json")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="added to the file names (a partial run, say)")
     parser.add_argument("--compile-only", metavar="SHAPES", help=argparse.SUPPRESS)  # precompile()'s workers
     args = parser.parse_args()
-    block_sizes = tuple(int(x) for x in args.block_mass.split(",") if x)
+    extra = Extra(tuple(int(x) for x in args.block_mass.split(",") if x),
+                  tuple(float(x) for x in args.block_keep.split(",") if x))
     if args.compile_only:
-        compile_only([tuple(int(x) for x in s.split(",")) for s in args.compile_only.split(";")], block_sizes)
+        compile_only([tuple(int(x) for x in s.split(",")) for s in args.compile_only.split(";")], extra)
         return
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
     gpu = torch.cuda.get_device_name()
@@ -373,10 +410,10 @@ def main() -> None:
     meta = {"gpu": gpu, "gpus": 1, "torch": torch.__version__, "triton": triton.__version__,
             "flash_attn_4": _version("flash-attn-4")}
     if args.lengths:
-        meta["precompile_seconds"] = round(precompile(shapes, block_sizes))
+        meta["precompile_seconds"] = round(precompile(shapes, extra))
         print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
     parts = [("kernel" + ("" if shape == DEFAULT_SHAPE else "_" + "-".join(map(str, shape))), args.lengths,
-              lambda ls, shape=shape: kernel_level(ls, shape, args.breakdown, block_sizes)) for shape in shapes]
+              lambda ls, shape=shape: kernel_level(ls, shape, args.breakdown, extra)) for shape in shapes]
     parts += [(f"model_{name}", args.model_lengths, lambda ls, name=name: model_level(ls, name))
               for name in args.model_configs.split(",")]
     for part, lengths, run in parts:

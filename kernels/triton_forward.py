@@ -200,86 +200,92 @@ def stats_forward(
             seg_lo, seg_hi = whole_hi, hi
         for n0 in range(seg_lo, seg_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
-            rel_k = offs_n - start
-            k_tile = load_block(DescK, b, kv_head, n0, k_tile_base, offs_n, stride_kn, offs_d, lk, HEAD_DIM,
-                                BLOCK_N, BLOCK_D, TMA)
-            qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
-            if FOLD and seg == 1:  # plain scaled logits on whole blocks: max on q.k, then one FMA per score
-                if MAX:  # the row maximum and its first position in one reduction (post > 0 keeps the order)
-                    qk_max, block_arg = tl.max(qk, 1, return_indices=True, return_indices_tie_break_left=True)
+            live = True  # a Python constant unless the block-sparse edit may drop the whole tile
+            if BLOCK_KEEP:
+                kept = kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk, offs_m,
+                                 offs_n, tl.maximum(start - offset, 0), start, keep_size, keep_nq, keep_nk)
+                live = tl.max(tl.max(kept.to(tl.int32), 1), 0) > 0  # skip a tile whose keys are all dropped
+            if live:
+                rel_k = offs_n - start
+                k_tile = load_block(DescK, b, kv_head, n0, k_tile_base, offs_n, stride_kn, offs_d, lk, HEAD_DIM,
+                                    BLOCK_N, BLOCK_D, TMA)
+                qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
+                if FOLD and seg == 1:  # plain scaled logits on whole blocks: max on q.k, then one FMA per score
+                    if MAX:  # the row maximum and its first position in one reduction (post > 0 keeps the order)
+                        qk_max, block_arg = tl.max(qk, 1, return_indices=True, return_indices_tie_break_left=True)
+                    else:
+                        qk_max = tl.max(qk, 1)
+                    block_max = qk_max * post
+                    m_new = tl.maximum(m_i, block_max)
+                    x = qk * post - m_new[:, None]
                 else:
-                    qk_max = tl.max(qk, 1)
-                block_max = qk_max * post
-                m_new = tl.maximum(m_i, block_max)
-                x = qk * post - m_new[:, None]
-            else:
-                u = edited_logits(qk, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS)
-                if seg != 1:  # on the window's lower edge, the diagonal or the keys' end
-                    seen = visible(q_abs, offs_n, row_ok, lk, window, CAUSAL, WINDOW)
-                    if PADDED:
-                        seen &= tl.load(key_valid_row + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
-                    u = tl.where(seen, u, MASKED)
-                if BLOCK_KEEP:  # the block-sparse edit (never FOLD): the keys of dropped blocks are masked too
-                    u = tl.where(kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk,
-                                           offs_m, offs_n, tl.maximum(start - offset, 0), start, keep_size, keep_nq,
-                                           keep_nk), u, MASKED)
-                if MAX:  # the row maximum and its first position in one reduction
-                    block_max, block_arg = tl.max(u, 1, return_indices=True, return_indices_tie_break_left=True)
-                else:
-                    block_max = tl.max(u, 1)
-                m_new = tl.maximum(m_i, block_max)
-                x = u - m_new[:, None]
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(x)
-            row_sum = tl.sum(p, 1)
-            if ENTROPY:
-                t_i = alpha * (t_i + (m_i - m_new) * l_i) + tl.sum(p * x, 1)
-            if MAX:
-                arg_i = tl.where(block_max > m_i, n0 + block_arg, arg_i)
-            if SINK:
-                z_i = z_i * alpha
-                is_sink, block_has_sink = key_set(offs_n, n0, start, SinkKeys, N_SINK, BLOCK_N)
-                if block_has_sink:  # most blocks hold no sink key
-                    z_i += tl.sum(tl.where(is_sink[None, :], p, 0.0), 1)
-            if DISTANCE:
-                w_i = w_i * alpha + block_distance(p, row_sum, q_abs, n0, q_first, q_last, distance_cap, BLOCK_N,
-                                                   CAP, CAUSAL and seg == 1)
-            if SELF:
-                d_i = d_i * alpha
-                if (n0 <= q_last) & (n0 + BLOCK_N > q_first):  # the block holds some row's own key
-                    d_i += tl.sum(tl.where(offs_n[None, :] == q_abs[:, None], p, 0.0), 1)
-            v_tile = load_block(DescV, b, kv_head, n0, v_tile_base, offs_n, stride_vn, offs_d, lk, HEAD_DIM,
-                                BLOCK_N, BLOCK_D, TMA)
-            if REDIST:
-                is_s, block_has_s = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)
-                is_t, block_has_t = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)
-                if not SINK:
-                    is_sink = is_s
-                dist = 0.0
-                if DISTANCE:
-                    dist = tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32)
-                    if CAP:
-                        dist = tl.minimum(dist, distance_cap)
-                shift = m_i - m_new
-                z_s, t_s, w_s, k_s = update_set(z_s, t_s, w_s, k_s, p, x, dist, shift, alpha, is_s, block_has_s,
-                                                is_sink, ENTROPY, SINK, DISTANCE)
-                z_t, t_t, w_t, k_t = update_set(z_t, t_t, w_t, k_t, p, x, dist, shift, alpha, is_t, block_has_t,
-                                                is_sink, ENTROPY, SINK, DISTANCE)
-                acc_s *= alpha[:, None]
-                if block_has_s:
-                    acc_s += tl.dot(tl.where(is_s[None, :], p, 0.0).to(v_tile.dtype), v_tile, input_precision=PRECISION)
-                acc_t *= alpha[:, None]
-                if block_has_t:
-                    acc_t += tl.dot(tl.where(is_t[None, :], p, 0.0).to(v_tile.dtype), v_tile, input_precision=PRECISION)
+                    u = edited_logits(qk, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS)
+                    if seg != 1:  # on the window's lower edge, the diagonal or the keys' end
+                        seen = visible(q_abs, offs_n, row_ok, lk, window, CAUSAL, WINDOW)
+                        if PADDED:
+                            seen &= tl.load(key_valid_row + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
+                        u = tl.where(seen, u, MASKED)
+                    if BLOCK_KEEP:  # the block-sparse edit (never FOLD): a kept tile's dropped keys are masked
+                        u = tl.where(kept, u, MASKED)
+                    if MAX:  # the row maximum and its first position in one reduction
+                        block_max, block_arg = tl.max(u, 1, return_indices=True, return_indices_tie_break_left=True)
+                    else:
+                        block_max = tl.max(u, 1)
+                    m_new = tl.maximum(m_i, block_max)
+                    x = u - m_new[:, None]
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(x)
+                row_sum = tl.sum(p, 1)
+                if ENTROPY:
+                    t_i = alpha * (t_i + (m_i - m_new) * l_i) + tl.sum(p * x, 1)
                 if MAX:
-                    m_r, arg_r = update_max(m_r, arg_r, u, ~(is_s | is_t), offs_n, lk)
+                    arg_i = tl.where(block_max > m_i, n0 + block_arg, arg_i)
+                if SINK:
+                    z_i = z_i * alpha
+                    is_sink, block_has_sink = key_set(offs_n, n0, start, SinkKeys, N_SINK, BLOCK_N)
+                    if block_has_sink:  # most blocks hold no sink key
+                        z_i += tl.sum(tl.where(is_sink[None, :], p, 0.0), 1)
+                if DISTANCE:
+                    w_i = w_i * alpha + block_distance(p, row_sum, q_abs, n0, q_first, q_last, distance_cap, BLOCK_N,
+                                                       CAP, CAUSAL and seg == 1)
+                if SELF:
+                    d_i = d_i * alpha
+                    if (n0 <= q_last) & (n0 + BLOCK_N > q_first):  # the block holds some row's own key
+                        d_i += tl.sum(tl.where(offs_n[None, :] == q_abs[:, None], p, 0.0), 1)
+                v_tile = load_block(DescV, b, kv_head, n0, v_tile_base, offs_n, stride_vn, offs_d, lk, HEAD_DIM,
+                                    BLOCK_N, BLOCK_D, TMA)
+                if REDIST:
+                    is_s, block_has_s = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)
+                    is_t, block_has_t = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)
+                    if not SINK:
+                        is_sink = is_s
+                    dist = 0.0
+                    if DISTANCE:
+                        dist = tl.abs(q_abs[:, None] - offs_n[None, :]).to(tl.float32)
+                        if CAP:
+                            dist = tl.minimum(dist, distance_cap)
+                    shift = m_i - m_new
+                    z_s, t_s, w_s, k_s = update_set(z_s, t_s, w_s, k_s, p, x, dist, shift, alpha, is_s, block_has_s,
+                                                    is_sink, ENTROPY, SINK, DISTANCE)
+                    z_t, t_t, w_t, k_t = update_set(z_t, t_t, w_t, k_t, p, x, dist, shift, alpha, is_t, block_has_t,
+                                                    is_sink, ENTROPY, SINK, DISTANCE)
+                    acc_s *= alpha[:, None]
                     if block_has_s:
-                        m_s, arg_s = update_max(m_s, arg_s, u, is_s, offs_n, lk)
+                        acc_s += tl.dot(tl.where(is_s[None, :], p, 0.0).to(v_tile.dtype), v_tile,
+                                        input_precision=PRECISION)
+                    acc_t *= alpha[:, None]
                     if block_has_t:
-                        m_t, arg_t = update_max(m_t, arg_t, u, is_t, offs_n, lk)
-            l_i = alpha * l_i + row_sum
-            acc = tl.dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], input_precision=PRECISION)
-            m_i = m_new
+                        acc_t += tl.dot(tl.where(is_t[None, :], p, 0.0).to(v_tile.dtype), v_tile,
+                                        input_precision=PRECISION)
+                    if MAX:
+                        m_r, arg_r = update_max(m_r, arg_r, u, ~(is_s | is_t), offs_n, lk)
+                        if block_has_s:
+                            m_s, arg_s = update_max(m_s, arg_s, u, is_s, offs_n, lk)
+                        if block_has_t:
+                            m_t, arg_t = update_max(m_t, arg_t, u, is_t, offs_n, lk)
+                l_i = alpha * l_i + row_sum
+                acc = tl.dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], input_precision=PRECISION)
+                m_i = m_new
 
     seen_any = m_i > MASKED / 2
     l_safe = tl.where(seen_any, l_i, 1.0)

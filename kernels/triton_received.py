@@ -76,28 +76,33 @@ def received_pass(
     total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # summed over rows once, after the loop
     for m0 in range(lo, hi, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        q_tile = load_block(DescQ, b, head, m0, q_tile_base, offs_m, stride_qm, offs_d, lq, HEAD_DIM, BLOCK_M, BLOCK_D,
-                            TMA)
-        qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
-        u = edited_logits(qk, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS)
-        m = tl.load(row_max + offs_m, mask=offs_m < lq, other=float("nan"))
-        log2_l = tl.load(row_log2sum + offs_m, mask=offs_m < lq, other=0.0)
-        if (m0 < full_lo) | (m0 >= full_hi):  # on the diagonal, the window's edges or the queries' end
-            row_ok = m == m  # NaN: beyond the queries, or a row that sees no key
-            seen = visible(offs_m + offset, offs_n, row_ok, lk, window, CAUSAL, WINDOW) & key_ok[None, :]
-            p = tl.where(seen, tl.exp2((u - tl.where(row_ok, m, 0.0)[:, None]) - log2_l[:, None]), 0.0)
-        else:
-            p = tl.exp2((u - m[:, None]) - log2_l[:, None])
-        if BLOCK_KEEP:  # the block-sparse edit's dropped blocks hold no mass
-            p = tl.where(kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk, offs_m,
-                                   offs_n, tl.maximum(start - offset, 0), start, keep_size, keep_nq, keep_nk), p, 0.0)
-        if REDIST:
-            keep = tl.load(RowKeep + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
-            boost = tl.load(RowBoost + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
-            p *= tl.where(is_source[None, :], keep[:, None], tl.where(is_target[None, :], boost[:, None], 1.0))
-        total += p
-        if BLOCK_MASS or BLOCK_MAX:
-            add_block_stats(p, offs_m, offs_n, m0, n0, lq, lk, tl.maximum(start - offset, 0), start, block_size,
-                            n_qb, n_kb, bh, BlockMass, BlockMax, BLOCK_M, BLOCK_N, BLOCK_MASS, BLOCK_MAX)
+        live = True  # a Python constant unless the block-sparse edit may drop the whole tile
+        if BLOCK_KEEP:
+            kept = kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk, offs_m, offs_n,
+                             tl.maximum(start - offset, 0), start, keep_size, keep_nq, keep_nk)
+            live = tl.max(tl.max(kept.to(tl.int32), 1), 0) > 0  # a tile whose keys are all dropped adds nothing
+        if live:
+            q_tile = load_block(DescQ, b, head, m0, q_tile_base, offs_m, stride_qm, offs_d, lq, HEAD_DIM, BLOCK_M,
+                                BLOCK_D, TMA)
+            qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
+            u = edited_logits(qk, rel_k, pre, post, head, KeyBias, BiasKeys, SOFTCAP, N_BIAS)
+            m = tl.load(row_max + offs_m, mask=offs_m < lq, other=float("nan"))
+            log2_l = tl.load(row_log2sum + offs_m, mask=offs_m < lq, other=0.0)
+            if (m0 < full_lo) | (m0 >= full_hi):  # on the diagonal, the window's edges or the queries' end
+                row_ok = m == m  # NaN: beyond the queries, or a row that sees no key
+                seen = visible(offs_m + offset, offs_n, row_ok, lk, window, CAUSAL, WINDOW) & key_ok[None, :]
+                p = tl.where(seen, tl.exp2((u - tl.where(row_ok, m, 0.0)[:, None]) - log2_l[:, None]), 0.0)
+            else:
+                p = tl.exp2((u - m[:, None]) - log2_l[:, None])
+            if BLOCK_KEEP:  # the block-sparse edit's dropped keys hold no mass
+                p = tl.where(kept, p, 0.0)
+            if REDIST:
+                keep = tl.load(RowKeep + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
+                boost = tl.load(RowBoost + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
+                p *= tl.where(is_source[None, :], keep[:, None], tl.where(is_target[None, :], boost[:, None], 1.0))
+            total += p
+            if BLOCK_MASS or BLOCK_MAX:
+                add_block_stats(p, offs_m, offs_n, m0, n0, lq, lk, tl.maximum(start - offset, 0), start, block_size,
+                                n_qb, n_kb, bh, BlockMass, BlockMax, BLOCK_M, BLOCK_N, BLOCK_MASS, BLOCK_MAX)
     if RECEIVED:
         tl.store(Received + bh * lk + offs_n, tl.sum(total, 0), mask=offs_n < lk)
