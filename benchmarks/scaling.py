@@ -1,8 +1,9 @@
 """Tracing beyond one GPU: a model sharded by a device_map (with CPU offload), and context-parallel traces.
 
 Both modes trace a random-init model of the shape benchmarks/configs/NAME.json (bfloat16; speed does not depend
-on the weights) on random tokens, batch 1, with every statistic of the contract, and time the fastest of
---repeats traces after one untimed warm-up. Each row also holds the peak GPU memory (the largest over ranks).
+on the weights) on random tokens, batch 1, with every per-token statistic of the contract (the block statistics
+are not merged across context-parallel ranks), and time the fastest of --repeats traces after one untimed
+warm-up. Each row also holds the peak GPU memory (the largest over ranks).
   device-map        python benchmarks/scaling.py --mode device-map --config llama3-8b --max-memory 0=8GiB,cpu=100GiB
                     workbench.load(model, device_map="auto", max_memory=...): layers over the GPUs, the rest
                     offloaded to the CPU; one process. The row says how many layers sit on a GPU.
@@ -44,10 +45,10 @@ def random_model(name: str, length: int, device: str) -> torch.nn.Module:
 def timed_trace(subject, ids: torch.Tensor, repeats: int, **options) -> tuple[float, object]:
     """The fastest of `repeats` traces (ms) after one warm-up, and the last trace."""
     import workbench
-    from workbench.kernels import ALL_STATS
+    from workbench.kernels import KEY_STATS, QUERY_STATS
 
     def run():
-        return workbench.trace(subject, ids, stats=ALL_STATS, logits="last", **options)
+        return workbench.trace(subject, ids, stats=QUERY_STATS + KEY_STATS, logits="last", **options)
 
     trace = run()
     best = float("inf")
@@ -72,8 +73,12 @@ def device_map_rows(args) -> tuple[list[dict], int]:
     from workbench.cli.common import memory_limits
 
     lengths = [int(x) for x in args.lengths.split(",")]
-    model = random_model(args.config, max(lengths), "cpu")
+    begin = time.time()
+    # initialized on the GPU (the CPU takes minutes over 8B random weights), then handed over from host memory
+    model = random_model(args.config, max(lengths), "cuda").cpu()
+    torch.cuda.empty_cache()
     subject = workbench.load(model, device_map="auto", max_memory=memory_limits(args.max_memory))
+    print(f"model built and placed in {time.time() - begin:.0f} s", flush=True)
     placed = subject.model.hf_device_map
     on_gpu = sorted({p for p in placed.values() if isinstance(p, int)})
     layers_on_gpu = sum(1 for k, p in placed.items() if ".layers." in k and isinstance(p, int))

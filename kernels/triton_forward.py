@@ -47,7 +47,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.kernels.triton_blocks import kept_keys
+from workbench.kernels.triton_blocks import kept_keys, tile_kept
 from workbench.kernels.triton_logits import LN2, LOG2E, MASKED, edited_logits, logit_scales, visible, whole_key_blocks
 from workbench.kernels.triton_redistribution import (
     edited_entropy_bits,
@@ -201,10 +201,11 @@ def stats_forward(
         for n0 in range(seg_lo, seg_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             live = True  # a Python constant unless the block-sparse edit may drop the whole tile
-            if BLOCK_KEEP:
-                kept = kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk, offs_m,
-                                 offs_n, tl.maximum(start - offset, 0), start, keep_size, keep_nq, keep_nk)
-                live = tl.max(tl.max(kept.to(tl.int32), 1), 0) > 0  # skip a tile whose keys are all dropped
+            if BLOCK_KEEP:  # a dropped tile is skipped
+                keep_ptr = BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk
+                kept = tile_kept(keep_ptr, pid_m * BLOCK_M, n0, tl.maximum(start - offset, 0), start, keep_size,
+                                 keep_nq, keep_nk, BLOCK_M, BLOCK_N)
+                live = kept != 0
             if live:
                 rel_k = offs_n - start
                 k_tile = load_block(DescK, b, kv_head, n0, k_tile_base, offs_n, stride_kn, offs_d, lk, HEAD_DIM,
@@ -225,8 +226,10 @@ def stats_forward(
                         if PADDED:
                             seen &= tl.load(key_valid_row + offs_n, mask=offs_n < lk, other=0)[None, :] != 0
                         u = tl.where(seen, u, MASKED)
-                    if BLOCK_KEEP:  # the block-sparse edit (never FOLD): a kept tile's dropped keys are masked
-                        u = tl.where(kept, u, MASKED)
+                    if BLOCK_KEEP:  # (never FOLD) a tile over blocks of the mask that differ: its dropped keys
+                        if kept == 2:
+                            u = tl.where(kept_keys(keep_ptr, offs_m, offs_n, tl.maximum(start - offset, 0), start,
+                                                   keep_size, keep_nq, keep_nk), u, MASKED)
                     if MAX:  # the row maximum and its first position in one reduction
                         block_max, block_arg = tl.max(u, 1, return_indices=True, return_indices_tie_break_left=True)
                     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.kernels.triton_blocks import add_block_stats, kept_keys
+from workbench.kernels.triton_blocks import add_block_stats, kept_keys, tile_kept
 from workbench.kernels.triton_forward import load_block
 from workbench.kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
 from workbench.kernels.triton_redistribution import key_set
@@ -77,10 +77,11 @@ def received_pass(
     for m0 in range(lo, hi, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         live = True  # a Python constant unless the block-sparse edit may drop the whole tile
-        if BLOCK_KEEP:
-            kept = kept_keys(BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk, offs_m, offs_n,
-                             tl.maximum(start - offset, 0), start, keep_size, keep_nq, keep_nk)
-            live = tl.max(tl.max(kept.to(tl.int32), 1), 0) > 0  # a tile whose keys are all dropped adds nothing
+        if BLOCK_KEEP:  # a dropped tile adds nothing
+            keep_ptr = BlockKeep + (head * keep_batches + b % keep_batches) * keep_nq * keep_nk
+            kept = tile_kept(keep_ptr, m0, n0, tl.maximum(start - offset, 0), start, keep_size, keep_nq, keep_nk,
+                             BLOCK_M, BLOCK_N)
+            live = kept != 0
         if live:
             q_tile = load_block(DescQ, b, head, m0, q_tile_base, offs_m, stride_qm, offs_d, lq, HEAD_DIM, BLOCK_M,
                                 BLOCK_D, TMA)
@@ -94,8 +95,10 @@ def received_pass(
                 p = tl.where(seen, tl.exp2((u - tl.where(row_ok, m, 0.0)[:, None]) - log2_l[:, None]), 0.0)
             else:
                 p = tl.exp2((u - m[:, None]) - log2_l[:, None])
-            if BLOCK_KEEP:  # the block-sparse edit's dropped keys hold no mass
-                p = tl.where(kept, p, 0.0)
+            if BLOCK_KEEP:  # a tile over blocks of the mask that differ: its dropped keys hold no mass
+                if kept == 2:
+                    p = tl.where(kept_keys(keep_ptr, offs_m, offs_n, tl.maximum(start - offset, 0), start, keep_size,
+                                           keep_nq, keep_nk), p, 0.0)
             if REDIST:
                 keep = tl.load(RowKeep + bh * lq + offs_m, mask=offs_m < lq, other=1.0)
                 boost = tl.load(RowBoost + bh * lq + offs_m, mask=offs_m < lq, other=1.0)

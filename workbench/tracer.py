@@ -61,18 +61,37 @@ class Capture:
     records: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     pattern_records: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     input_records: dict[int, AttentionInputs] = field(default_factory=dict)
+    slabs: dict[str, torch.Tensor] = field(default_factory=dict)  # CPU records of every layer, see `_filed`
 
     def keep(self, layer: int, stats: dict[str, torch.Tensor], pattern_of) -> None:
         """File this capture's share of one attention call's statistics, and its patterns, under `layer`.
 
         They stay on the model's device (no synchronization per layer); `trace` moves them to the host once.
         """
-        self.records[layer] = {name: stats[name].detach() for name in self.stats}
+        self.records[layer] = {name: self._filed(name, layer, stats[name].detach()) for name in self.stats}
         heads = self.patterns.get(layer)
         if heads:
             pattern = pattern_of(heads, self.pattern_window)
             for i, head in enumerate(heads):
                 self.pattern_records[(layer, head)] = pattern[:, i]
+
+    def _filed(self, name: str, layer: int, record: torch.Tensor) -> torch.Tensor:
+        """The record as kept: itself on an accelerator; on the CPU, a copy into this capture's slab of `name`
+        for every layer (allocated when the first layer records it, again if the shape changes).
+
+        The records are small and live to the end of the forward, while its large buffers come and go around
+        them: allocated one by one, they pin pieces of the C allocator's heap that the buffers then cannot
+        reuse whole, which cost up to a quarter more peak memory than the plain forward on a long input
+        (benchmarks/cpu_trace.py). A later forward of the same capture overwrites the slab, as it replaces the
+        records; `statistics` copies them out.
+        """
+        if record.device.type != "cpu":
+            return record
+        slab = self.slabs.get(name)
+        if slab is None or slab.shape[1:] != record.shape or slab.dtype != record.dtype:
+            slab = self.slabs[name] = torch.empty((max(self.layer_of.values()) + 1, *record.shape), dtype=record.dtype)
+        slab[layer].copy_(record)
+        return slab[layer]
 
     def statistics(self, n_layers: int) -> dict[str, torch.Tensor]:
         """Every recorded statistic stacked over the layers and brought to the host: [layer, batch, head, q]
