@@ -10,9 +10,11 @@ warm-up. Each row also holds the peak GPU memory (the largest over ranks).
   context-parallel  torchrun --nproc-per-node N benchmarks/scaling.py --mode context-parallel --config llama-1.1b
                     workbench.trace(..., context_parallel=True) on N ranks (NCCL when each rank has a GPU of its
                     own, gloo when ranks share one), against the one-process trace of the same model on rank 0
-                    where it fits (--baseline), whose statistics the parallel ones are checked against.
+                    where it fits (--baseline), whose statistics the parallel ones are checked against. On a
+                    machine without a GPU the ranks run on its CPU cores (gloo, float32), memory as peak RSS.
 Writes scaling_<mode>_<config>_<gpus>x<gpu>.json and .md into --out (default benchmarks/results), with the GPU
-name and a `gpus` field (GPUs in use: distinct devices of the ranks, or of the device map).
+name and a `gpus` field (GPUs in use: distinct devices of the ranks, or of the device map; on CPUs
+scaling_<mode>_<config>_<cpu>, gpus 0).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import time
 from pathlib import Path
 
@@ -31,7 +34,8 @@ CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
 def random_model(name: str, length: int, device: str) -> torch.nn.Module:
-    """A random-init causal LM of the shape of configs/NAME.json, in bfloat16 on `device`."""
+    """A random-init causal LM of the shape of configs/NAME.json on `device`, in bfloat16 (float32 on a CPU, as
+    `workbench.load` gives there)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fields = json.loads((CONFIGS_DIR / f"{name}.json").read_text())
@@ -39,11 +43,13 @@ def random_model(name: str, length: int, device: str) -> torch.nn.Module:
     config.max_position_embeddings = max(config.max_position_embeddings, length)
     with torch.device(device):
         torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16).eval()
+        dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
 
 
 def timed_trace(subject, ids: torch.Tensor, repeats: int, **options) -> tuple[float, object]:
-    """The fastest of `repeats` traces (ms) after one warm-up, and the last trace."""
+    """The fastest of `repeats` traces (ms) after one warm-up, and the last trace. The ranks of a context-parallel
+    trace start each one together; a one-process trace (the baseline on rank 0) meets no other rank."""
     import workbench
     from workbench.kernels import KEY_STATS, QUERY_STATS
 
@@ -53,19 +59,41 @@ def timed_trace(subject, ids: torch.Tensor, repeats: int, **options) -> tuple[fl
     trace = run()
     best = float("inf")
     for _ in range(repeats):
-        if dist.is_initialized():
+        if options.get("context_parallel"):
             dist.barrier()
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         trace = run()
-        torch.cuda.synchronize()
+        synchronize()
         best = min(best, (time.perf_counter() - start) * 1000)
     return best, trace
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_gib() -> float:
-    """The largest peak of allocated memory over this process's GPUs, in GiB."""
+    """The largest peak of allocated memory over this process's GPUs, in GiB (on a CPU machine: the process's
+    peak resident memory)."""
+    if not torch.cuda.is_available():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30
+
+
+def machine() -> str:
+    """The GPU's name, or the CPU's (as the CPU benchmark reads it) on a machine without one."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from cpu_trace import machine as cpu
+
+    return cpu()[0]
 
 
 def device_map_rows(args) -> tuple[list[dict], int]:
@@ -108,7 +136,7 @@ def context_parallel_rows(args) -> tuple[list[dict], int]:
     for length in lengths:
         generator = torch.Generator().manual_seed(length)
         ids = torch.randint(0, subject.model.config.vocab_size, (1, length), generator=generator)
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak()
         row = {"L": length, "ranks": world, "backend": dist.get_backend()}
         try:
             row["ms"], trace = timed_trace(subject, ids, args.repeats, context_parallel=True)
@@ -121,7 +149,7 @@ def context_parallel_rows(args) -> tuple[list[dict], int]:
         row["peak_gib"] = None if None in peaks else max(peaks)
         if rank == 0 and args.baseline and trace is not None:
             try:
-                torch.cuda.reset_peak_memory_stats()
+                reset_peak()
                 row["one_process_ms"], one = timed_trace(subject, ids, args.repeats)
                 row["one_process_peak_gib"] = peak_gib()
                 row["max_abs_diff"] = {name: float((trace.stats[name].double() - one.stats[name].double())
@@ -134,11 +162,11 @@ def context_parallel_rows(args) -> tuple[list[dict], int]:
         rows.append(row)
     devices = [None] * world
     dist.all_gather_object(devices, device)
-    return rows, len(set(devices))
+    return rows, len({d for d in devices if d.startswith("cuda")})
 
 
 def markdown(mode: str, config: str, gpu: str, gpus: int, rows: list[dict]) -> str:
-    lines = [f"# {mode}: {config} on {gpus} x {gpu}", ""]
+    lines = [f"# {mode}: {config} on {f'{gpus} x ' if gpus else ''}{gpu}", ""]
     keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k != "max_abs_diff"]
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
@@ -167,9 +195,9 @@ def main() -> None:
     rows, gpus = (device_map_rows if args.mode == "device-map" else context_parallel_rows)(args)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    gpu = torch.cuda.get_device_name()
+    gpu = machine()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
-    name = f"scaling_{args.mode}_{args.config}_{gpus}x{slug}"
+    name = f"scaling_{args.mode}_{args.config}_{f'{gpus}x' if gpus else ''}{slug}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "gpus": gpus, "mode": args.mode, "config": args.config, "torch": torch.__version__,

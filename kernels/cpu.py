@@ -15,9 +15,10 @@ of causal and sliding-window maps is skipped, not masked. Per chunk, in float32:
    the one-pass identities of the fused kernels (FlashAttention, Dao et al. 2022, keeps the same (m, l)), while
    the row is in cache; the row is overwritten with p_ij = e_ij / l, with window_distance, self and sink mass
    read off it (with the VAR redistribution of `HeadEdits.redistribute`, the few source and target keys of
-   the row are then rescaled, the entropy corrected on them and the max read again);
-3. out = p V (a second batched matmul) and received_j += sum_i p_ij (a sum over the chunk's rows); the block
-   statistics fold p into their [query block, key block] maps (`workbench.kernels.reference.BlockGrid`).
+   the row are then rescaled, the entropy corrected on them and the max read again), and added to
+   received_j (a buffer per thread, summed after the rows) while it is still in cache;
+3. out = p V (a second batched matmul); the block statistics fold p into their [query block, key block] maps
+   (`workbench.kernels.reference.BlockGrid`).
 
 Steps 1 and 3 are the two matmuls PyTorch's own fused attention does, with the same float32 accumulation, so the
 output equals `torch.nn.functional.scaled_dot_product_attention`'s to float rounding and the model's logits stay
@@ -141,7 +142,7 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
                  source_keys=_pointer(sources), target_keys=_pointer(targets),
                  n_source=0 if sources is None else sources.numel(), n_target=0 if targets is None else targets.numel(),
                  out_length=lq, sink_logit=_pointer(sink_logit),
-                 **{name: _pointer(res.get(name)) for name in (*_PER_QUERY, "argmax_key")})
+                 **{name: _pointer(res.get(name)) for name in (*_PER_QUERY, "argmax_key", "received")})
     rows_pass = library().softmax_rows
     for c0 in range(0, lq, chunk):
         c1 = min(lq, c0 + chunk)
@@ -157,12 +158,11 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
             scores.view(batch, heads, n, width).masked_fill_(dropped, -math.inf)
         args.scores, args.rows, args.width, args.n_queries = scores.data_ptr(), batch * heads * n, width, n
         args.first_query, args.first_key, args.out_offset = c0 + offset, k0, c0
-        rows_pass(args)
+        if rows_pass(args):
+            raise MemoryError("no memory for the CPU row pass's buffers of `received`")
         if blind is not None:
             blind[:, :, c0:c1] = ~scores.view(batch, heads, n, width).any(-1)
         out[:, :, :, c0:c1] = torch.bmm(scores, vf[:, k0:k1]).view(batch, kv_heads, group, n, -1)
-        if "received" in res:
-            res["received"][:, :, k0:k1] += scores.view(batch, heads, n, width).sum(2)
         if blocks:
             blocks.add(res, scores.view(batch, heads, n, width), c0, k0)
     out = _output_edits(out.view(batch, heads, lq, -1), vf.view(batch, kv_heads, lk, -1), edits, valid, offset,

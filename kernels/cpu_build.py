@@ -39,7 +39,7 @@ class Chunk(ctypes.Structure):
         ("out_offset", ctypes.c_int64), ("lse", ctypes.c_void_p), ("entropy", ctypes.c_void_p),
         ("sink_mass", ctypes.c_void_p), ("max_prob", ctypes.c_void_p), ("window_distance", ctypes.c_void_p),
         ("self_mass", ctypes.c_void_p), ("argmax_key", ctypes.c_void_p), ("sink_logit", ctypes.c_void_p),
-        ("learned_sink_mass", ctypes.c_void_p),
+        ("learned_sink_mass", ctypes.c_void_p), ("received", ctypes.c_void_p),
     ]
 
 
@@ -87,5 +87,5 @@ def library() -> ctypes.CDLL:
     except OSError as err:
         raise BuildError(f"cannot load {target}: {err}") from err
     lib.softmax_rows.argtypes = [ctypes.POINTER(Chunk)]
-    lib.softmax_rows.restype = None
+    lib.softmax_rows.restype = ctypes.c_int
     return lib

@@ -14,11 +14,15 @@
  * With the VAR redistribution the row's sources give up the fraction f of their mass S to the targets, in
  * proportion to the targets' mass T (workbench.kernels.contract.HeadEdits); the entropy is corrected on those few
  * keys, and the max and argmax are read again off the edited row.
- * Rows are independent and split over the OpenMP threads (the runtime PyTorch itself loaded).
+ * Rows are independent and split over the OpenMP threads (the runtime PyTorch itself loaded). `received`
+ * (sum_i p_ij) is added while each row is still in cache: into a buffer per thread (rows of one head may fall
+ * to two threads), summed into the result after the rows; a separate pass over the chunk would read it again.
  */
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct chunk {
@@ -43,6 +47,7 @@ struct chunk {
     int64_t *argmax_key;
     const float *sink_logit;       /* [heads] learned sink logits (edited), or NULL: no learned sinks */
     float *learned_sink_mass;      /* NULL: not requested */
+    float *received;               /* [batch, heads, n_keys], the chunk's columns added to it; NULL: not requested */
 };
 
 /* exp(x) for x <= 0, 0 below -87.3 (where expf leaves the normal range), in a form the compiler vectorizes:
@@ -123,7 +128,8 @@ static float redistribute(const struct chunk *a, float *row, int64_t b, int64_t 
     return change;
 }
 
-static void one_row(const struct chunk *a, int64_t r) {
+/* One row: its statistics, p in place of its scores, and p added to `received` [batch * heads, width] if given. */
+static void one_row(const struct chunk *a, int64_t r, float *received) {
     float *row = a->scores + r * a->width;
     int64_t c = r % a->n_queries, h = (r / a->n_queries) % a->heads, b = r / (a->n_queries * a->heads);
     int64_t query = a->first_query + c, own = query - a->first_key;
@@ -224,9 +230,31 @@ static void one_row(const struct chunk *a, int64_t r) {
         }
         a->sink_mass[out] = mass;
     }
+    if (received) {
+        float *column = received + (b * a->heads + h) * a->width;
+#pragma omp simd
+        for (int64_t j = lo; j < hi; j++) column[j] += row[j];
+    }
 }
 
-void softmax_rows(const struct chunk *a) {
+/* Every row of the chunk; returns 0, or 1 when the buffers of `received` cannot be allocated. */
+int softmax_rows(const struct chunk *a) {
+    int64_t heads = a->rows / a->n_queries, size = heads * a->width;
+    int threads = omp_get_max_threads();
+    float *partial = a->received ? calloc((size_t)threads * (size_t)size, sizeof *partial) : NULL;
+    if (a->received && !partial) return 1;
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < a->rows; r++) one_row(a, r);
+    for (int64_t r = 0; r < a->rows; r++) one_row(a, r, partial ? partial + omp_get_thread_num() * size : NULL);
+    if (!partial) return 0;
+#pragma omp parallel for schedule(static)
+    for (int64_t x = 0; x < heads; x++) {
+        float *sum = a->received + x * a->n_keys + a->first_key;
+        for (int t = 0; t < threads; t++) {
+            const float *part = partial + t * size + x * a->width;
+#pragma omp simd
+            for (int64_t j = 0; j < a->width; j++) sum[j] += part[j];
+        }
+    }
+    free(partial);
+    return 0;
 }
