@@ -129,6 +129,22 @@ static float redistribute(const struct chunk *a, float *row, int64_t b, int64_t 
 }
 
 /* One row: its statistics, p in place of its scores, and p added to `received` [batch * heads, width] if given. */
+/* The first column of [lo, hi) that holds `top` (hi - 1 if none): a vectorized min over the row, which is in cache,
+ * instead of a scalar scan that stops at the column. */
+static int64_t first_of(const float *row, int64_t lo, int64_t hi, float top) {
+    int64_t first = hi - 1;
+#pragma omp simd reduction(min : first)
+    for (int64_t j = lo; j < hi; j++) first = row[j] == top && j < first ? j : first;
+    return first;
+}
+
+/* |query - key| as a float for the columns j of a row whose own column is `offset` (positions fit in 32 bits, so the
+ * compiler converts them in vector registers). */
+static inline float distance_of(int64_t offset, int64_t j) {
+    int32_t d = (int32_t)(offset - j);
+    return (float)(d < 0 ? -d : d);
+}
+
 static void one_row(const struct chunk *a, int64_t r, float *received) {
     float *row = a->scores + r * a->width;
     int64_t c = r % a->n_queries, h = (r / a->n_queries) % a->heads, b = r / (a->n_queries * a->heads);
@@ -151,11 +167,7 @@ static void one_row(const struct chunk *a, int64_t r, float *received) {
         empty_row(a, row, out);
         return;
     }
-    if (a->argmax_key) {
-        int64_t j = lo;
-        while (j < hi - 1 && row[j] != m) j++;
-        a->argmax_key[out] = a->first_key + j - a->start[b];
-    }
+    if (a->argmax_key) a->argmax_key[out] = a->first_key + first_of(row, lo, hi, m) - a->start[b];
     float l = 0.0f, t = 0.0f;
     if (a->entropy) {
 #pragma omp simd reduction(+ : l, t)
@@ -189,7 +201,7 @@ static void one_row(const struct chunk *a, int64_t r, float *received) {
         float distance = 0.0f, cap = a->distance_cap;
 #pragma omp simd reduction(+ : distance)
         for (int64_t j = lo; j < hi; j++) {
-            float p = row[j] * inv, d = (float)(offset > j ? offset - j : j - offset);
+            float p = row[j] * inv, d = distance_of(offset, j);
             row[j] = p;
             distance += p * (d < cap ? d : cap);
         }
@@ -202,16 +214,12 @@ static void one_row(const struct chunk *a, int64_t r, float *received) {
         max_prob = 0.0f;
 #pragma omp simd reduction(max : max_prob)
         for (int64_t j = lo; j < hi; j++) max_prob = row[j] > max_prob ? row[j] : max_prob;
-        if (a->argmax_key) {
-            int64_t j = lo;
-            while (j < hi - 1 && row[j] != max_prob) j++;
-            a->argmax_key[out] = a->first_key + j - a->start[b];
-        }
+        if (a->argmax_key) a->argmax_key[out] = a->first_key + first_of(row, lo, hi, max_prob) - a->start[b];
         if (a->window_distance) {
             float distance = 0.0f, cap = a->distance_cap;
 #pragma omp simd reduction(+ : distance)
             for (int64_t j = lo; j < hi; j++) {
-                float d = (float)(offset > j ? offset - j : j - offset);
+                float d = distance_of(offset, j);
                 distance += row[j] * (d < cap ? d : cap);
             }
             a->window_distance[out] = distance;
