@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 import triton
+from hardware import slug
 
 from workbench.kernels import KEY_STATS, QUERY_STATS, HeadEdits
 from workbench.kernels.triton_attention import CONFIGS, attention
@@ -403,7 +403,6 @@ def main() -> None:
         return
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
     gpu = torch.cuda.get_device_name()
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
     tag = f"_{args.tag}" if args.tag else ""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -421,7 +420,7 @@ def main() -> None:
             continue
         start = time.time()
         rows = run([int(x) for x in lengths.split(",")])
-        name = f"attention_stats_{part}{tag}_{slug}"
+        name = f"attention_stats_{part}{tag}_{slug(gpu)}"
         (out / f"{name}.json").write_text(json.dumps({**meta, "seconds": math.ceil(time.time() - start),
                                                       "rows": rows}, indent=1))
         table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [])

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -39,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from hardware import cpu_name, slug
 
 STATS = ("entropy", "sink_mass")
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -141,17 +140,7 @@ def measure(method: str, model_name: str, length: int, timeout: float) -> dict:
 
 def machine() -> tuple[str, int]:
     """The CPU's model name and the number of cores torch uses."""
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return name, torch.get_num_threads()
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return cpu_name(), torch.get_num_threads()
 
 
 def cell(entry: dict) -> str:

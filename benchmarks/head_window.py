@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from hardware import device_name, slug
 
 WINDOW = 48
 QUERY_WIDTH = 256
@@ -74,15 +73,7 @@ def measure(subject, length: int, moves: int, seed: int = 0) -> dict:
 
 
 def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{device_name()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -100,16 +91,16 @@ def main() -> None:
         rows.append(measure(subject, length, args.moves))
         print(json.dumps(rows[-1]), flush=True)
     where = machine()
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{args.model} {'gpu' if torch.cuda.is_available() else 'cpu'}".lower())
+    name = slug(f"{args.model} {'gpu' if torch.cuda.is_available() else 'cpu'}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"head_window_{slug}.json").write_text(json.dumps({"model": args.model, "machine": where,
+    (args.out / f"head_window_{name}.json").write_text(json.dumps({"model": args.model, "machine": where,
                                                                    "rows": rows}, indent=1))
     lines = [f"# Head-view window move: {args.model} on {where}", "",
              "| tokens | full trace (s) | layer inputs, once (s) | window move (ms) | query window (ms) |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['length']} | {r['full_trace_s']:.2f} | {r['layer_inputs_s']:.2f} | "
               f"{1000 * r['window_move_s']:.1f} | {1000 * r['query_window_s']:.1f} |" for r in rows]
-    (args.out / f"head_window_{slug}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"head_window_{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

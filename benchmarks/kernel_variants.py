@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +98,7 @@ def main() -> None:
         child(shapes, [int(x) for x in args.lengths.split(",")], args.anchor)
         return
     import torch
+    from hardware import slug
 
     variants = [(config, tma) for config in args.configs.split(";") for tma in (False, True)]
     with ThreadPoolExecutor(len(variants)) as pool:  # compile every variant at once, at a short length
@@ -108,7 +108,7 @@ def main() -> None:
         rows += run_variant(config, tma, args, args.lengths, anchor=i == 0)
         print(f"timed {config} {'descriptors' if tma else 'pointers'}", flush=True)
     gpu = torch.cuda.get_device_name()
-    name = "kernel_variants_" + re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    name = "kernel_variants_" + slug(gpu)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from hardware import device_name, slug
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -85,15 +85,6 @@ def peak_gib() -> float:
     if not torch.cuda.is_available():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30
-
-
-def machine() -> str:
-    """The GPU's name, or the CPU's (as the CPU benchmark reads it) on a machine without one."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    from cpu_trace import machine as cpu
-
-    return cpu()[0]
 
 
 def device_map_rows(args) -> tuple[list[dict], int]:
@@ -195,9 +186,8 @@ def main() -> None:
     rows, gpus = (device_map_rows if args.mode == "device-map" else context_parallel_rows)(args)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    gpu = machine()
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
-    name = f"scaling_{args.mode}_{args.config}_{f'{gpus}x' if gpus else ''}{slug}"
+    gpu = device_name()
+    name = f"scaling_{args.mode}_{args.config}_{f'{gpus}x' if gpus else ''}{slug(gpu)}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "gpus": gpus, "mode": args.mode, "config": args.config, "torch": torch.__version__,
