@@ -55,7 +55,7 @@ import triton
 from hardware import slug
 
 from workbench.kernels import KEY_STATS, QUERY_STATS, HeadEdits
-from workbench.kernels.triton_attention import CONFIGS, attention
+from workbench.kernels.triton_attention import CONFIGS, PINNED, attention
 
 DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
 CONFIGS_DIR = Path(__file__).parent / "configs"  # model shapes: llama-1.1b, smollm2-135m, gemma3-270m, llama3-8b
@@ -342,8 +342,11 @@ def short(entry: dict, ratio: bool) -> str:
     return f"{entry['ms']:.2f}" + (f" ({entry['vs_fastest']:.2f}x)" if ratio else "")
 
 
-def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict]) -> str:
-    lines = [f"# Attention with statistics on {gpu}", ""]
+def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: str | None = None) -> str:
+    """The result tables; `pinned`: the tile configuration every launch of our kernels used (None: autotuned)."""
+    tiles = (f"Our kernels' tiles pinned to {pinned} (BLOCK_M, BLOCK_N, warps, stages: WORKBENCH_TRITON_CONFIG)."
+             if pinned else "Our kernels' tiles autotuned.")
+    lines = [f"# Attention with statistics on {gpu}", "", tiles, ""]
     if kernel_rows:
         heads, kv_heads, head_dim = kernel_rows[0]["shape"]
         blocks = sorted({n for r in kernel_rows for n in r if n.startswith("ours_block_")},
@@ -407,7 +410,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "gpus": 1, "torch": torch.__version__, "triton": triton.__version__,
-            "flash_attn_4": _version("flash-attn-4")}
+            "flash_attn_4": _version("flash-attn-4"), "triton_config": PINNED and ",".join(
+                str(PINNED[k]) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))}
     if args.lengths:
         meta["precompile_seconds"] = round(precompile(shapes, extra))
         print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
@@ -423,7 +427,8 @@ def main() -> None:
         name = f"attention_stats_{part}{tag}_{slug(gpu)}"
         (out / f"{name}.json").write_text(json.dumps({**meta, "seconds": math.ceil(time.time() - start),
                                                       "rows": rows}, indent=1))
-        table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [])
+        table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [],
+                         meta["triton_config"])
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)
 

@@ -9,8 +9,8 @@ in parallel first (one process per variant, into Triton's disk cache), then time
 per-query statistic plus `received`; cuDNN SDPA is timed on the same inputs in the first variant's process.
 
 Usage: python benchmarks/kernel_variants.py [--configs 128,64,8,3;128,128,8,3] [--lengths 8192,32768]
-  [--shapes 32,32,128;32,8,64] [--out benchmarks/results]
-Writes kernel_variants_<gpu>.json and .md into --out.
+  [--shapes 32,32,128;32,8,64] [--loads descriptors,pointers] [--tag NAME] [--out benchmarks/results]
+Writes kernel_variants_[<tag>_]<gpu>.json and .md into --out.
 """
 
 from __future__ import annotations
@@ -67,12 +67,11 @@ def run_variant(config: str, tma: bool, args: argparse.Namespace, lengths: str, 
     return [dict(row, config=config, tma=tma) for row in rows]
 
 
-def table(rows: list[dict], gpu: str) -> str:
+def table(rows: list[dict], gpu: str, command: str) -> str:
     """Markdown: one line per shape, length and variant, ms and the ratio to cuDNN SDPA of the same inputs."""
     cudnn = {(r["shape"], r["L"]): r["cudnn"] for r in rows if "cudnn" in r}
     lines = [f"# Kernel variants on {gpu}", "",
-             "bf16, causal, batch 1; median ms (ratio to cuDNN SDPA on the same inputs). Command: "
-             "`python benchmarks/kernel_variants.py`.", "",
+             f"bf16, causal, batch 1; median ms (ratio to cuDNN SDPA on the same inputs). Command: `{command}`.", "",
              "| shape | L | tiles (M, N, warps, stages) | loads | no statistics | one-pass | all (+received) |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["shape"], r["L"], r["config"], r["tma"])):
@@ -89,6 +88,9 @@ def main() -> None:
     parser.add_argument("--configs", default="128,64,8,3;128,128,8,3;128,128,8,2;128,64,4,3")
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--shapes", default="32,32,128;32,8,64")
+    parser.add_argument("--loads", default="descriptors,pointers",
+                        help="which loads to time: descriptors (tensor descriptors, Hopper), pointers, or both")
+    parser.add_argument("--tag", default="", help="a name for this set of variants, put into the file names")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--anchor", action="store_true", help=argparse.SUPPRESS)
@@ -100,7 +102,11 @@ def main() -> None:
     import torch
     from hardware import slug
 
-    variants = [(config, tma) for config in args.configs.split(";") for tma in (False, True)]
+    loads = {"pointers": False, "descriptors": True}
+    unknown = [x for x in args.loads.split(",") if x not in loads]
+    if unknown:
+        parser.error(f"--loads: unknown {unknown}; known: {list(loads)}")
+    variants = [(config, loads[x]) for config in args.configs.split(";") for x in args.loads.split(",")]
     with ThreadPoolExecutor(len(variants)) as pool:  # compile every variant at once, at a short length
         list(pool.map(lambda v: run_variant(*v, args, "1024", False), variants))
     rows = []
@@ -108,12 +114,14 @@ def main() -> None:
         rows += run_variant(config, tma, args, args.lengths, anchor=i == 0)
         print(f"timed {config} {'descriptors' if tma else 'pointers'}", flush=True)
     gpu = torch.cuda.get_device_name()
-    name = "kernel_variants_" + slug(gpu)
+    name = "kernel_variants_" + (f"{args.tag}_" if args.tag else "") + slug(gpu)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
-    (out / f"{name}.md").write_text(table(rows, gpu))
-    print(table(rows, gpu))
+    shown = [f"--{k} '{v}'" for k, v in vars(args).items() if k in ("configs", "shapes", "lengths", "loads", "tag")]
+    command = "python benchmarks/kernel_variants.py " + " ".join(shown)
+    (out / f"{name}.md").write_text(table(rows, gpu, command))
+    print(table(rows, gpu, command))
 
 
 if __name__ == "__main__":

@@ -45,10 +45,15 @@ def _descriptor_blocks(nargs: dict) -> None:
             desc.block_shape = [1, 1, nargs[rows], nargs["BLOCK_D"]]
 
 
-CONFIGS = [  # the autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages
+# The autotune space: BLOCK_M, BLOCK_N, num_warps, num_stages. One warpgroup of 4 warps over 64 rows with at
+# most ~107 KB of shared memory lets two programs share a Hopper multiprocessor: each waits at its own barriers,
+# so one's softmax runs while the other's matrix products do (with 8 warps in one program, the CTA-wide barriers
+# of the loop keep both warpgroups in step). 64 x 128 and 64 x 64 tiles win at head_dim 64 and 128 on the H200
+# (benchmarks/NOTES.md); the smaller tiles suit GPUs with less shared memory.
+CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_descriptor_blocks)
-    for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
-                         (128, 32, 4, 3), (64, 32, 4, 2)]
+    for bm, bn, w, s in [(64, 128, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2), (128, 128, 8, 3),
+                         (128, 64, 8, 3), (128, 64, 4, 3), (64, 32, 4, 2)]
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
 _KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
