@@ -1,8 +1,9 @@
 """Tracing beyond one GPU: a model sharded by a device_map (with CPU offload), and context-parallel traces.
 
 Both modes trace a random-init model of the shape benchmarks/configs/NAME.json (bfloat16; speed does not depend
-on the weights) on random tokens, batch 1, with every per-token statistic of the contract (the block statistics
-are not merged across context-parallel ranks), and time the fastest of --repeats traces after one untimed
+on the weights) on random tokens, batch 1, with every per-token statistic of the contract (the block statistics,
+which pad a context-parallel sequence to whole blocks on every rank, are left out, as in the results measured),
+and time the fastest of --repeats traces after one untimed
 warm-up. Each row also holds the peak GPU memory (the largest over ranks).
   device-map        python benchmarks/scaling.py --mode device-map --config llama3-8b --max-memory 0=8GiB,cpu=100GiB
                     workbench.load(model, device_map="auto", max_memory=...): layers over the GPUs, the rest

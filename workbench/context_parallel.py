@@ -8,8 +8,14 @@ keys and values (`torch.distributed.all_gather`, as Llama 3 does), and each runs
 chunks against the causal key prefix that chunk sees. Every query row thus meets all of its keys in one kernel
 call: its statistics (lse, entropy, sink mass, max_prob, argmax_key, window distance, self mass) and every
 in-kernel edit, the VAR redistribution included, are exactly those of one process, with no merge of partial
-softmax sums. Only `received` is split: each rank holds the column sums of its own query rows, and the ranks add
-them up (all_reduce). The attention output per row is the single-process one, so the logits are unchanged.
+softmax sums. Only the per-key and per-block statistics are split: each rank holds `received` (the column sums)
+and `block_mass` / `block_max` of its own query rows, and the ranks add them up (all_reduce: a sum, and a maximum
+for `block_max`). The attention output per row is the single-process one, so the logits are unchanged.
+
+Blocks count from each sequence's first real token (`workbench.kernels.contract`); with the block statistics the
+sequence is padded to a multiple of 2 x world x block_size, so that every chunk starts on a block edge of every
+sequence whose first real token does (a sequence without left padding, or left padding of whole blocks), and
+each chunk's blocks are the whole sequence's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch.distributed as dist
 
 from workbench import kernels
 from workbench.errors import WorkbenchError
+from workbench.kernels.contract import n_blocks
 
 
 @dataclass
@@ -46,15 +53,29 @@ def zigzag(world: int, rank: int) -> tuple[int, int]:
     return rank, 2 * world - 1 - rank
 
 
-def split(attention_mask: torch.Tensor, group: dist.ProcessGroup | None = None) -> Shards:
+def split(attention_mask: torch.Tensor, group: dist.ProcessGroup | None = None,
+          block_size: int | None = None) -> Shards:
     """This rank's Shards of a [batch, L] attention mask, the sequence padded at its end to a multiple of
-    2 x world (the padding is masked: causal rows never see it, and it is cut off the results)."""
+    2 x world (the padding is masked: causal rows never see it, and it is cut off the results).
+
+    block_size: the blocks of `block_mass` / `block_max` to be traced, when they are: the sequence is padded to a
+    multiple of 2 x world x block_size, and each sequence's first real token must start a block (no left
+    padding, or whole blocks of it), else WorkbenchError before any work."""
     if not dist.is_available() or not dist.is_initialized():
         raise WorkbenchError("context_parallel needs torch.distributed initialized: launch with torchrun, which "
                              "sets up the process group (`workbench trace --context-parallel` initializes it)")
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     length = attention_mask.shape[1]
-    padded = -(-length // (2 * world)) * 2 * world
+    unit = 2 * world * (block_size or 1)
+    if block_size:
+        first = _first(attention_mask.bool())
+        off_edge = sorted({int(f) for f in first if f % block_size})
+        if off_edge:
+            raise WorkbenchError(
+                f"block statistics under context parallelism need each sequence's first real token on a block edge "
+                f"(a multiple of block_size={block_size}); the left padding puts it at {off_edge}: pad on the "
+                "right, or trace the block statistics in one process")
+    padded = -(-length // unit) * unit
     mask = torch.nn.functional.pad(attention_mask.bool(), (0, padded - length), value=False)
     chunk = padded // (2 * world)
     chunks = zigzag(world, rank)
@@ -91,20 +112,25 @@ def gather_sequence(local: torch.Tensor, dim: int, shards: Shards) -> torch.Tens
     return full
 
 
-def sum_over_ranks(partial: torch.Tensor, shards: Shards) -> torch.Tensor:
-    """The sum of every rank's `partial` (`received`: each rank's column sums over its own query rows)."""
+def sum_over_ranks(partial: torch.Tensor, shards: Shards, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+    """The sum (or `op`) of every rank's `partial` (`received`: each rank's column sums over its own query rows)."""
+    device = partial.device
     total = partial.clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=shards.group)
-    return total
+    if device.type != "cpu" and dist.get_backend(shards.group) == "gloo":
+        total = total.cpu()  # gloo reduces host tensors only
+    dist.all_reduce(total, op=op, group=shards.group)
+    return total.to(device)
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, shards: Shards, *, causal: bool,
-              stats: Sequence[str], **options) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              stats: Sequence[str], block_size: int = kernels.DEFAULT_BLOCK_SIZE,
+              **options) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This rank's attention output [B, Hq, l, Dv] and statistics (per query: its l rows; `received`: this rank's
-    partial column sums over the whole padded sequence [B, Hq, L], summed over ranks by `sum_over_ranks`).
+    partial column sums over the whole padded sequence [B, Hq, L]; the block statistics: this rank's rows' share
+    of the whole padded sequence's blocks [B, Hq, L / block_size, L / block_size]; `combine` merges them).
 
     query/key/value hold this rank's positions; options are those of `workbench.kernels.attention` but
-    `key_padding`, which comes from `shards`."""
+    `key_padding`, which comes from `shards` (split with this block_size when block statistics are asked)."""
     if not causal:
         raise WorkbenchError("context parallelism splits causal attention only: this model's attention is "
                              "bidirectional (every query sees every key), trace it in one process")
@@ -115,25 +141,69 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, shard
         stop = (c + 1) * chunk  # the chunk's queries see keys 0..stop-1 (bottom-right aligned in the kernel)
         q = query[:, :, i * chunk:(i + 1) * chunk]
         out, computed = kernels.attention(q, keys[:, :, :stop], values[:, :, :stop], causal=True,
-                                          key_padding=shards.key_padding[:, :stop], stats=stats, **options)
+                                          key_padding=shards.key_padding[:, :stop], stats=stats,
+                                          block_size=block_size, **options)
         outs.append(out)
         pieces.append(computed)
-    result = {name: torch.cat([p[name] for p in pieces], dim=-1) for name in stats if name != "received"}
+    result = {name: torch.cat([p[name] for p in pieces], dim=-1) for name in stats if name not in SPLIT}
     if "received" in stats:
         received = torch.zeros(*query.shape[:2], shards.length, dtype=torch.float32, device=query.device)
         for piece in pieces:
             part = piece["received"]
             received[..., :part.shape[-1]] += part
         result["received"] = received
+    result |= _blocks_of_chunks(pieces, stats, shards, block_size)
     return torch.cat(outs, dim=2), result
+
+
+def _blocks_of_chunks(pieces: list[dict[str, torch.Tensor]], stats: Sequence[str], shards: Shards,
+                      block_size: int) -> dict[str, torch.Tensor]:
+    """This rank's block statistics on the whole padded sequence's grid, from those of its chunks' kernel calls.
+
+    A chunk's call counts its query blocks from its first real row: with chunks on block edges (`split`), its
+    block a is the sequence's block a + (chunk start - first real token) / block_size where the chunk starts
+    after the sequence's first real token, else block a itself. Its key blocks are the sequence's."""
+    names = [name for name in kernels.BLOCK_STATS if name in stats]
+    if not names:
+        return {}
+    n = shards.length // block_size
+    first = _first(shards.key_padding)
+    blocks = {}
+    for name in names:
+        grid = torch.zeros(*pieces[0][name].shape[:2], n, n, dtype=torch.float32, device=pieces[0][name].device)
+        for c, piece in zip(shards.chunks, pieces, strict=True):
+            part = piece[name]
+            for b in range(grid.shape[0]):
+                row = max(c * shards.chunk - int(first[b]), 0) // block_size
+                target = grid[b, :, row:row + part.shape[-2], :part.shape[-1]]
+                if name == "block_mass":
+                    target += part[b]
+                else:
+                    torch.maximum(target, part[b], out=target)
+        blocks[name] = grid
+    return blocks
+
+
+SPLIT = ("received", *kernels.BLOCK_STATS)  # the statistics each rank holds a share of, merged by all_reduce
 
 
 def combine(name: str, record: torch.Tensor, shards: Shards, length: int) -> torch.Tensor:
     """One layer's statistic of the whole sequence from every rank's share, cut to the input's `length`:
-    per query rows gathered in position order, `received` summed over ranks."""
+    per query rows gathered in position order, `received` and `block_mass` summed over ranks, `block_max` their
+    maximum (each block's p are >= 0, and 0 on the ranks whose rows are not in it)."""
     if name == "received":
         return sum_over_ranks(record, shards)[..., :length]
+    if name in kernels.BLOCK_STATS:
+        block_size = shards.length // record.shape[-1]
+        n = n_blocks(length, block_size)
+        op = dist.ReduceOp.MAX if name == "block_max" else dist.ReduceOp.SUM
+        return sum_over_ranks(record, shards, op)[..., :n, :n]
     return gather_sequence(record, record.ndim - 1, shards)[..., :length]
+
+
+def _first(mask: torch.Tensor) -> torch.Tensor:
+    """[B]: the position of each sequence's first real token (0 for a sequence with none)."""
+    return mask.long().argmax(-1)
 
 
 def _last(mask: torch.Tensor) -> torch.Tensor:

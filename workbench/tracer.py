@@ -201,11 +201,11 @@ def workbench_attention(module, query, key, value, attention_mask, dropout: floa
     shards = next((c.shards for c in captures if c.shards is not None), None)
     common = dict(stats=stats, edits=edits, backend=backend, sink_keys=captures[-1].sink_keys if captures else (0,),
                   distance_cap=captures[-1].distance_cap if captures else None)
+    block_size = captures[-1].block_size if captures else kernels.DEFAULT_BLOCK_SIZE
     if shards is not None:
         del options["key_padding"]  # the whole sequence's, from the shards
-        out, computed = cp.attention(query, key, value, shards, **options, **common)
+        out, computed = cp.attention(query, key, value, shards, block_size=block_size, **options, **common)
     else:
-        block_size = captures[-1].block_size if captures else kernels.DEFAULT_BLOCK_SIZE
         out, computed = kernels.attention(query, key, value, block_size=block_size, **options, **common)
 
     def pattern_of(heads, window):
@@ -369,10 +369,8 @@ def trace(
     if context_parallel:
         if patterns:
             raise WorkbenchError("patterns are not kept in a context-parallel trace: trace them in one process")
-        blocks = sorted(set(stats or ()) & set(kernels.BLOCK_STATS))
-        if blocks:
-            raise WorkbenchError(f"{blocks} are not merged across context-parallel ranks: trace them in one process")
-        shards = cp.split(enc["attention_mask"])
+        blocks = set(stats or ()) & set(kernels.BLOCK_STATS)
+        shards = cp.split(enc["attention_mask"], block_size=block_size if blocks else None)
     run = enc if shards is None else cp.local_inputs(shards, enc["input_ids"])
     if shards is None:
         keep = _logits_to_keep(subject, enc["attention_mask"], logits)

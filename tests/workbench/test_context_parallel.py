@@ -1,7 +1,8 @@
 """A context-parallel trace on 2 and 4 gloo ranks equals the one-process trace: every statistic, the logits and
 the hidden states, with grouped-query attention, left and right padding, sliding windows (Gemma-3's mix of local
 and global layers, Qwen2's windowed layers), a sequence that does not split evenly, in-kernel edits (the VAR
-redistribution among them) applied across the shards, and GPT-OSS's learned sinks."""
+redistribution among them) applied across the shards, and GPT-OSS's learned sinks; the block statistics over
+sequences of several blocks."""
 
 import pytest
 import torch
@@ -10,10 +11,11 @@ from tiny_models import build, token_ids, tokenizer
 
 import workbench
 from workbench import context_parallel
-from workbench.kernels import KEY_STATS, QUERY_STATS, HeadEdits
+from workbench.errors import WorkbenchError
+from workbench.kernels import BLOCK_STATS, KEY_STATS, QUERY_STATS, HeadEdits
 
 TEXTS = ["The keeper wrote the weather in a logbook.", "The secret code is 12 34 56. What is the secret code?"]
-PARALLEL_STATS = QUERY_STATS + KEY_STATS  # every statistic but the block ones, which ranks do not merge
+PARALLEL_STATS = QUERY_STATS + KEY_STATS  # the inputs of these cases are shorter than one block
 
 
 def _left_padding_tokenizer():
@@ -133,3 +135,48 @@ def test_bidirectional_attention_is_refused():
     with pytest.raises(workbench.WorkbenchError, match="bidirectional"):
         context_parallel.attention(q, q, q, None, causal=False, stats=())
 
+
+
+BLOCK = 64  # the smallest block: inputs of a few blocks stay small
+BLOCK_CASES = {  # name -> (model, inputs): right padding, and left padding of one whole block
+    "gpt2-right-padding": ("gpt2", [token_ids(1, 150, seed=6)[0].tolist(), token_ids(1, 97, seed=7)[0].tolist()]),
+    "gemma3-sliding": ("gemma3_text", token_ids(1, 200, seed=8)),
+    "llama-left-padding-of-a-block": ("llama", ["the code " * 75, "the code " * (75 - BLOCK // 2)]),
+}
+
+
+def _block_trace(case: str) -> workbench.Trace:
+    name, inputs = BLOCK_CASES[case]
+    subject = workbench.load(build(name, positions=320), tokenizer=_left_padding_tokenizer(), device="cpu")
+    return workbench.trace(subject, inputs, stats=PARALLEL_STATS + BLOCK_STATS, block_size=BLOCK,
+                           context_parallel=torch.distributed.is_initialized())
+
+
+def _block_ranks() -> tuple[dict[str, workbench.Trace], str]:
+    """Each rank: the block cases, and the error for left padding that is not whole blocks."""
+    subject = workbench.load(build("llama", positions=320), tokenizer=_left_padding_tokenizer(), device="cpu")
+    try:
+        workbench.trace(subject, ["the code " * 75, "the code " * 50], stats=BLOCK_STATS, block_size=BLOCK,
+                        context_parallel=True)
+        refused = ""
+    except WorkbenchError as err:
+        refused = str(err)
+    return {case: _block_trace(case) for case in BLOCK_CASES}, refused
+
+
+def test_context_parallel_block_statistics_equal_one_process(tmp_path):
+    """block_mass / block_max of sequences of 2-4 blocks whose chunks lie on two ranks equal one process's; left
+    padding that does not fill whole blocks is refused before any work, naming where the tokens start."""
+    ranks = spawn(_block_ranks, 2, tmp_path / "ranks")
+    want = {case: _block_trace(case) for case in BLOCK_CASES}
+    assert want["llama-left-padding-of-a-block"].attention_mask[1, :BLOCK].sum() == 0  # one whole block of padding
+    for got, refused in ranks:
+        assert "first real token on a block edge" in refused and "[50]" in refused
+        for case, one in want.items():
+            many = got[case]
+            assert one.stats["block_mass"].shape[-2:] == (-(-one.token_ids.shape[1] // BLOCK),) * 2
+            torch.testing.assert_close(many.stats["argmax_key"], one.stats["argmax_key"], rtol=0, atol=0)
+            # float32 sums of up to 64 x 64 weights, regrouped by the shards
+            for name in set(PARALLEL_STATS + BLOCK_STATS) - {"argmax_key"}:
+                torch.testing.assert_close(many.stats[name], one.stats[name], atol=1e-5, rtol=2e-5, equal_nan=True,
+                                           msg=lambda m, c=case, n=name: f"{c} {n}: {m}")

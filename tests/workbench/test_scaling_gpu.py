@@ -44,7 +44,7 @@ def test_cpu_offloaded_layers_trace_as_on_the_gpu():
            atol=1e-5, rtol=1e-5)
 
 
-PARALLEL_STATS = QUERY_STATS + KEY_STATS  # the block statistics are not merged across ranks
+PARALLEL_STATS = QUERY_STATS + KEY_STATS  # every per-token statistic (the block ones: test_context_parallel.py)
 
 
 def _parallel_trace() -> workbench.Trace:
