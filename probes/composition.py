@@ -20,7 +20,8 @@ directions, orthonormal rows), the composition splits exactly into components:
 RoPE: the QK circuit depends on the distance t between query and key, W_QK(t) = W_Q P(t) W_K^T
 (`weights.rope_matrices`). Q- and K-composition (and their components) are the root mean square over `distances`
 of their values at each t, so the squared components still sum to the squared score; distances=(0,) ignores
-RoPE (reads W_Q W_K^T). V-composition does not see positions. Models without RoPE ignore `distances`.
+RoPE (reads W_Q W_K^T). V-composition does not see positions. Models without RoPE ignore `distances`; in models
+whose layers rotate at different frequencies (Gemma-3's local and global layers), each receiver's own are used.
 """
 
 from __future__ import annotations
@@ -91,18 +92,19 @@ def composition_scores(subject: Subject, distances: Sequence[int] = tuple(range(
     """
     a = subject.adapter
     weights = head_weights(subject)
-    rope = rope_matrices(subject, distances)
+    ropes = [rope_matrices(subject, distances, layer) for layer in range(a.n_layers)]  # each receiver layer's
     s, vt = ov_svd(weights)
     arrays: dict[str, np.ndarray] = {}
     for kind in KINDS:
         comp = np.full((a.n_layers, a.n_heads, a.n_layers, a.n_heads, a.head_dim), np.nan)
         for layer in range(1, a.n_layers):
-            comp[:layer, :, layer] = _components(weights, s, vt, rope, layer, kind).numpy()
+            comp[:layer, :, layer] = _components(weights, s, vt, ropes[layer], layer, kind).numpy()
         arrays[f"{kind}_components"] = comp
         arrays[f"{kind}_composition"] = np.sqrt(np.square(comp).sum(-1))  # NaN where comp is
     arrays["singular_values"] = s.numpy()
     arrays["ov_directions"] = vt.float().numpy()
-    params = {"rope": rope is not None, "distances": [int(t) for t in distances] if rope is not None else []}
+    rope = ropes[0] is not None
+    params = {"rope": rope, "distances": [int(t) for t in distances] if rope else []}
     return Result("composition", _table(arrays, a.n_layers, a.n_heads), arrays, params)
 
 

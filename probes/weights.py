@@ -9,13 +9,19 @@ residual vector x [d] is a row; head h reads q = x W_Q, k = x W_K, v = x W_V ([d
   per token, which no normalized weight-based score sees; biases are left out.
 - Grouped-query attention: W_K and W_V of a query head are those of the key/value head it reads (head h reads
   kv head h // (n_heads / n_kv_heads)), so every tensor here has one entry per query head.
-- Per-head query/key norms (Qwen3's q_norm / k_norm) are folded in the same way, as diagonals on dh.
+- Query/key norms are folded in the same way, as diagonals: per head over dh (Qwen3, Gemma-3) or over all the
+  heads' channels (OLMo-2); their division by the RMS is again a scalar per token (and, for OLMo-2, per token
+  over all heads at once).
 - Rotary position embeddings: `rope_matrices` gives, for a query-key distance t, the [dh, dh] matrix P(t) with
-  (rotated q) . (rotated k) = q P(t) k^T, so the QK circuit at distance t is W_Q P(t) W_K^T.
+  (rotated q) . (rotated k) = q P(t) k^T, so the QK circuit at distance t is W_Q P(t) W_K^T. It is read off the
+  model's own rotary embedding and its own `apply_rotary_pos_emb`, so partial rotary dimensions (Pythia's 25%),
+  interleaved pairs (Cohere) and per-layer frequencies (Gemma-3's local and global layers) are the model's.
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,8 +32,13 @@ from workbench.errors import WorkbenchError
 from workbench.probes.circuits.graph import sites
 from workbench.subject import Subject
 
-_LLAMA = ("self_attn", "q_proj", "k_proj", "v_proj", "o_proj")
-PROJECTIONS = {name: _LLAMA for name in ("llama", "mistral", "qwen2", "qwen3", "gemma")}
+# how each architecture's attention holds its projections: separate q/k/v/o Linear layers ("separate"), one fused
+# qkv Linear with the heads' q, k, v one after the other (Phi-3: "stacked") or each head's q, k, v side by side
+# (GPT-NeoX, Pythia: "interleaved"), or GPT-2's Conv1D c_attn / c_proj
+PROJECTIONS = {"gpt2": "conv1d", "gpt_neox": "interleaved", "phi3": "stacked",
+               **{name: "separate" for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                                                "granite", "starcoder2", "mixtral", "qwen3_moe", "gpt_oss", "olmo2",
+                                                "cohere")}}
 
 
 @dataclass
@@ -50,14 +61,13 @@ class HeadWeights:
 
 
 def head_weights(subject: Subject) -> HeadWeights:
-    """The per-head matrices of `subject` (GPT-2 and the Llama-like architectures); WorkbenchError otherwise."""
+    """The per-head matrices of `subject` (the architectures of PROJECTIONS); WorkbenchError otherwise."""
     a = subject.adapter
-    if a.model_type != "gpt2" and a.model_type not in PROJECTIONS:
-        raise WorkbenchError(f"weight-based scores read GPT-2 and Llama-like projections; {a.model_type!r} is not "
-                             f"one of {sorted(['gpt2', *PROJECTIONS])}")
+    if a.model_type not in PROJECTIONS:
+        raise WorkbenchError(f"weight-based scores read the projections of {sorted(PROJECTIONS)}; "
+                             f"{a.model_type!r} is not one of them")
     norms = sites(subject).attn_norms
-    per_layer = [_gpt2_layer(subject, l) if a.model_type == "gpt2" else _llama_layer(subject, l)
-                 for l in range(a.n_layers)]
+    per_layer = [_layer(subject, l) for l in range(a.n_layers)]
     group = a.n_heads // a.n_kv_heads
     W_Q, W_K, W_V, W_O = [], [], [], []
     for (q, k, v, o), norm in zip(per_layer, norms, strict=True):
@@ -75,59 +85,89 @@ def _heads(weight: torch.Tensor, n: int) -> torch.Tensor:
     return weight.reshape(d, n, -1).permute(1, 0, 2)
 
 
-def _gpt2_layer(subject: Subject, layer: int) -> tuple[torch.Tensor, ...]:
+def _layer(subject: Subject, layer: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v [heads or kv heads, d, dh] and o [heads, dh, d] of one layer, from its projections as the model
+    holds them (PROJECTIONS), with its query/key norms folded in."""
     a = subject.adapter
     attn = a.attention_modules[layer]
-    w = attn.c_attn.weight.detach().double().cpu()  # Conv1D: [d, 3d], x @ w
-    d = w.shape[0]
-    q, k, v = (_heads(w[:, i * d:(i + 1) * d], a.n_heads) for i in range(3))
-    o = attn.c_proj.weight.detach().double().cpu().reshape(a.n_heads, a.head_dim, -1)  # [H, dh, d]
-    return q, k, v, o
+    kind = PROJECTIONS[a.model_type]
+    dense = lambda module: module.weight.detach().double().cpu().T  # noqa: E731  [in, out]: x @ w
+    if kind == "conv1d":  # GPT-2's Conv1D already holds [in, out]
+        w = attn.c_attn.weight.detach().double().cpu()
+        d = w.shape[0]
+        q, k, v = (_heads(w[:, i * d:(i + 1) * d], a.n_heads) for i in range(3))
+        o = attn.c_proj.weight.detach().double().cpu()
+    elif kind == "interleaved":  # [d, heads x (q | k | v)]
+        w = dense(attn.query_key_value).reshape(-1, a.n_heads, 3, a.head_dim)
+        q, k, v = (w[:, :, i].permute(1, 0, 2) for i in range(3))
+        o = dense(attn.dense)
+    elif kind == "stacked":  # [d, q of every head | k of every kv head | v of every kv head]
+        w = dense(attn.qkv_proj)
+        sizes = (a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim, a.n_kv_heads * a.head_dim)
+        q, k, v = (_heads(part, n) for part, n in zip(w.split(sizes, dim=1), (a.n_heads, a.n_kv_heads, a.n_kv_heads),
+                                                        strict=True))
+        o = dense(attn.o_proj)
+    else:
+        q, k, v = (_heads(dense(getattr(attn, name)), n) for name, n in
+                   (("q_proj", a.n_heads), ("k_proj", a.n_kv_heads), ("v_proj", a.n_kv_heads)))
+        o = dense(attn.o_proj)
+    q, k = _fold_head_norm(attn, "q_norm", q), _fold_head_norm(attn, "k_norm", k)
+    return q, k, v, o.reshape(a.n_heads, a.head_dim, -1)  # o: [H, dh, d]
 
 
-def _llama_layer(subject: Subject, layer: int) -> tuple[torch.Tensor, ...]:
-    a = subject.adapter
-    attn = a.attention_modules[layer]
-    _, q_name, k_name, v_name, o_name = PROJECTIONS[a.model_type]
-    weight = lambda name: getattr(attn, name).weight.detach().double().cpu()  # noqa: E731  [out, in]
-    q, k, v = _heads(weight(q_name).T, a.n_heads), _heads(weight(k_name).T, a.n_kv_heads), \
-        _heads(weight(v_name).T, a.n_kv_heads)
-    if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMSNorm over each head's dh before RoPE
-        q = q * _norm_matrix(attn.q_norm, a.head_dim).diagonal()
-        k = k * _norm_matrix(attn.k_norm, a.head_dim).diagonal()
-    o = weight(o_name).T.reshape(a.n_heads, a.head_dim, -1)  # [H, dh, d]
-    return q, k, v, o
+def _fold_head_norm(attn: nn.Module, name: str, w: torch.Tensor) -> torch.Tensor:
+    """w [heads, d, dh] with the attention's query or key norm `name` folded in, if it has one: per head over dh
+    (Qwen3, Gemma-3) or over every head's channels at once (OLMo-2), read as a diagonal like the input norm."""
+    norm = getattr(attn, name, None)
+    if norm is None:
+        return w
+    heads, _, dh = w.shape
+    size = next(norm.parameters()).numel()
+    if size not in (dh, heads * dh):
+        raise WorkbenchError(f"{type(attn).__name__}.{name} has {size} weights: weight-based scores fold a norm over "
+                             f"each head's {dh} channels or over all {heads * dh}")
+    scale = _norm_matrix(norm, size).diagonal().reshape(-1, dh)  # [1 or heads, dh]
+    return w * scale[:, None, :]
 
 
 def _norm_matrix(norm: nn.Module, d: int) -> torch.Tensor:
     """[d, d]: the linear part of a norm up to a scalar: diag(weight), times the centering for a LayerNorm.
     An RMSNorm-like module (whatever its weight's offset, e.g. Gemma's 1 + w) is read off its output on ones."""
+    centering = torch.eye(d, dtype=torch.float64) - 1.0 / d
     if isinstance(norm, nn.LayerNorm):
         weight = norm.weight.detach().double().cpu() if norm.weight is not None else torch.ones(d, dtype=torch.float64)
-        return (torch.eye(d, dtype=torch.float64) - 1.0 / d) @ torch.diag(weight)
+        return centering @ torch.diag(weight)
     param = next(norm.parameters(), None)
     ones = torch.ones(1, d, dtype=param.dtype if param is not None else torch.float32,
                       device=param.device if param is not None else "cpu")
     with torch.no_grad():
-        return torch.diag(norm(ones)[0].detach().double().cpu())
+        on_ones = norm(ones)[0].detach().double().cpu()
+    if on_ones.abs().max() < 1e-6 and param is not None and param.numel() == d:  # a LayerNorm of its own (Cohere)
+        return centering @ torch.diag(param.detach().double().cpu().reshape(d))
+    return torch.diag(on_ones)
 
 
-def rope_matrices(subject: Subject, distances: Sequence[int]) -> torch.Tensor | None:
-    """[len(distances), dh, dh] float64: P(t) with (rotated q at position p + t) . (rotated k at p) = q P(t) k^T,
-    from the model's own rotary embedding (its frequencies and scaling); None for a model without RoPE."""
+def rope_matrices(subject: Subject, distances: Sequence[int], layer: int = 0) -> torch.Tensor | None:
+    """[len(distances), dh, dh] float64: P(t) with (rotated q at position p + t) . (rotated k at p) = q P(t) k^T in
+    attention layer `layer`, from the model's own rotary embedding (its frequencies, scaling and, for models whose
+    layers differ, that layer's) and its own rotation (`apply_rotary_pos_emb` of the layer's modeling module: the
+    rotated dimensions and how they pair); None for a model without RoPE."""
     rotary = getattr(subject.model.base_model, "rotary_emb", None)
     if rotary is None:
         return None
     distances = [int(t) for t in distances]
     if not distances or min(distances) < 0:
         raise WorkbenchError(f"RoPE distances {distances} must be a non-empty list of non-negative integers")
-    dh = subject.adapter.head_dim
+    a = subject.adapter
     param = next(subject.model.parameters())
     positions = torch.tensor([[0, *distances]], device=param.device)
+    by_layer = "layer_type" in inspect.signature(rotary.forward).parameters  # Gemma-3: local and global layers
+    extra = (subject.model.config.layer_types[layer],) if by_layer else ()
     with torch.no_grad():
-        cos, sin = rotary(torch.zeros(1, dtype=param.dtype, device=param.device), positions)
-    cos, sin = cos[0].double().cpu(), sin[0].double().cpu()  # [1 + D, dh]
-    eye = torch.eye(dh, dtype=torch.float64)
-    half = torch.cat([-eye[:, dh // 2:], eye[:, :dh // 2]], dim=1)  # rotate_half of each basis row
-    rotated = eye * cos[:, None] + half * sin[:, None]  # [1 + D, dh, dh]: row i = e_i rotated at that position
+        cos, sin = rotary(torch.zeros(1, dtype=param.dtype, device=param.device), positions, *extra)
+    rotate = sys.modules[type(a.attention_modules[layer]).__module__].apply_rotary_pos_emb
+    # each basis row e_i as a query head at every position: [1, dh (heads), 1 + D (positions), dh]
+    basis = torch.eye(a.head_dim, dtype=torch.float64)[None, :, None, :].expand(1, -1, len(positions[0]), -1)
+    rotated, _ = rotate(basis, basis, cos.double().cpu(), sin.double().cpu())
+    rotated = rotated[0].transpose(0, 1)  # [1 + D, dh, dh]: row i = e_i rotated at that position
     return rotated[1:] @ rotated[0].T

@@ -58,15 +58,14 @@ CONFIGS = {
 NO_SDPA = ("gemma2", "gpt_oss")  # transformers has no sdpa path for them (logit softcapping, learned sinks)
 
 
-def build(name: str, attn_implementation: str | None = None, seed: int = 0,
-          positions: int | None = None) -> torch.nn.Module:
+def build(name: str, attn_implementation: str | None = None, seed: int = 0, **overrides) -> torch.nn.Module:
     """The tiny model `name` in float32, eval mode, with weights from `seed` (scaled up so attention is peaked).
 
-    attn_implementation: default sdpa, eager for the models in NO_SDPA. positions: a longer context than the
-    64 tokens of CONFIGS."""
+    attn_implementation: default sdpa, eager for the models in NO_SDPA. overrides: config attributes to set (a
+    longer context than the 64 tokens of CONFIGS: max_position_embeddings=...)."""
     cls, config = CONFIGS[name]()
-    if positions is not None:
-        config.max_position_embeddings = positions
+    for key, value in overrides.items():
+        setattr(config, key, value)
     config._attn_implementation = attn_implementation or ("eager" if name in NO_SDPA else "sdpa")
     torch.manual_seed(seed)
     model = cls(config).eval()

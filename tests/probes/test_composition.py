@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import build, tokenizer
+from transformers import AttentionInterface
 
 import workbench
 from workbench.head_outputs import head_output_hook
 from workbench.interventions.components import project_out, remove_components
 from workbench.probes import tasks as T
-from workbench.probes.circuits.graph import sites
+from workbench.errors import WorkbenchError
+from workbench.probes.circuits.graph import on_input, sites
 from workbench.probes.composition import KINDS, carrying_components, composition_scores, ov_directions
-from workbench.probes.weights import head_weights, rope_matrices
+from workbench.probes.weights import PROJECTIONS, head_weights, rope_matrices
 
 DISTANCES = (0, 3, 7)
 
@@ -34,67 +36,85 @@ def unit(x):
     return x / x.norm(dim=-1, keepdim=True)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma", "gpt2"])
-def test_head_weights_are_the_models_projections(name):
-    """q, k, v of every head from the model's own norm and projections equal x W_Q, x W_K, x W_V up to the
-    per-token scale of the norm (and of Qwen3's per-head q/k norms); z W_O is the head's term of the output
-    projection (GQA: a query head's W_K / W_V are its kv head's). Tolerance 1e-6: the models' RMSNorms compute in
-    float32 even in a float64 model (relative error about 1e-7)."""
-    subject = tiny(name)
+def _capture_attention(module, query, key, value, attention_mask, **kwargs):
+    """AttentionInterface entry that keeps each layer's q, k (after the model's RoPE and q/k norms) and v."""
+    _CAPTURED[module] = (query, key, value)
+    return torch.zeros_like(query).transpose(1, 2).contiguous(), None
+
+
+_CAPTURED: dict = {}
+AttentionInterface.register("composition_capture", _capture_attention)
+FAMILIES = sorted(PROJECTIONS)  # every architecture head_weights reads
+MIXTURES = ("gpt_oss", "mixtral", "qwen3_moe")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_head_weights_and_rope_are_the_models_attention(name):
+    """In the model's own forward, every head's q, k, v (after its norms and rotary embedding) from the residual x
+    that enters the layer: v = x W_V and, between positions i and j = i - t, q_i . k_j = x_i W_Q P(t) W_K^T x_j^T,
+    each up to the per-token scale of the norms (compared as cosines). z W_O is the head's term of the output
+    projection. Fused projections (GPT-NeoX, Phi-3), partial rotary dimensions (GPT-NeoX), interleaved rotary
+    pairs (Cohere), per-layer RoPE (Gemma-3), query/key norms per head (Qwen3, Gemma-3) and over all heads
+    (OLMo-2), and a branch without a pre-norm (OLMo-2). Tolerance 1e-6: RMSNorms and rotary angles compute in
+    float32 even in a float64 model (relative error about 1e-7); the mixtures of experts run in float32 (their grouped
+    matrix products have no float64 kernel), 2e-5 for sums of 32 float32 products."""
+    dtype, tol = (torch.float32, 2e-5) if name in MIXTURES else (torch.float64, 1e-6)
+    model = build(name).to(dtype)
+    model.set_attn_implementation("composition_capture")
+    subject = workbench.load(model, tokenizer=tokenizer())
     a, w = subject.adapter, head_weights(subject)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(5, subject.model.config.hidden_size, dtype=torch.float64, generator=g)
-    for layer, norm in enumerate(sites(subject).attn_norms):
-        attn, h = a.attention_modules[layer], norm(x)
-        if name == "gpt2":
-            q, k, v = attn.c_attn(h).split(h.shape[-1], dim=-1)
-        else:
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-        q = q.view(5, a.n_heads, a.head_dim)
-        k, v = (t.view(5, a.n_kv_heads, a.head_dim).repeat_interleave(a.n_heads // a.n_kv_heads, 1) for t in (k, v))
-        if name == "qwen3":
-            q, k = attn.q_norm(q), attn.k_norm(k)
+    residuals = {}
+    hooks = [on_input(module, lambda x, l=l: residuals.__setitem__(l, x[0].detach()))
+             for l, module in enumerate(sites(subject).attn_inputs)]
+    try:
+        _CAPTURED.clear()
+        with torch.no_grad():
+            model(input_ids=torch.randint(3, 90, (1, 12), generator=torch.Generator().manual_seed(2)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    group = a.n_heads // a.n_kv_heads
+    for layer, attn in enumerate(a.attention_modules):
+        q, k, v = (t[0] for t in _CAPTURED[attn])  # [heads, positions, dh]
+        x = residuals[layer]
+        rope = rope_matrices(subject, DISTANCES, layer)
         for head in range(a.n_heads):
-            for got, matrix in ((q, w.W_Q), (k, w.W_K), (v, w.W_V)):
-                torch.testing.assert_close(unit(got[:, head]), unit(x @ matrix[layer, head]), rtol=0, atol=1e-6)
-            z = torch.zeros(5, a.n_heads, a.head_dim, dtype=torch.float64)
-            z[:, head] = torch.randn(5, a.head_dim, dtype=torch.float64)
+            kv = head // group
+            torch.testing.assert_close(unit(v[kv]), unit(x @ w.W_V[layer, head].to(dtype)), rtol=0, atol=tol)
+            for n, t in enumerate(DISTANCES):
+                i, j = torch.arange(t, 12), torch.arange(0, 12 - t)
+                x_i, x_j = x[i].double(), x[j].double()
+                p_t = torch.eye(a.head_dim, dtype=torch.float64) if rope is None else rope[n]
+                want = (unit(x_i @ w.W_Q[layer, head]) @ p_t * unit(x_j @ w.W_K[layer, head])).sum(-1)
+                got = (unit(q[head, i].double()) * unit(k[kv, j].double())).sum(-1)
+                torch.testing.assert_close(got, want, rtol=0, atol=tol, msg=lambda m, l=layer, h=head, t=t:
+                                           f"{name} L{l}H{h} t={t}: {m}")
+            z = torch.zeros(5, a.n_heads, a.head_dim, dtype=dtype)
+            z[:, head] = torch.randn(5, a.head_dim, dtype=dtype)
             proj = a.out_projections[layer]
             torch.testing.assert_close(proj(z.reshape(5, -1)) - proj(torch.zeros_like(z.reshape(5, -1))),
-                                       z[:, head] @ w.W_O[layer, head], rtol=0, atol=1e-10)
+                                       z[:, head] @ w.W_O[layer, head].to(dtype), rtol=0, atol=1e-10 if tol < 1e-5 else tol)
+    assert (rope_matrices(subject, DISTANCES) is None) == (name == "gpt2")
+    if name == "gemma3_text":  # its last layer is global: RoPE at another frequency than the local layers'
+        assert not torch.allclose(rope_matrices(subject, DISTANCES, 0), rope_matrices(subject, DISTANCES, 5))
 
 
-def test_rope_matrices_are_the_models_rotary_embedding():
-    """(q rotated at position p + t) . (k rotated at p) = q P(t) k^T for the model's own rotary embedding,
-    at every p (the product depends on the distance only). Tolerance 1e-6: the rotary embedding computes its
-    angles in float32."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    subject = tiny("llama")
-    dh = subject.adapter.head_dim
-    p_t = rope_matrices(subject, DISTANCES)
-    g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(dh, dtype=torch.float64, generator=g), torch.randn(dh, dtype=torch.float64, generator=g)
-    for i, t in enumerate(DISTANCES):
-        for p in (0, 5, 11):
-            cos, sin = subject.model.model.rotary_emb(q[None], torch.tensor([[p + t, p]]))
-            rq, _ = apply_rotary_pos_emb(q[None, None, None], q[None, None, None], cos[:, :1], sin[:, :1])
-            rk, _ = apply_rotary_pos_emb(k[None, None, None], k[None, None, None], cos[:, 1:], sin[:, 1:])
-            torch.testing.assert_close(float((rq * rk).sum()), float(q @ p_t[i] @ k), rtol=1e-6, atol=1e-6)
-    assert rope_matrices(tiny("gpt2"), DISTANCES) is None
+def test_unread_architectures_are_refused():
+    with pytest.raises(WorkbenchError, match="'bert' is not one of them"):
+        head_weights(workbench.load(build("bert"), tokenizer=tokenizer()))
 
 
 def dense_scores(subject, distances):
     """{kind: [L, H, L, H]} from [d, d] matrices: RMS over the distances of |A B| / (|A| |B|)."""
     a, w = subject.adapter, head_weights(subject)
-    rope = rope_matrices(subject, distances)
-    rotations = [None] if rope is None else list(rope)
     out = {kind: np.full((a.n_layers, a.n_heads, a.n_layers, a.n_heads), np.nan) for kind in KINDS}
     fro = torch.linalg.matrix_norm
     for l1 in range(a.n_layers):
         for h1 in range(a.n_heads):
             ov = w.ov(l1, h1)
             for l2 in range(l1 + 1, a.n_layers):
+                rope = rope_matrices(subject, distances, l2)
+                rotations = [None] if rope is None else list(rope)
                 for h2 in range(a.n_heads):
                     qk = [w.qk(l2, h2, p) for p in rotations]
                     ov2 = w.ov(l2, h2)
@@ -105,7 +125,7 @@ def dense_scores(subject, distances):
     return out
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "gemma3_text"])
 def test_composition_equals_dense_matrices(name):
     """Every pair's Q-, K- and V-composition (RMS over the RoPE distances) equals the literal [d, d] computation;
     the components equal those of a dense SVD of W_OV, and their squares sum to the score's square."""
