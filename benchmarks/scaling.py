@@ -11,11 +11,19 @@ warm-up. Each row also holds the peak GPU memory (the largest over ranks).
   context-parallel  torchrun --nproc-per-node N benchmarks/scaling.py --mode context-parallel --config llama-1.1b
                     workbench.trace(..., context_parallel=True) on N ranks (NCCL when each rank has a GPU of its
                     own, gloo when ranks share one), against the one-process trace of the same model on rank 0
-                    where it fits (--baseline), whose statistics the parallel ones are checked against. On a
+                    where it fits (--baseline), whose statistics the parallel ones are checked against, and
+                    against the plain forward under the same split (the same context-parallel run with no
+                    statistic: all-gathered keys and values, the fastest attention on each chunk). On a
                     machine without a GPU the ranks run on its CPU cores (gloo, float32), memory as peak RSS.
+  sweep             torchrun --nproc-per-node N benchmarks/scaling.py --mode sweep --config llama-1.1b --prompts 64
+                    the data-parallel ablation sweep (`workbench.interventions.sweep.ablation_sweep`, zero
+                    ablation of every head alone on the induction task of --prompts prompts), the heads split
+                    across the N processes; run it with 1 process too: each run adds its row (by process count)
+                    to one file, whose table gives the speed-up over the 1-process row and checks that every
+                    row's head importances equal it.
 Writes scaling_<mode>_<config>_<gpus>x<gpu>.json and .md into --out (default benchmarks/results), with the GPU
 name and a `gpus` field (GPUs in use: distinct devices of the ranks, or of the device map; on CPUs
-scaling_<mode>_<config>_<cpu>, gpus 0).
+scaling_<mode>_<config>_<cpu>, gpus 0); the sweep's file is scaling_sweep_<config>_<gpu>, one row per count.
 """
 
 from __future__ import annotations
@@ -48,14 +56,17 @@ def random_model(name: str, length: int, device: str) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
 
 
-def timed_trace(subject, ids: torch.Tensor, repeats: int, **options) -> tuple[float, object]:
-    """The fastest of `repeats` traces (ms) after one warm-up, and the last trace. The ranks of a context-parallel
-    trace start each one together; a one-process trace (the baseline on rank 0) meets no other rank."""
+def timed_trace(subject, ids: torch.Tensor, repeats: int, stats: tuple[str, ...] | None = None,
+                **options) -> tuple[float, object]:
+    """The fastest of `repeats` traces (ms) after one warm-up, and the last trace: every per-token statistic unless
+    `stats` names others (() for the plain forward). The ranks of a context-parallel trace start each one
+    together; a one-process trace (the baseline on rank 0) meets no other rank."""
     import workbench
     from workbench.kernels import KEY_STATS, QUERY_STATS
 
     def run():
-        return workbench.trace(subject, ids, stats=QUERY_STATS + KEY_STATS, logits="last", **options)
+        return workbench.trace(subject, ids, stats=QUERY_STATS + KEY_STATS if stats is None else stats,
+                               logits="last", **options)
 
     trace = run()
     best = float("inf")
@@ -131,14 +142,19 @@ def context_parallel_rows(args) -> tuple[list[dict], int]:
         reset_peak()
         row = {"L": length, "ranks": world, "backend": dist.get_backend()}
         try:
+            row["plain_ms"], _ = timed_trace(subject, ids, args.repeats, stats=(), context_parallel=True)
+            row["plain_peak_gib"] = peak_gib()
+            reset_peak()
             row["ms"], trace = timed_trace(subject, ids, args.repeats, context_parallel=True)
             row["peak_gib"] = peak_gib()
+            row["vs_plain"] = row["ms"] / row["plain_ms"]
         except torch.OutOfMemoryError:
             row["error"] = "out of memory"
             trace = None
-        peaks = [None] * world
-        dist.all_gather_object(peaks, row.get("peak_gib"))
-        row["peak_gib"] = None if None in peaks else max(peaks)
+        for key in ("plain_peak_gib", "peak_gib"):  # the largest over ranks
+            peaks = [None] * world
+            dist.all_gather_object(peaks, row.get(key))
+            row[key] = None if None in peaks else max(peaks)
         if rank == 0 and args.baseline and trace is not None:
             try:
                 reset_peak()
@@ -155,6 +171,44 @@ def context_parallel_rows(args) -> tuple[list[dict], int]:
     devices = [None] * world
     dist.all_gather_object(devices, device)
     return rows, len({d for d in devices if d.startswith("cuda")})
+
+
+def sweep_rows(args, out: Path) -> tuple[list[dict], int]:
+    """This launch's sweep row, added to (or replacing, by process count) the rows of the file of earlier runs."""
+    import workbench
+    from workbench import parallel
+    from workbench.interventions.sweep import ablation_sweep
+    from workbench.probes import tasks
+
+    subject = workbench.load(random_model(args.config, 64, parallel.device()))
+    task = tasks.induction(subject, n=args.prompts)
+    parallel.wait()
+    synchronize()
+    begin = time.perf_counter()
+    result = ablation_sweep(subject, task, mode="zero")
+    synchronize()
+    row = {"processes": parallel.processes(), "heads": len(result.arrays["importance"]), "prompts": args.prompts,
+           "ms": (time.perf_counter() - begin) * 1000, "importance": result.arrays["importance"].tolist()}
+    devices = parallel.gather([parallel.device()])
+    path = out / f"scaling_sweep_{args.config}_{slug(device_name())}.json"
+    earlier = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = sorted([r for r in earlier if r["processes"] != row["processes"]] + [row], key=lambda r: r["processes"])
+    return rows, len({d for d in devices if d.startswith("cuda")})
+
+
+def sweep_markdown(config: str, gpu: str, rows: list[dict]) -> str:
+    """The sweep's rows with the speed-up over the 1-process row and their largest importance difference to it."""
+    one = next((r for r in rows if r["processes"] == 1), None)
+    lines = [f"# sweep: {config} on {gpu}", "",
+             "Zero ablation of every head alone on the induction task; ms of the whole sweep.", "",
+             "| processes | heads | prompts | ms | speed-up | max abs importance difference to 1 process |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        speedup = f"{one['ms'] / r['ms']:.2f}x" if one else ""
+        diff = (f"{max(abs(a - b) for a, b in zip(r['importance'], one['importance'], strict=True)):.2g}"
+                if one else "")
+        lines.append(f"| {r['processes']} | {r['heads']} | {r['prompts']} | {r['ms']:.0f} | {speedup} | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(mode: str, config: str, gpu: str, gpus: int, rows: list[dict]) -> str:
@@ -174,27 +228,33 @@ def markdown(mode: str, config: str, gpu: str, gpus: int, rows: list[dict]) -> s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("device-map", "context-parallel"), required=True)
+    parser.add_argument("--mode", choices=("device-map", "context-parallel", "sweep"), required=True)
     parser.add_argument("--config", default="llama-1.1b", help="a name of benchmarks/configs/*.json")
     parser.add_argument("--lengths", default="4096,16384,65536")
     parser.add_argument("--max-memory", default=None, help="device-map: e.g. 0=8GiB,cpu=100GiB")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="context-parallel: also trace in one process on rank 0 and compare")
+    parser.add_argument("--prompts", type=int, default=64, help="sweep: prompts of the induction task")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     start = time.time()
-    rows, gpus = (device_map_rows if args.mode == "device-map" else context_parallel_rows)(args)
+    out = Path(args.out)
+    if args.mode == "sweep":
+        rows, gpus = sweep_rows(args, out)
+    else:
+        rows, gpus = (device_map_rows if args.mode == "device-map" else context_parallel_rows)(args)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     gpu = device_name()
-    name = f"scaling_{args.mode}_{args.config}_{f'{gpus}x' if gpus else ''}{slug(gpu)}"
-    out = Path(args.out)
+    tail = slug(gpu) if args.mode == "sweep" else f"{f'{gpus}x' if gpus else ''}{slug(gpu)}"
+    name = f"scaling_{args.mode}_{args.config}_{tail}"
     out.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "gpus": gpus, "mode": args.mode, "config": args.config, "torch": torch.__version__,
             "seconds": round(time.time() - start)}
     (out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-    table = markdown(args.mode, args.config, gpu, gpus, rows)
+    table = (sweep_markdown(args.config, gpu, rows) if args.mode == "sweep"
+             else markdown(args.mode, args.config, gpu, gpus, rows))
     (out / f"{name}.md").write_text(table)
     print(table, flush=True)
 
