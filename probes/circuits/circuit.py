@@ -17,15 +17,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 
 from workbench.probes.circuits.graph import head_nodes, mlp_output, sites, with_mlp_output
 from workbench.probes.tasks import Task, evaluate
 from workbench.head_outputs import head_output_hook
 from workbench.subject import Subject
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 FORMAT = 1
 MAX_EXPORTED_EDGES = 200  # edges outside the circuit beyond the strongest ones are left out of the JSON
@@ -201,7 +204,9 @@ def overlap(a: Circuit, b: Circuit) -> dict:
 def circuit_figure(data: dict) -> go.Figure:
     """The circuit JSON (`Circuit.to_json`) as a layered graph: x = layer (MLPs half a layer right), y = head;
     edges in the circuit drawn with width by |score|, blue where corrupting them raises the metric, red where
-    it lowers it."""
+    it lowers it. (plotly is imported here: the circuit methods themselves run without it.)"""
+    import plotly.graph_objects as go
+
     n_heads = max((n["head"] for n in data["nodes"] if n["kind"] == "head"), default=0) + 1
     where = {}
     for n in data["nodes"]:
