@@ -37,7 +37,8 @@ def flags(kernel: str, head_dim: int, block_m: int, block_n: int) -> dict:
     one-pass statistics ("one_pass", with a distance cap) or the `received` pass ("received")."""
     common = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
                   CAUSAL=True, TMA=True, BLOCK_KEEP=False, WINDOW=False, SOFTCAP=False, PADDED=False,
-                  TEMPERATURE=False, N_BIAS=0, PRECISION="tf32", REDIST=False, N_SOURCE=0, N_TARGET=0)
+                  TEMPERATURE=False, N_BIAS=0, PRECISION="tf32", REDIST=False, N_SOURCE=0, N_TARGET=0,
+                  REST_TARGETS=False)
     if kernel == "received":
         return common | dict(RECEIVED=True, BLOCK_MASS=False, BLOCK_MAX=False)
     stats = kernel == "one_pass"

@@ -57,8 +57,9 @@ CONFIGS = [
 ]
 # lengths enter the key rounded up to powers of two: a new prompt length does not re-tune
 _KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "ENTROPY", "SINK", "MAX", "DISTANCE", "SELF", "PADDED",
-        "REDIST", "TMA", "FOLD", "SINK_LOGIT", "BLOCK_KEEP"]
-_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "TMA", "RECEIVED",
+        "REDIST", "REST_TARGETS", "TMA", "FOLD", "SINK_LOGIT", "BLOCK_KEEP"]
+_RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED", "REDIST", "REST_TARGETS", "TMA",
+                 "RECEIVED",
                  "BLOCK_MASS", "BLOCK_MAX", "BLOCK_KEEP"]
 
 
@@ -104,6 +105,15 @@ def _use_tma(*tensors: torch.Tensor) -> bool:
 def _descriptor(t: torch.Tensor, rows: int, block_d: int) -> TensorDescriptor:
     """A descriptor of the [B, H, L, D] tensor t with tiles of `rows` rows of one (batch, head)."""
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, block_d])
+
+
+def _rest_of_sources(sources: torch.Tensor, targets: torch.Tensor, lk: int) -> bool:
+    """Whether the redistribution's targets are every key position 0..lk-1 that is not a source (ACT's exact
+    scaling; the two are disjoint, `HeadEdits.check`): the kernels then test a key against the sources only
+    instead of walking a list as long as the input, which they unroll at compile time."""
+    if sources.numel() + targets.numel() < lk:
+        return False
+    return bool(torch.isin(torch.arange(lk), torch.cat([sources, targets]).cpu()).all())
 
 
 @functools.cache
@@ -184,6 +194,7 @@ def attention(
     sink_logit = sink_logits(None if sinks is None else sinks.detach(), edits, n_heads, torch.float32, device)
     source_keys, target_keys = (edits.source_keys.to(device=device, dtype=torch.int32), edits.target_keys.to(
         device=device, dtype=torch.int32)) if redist else (dummy, dummy)
+    rest = redist and _rest_of_sources(edits.source_keys, edits.target_keys, lk)
     sparse = edits.block_keep is not None
     block_keep = edits.block_keep.to(device=device, dtype=torch.int8).contiguous() if sparse else valid
     keep_size = edits.keep_block_size or DEFAULT_BLOCK_SIZE
@@ -199,7 +210,8 @@ def attention(
         WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
         TEMPERATURE=edits.temperature is not None, N_BIAS=0 if edits.key_bias is None else edits.bias_keys.numel(),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", REDIST=redist,
-        N_SOURCE=edits.source_keys.numel() if redist else 0, N_TARGET=edits.target_keys.numel() if redist else 0,
+        N_SOURCE=edits.source_keys.numel() if redist else 0,
+        N_TARGET=edits.target_keys.numel() if redist and not rest else 0, REST_TARGETS=rest,
     )
     scalars = dict(n_heads=n_heads, group=n_heads // kv_heads, lq=lq, lk=lk,
                    scale=head_dim ** -0.5 if scale is None else float(scale),

@@ -54,6 +54,7 @@ from workbench.kernels.triton_redistribution import (
     edited_max,
     factors,
     key_set,
+    target_set,
     update_max,
     update_set,
 )
@@ -126,7 +127,7 @@ def stats_forward(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, GATE: tl.constexpr, MIX: tl.constexpr,
-    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr,
+    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr, REST_TARGETS: tl.constexpr,
     N_SINK: tl.constexpr, LSE: tl.constexpr, NORM: tl.constexpr, ENTROPY: tl.constexpr, SINK: tl.constexpr,
     MAX: tl.constexpr, DISTANCE: tl.constexpr, SELF: tl.constexpr, CAP: tl.constexpr, PRECISION: tl.constexpr,
     TMA: tl.constexpr, FOLD: tl.constexpr, SINK_LOGIT: tl.constexpr, LEARNED_MASS: tl.constexpr,
@@ -259,7 +260,8 @@ def stats_forward(
                                     BLOCK_N, BLOCK_D, TMA)
                 if REDIST:
                     is_s, block_has_s = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)
-                    is_t, block_has_t = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)
+                    is_t, block_has_t = target_set(offs_n, n0, start, TargetKeys, is_s, N_TARGET, BLOCK_N,
+                                                   REST_TARGETS)
                     if not SINK:
                         is_sink = is_s
                     dist = 0.0
@@ -318,7 +320,7 @@ def stats_forward(
             top, arg_i = edited_max(m_i, m_r, arg_r, m_s, arg_s, m_t, arg_t, keep, boost, lk)
         if SELF:  # the row's own key scales like any source or target key
             own_s, _ = key_set(q_abs, 0, start, SourceKeys, N_SOURCE, BLOCK_N)
-            own_t, _ = key_set(q_abs, 0, start, TargetKeys, N_TARGET, BLOCK_N)
+            own_t, _ = target_set(q_abs, 0, start, TargetKeys, own_s, N_TARGET, BLOCK_N, REST_TARGETS)
             d_i *= tl.where(own_s, keep, tl.where(own_t, boost, 1.0))
     else:
         if ENTROPY:

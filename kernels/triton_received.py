@@ -19,7 +19,7 @@ import triton.language as tl
 from workbench.kernels.triton_blocks import add_block_stats, kept_keys, tile_kept
 from workbench.kernels.triton_forward import load_block
 from workbench.kernels.triton_logits import edited_logits, logit_scales, visible, whole_query_blocks
-from workbench.kernels.triton_redistribution import key_set
+from workbench.kernels.triton_redistribution import key_set, target_set
 
 
 @triton.jit
@@ -32,7 +32,8 @@ def received_pass(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, PADDED: tl.constexpr,
     TEMPERATURE: tl.constexpr, N_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr, TMA: tl.constexpr,
+    REDIST: tl.constexpr, N_SOURCE: tl.constexpr, N_TARGET: tl.constexpr, REST_TARGETS: tl.constexpr,
+    TMA: tl.constexpr,
     RECEIVED: tl.constexpr, BLOCK_MASS: tl.constexpr, BLOCK_MAX: tl.constexpr, BLOCK_KEEP: tl.constexpr,
 ):
     """received [keys] of one block of BLOCK_N keys of one (batch, query head), and its share of the block
@@ -72,7 +73,7 @@ def received_pass(
 
     if REDIST:
         is_source = key_set(offs_n, n0, start, SourceKeys, N_SOURCE, BLOCK_N)[0]
-        is_target = key_set(offs_n, n0, start, TargetKeys, N_TARGET, BLOCK_N)[0]
+        is_target = target_set(offs_n, n0, start, TargetKeys, is_source, N_TARGET, BLOCK_N, REST_TARGETS)[0]
     total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # summed over rows once, after the loop
     for m0 in range(lo, hi, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)

@@ -41,6 +41,18 @@ def key_set(offs_n, n0, start, keys_ptr, N: tl.constexpr, BLOCK_N: tl.constexpr)
 
 
 @triton.jit
+def target_set(offs_n, n0, start, keys_ptr, is_source, N: tl.constexpr, BLOCK_N: tl.constexpr,
+               REST: tl.constexpr):
+    """(hit, inside) of the redistribution's target keys in the block offs_n, as `key_set`; REST: the targets
+    are every key that is not a source (ACT's exact scaling), so no list is walked (`is_source`: the block's
+    sources). Keys no row sees carry p = 0 and a masked logit either way."""
+    if REST:
+        return ~is_source, True
+    else:
+        return key_set(offs_n, n0, start, keys_ptr, N, BLOCK_N)
+
+
+@triton.jit
 def update_set(z, t, w, zs, p, x, dist, shift, alpha, hit, inside, is_sink,
                ENTROPY: tl.constexpr, SINK: tl.constexpr, DISTANCE: tl.constexpr):
     """One key block's step of the running sums of a key set `hit`: mass z, t = sum p x (shift = m_old - m_new),

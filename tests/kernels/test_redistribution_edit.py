@@ -150,6 +150,21 @@ def test_triton_matches_reference(case):
     check(*inputs(seed=len(case), **shape), edits=redistribution(device=DEVICE), **opts)
 
 
+@pytest.mark.parametrize("case", ["causal_padded", "chunked_prefill"])
+def test_triton_every_other_key_as_target(case):
+    """ACT's exact scaling: the targets are every key that is not a source (as long a list as the input), which
+    the kernels take as the complement of the sources instead of walking the list."""
+    from workbench.kernels.triton_attention import _rest_of_sources
+
+    shape, opts = TRITON_CASES[case]
+    lk = shape.get("Lk", L)
+    targets = tuple(key for key in range(lk) if key not in SOURCES)
+    edits = redistribution(targets=targets, device=DEVICE)
+    assert _rest_of_sources(edits.source_keys, edits.target_keys, lk)
+    assert not _rest_of_sources(edits.source_keys, edits.target_keys[:-1], lk)
+    check(*inputs(seed=len(case) + 40, **shape), edits=edits, **opts)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
     not GPU, reason="Triton's interpreter multiplies bf16 as raw integers"))])
 def test_triton_low_precision(dtype):
