@@ -114,12 +114,12 @@ def gather_sequence(local: torch.Tensor, dim: int, shards: Shards) -> torch.Tens
 
 def sum_over_ranks(partial: torch.Tensor, shards: Shards, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
     """The sum (or `op`) of every rank's `partial` (`received`: each rank's column sums over its own query rows)."""
-    device = partial.device
     total = partial.clone()
-    if device.type != "cpu" and dist.get_backend(shards.group) == "gloo":
-        total = total.cpu()  # gloo reduces host tensors only
     dist.all_reduce(total, op=op, group=shards.group)
-    return total.to(device)
+    return total
+
+
+SPLIT = ("received", *kernels.BLOCK_STATS)  # the statistics each rank holds a share of, merged by all_reduce
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, shards: Shards, *, causal: bool,
@@ -182,9 +182,6 @@ def _blocks_of_chunks(pieces: list[dict[str, torch.Tensor]], stats: Sequence[str
                     torch.maximum(target, part[b], out=target)
         blocks[name] = grid
     return blocks
-
-
-SPLIT = ("received", *kernels.BLOCK_STATS)  # the statistics each rank holds a share of, merged by all_reduce
 
 
 def combine(name: str, record: torch.Tensor, shards: Shards, length: int) -> torch.Tensor:
