@@ -128,7 +128,6 @@ static float redistribute(const struct chunk *a, float *row, int64_t b, int64_t 
     return change;
 }
 
-/* One row: its statistics, p in place of its scores, and p added to `received` [batch * heads, width] if given. */
 /* The first column of [lo, hi) that holds `top` (hi - 1 if none): a vectorized min over the row, which is in cache,
  * instead of a scalar scan that stops at the column. */
 static int64_t first_of(const float *row, int64_t lo, int64_t hi, float top) {
@@ -145,6 +144,7 @@ static inline float distance_of(int64_t offset, int64_t j) {
     return (float)(d < 0 ? -d : d);
 }
 
+/* One row: its statistics, p in place of its scores, and p added to `received` [batch * heads, width] if given. */
 static void one_row(const struct chunk *a, int64_t r, float *received) {
     float *row = a->scores + r * a->width;
     int64_t c = r % a->n_queries, h = (r / a->n_queries) % a->heads, b = r / (a->n_queries * a->heads);

@@ -167,14 +167,14 @@ def _blocks_of_chunks(pieces: list[dict[str, torch.Tensor]], stats: Sequence[str
     if not names:
         return {}
     n = shards.length // block_size
-    first = _first(shards.key_padding)
+    first = _first(shards.key_padding).tolist()  # read once, not per chunk and sequence
     blocks = {}
     for name in names:
         grid = torch.zeros(*pieces[0][name].shape[:2], n, n, dtype=torch.float32, device=pieces[0][name].device)
         for c, piece in zip(shards.chunks, pieces, strict=True):
             part = piece[name]
             for b in range(grid.shape[0]):
-                row = max(c * shards.chunk - int(first[b]), 0) // block_size
+                row = max(c * shards.chunk - first[b], 0) // block_size
                 target = grid[b, :, row:row + part.shape[-2], :part.shape[-1]]
                 if name == "block_mass":
                     target += part[b]
