@@ -1,10 +1,10 @@
 """Tracing beyond one GPU: a model sharded by a device_map (with CPU offload), and context-parallel traces.
 
-Both modes trace a random-init model of the shape benchmarks/configs/NAME.json (bfloat16; speed does not depend
-on the weights) on random tokens, batch 1, with every per-token statistic of the contract (the block statistics,
-which pad a context-parallel sequence to whole blocks on every rank, are left out, as in the results measured),
-and time the fastest of --repeats traces after one untimed
-warm-up. Each row also holds the peak GPU memory (the largest over ranks).
+The trace modes trace a random-init model of the shape benchmarks/configs/NAME.json (bfloat16; speed does not
+depend on the weights) on random tokens, batch 1, with every per-token statistic of the contract (the block
+statistics, which pad a context-parallel sequence to whole blocks on every rank, are left out, as in the results
+measured), and time the fastest of --repeats traces after one untimed warm-up. Each row also holds the peak GPU
+memory (the largest over ranks).
   device-map        python benchmarks/scaling.py --mode device-map --config llama3-8b --max-memory 0=8GiB,cpu=100GiB
                     workbench.load(model, device_map="auto", max_memory=...): layers over the GPUs, the rest
                     offloaded to the CPU; one process. The row says how many layers sit on a GPU.
@@ -23,7 +23,8 @@ warm-up. Each row also holds the peak GPU memory (the largest over ranks).
                     row's head importances equal it.
 Writes scaling_<mode>_<config>_<gpus>x<gpu>.json and .md into --out (default benchmarks/results), with the GPU
 name and a `gpus` field (GPUs in use: distinct devices of the ranks, or of the device map; on CPUs
-scaling_<mode>_<config>_<cpu>, gpus 0); the sweep's file is scaling_sweep_<config>_<gpu>, one row per count.
+scaling_<mode>_<config>_<cpu>, gpus 0); the sweep's file is scaling_sweep_<config>_<prompts>-prompts_<gpu>, one
+row per process count.
 """
 
 from __future__ import annotations
@@ -173,8 +174,14 @@ def context_parallel_rows(args) -> tuple[list[dict], int]:
     return rows, len({d for d in devices if d.startswith("cuda")})
 
 
+def sweep_name(args) -> str:
+    """The sweep's result file name: one file for every process count of a config and number of prompts."""
+    return f"scaling_sweep_{args.config}_{args.prompts}-prompts_{slug(device_name())}"
+
+
 def sweep_rows(args, out: Path) -> tuple[list[dict], int]:
-    """This launch's sweep row, added to (or replacing, by process count) the rows of the file of earlier runs."""
+    """This launch's sweep row, added to (or replacing, by process count) the rows of earlier runs in its file
+    (`sweep_name`) in the folder `out`."""
     import workbench
     from workbench import parallel
     from workbench.interventions.sweep import ablation_sweep
@@ -190,7 +197,7 @@ def sweep_rows(args, out: Path) -> tuple[list[dict], int]:
     row = {"processes": parallel.processes(), "heads": len(result.arrays["importance"]), "prompts": args.prompts,
            "ms": (time.perf_counter() - begin) * 1000, "importance": result.arrays["importance"].tolist()}
     devices = parallel.gather([parallel.device()])
-    path = out / f"scaling_sweep_{args.config}_{slug(device_name())}.json"
+    path = out / f"{sweep_name(args)}.json"
     earlier = json.loads(path.read_text())["rows"] if path.exists() else []
     rows = sorted([r for r in earlier if r["processes"] != row["processes"]] + [row], key=lambda r: r["processes"])
     return rows, len({d for d in devices if d.startswith("cuda")})
@@ -246,9 +253,9 @@ def main() -> None:
         rows, gpus = (device_map_rows if args.mode == "device-map" else context_parallel_rows)(args)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    gpu = device_name()
-    tail = slug(gpu) if args.mode == "sweep" else f"{f'{gpus}x' if gpus else ''}{slug(gpu)}"
-    name = f"scaling_{args.mode}_{args.config}_{tail}"
+    gpu = device_name()  # after the run: each rank has its own GPU by then
+    name = (sweep_name(args) if args.mode == "sweep"
+            else f"scaling_{args.mode}_{args.config}_{f'{gpus}x' if gpus else ''}{slug(gpu)}")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "gpus": gpus, "mode": args.mode, "config": args.config, "torch": torch.__version__,
             "seconds": round(time.time() - start)}
