@@ -55,7 +55,7 @@ import triton
 from hardware import slug
 
 from workbench.kernels import KEY_STATS, QUERY_STATS, HeadEdits
-from workbench.kernels.triton_attention import CONFIGS, PINNED, attention
+from workbench.kernels.triton_attention import CONFIGS, PINNED, PINNED_RECEIVED, attention
 
 DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
 CONFIGS_DIR = Path(__file__).parent / "configs"  # model shapes: llama-1.1b, smollm2-135m, gemma3-270m, llama3-8b
@@ -342,10 +342,22 @@ def short(entry: dict, ratio: bool) -> str:
     return f"{entry['ms']:.2f}" + (f" ({entry['vs_fastest']:.2f}x)" if ratio else "")
 
 
-def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: str | None = None) -> str:
-    """The result tables; `pinned`: the tile configuration every launch of our kernels used (None: autotuned)."""
-    tiles = (f"Our kernels' tiles pinned to {pinned} (BLOCK_M, BLOCK_N, warps, stages: WORKBENCH_TRITON_CONFIG)."
-             if pinned else "Our kernels' tiles autotuned.")
+def _tiles(pinned: dict | None) -> str | None:
+    """A pinned configuration as WORKBENCH_TRITON_CONFIG writes it (None: autotuned)."""
+    keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg")
+    return pinned and ",".join(str(pinned[k]) for k in keys if k in pinned)
+
+
+def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: str | None = None,
+             pinned_received: str | None = None) -> str:
+    """The result tables; `pinned` / `pinned_received`: the tile configurations every launch of our forward and
+    of our `received` pass used (None: autotuned)."""
+    tiles = (f"Our kernels' tiles pinned to {pinned} (BLOCK_M, BLOCK_N, warps, stages: WORKBENCH_TRITON_CONFIG)"
+             if pinned else "Our kernels' tiles autotuned")
+    if pinned_received != pinned:
+        tiles += (f", the received pass's to {pinned_received} (WORKBENCH_TRITON_RECEIVED_CONFIG)" if pinned_received
+                  else ", the received pass's autotuned")
+    tiles += "."
     lines = [f"# Attention with statistics on {gpu}", "", tiles, ""]
     if kernel_rows:
         heads, kv_heads, head_dim = kernel_rows[0]["shape"]
@@ -410,8 +422,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "gpus": 1, "torch": torch.__version__, "triton": triton.__version__,
-            "flash_attn_4": _version("flash-attn-4"), "triton_config": PINNED and ",".join(
-                str(PINNED[k]) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))}
+            "flash_attn_4": _version("flash-attn-4"), "triton_config": _tiles(PINNED),
+            "triton_received_config": _tiles(PINNED_RECEIVED)}
     if args.lengths:
         meta["precompile_seconds"] = round(precompile(shapes, extra))
         print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
@@ -428,7 +440,7 @@ def main() -> None:
         (out / f"{name}.json").write_text(json.dumps({**meta, "seconds": math.ceil(time.time() - start),
                                                       "rows": rows}, indent=1))
         table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [],
-                         meta["triton_config"])
+                         meta["triton_config"], meta["triton_received_config"])
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)
 

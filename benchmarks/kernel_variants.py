@@ -8,6 +8,9 @@ in parallel first (one process per variant, into Triton's disk cache), then time
 (`triton.testing.do_bench` median, bf16, causal, batch 1): no statistics, the one-pass statistics and every
 per-query statistic plus `received`; cuDNN SDPA is timed on the same inputs in the first variant's process.
 
+A configuration "64,128,4,3/64,64,4,3" pins the `received` pass to the tiles after the slash, and a fifth
+number caps the registers a thread (maxnreg), as WORKBENCH_TRITON_CONFIG reads them.
+
 Usage: python benchmarks/kernel_variants.py [--configs 128,64,8,3;128,128,8,3] [--lengths 8192,32768]
   [--shapes 32,32,128;32,8,64] [--loads descriptors,pointers] [--tag NAME] [--out benchmarks/results]
 Writes kernel_variants_[<tag>_]<gpu>.json and .md into --out.
@@ -59,10 +62,17 @@ def child(shapes: list[tuple[int, int, int]], lengths: list[int], anchor: bool) 
 
 
 def run_variant(config: str, tma: bool, args: argparse.Namespace, lengths: str, anchor: bool) -> list[dict]:
-    """One variant in its own process (its pinned configuration is read at import)."""
-    env = dict(os.environ, WORKBENCH_TRITON_CONFIG=config, WORKBENCH_TRITON_TMA="1" if tma else "0")
+    """One variant in its own process (its pinned configuration is read at import). config: the forward's
+    tiles, or "FORWARD/RECEIVED" to pin the `received` pass to other tiles."""
+    forward, _, received = config.partition("/")
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_TRITON_RECEIVED_CONFIG"}
+    env.update(WORKBENCH_TRITON_CONFIG=forward, WORKBENCH_TRITON_TMA="1" if tma else "0")
+    if received:
+        env["WORKBENCH_TRITON_RECEIVED_CONFIG"] = received
     cmd = [sys.executable, __file__, "--child", "--shapes", args.shapes, "--lengths", lengths]
     done = subprocess.run(cmd + (["--anchor"] if anchor else []), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"variant {config} failed:\n" + "\n".join(done.stderr.splitlines()[-5:]), file=sys.stderr, flush=True)
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return [dict(row, config=config, tma=tma) for row in rows]
 
@@ -72,7 +82,7 @@ def table(rows: list[dict], gpu: str, command: str) -> str:
     cudnn = {(r["shape"], r["L"]): r["cudnn"] for r in rows if "cudnn" in r}
     lines = [f"# Kernel variants on {gpu}", "",
              f"bf16, causal, batch 1; median ms (ratio to cuDNN SDPA on the same inputs). Command: `{command}`.", "",
-             "| shape | L | tiles (M, N, warps, stages) | loads | no statistics | one-pass | all (+received) |",
+             "| shape | L | tiles (M, N, warps, stages[, maxnreg][/ received]) | loads | no statistics | one-pass | all (+received) |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["shape"], r["L"], r["config"], r["tma"])):
         anchor = cudnn.get((r["shape"], r["L"]))

@@ -63,32 +63,41 @@ _RECEIVED_KEY = ["tune_lq", "tune_lk", "HEAD_DIM", "CAUSAL", "WINDOW", "PADDED",
                  "BLOCK_MASS", "BLOCK_MAX", "BLOCK_KEEP"]
 
 
-def _pinned_configuration() -> dict | None:
-    """The one configuration every launch uses, or None to autotune over CONFIGS.
+def _pinned_configuration(variable: str = "WORKBENCH_TRITON_CONFIG") -> dict | None:
+    """The one configuration every launch of a kernel uses, or None to autotune over CONFIGS.
 
     The interpreter runs 16 x 16 blocks; WORKBENCH_TRITON_CONFIG="BLOCK_M,BLOCK_N,num_warps,num_stages" pins
-    a configuration (a GPU the autotune space does not suit, a benchmark's parallel precompilation);
-    WORKBENCH_TRITON_AUTOTUNE=0 pins 64 x 64 blocks (GPU tests, which would otherwise compile every
-    configuration of every case).
+    a configuration (a GPU the autotune space does not suit, a benchmark's parallel precompilation), and a
+    fifth number caps the registers a thread (Triton's maxnreg: more programs per multiprocessor, at the
+    price of spills). WORKBENCH_TRITON_RECEIVED_CONFIG, in the same form, pins the `received` pass apart
+    (a key-major pass without an output tile, whose best tiles differ); without it that pass takes
+    WORKBENCH_TRITON_CONFIG. WORKBENCH_TRITON_AUTOTUNE=0 pins 64 x 64 blocks (GPU tests, which would
+    otherwise compile every configuration of every case).
     """
     if INTERPRET:
         return {"BLOCK_M": 16, "BLOCK_N": 16}
-    pinned = os.environ.get("WORKBENCH_TRITON_CONFIG")
+    pinned = os.environ.get(variable)
     if pinned:
-        block_m, block_n, warps, stages = (int(x) for x in pinned.split(","))
-        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+        fields = pinned.split(",")
+        if len(fields) not in (4, 5) or not all(x.strip().isdigit() for x in fields):
+            raise ValueError(f"{variable}={pinned!r}: expected BLOCK_M,BLOCK_N,num_warps,num_stages[,maxnreg] "
+                             "as integers")
+        block_m, block_n, warps, stages, *cap = (int(x) for x in fields)
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages,
+                **({"maxnreg": cap[0]} if cap else {})}
+    if variable == "WORKBENCH_TRITON_RECEIVED_CONFIG":
+        return _pinned_configuration()
     if os.environ.get("WORKBENCH_TRITON_AUTOTUNE", "1") == "0":
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     return None
 
 
 PINNED = _pinned_configuration()
-if PINNED is None:
-    _forward = triton.autotune(CONFIGS, key=_KEY)(stats_forward)
-    # the block statistics are atomic sums: every configuration the autotuner tries starts them from zero
-    _received_pass = triton.autotune(CONFIGS, key=_RECEIVED_KEY, reset_to_zero=["BlockMass", "BlockMax"])(received_pass)
-else:
-    _forward, _received_pass = stats_forward, received_pass
+PINNED_RECEIVED = _pinned_configuration("WORKBENCH_TRITON_RECEIVED_CONFIG")
+_forward = stats_forward if PINNED else triton.autotune(CONFIGS, key=_KEY)(stats_forward)
+# the block statistics are atomic sums: every configuration the autotuner tries starts them from zero
+_received_pass = received_pass if PINNED_RECEIVED else triton.autotune(
+    CONFIGS, key=_RECEIVED_KEY, reset_to_zero=["BlockMass", "BlockMax"])(received_pass)
 
 
 def _use_tma(*tensors: torch.Tensor) -> bool:
@@ -251,12 +260,13 @@ def attention(
             return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads
 
         if tma:  # own descriptors: the forward's carry the forward's tiles
+            rows_m, rows_n = (PINNED_RECEIVED["BLOCK_M"], PINNED_RECEIVED["BLOCK_N"]) if PINNED_RECEIVED else (16, 16)
             desc_q, desc_k = _descriptor(q, rows_m, block_d), _descriptor(k, rows_n, block_d)
         _received_pass[key_grid](
             q, k, desc_q, desc_k, valid, start, temperature, key_bias, bias_keys, *norm, res.get("received", dummy),
             source_keys, target_keys, *factors, res.get("block_mass", dummy), res.get("block_max", dummy), block_keep,
             *q.stride()[:3], *k.stride()[:3], block_size=block_size, n_qb=n_qb, n_kb=n_kb, **scalars, **flags,
             RECEIVED="received" in stats, BLOCK_MASS="block_mass" in stats, BLOCK_MAX="block_max" in stats,
-            **(PINNED or {}),
+            **(PINNED_RECEIVED or {}),
         )
     return out, {name: res[name] for name in stats}

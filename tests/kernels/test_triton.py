@@ -92,6 +92,25 @@ def test_user_errors_name_the_bad_value():
     matrix.check_user_errors(triton_attention.attention, *(t.float() for t in inputs(seed=4)))
 
 
+def test_pinned_tiles_from_the_environment(monkeypatch):
+    """WORKBENCH_TRITON_CONFIG pins the tiles (a fifth number caps registers), the received pass takes its own
+    pin or the forward's, and a malformed pin is refused naming the variable and its value."""
+    monkeypatch.setattr(triton_attention, "INTERPRET", False)
+    pinned = triton_attention._pinned_configuration
+    monkeypatch.setenv("WORKBENCH_TRITON_CONFIG", "64,128,4,3")
+    monkeypatch.delenv("WORKBENCH_TRITON_RECEIVED_CONFIG", raising=False)
+    forward = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
+    assert pinned() == forward and pinned("WORKBENCH_TRITON_RECEIVED_CONFIG") == forward
+    monkeypatch.setenv("WORKBENCH_TRITON_RECEIVED_CONFIG", "64,64,4,2,168")
+    assert pinned("WORKBENCH_TRITON_RECEIVED_CONFIG") == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4,
+                                                          "num_stages": 2, "maxnreg": 168}
+    monkeypatch.delenv("WORKBENCH_TRITON_CONFIG")
+    assert pinned() is None or os.environ.get("WORKBENCH_TRITON_AUTOTUNE") == "0"
+    monkeypatch.setenv("WORKBENCH_TRITON_CONFIG", "64,128,4")
+    with pytest.raises(ValueError, match="WORKBENCH_TRITON_CONFIG='64,128,4'"):
+        pinned()
+
+
 @pytest.mark.skipif(not GPU, reason="long sequences need a GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
