@@ -82,7 +82,8 @@ def table(rows: list[dict], gpu: str, command: str) -> str:
     cudnn = {(r["shape"], r["L"]): r["cudnn"] for r in rows if "cudnn" in r}
     lines = [f"# Kernel variants on {gpu}", "",
              f"bf16, causal, batch 1; median ms (ratio to cuDNN SDPA on the same inputs). Command: `{command}`.", "",
-             "| shape | L | tiles (M, N, warps, stages[, maxnreg][/ received]) | loads | no statistics | one-pass | all (+received) |",
+             "| shape | L | tiles (M, N, warps, stages, maxnreg if capped; received pass after /) | loads "
+             "| no statistics | one-pass | all (+received) |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["shape"], r["L"], r["config"], r["tma"])):
         anchor = cudnn.get((r["shape"], r["L"]))
