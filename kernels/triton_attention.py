@@ -29,6 +29,7 @@ from workbench.kernels.contract import (
     n_blocks,
     sink_logits,
 )
+from workbench.kernels import gluon_attention
 from workbench.kernels.triton_forward import stats_forward
 from workbench.kernels.triton_received import received_pass
 
@@ -234,21 +235,27 @@ def attention(
 
     fold = softcap is None and edits.key_bias is None and edits.temperature is None and not redist
     fold = fold and scalars["scale"] > 0 and not sparse  # the block-sparse edit masks edited logits
-    _forward[query_grid](
-        q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
-        mix,
-        fraction, source_keys, target_keys,
-        res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
-        res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm, *factors,
-        dummy if sink_logit is None else sink_logit, res.get("learned_sink_mass", dummy), block_keep,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
-        N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM=second_pass, ENTROPY="entropy" in stats,
-        SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, SELF="self_mass" in stats,
-        CAP=distance_cap is not None, FOLD=fold, SINK_LOGIT=sink_logit is not None,
-        LEARNED_MASS="learned_sink_mass" in stats,
-        **scalars, **flags, **(PINNED or {}),
-    )
+    plain = fold and edits.is_identity() and not padded and window is None and sink_logit is None
+    if gluon_attention.applies(q, k, v, causal=causal, plain=plain, inputs_interpreted=INTERPRET):
+        gluon_attention.forward(q, k, v, out, res, norm if second_pass else None, scale=scalars["scale"],
+                                sink_positions=sink_positions, distance_cap=distance_cap)
+    else:
+        _forward[query_grid](
+            q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
+            mix,
+            fraction, source_keys, target_keys,
+            res.get("lse", dummy), res.get("entropy", dummy), res.get("sink_mass", dummy), res.get("max_prob", dummy),
+            res.get("argmax_key", dummy), res.get("window_distance", dummy), res.get("self_mass", dummy), *norm,
+            *factors,
+            dummy if sink_logit is None else sink_logit, res.get("learned_sink_mass", dummy), block_keep,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            distance_cap=float(distance_cap or 0), GATE=edits.gate is not None, MIX=edits.identity_mix is not None,
+            N_SINK=max(1, len(sink_keys)), LSE="lse" in stats, NORM=second_pass, ENTROPY="entropy" in stats,
+            SINK="sink_mass" in stats, MAX=want_max, DISTANCE="window_distance" in stats, SELF="self_mass" in stats,
+            CAP=distance_cap is not None, FOLD=fold, SINK_LOGIT=sink_logit is not None,
+            LEARNED_MASS="learned_sink_mass" in stats,
+            **scalars, **flags, **(PINNED or {}),
+        )
     if second_pass:
         n_qb, n_kb = n_blocks(lq, block_size), n_blocks(lk, block_size)
         for name in ("received", *BLOCK_STATS):

@@ -1,0 +1,80 @@
+"""When and how `workbench.kernels.triton_attention.attention` runs the warp-specialized Gluon forward
+(`workbench.kernels.gluon_forward`) instead of its Triton forward: only when WORKBENCH_GLUON=1 asks for it.
+
+It is experimental: with every one-pass statistic it is still slower than the Triton forward on the H200
+(benchmarks/NOTES.md, change 14), though its first version with the entropy alone ran within 0.93-1.15x of
+cuDNN there. It takes the calls of a traced causal self-attention on a Hopper GPU (compute capability 9.0):
+bf16 or fp16, head_dim 64 or 128, as many queries as keys and a multiple of 128 of them, no key padding,
+window, softcap, learned sink or edit, and q, k, v each laid out as [batch, heads, length, dim] or [batch,
+length, heads, dim] (what a model's projections give, transposed or not; k and v alike). Every per-query
+statistic is computed (learned_sink_mass is 0 without learned sinks); `received` and the block statistics
+then take the Triton received pass from the row normalisers this forward stores.
+"""
+
+import os
+
+import torch
+
+try:  # Gluon, Triton's explicit layout and warp-specialization language (Triton >= 3.5)
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from workbench.kernels.gluon_forward import flags, gluon_stats_forward
+except ImportError:  # an older Triton: the Triton forward runs everywhere
+    gluon_stats_forward = None
+
+ALLOWED = os.environ.get("WORKBENCH_GLUON") == "1"
+BLOCK_N = 128
+STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
+HEAD_DIMS = (64, 128)
+
+
+def _rows_and_columns(t: torch.Tensor) -> tuple[torch.Tensor, int, int, int] | None:
+    """t [B, H, L, D] as a 2-D [rows, columns] view with (rows per batch, rows per head, columns per head), or None
+    when its memory is neither [B, H, L, D] nor [B, L, H, D] contiguous."""
+    batch, heads, length, dim = t.shape
+    if t.is_contiguous():
+        return t.view(batch * heads * length, dim), heads * length, length, 0
+    if t.transpose(1, 2).is_contiguous():
+        return t.transpose(1, 2).reshape(batch * length, heads * dim), length, 0, dim
+    return None
+
+
+def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, plain: bool, inputs_interpreted: bool
+            ) -> bool:
+    """Whether this call takes the Gluon forward. plain: no key padding, window, softcap, learned sink or edit;
+    inputs_interpreted: the kernels run in Triton's CPU interpreter."""
+    if gluon_stats_forward is None or not ALLOWED or inputs_interpreted or not plain or not causal or not q.is_cuda:
+        return False
+    if torch.cuda.get_device_capability(q.device) != (9, 0):
+        return False
+    length, dim = q.shape[2], q.shape[3]
+    views = [_rows_and_columns(t) for t in (q, k, v)]
+    return (q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and v.dtype == q.dtype
+            and dim in HEAD_DIMS and v.shape[-1] == dim and k.shape[2] == length and length % 128 == 0
+            and all(view is not None for view in views) and views[1][1:] == views[2][1:])
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, res: dict[str, torch.Tensor],
+            norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor,
+            distance_cap: int | None) -> None:
+    """Write out and the per-query statistics in `res` (allocated as the Triton forward's), and the received
+    pass's row max and log2 sum into `norm` when given."""
+    batch, heads, length, dim = q.shape
+    (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = (_rows_and_columns(t) for t in (q, k, v))
+    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    q_layout = gl.NVMMASharedLayout.get_default_for([64, dim], element)
+    kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], element)
+    q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [64, dim], q_layout)
+    k_desc, v_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), [BLOCK_N, dim], kv_layout) for t in (k2, v2))
+    wanted = set(res) | ({"norm"} if norm is not None else set()) | ({"cap"} if distance_cap is not None else set())
+    if "learned_sink_mass" in res:  # no learned sink on this path
+        res["learned_sink_mass"].zero_()
+    dummy = sink_positions
+    row_max, row_sum = norm if norm is not None else (dummy, dummy)
+    gluon_stats_forward[(length // 128, batch * heads)](
+        q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
+            "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
+        row_max, row_sum, sink_positions, heads, heads // k.shape[1], length, qb, qh, qc, kb, kh, kc,
+        out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634, float(distance_cap or 0),
+        FLAGS=flags(wanted, sink_positions.numel()), STAGES=STAGES, num_warps=4)

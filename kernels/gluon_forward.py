@@ -1,0 +1,244 @@
+"""A warp-specialized causal forward with the per-query statistics, for Hopper, in Gluon (Triton's explicit layout
+and warp-specialization language).
+
+The producer/consumer split of FlashAttention-3 (Shah et al., 2024): one producer warp issues the bulk tensor
+copies (TMA) of each key and value block into a ring of shared-memory stages; two consumer warpgroups, each
+holding 64 of the program's 128 query rows, compute the scores on the tensor cores (wgmma), the online softmax
+with the statistics, and the output, and free a stage once both have read it. Each consumer waits only on its
+own barriers, so one's softmax runs while the other's matrix products do, and no CTA-wide barrier stands in the
+key loop. Triton 3.6 does not derive this split by itself on Hopper (benchmarks/NOTES.md, change 11).
+
+The recurrence and the statistics are those of `workbench.kernels.triton_forward` (its docstring): base-2
+logits u = log2(e) * scale * q.k, the running maximum m, sum l, the entropy's t, and per-block updates of the
+sink mass, self mass, argmax and window distance, each rescaled by alpha = exp2(m - m'). Blocks whose keys
+follow some row of a consumer (the diagonal) are masked; a block holding no sink key skips the sink sum; a
+block at least `distance_cap` from every row adds cap * sum p to the distance; a block wholly before every row
+and within the cap adds (i - n0) sum p - sum_c p c (one multiply-add a score); other blocks take the tile of
+min(|i - j|, cap). The row maximum's first position is searched in a block only where some row's maximum
+rises. Rows are every query of a causal self-attention (no padding, no window, no edit), so every row sees
+its own key and no row is empty. `workbench.kernels.gluon_attention` says when it runs (an opt-in, for now).
+"""
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.language.core import _aggregate as aggregate
+
+# the bulk tensor copy into shared memory: `async_load` since Triton 3.7, `async_copy_global_to_shared` before
+TMA_LOAD = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+ROWS = gl.constexpr(64)  # query rows of one consumer warpgroup (the M of wgmma)
+MASKED = gl.constexpr(-1.0e30)
+LN2 = gl.constexpr(0.6931471805599453)
+
+
+@aggregate
+class _Role:
+    """A consumer's compile-time arguments: which warpgroup and the statistics' FLAGS (a worker partition's
+    arguments are flattened to values, and only constexpr objects survive that as constants)."""
+    WG: gl.constexpr
+    FLAGS: gl.constexpr
+
+    @gluon.constexpr_function
+    def __init__(self, wg, flags):
+        self.WG = gl.constexpr(wg)
+        self.FLAGS = gl.constexpr(flags)
+
+
+@gluon.jit
+def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr,
+              max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, out_row_stride,
+              row_base, m0, n_blocks, post, distance_cap, role):
+    """Rows m0 + 64 role.WG .. of the program: the key loop, then the output rows and the statistics."""
+    WG: gl.constexpr = role.WG
+    FLAGS: gl.constexpr = role.FLAGS
+    STAGES: gl.constexpr = k_smem.type.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
+    LSE: gl.constexpr = (FLAGS & 1) != 0  # FLAGS: `flags` below
+    ENTROPY: gl.constexpr = (FLAGS & 2) != 0
+    SINK: gl.constexpr = (FLAGS & 4) != 0
+    MAX: gl.constexpr = (FLAGS & 8) != 0
+    DISTANCE: gl.constexpr = (FLAGS & 16) != 0
+    SELF: gl.constexpr = (FLAGS & 32) != 0
+    CAP: gl.constexpr = (FLAGS & 64) != 0
+    NORM: gl.constexpr = (FLAGS & 128) != 0
+    N_SINK: gl.constexpr = FLAGS >> 8
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    q_first = m0 + WG * ROWS
+    q_last = q_first + ROWS - 1
+    rows = q_first + gl.arange(0, ROWS, layout=row_s)
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    m_i = gl.full([ROWS], MASKED, gl.float32, layout=row_s)
+    l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+    t_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+    z_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+    w_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+    d_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+    arg_i = gl.zeros([ROWS], gl.int32, layout=row_s)
+    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
+    q = q_smem.index(WG)
+    mbarrier.wait(q_bar, 0)
+    for j in range(n_blocks):
+        s = j % STAGES
+        phase = (j // STAGES) & 1
+        n0 = j * BLOCK_N
+        mbarrier.wait(k_ready.index(s), phase)
+        k = k_smem.index(s)
+        qk = warpgroup_mma(q, k.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k))
+        diagonal = n0 + BLOCK_N > q_first
+        if diagonal:  # keys after a row are masked
+            qk = gl.where(cols[None, :] + n0 <= rows[:, None], qk, MASKED)
+        qk_max = gl.max(qk, 1)
+        block_max = qk_max * post
+        m_new = gl.maximum(m_i, block_max)
+        if MAX:
+            rises = block_max > m_i
+            if gl.max(rises.to(gl.int32), 0) > 0:  # first position of a rising row's new maximum
+                pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
+                arg_i = gl.where(rises, n0 + pos, arg_i)
+        x = qk * post - m_new[:, None]
+        p = gl.exp2(x)
+        alpha = gl.exp2(m_i - m_new)
+        row_sum = gl.sum(p, 1)
+        if ENTROPY:
+            t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
+        if SINK:
+            z_i = z_i * alpha
+            for i in gl.static_range(N_SINK):
+                key = gl.load(sink_ptr + i)
+                if (key >= n0) & (key < n0 + BLOCK_N):
+                    z_i += gl.sum(gl.where(cols[None, :] + n0 == key, p, 0.0), 1)
+        if DISTANCE:
+            w_i = w_i * alpha
+            far = False
+            if CAP:
+                far = q_first - (n0 + BLOCK_N - 1) >= distance_cap
+            if far:
+                w_i += distance_cap * row_sum
+            elif (n0 + BLOCK_N - 1 <= q_first) & (not CAP or q_last - n0 < distance_cap):
+                w_i += (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
+            else:
+                dist = gl.abs(rows[:, None] - (cols[None, :] + n0)).to(gl.float32)
+                if CAP:
+                    dist = gl.minimum(dist, distance_cap)
+                w_i += gl.sum(p * dist, 1)
+        if SELF:
+            d_i = d_i * alpha
+            if diagonal:
+                d_i += gl.sum(gl.where(cols[None, :] + n0 == rows[:, None], p, 0.0), 1)
+        l_i = l_i * alpha + row_sum
+        m_i = m_new
+        p16 = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        mbarrier.wait(v_ready.index(s), phase)
+        v = v_smem.index(s)
+        acc = warpgroup_mma(p16, v, acc, is_async=True)
+        acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
+        mbarrier.arrive(kv_empty.index(s), count=1)
+
+    out = acc / gl.convert_layout(l_i, row_o)[:, None]
+    offs_m = q_first + gl.arange(0, ROWS, layout=row_o)
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    gl.store(out_ptr + offs_m[:, None] * out_row_stride + offs_d[None, :], out.to(q_smem.dtype))
+    at = row_base + rows
+    log2_l = gl.log2(l_i)
+    if LSE:
+        gl.store(lse_ptr + at, (m_i + log2_l) * LN2)
+    if ENTROPY:
+        gl.store(entropy_ptr + at, (log2_l - t_i / l_i) * LN2)
+    if SINK:
+        gl.store(sink_mass_ptr + at, z_i / l_i)
+    if MAX:
+        gl.store(max_prob_ptr + at, 1.0 / l_i)
+        gl.store(argmax_ptr + at, arg_i.to(gl.int64))
+    if DISTANCE:
+        gl.store(distance_ptr + at, w_i / l_i)
+    if SELF:
+        gl.store(self_ptr + at, d_i / l_i)
+    if NORM:  # what the received pass needs
+        gl.store(row_max_ptr + at, m_i)
+        gl.store(row_sum_ptr + at, log2_l)
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, q_row, q_col,
+              kv_row, kv_col, n_blocks):
+    """One warp: the program's two query tiles, then each key and value block once a stage is free."""
+    STAGES: gl.constexpr = k_smem.type.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    TMA_LOAD(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
+    TMA_LOAD(q_desc, [q_row + ROWS, q_col], q_bar, q_smem.index(1))
+    for j in range(n_blocks):
+        s = j % STAGES
+        phase = (j // STAGES) & 1
+        mbarrier.wait(kv_empty.index(s), phase ^ 1)  # a fresh barrier passes the wait on phase 1
+        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+        TMA_LOAD(k_desc, [kv_row + j * BLOCK_N, kv_col], k_ready.index(s), k_smem.index(s))
+        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+        TMA_LOAD(v_desc, [kv_row + j * BLOCK_N, kv_col], v_ready.index(s), v_smem.index(s))
+
+
+@gluon.jit
+def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr, max_prob_ptr, argmax_ptr,
+                        distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, n_heads, group, length,
+                        q_batch_rows, q_head_rows, q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols,
+                        out_batch_stride, out_head_stride, out_row_stride, post, distance_cap,
+                        FLAGS: gl.constexpr, STAGES: gl.constexpr):
+    """Output rows and statistics of 128 query rows of one (batch, query head); grid (length / 128, batch x heads),
+    the longest rows first.
+
+    The descriptors see q, k and v as 2-D [rows, columns] tensors (`workbench.kernels.gluon_attention`): query l of
+    (batch b, head h) is row b q_batch_rows + h q_head_rows + l, its features start at column h q_head_cols (and
+    likewise for the key-value heads), which covers [batch, heads, length, dim] and [batch, length, heads, dim]
+    memory alike. The statistics are [batch, heads, length], contiguous.
+    """
+    BLOCK_M: gl.constexpr = 2 * ROWS
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
+    pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // n_heads
+    head = bh % n_heads
+    kv_head = head // group
+    m0 = pid_m * BLOCK_M
+    n_blocks = gl.cdiv(m0 + BLOCK_M, BLOCK_N)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, ROWS, HEAD_DIM], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
+    row_base = bh * length
+    out_rows = out_ptr + b.to(gl.int64) * out_batch_stride + head.to(gl.int64) * out_head_stride
+    cargs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_rows, lse_ptr, entropy_ptr, sink_mass_ptr,
+             max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, out_row_stride,
+             row_base, m0, n_blocks, post, distance_cap)
+    pargs = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
+             b * q_batch_rows + head * q_head_rows + m0, head * q_head_cols,
+             b * kv_batch_rows + kv_head * kv_head_rows, kv_head * kv_head_cols, n_blocks)
+    gl.warp_specialize([(_consumer, cargs + (_Role(0, FLAGS), )), (_consumer, cargs + (_Role(1, FLAGS), )),
+                        (_producer, pargs)], [4, 1], [232, 40])
+
+
+FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "cap", "norm")
+
+
+def flags(wanted: set[str], n_sink: int) -> int:
+    """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key; cap:
+    the distance is capped; norm: the received pass follows), and the number of sink keys above them."""
+    return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << 8)

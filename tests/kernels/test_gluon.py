@@ -1,0 +1,97 @@
+"""The warp-specialized Gluon forward (`workbench.kernels.gluon_forward`) that causal self-attention takes on Hopper
+when WORKBENCH_GLUON=1.
+
+Triton's CPU interpreter does not run Gluon, so on the CPU the kernel is compiled for sm_90 with every statistic
+(its layouts, partitions and barriers must lower), and the dispatch rules are checked on tensors' layouts. On a
+Hopper GPU (WORKBENCH_GPU_TESTS=1) `triton_attention.attention` takes it, and its output and every statistic
+(`received` and the block ones from the Triton pass after it) are held to the reference within the tolerance of
+tests/kernels/matrix.py, in bf16 and fp16, for both memory layouts a model's projections give.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton.experimental.gluon")
+
+import matrix  # noqa: E402
+
+from workbench.kernels import gluon_attention, gluon_forward, triton_attention  # noqa: E402
+
+GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
+       and torch.cuda.get_device_capability() == (9, 0))
+COMPILE = """
+import sys
+from triton.backends.compiler import GPUTarget
+from triton.compiler import compile as triton_compile
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from workbench.kernels import gluon_attention, gluon_forward
+
+head_dim = int(sys.argv[1])
+desc = {rows: f"tensordesc<bf16[{rows}, {head_dim}],"
+              f"{gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl.bfloat16)!r}>" for rows in (64, 128)}
+kernel = gluon_forward.gluon_stats_forward
+signature = {name: "i32" for name in kernel.arg_names}
+signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")})
+signature.update(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
+                 out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", post="fp32", distance_cap="fp32",
+                 FLAGS="constexpr", STAGES="constexpr")
+every = gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2)
+source = GluonASTSource(kernel, signature, constexprs={"FLAGS": every, "STAGES": gluon_attention.STAGES})
+compiled = triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"])
+"""
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_compiles_for_hopper_with_every_statistic(head_dim):
+    """In a process of its own: the suite runs Triton's interpreter, whose decorators (Triton's own reductions
+    included, made when Triton is first imported) give functions that do not compile."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    done = subprocess.run([sys.executable, "-c", COMPILE, str(head_dim)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
+    assert done.stdout.split()[-2:] == ["12", "True"]
+
+
+def test_flags_name_every_statistic_once():
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 256
+    assert gluon_forward.flags(set(), 3) >> 8 == 3
+
+
+def test_layouts_the_forward_reads():
+    q = torch.randn(2, 4, 256, 64)
+    assert gluon_attention._rows_and_columns(q)[1:] == (4 * 256, 256, 0)
+    bthd = torch.randn(2, 256, 4, 64).transpose(1, 2)  # what a projection's view and transpose give
+    rows, per_batch, per_head, columns = gluon_attention._rows_and_columns(bthd)
+    assert rows.shape == (2 * 256, 4 * 64) and (per_batch, per_head, columns) == (256, 0, 64)
+    assert torch.equal(rows[256 + 5, 3 * 64:4 * 64], bthd[1, 3, 5])
+    assert gluon_attention._rows_and_columns(q[:, :, ::2]) is None
+    assert not gluon_attention.applies(q, q, q, causal=True, plain=True, inputs_interpreted=False)  # on the CPU
+    assert os.environ.get("WORKBENCH_GLUON") == "1" or not gluon_attention.ALLOWED  # an opt-in
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, monkeypatch):
+    q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=256, head_dim=head_dim, seed=head_dim + heads,
+                            device="cuda")
+    if transposed:
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    assert gluon_attention.applies(*(t.to(dtype) for t in (q, k, v)), causal=True, plain=True,
+                                   inputs_interpreted=False)
+    matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3), distance_cap=100)
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+def test_gpu_uncapped_distance_and_long_rows(monkeypatch):
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
+    matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True)
