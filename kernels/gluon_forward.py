@@ -14,8 +14,8 @@ sink mass, self mass, argmax and window distance, each rescaled by alpha = exp2(
 follow some row of a consumer (the diagonal) are masked; a block holding no sink key skips the sink sum; a
 block at least `distance_cap` from every row adds cap * sum p to the distance; a block wholly before every row
 and within the cap adds (i - n0) sum p - sum_c p c (one multiply-add a score); other blocks take the tile of
-min(|i - j|, cap). The row maximum's first position is searched in a block only where some row's maximum
-rises. Rows are every query of a causal self-attention (no padding, no window, no edit), so every row sees
+min(|i - j|, cap). Each row's first position at its block maximum replaces its argmax where its maximum
+rises (a row-wise test: no reduction across the warpgroup's warps in the loop). Rows are every query of a causal self-attention (no padding, no window, no edit), so every row sees
 its own key and no row is empty. `workbench.kernels.gluon_attention` says when it runs (an opt-in, for now).
 """
 
@@ -83,6 +83,14 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     arg_i = gl.zeros([ROWS], gl.int32, layout=row_s)
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
+    sink_lo = 0
+    sink_hi = -1
+    if SINK:  # the range of the sink keys, read once
+        sink_lo = gl.load(sink_ptr)
+        sink_hi = sink_lo
+        for i in gl.static_range(1, N_SINK):
+            sink_lo = gl.minimum(sink_lo, gl.load(sink_ptr + i))
+            sink_hi = gl.maximum(sink_hi, gl.load(sink_ptr + i))
     q = q_smem.index(WG)
     mbarrier.wait(q_bar, 0)
     for j in range(n_blocks):
@@ -99,11 +107,9 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         qk_max = gl.max(qk, 1)
         block_max = qk_max * post
         m_new = gl.maximum(m_i, block_max)
-        if MAX:
-            rises = block_max > m_i
-            if gl.max(rises.to(gl.int32), 0) > 0:  # first position of a rising row's new maximum
-                pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
-                arg_i = gl.where(rises, n0 + pos, arg_i)
+        if MAX:  # each row's first position at its block maximum, kept where the row's maximum rises
+            pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
+            arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
         x = qk * post - m_new[:, None]
         p = gl.exp2(x)
         alpha = gl.exp2(m_i - m_new)
@@ -112,10 +118,9 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
             t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
         if SINK:
             z_i = z_i * alpha
-            for i in gl.static_range(N_SINK):
-                key = gl.load(sink_ptr + i)
-                if (key >= n0) & (key < n0 + BLOCK_N):
-                    z_i += gl.sum(gl.where(cols[None, :] + n0 == key, p, 0.0), 1)
+            if (sink_hi >= n0) & (sink_lo < n0 + BLOCK_N):  # most blocks hold no sink key
+                for i in gl.static_range(N_SINK):
+                    z_i += gl.sum(gl.where(cols[None, :] + n0 == gl.load(sink_ptr + i), p, 0.0), 1)
         if DISTANCE:
             w_i = w_i * alpha
             far = False
