@@ -4,7 +4,9 @@ On CUDA the block sizes are autotuned over a small Hopper-minded space, keyed by
 powers of two (see `_pinned_configuration` for the environment variables that fix one configuration);
 under TRITON_INTERPRET=1 (CPU tests) 16 x 16 blocks run.
 On Hopper and later, inputs whose base and strides are 16-byte aligned are read through tensor descriptors
-(WORKBENCH_TRITON_TMA=0 turns them off); other inputs and GPUs take pointer loads.
+(WORKBENCH_TRITON_TMA=0 turns them off); other inputs and GPUs take pointer loads. With WORKBENCH_GLUON=1,
+causal self-attention on Hopper takes the experimental warp-specialized forward of
+`workbench.kernels.gluon_attention` instead of the Triton one.
 fp16 / bf16 / fp32 inputs, fp32 accumulation; fp32 inputs use IEEE products (no TF32), so the kernel can be
 held to the fp32 reference.
 """
