@@ -40,29 +40,37 @@ def _rows_and_columns(t: torch.Tensor) -> tuple[torch.Tensor, int, int, int] | N
     return None
 
 
+Views = tuple[tuple[torch.Tensor, int, int, int], ...]  # q's, k's and v's `_rows_and_columns`
+
+
 def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, plain: bool, inputs_interpreted: bool
-            ) -> bool:
-    """Whether this call takes the Gluon forward. plain: no key padding, window, softcap, learned sink or edit;
-    inputs_interpreted: the kernels run in Triton's CPU interpreter."""
+            ) -> Views | None:
+    """The 2-D views of q, k and v that the Gluon forward reads when this call takes it, else None. plain: no key
+    padding, window, softcap, learned sink or edit; inputs_interpreted: the kernels run in Triton's CPU
+    interpreter."""
     if gluon_stats_forward is None or not ALLOWED or inputs_interpreted or not plain or not causal or not q.is_cuda:
-        return False
+        return None
     if torch.cuda.get_device_capability(q.device) != (9, 0):
-        return False
+        return None
     length, dim = q.shape[2], q.shape[3]
-    views = [_rows_and_columns(t) for t in (q, k, v)]
-    return (q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and v.dtype == q.dtype
-            and dim in HEAD_DIMS and v.shape[-1] == dim and k.shape[2] == length and length % 128 == 0
-            and all(view is not None for view in views) and views[1][1:] == views[2][1:])
+    if not (q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and v.dtype == q.dtype
+            and dim in HEAD_DIMS and v.shape[-1] == dim and k.shape[2] == length and length % 128 == 0):
+        return None
+    views = tuple(_rows_and_columns(t) for t in (q, k, v))
+    if any(view is None for view in views) or views[1][1:] != views[2][1:]:
+        return None
+    return views
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, res: dict[str, torch.Tensor],
+def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, res: dict[str, torch.Tensor],
             norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor,
             distance_cap: int | None) -> None:
     """Write out and the per-query statistics in `res` (allocated as the Triton forward's), and the received
-    pass's row max and log2 sum into `norm` when given."""
-    batch, heads, length, dim = q.shape
-    (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = (_rows_and_columns(t) for t in (q, k, v))
-    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    pass's row max and log2 sum into `norm` when given. views: what `applies` gave for q [shape], k and v
+    (kv_heads heads)."""
+    batch, heads, length, dim = shape
+    (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
+    element = gl.bfloat16 if q2.dtype == torch.bfloat16 else gl.float16
     q_layout = gl.NVMMASharedLayout.get_default_for([64, dim], element)
     kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], element)
     q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [64, dim], q_layout)
@@ -75,6 +83,6 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     gluon_stats_forward[(length // 128, batch * heads)](
         q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
             "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
-        row_max, row_sum, sink_positions, heads, heads // k.shape[1], length, qb, qh, qc, kb, kh, kc,
+        row_max, row_sum, sink_positions, heads, heads // kv_heads, length, qb, qh, qc, kb, kh, kc,
         out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634, float(distance_cap or 0),
         FLAGS=flags(wanted, sink_positions.numel()), STAGES=STAGES, num_warps=4)

@@ -15,8 +15,9 @@ follow some row of a consumer (the diagonal) are masked; a block holding no sink
 block at least `distance_cap` from every row adds cap * sum p to the distance; a block wholly before every row
 and within the cap adds (i - n0) sum p - sum_c p c (one multiply-add a score); other blocks take the tile of
 min(|i - j|, cap). Each row's first position at its block maximum replaces its argmax where its maximum
-rises (a row-wise test: no reduction across the warpgroup's warps in the loop). Rows are every query of a causal self-attention (no padding, no window, no edit), so every row sees
-its own key and no row is empty. `workbench.kernels.gluon_attention` says when it runs (an opt-in, for now).
+rises (a row-wise test: no reduction across the warpgroup's warps in the loop). Rows are every query of a
+causal self-attention (no padding, no window, no edit), so every row sees its own key and no row is empty.
+`workbench.kernels.gluon_attention` says when it runs (an opt-in, for now).
 """
 
 from triton.experimental import gluon

@@ -103,6 +103,12 @@ _received_pass = received_pass if PINNED_RECEIVED else triton.autotune(
     CONFIGS, key=_RECEIVED_KEY, reset_to_zero=["BlockMass", "BlockMax"])(received_pass)
 
 
+def _tile_rows(pinned: dict | None) -> tuple[int, int]:
+    """The rows of the query and key tiles a descriptor carries: the pinned tiles', or placeholders that the
+    autotuner's pre-hook replaces per configuration."""
+    return (pinned["BLOCK_M"], pinned["BLOCK_N"]) if pinned else (16, 16)
+
+
 def _use_tma(*tensors: torch.Tensor) -> bool:
     """Whether the kernels load through tensor descriptors (the bulk tensor copy engine): on Hopper and later
     (and in the interpreter, which emulates them), when every tensor's base and strides are 16-byte aligned."""
@@ -213,7 +219,7 @@ def attention(
     block_d = max(16, triton.next_power_of_2(head_dim))
     tma = _use_tma(q, k, v)
     if tma:  # tiles as pinned, or set per configuration by the autotuner's pre-hook
-        rows_m, rows_n = (PINNED["BLOCK_M"], PINNED["BLOCK_N"]) if PINNED else (16, 16)
+        rows_m, rows_n = _tile_rows(PINNED)
         desc_q, desc_k, desc_v = (_descriptor(t, rows, block_d) for t, rows in ((q, rows_m), (k, rows_n), (v, rows_n)))
     else:
         desc_q, desc_k, desc_v = q, k, v
@@ -238,9 +244,10 @@ def attention(
     fold = softcap is None and edits.key_bias is None and edits.temperature is None and not redist
     fold = fold and scalars["scale"] > 0 and not sparse  # the block-sparse edit masks edited logits
     plain = fold and edits.is_identity() and not padded and window is None and sink_logit is None
-    if gluon_attention.applies(q, k, v, causal=causal, plain=plain, inputs_interpreted=INTERPRET):
-        gluon_attention.forward(q, k, v, out, res, norm if second_pass else None, scale=scalars["scale"],
-                                sink_positions=sink_positions, distance_cap=distance_cap)
+    gluon_views = gluon_attention.applies(q, k, v, causal=causal, plain=plain, inputs_interpreted=INTERPRET)
+    if gluon_views:
+        gluon_attention.forward(gluon_views, q.shape, k.shape[1], out, res, norm if second_pass else None,
+                                scale=scalars["scale"], sink_positions=sink_positions, distance_cap=distance_cap)
     else:
         _forward[query_grid](
             q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
@@ -269,7 +276,7 @@ def attention(
             return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads
 
         if tma:  # own descriptors: the forward's carry the forward's tiles
-            rows_m, rows_n = (PINNED_RECEIVED["BLOCK_M"], PINNED_RECEIVED["BLOCK_N"]) if PINNED_RECEIVED else (16, 16)
+            rows_m, rows_n = _tile_rows(PINNED_RECEIVED)
             desc_q, desc_k = _descriptor(q, rows_m, block_d), _descriptor(k, rows_n, block_d)
         _received_pass[key_grid](
             q, k, desc_q, desc_k, valid, start, temperature, key_bias, bias_keys, *norm, res.get("received", dummy),
