@@ -54,7 +54,7 @@ import torch.nn.functional as F
 import triton
 from hardware import slug
 
-from workbench.kernels import KEY_STATS, QUERY_STATS, HeadEdits
+from workbench.kernels import KEY_STATS, QUERY_STATS, HeadEdits, gluon_attention
 from workbench.kernels.triton_attention import CONFIGS, PINNED, PINNED_RECEIVED, attention
 
 DEFAULT_SHAPE = (32, 32, 128)  # query heads, key-value heads, head_dim
@@ -349,15 +349,19 @@ def _tiles(pinned: dict | None) -> str | None:
 
 
 def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: str | None = None,
-             pinned_received: str | None = None) -> str:
-    """The result tables; `pinned` / `pinned_received`: the tile configurations every launch of our forward and
-    of our `received` pass used (None: autotuned)."""
+             pinned_received: str | None = None, gluon: bool = False) -> str:
+    """The result tables; `pinned` / `pinned_received`: the tile configurations every launch of our Triton forward
+    and of our `received` pass used (None: autotuned); gluon: causal self-attention took the warp-specialized
+    Gluon forward (`workbench.kernels.gluon_attention`), which has fixed tiles."""
     tiles = (f"Our kernels' tiles pinned to {pinned} (BLOCK_M, BLOCK_N, warps, stages: WORKBENCH_TRITON_CONFIG)"
              if pinned else "Our kernels' tiles autotuned")
     if pinned_received != pinned:
         tiles += (f", the received pass's to {pinned_received} (WORKBENCH_TRITON_RECEIVED_CONFIG)" if pinned_received
                   else ", the received pass's autotuned")
     tiles += "."
+    if gluon:
+        tiles += (" Causal self-attention of a multiple of 128 tokens took the warp-specialized Gluon forward "
+                  "(128 x 128 tiles, a producer warp and two consumer warpgroups; WORKBENCH_GLUON=0 turns it off).")
     lines = [f"# Attention with statistics on {gpu}", "", tiles, ""]
     if kernel_rows:
         heads, kv_heads, head_dim = kernel_rows[0]["shape"]
@@ -423,7 +427,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "gpus": 1, "torch": torch.__version__, "triton": triton.__version__,
             "flash_attn_4": _version("flash-attn-4"), "triton_config": _tiles(PINNED),
-            "triton_received_config": _tiles(PINNED_RECEIVED)}
+            "triton_received_config": _tiles(PINNED_RECEIVED),
+            "gluon_forward": gluon_attention.ALLOWED and gluon_attention.gluon_stats_forward is not None}
     if args.lengths:
         meta["precompile_seconds"] = round(precompile(shapes, extra))
         print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
@@ -440,7 +445,7 @@ def main() -> None:
         (out / f"{name}.json").write_text(json.dumps({**meta, "seconds": math.ceil(time.time() - start),
                                                       "rows": rows}, indent=1))
         table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [],
-                         meta["triton_config"], meta["triton_received_config"])
+                         meta["triton_config"], meta["triton_received_config"], meta["gluon_forward"])
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)
 

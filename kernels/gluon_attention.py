@@ -1,14 +1,15 @@
 """When and how `workbench.kernels.triton_attention.attention` runs the warp-specialized Gluon forward
-(`workbench.kernels.gluon_forward`) instead of its Triton forward: only when WORKBENCH_GLUON=1 asks for it.
+(`workbench.kernels.gluon_forward`) instead of its Triton forward (WORKBENCH_GLUON=0 keeps the Triton one).
 
-It is experimental: with every one-pass statistic it is still slower than the Triton forward on the H200
-(benchmarks/NOTES.md, change 14), though its first version with the entropy alone ran within 0.93-1.15x of
-cuDNN there. It takes the calls of a traced causal self-attention on a Hopper GPU (compute capability 9.0):
-bf16 or fp16, head_dim 64 or 128, as many queries as keys and a multiple of 128 of them, no key padding,
-window, softcap, learned sink or edit, and q, k, v each laid out as [batch, heads, length, dim] or [batch,
-length, heads, dim] (what a model's projections give, transposed or not; k and v alike). Every per-query
-statistic is computed (learned_sink_mass is 0 without learned sinks); `received` and the block statistics
-then take the Triton received pass from the row normalisers this forward stores.
+On the H200 it takes the one-pass statistics 1.41x / 1.20x cuDNN SDPA's time at 32k (head_dim 64 / 128),
+against 1.52x / 1.67x for the Triton forward (benchmarks/NOTES.md, change 15). It takes the calls of a traced
+causal self-attention on a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 64 or 128, as many
+queries as keys and a multiple of 128 of them, no key padding, window, softcap, learned sink or edit, no cap on
+the window distance (with the cap's branches it was slower than the Triton forward at head_dim 64: change 15),
+and q, k, v each laid out as [batch, heads, length, dim] or [batch, length, heads, dim] (what a model's
+projections give, transposed or not; k and v alike). Every per-query statistic is computed (learned_sink_mass
+is 0 without learned sinks); `received` and the block statistics then take the Triton received pass from the
+row normalisers this forward stores.
 """
 
 import os
@@ -23,7 +24,7 @@ try:  # Gluon, Triton's explicit layout and warp-specialization language (checke
 except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton forward runs everywhere
     gluon_stats_forward = None
 
-ALLOWED = os.environ.get("WORKBENCH_GLUON") == "1"
+ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
 HEAD_DIMS = (64, 128)
@@ -43,12 +44,13 @@ def _rows_and_columns(t: torch.Tensor) -> tuple[torch.Tensor, int, int, int] | N
 Views = tuple[tuple[torch.Tensor, int, int, int], ...]  # q's, k's and v's `_rows_and_columns`
 
 
-def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, plain: bool, inputs_interpreted: bool
-            ) -> Views | None:
+def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, plain: bool, capped: bool,
+            inputs_interpreted: bool) -> Views | None:
     """The 2-D views of q, k and v that the Gluon forward reads when this call takes it, else None. plain: no key
-    padding, window, softcap, learned sink or edit; inputs_interpreted: the kernels run in Triton's CPU
-    interpreter."""
-    if gluon_stats_forward is None or not ALLOWED or inputs_interpreted or not plain or not causal or not q.is_cuda:
+    padding, window, softcap, learned sink or edit; capped: the window distance is asked for with a cap;
+    inputs_interpreted: the kernels run in Triton's CPU interpreter."""
+    if (gluon_stats_forward is None or not ALLOWED or inputs_interpreted or not plain or capped or not causal
+            or not q.is_cuda):
         return None
     if torch.cuda.get_device_capability(q.device) != (9, 0):
         return None
@@ -63,8 +65,7 @@ def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, 
 
 
 def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, res: dict[str, torch.Tensor],
-            norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor,
-            distance_cap: int | None) -> None:
+            norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor) -> None:
     """Write out and the per-query statistics in `res` (allocated as the Triton forward's), and the received
     pass's row max and log2 sum into `norm` when given. views: what `applies` gave for q [shape], k and v
     (kv_heads heads)."""
@@ -75,7 +76,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], element)
     q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [64, dim], q_layout)
     k_desc, v_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), [BLOCK_N, dim], kv_layout) for t in (k2, v2))
-    wanted = set(res) | ({"norm"} if norm is not None else set()) | ({"cap"} if distance_cap is not None else set())
+    wanted = set(res) | ({"norm"} if norm is not None else set())
     if "learned_sink_mass" in res:  # no learned sink on this path
         res["learned_sink_mass"].zero_()
     dummy = sink_positions
@@ -83,6 +84,6 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     gluon_stats_forward[(length // 128, batch * heads)](
         q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
             "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
-        row_max, row_sum, sink_positions, heads, heads // kv_heads, length, qb, qh, qc, kb, kh, kc,
-        out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634, float(distance_cap or 0),
+        row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh, kc,
+        out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634,
         FLAGS=flags(wanted, sink_positions.numel()), STAGES=STAGES, num_warps=4)

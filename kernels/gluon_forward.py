@@ -9,15 +9,17 @@ own barriers, so one's softmax runs while the other's matrix products do, and no
 key loop. Triton 3.6 does not derive this split by itself on Hopper (benchmarks/NOTES.md, change 11).
 
 The recurrence and the statistics are those of `workbench.kernels.triton_forward` (its docstring): base-2
-logits u = log2(e) * scale * q.k, the running maximum m, sum l, the entropy's t, and per-block updates of the
-sink mass, self mass, argmax and window distance, each rescaled by alpha = exp2(m - m'). Blocks whose keys
-follow some row of a consumer (the diagonal) are masked; a block holding no sink key skips the sink sum; a
-block at least `distance_cap` from every row adds cap * sum p to the distance; a block wholly before every row
-and within the cap adds (i - n0) sum p - sum_c p c (one multiply-add a score); other blocks take the tile of
-min(|i - j|, cap). Each row's first position at its block maximum replaces its argmax where its maximum
-rises (a row-wise test: no reduction across the warpgroup's warps in the loop). Rows are every query of a
-causal self-attention (no padding, no window, no edit), so every row sees its own key and no row is empty.
-`workbench.kernels.gluon_attention` says when it runs (an opt-in, for now).
+logits u = log2(e) * scale * q.k, the running maximum m, sum l, the entropy's t, the argmax and the window
+distance, each rescaled by alpha = exp2(m - m'). Every block but a program's last is wholly before its rows, so
+the key loop takes them without mask or branch, and only the last (the diagonal) is masked: the split of causal
+tiles into full and diagonal blocks of FlashAttention-2 (Dao, 2023). The distance is uncapped, and every key a
+row sees is at or before it, so a block adds (i - n0) sum p - sum_c p c (one multiply-add a score). Each row's
+first position at its block maximum replaces its argmax where its maximum rises (a row-wise test: no
+reduction across the warpgroup's warps in the loop). The sink and self masses are not carried through the
+loop: after it, each row's logit with each sink key and with its own key is recomputed in float32 from q and k,
+and exp2(u - m) / l is its probability. Rows are every query of a causal self-attention (no padding, no window,
+no edit), so every row sees its own key and no row is empty. `workbench.kernels.gluon_attention` says when it
+runs.
 """
 
 from triton.experimental import gluon
@@ -46,13 +48,80 @@ class _Role:
 
 
 @gluon.jit
+def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, m_i, l_i, t_i, w_i, arg_i, acc,
+           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr):
+    """One key block of a consumer: its scores, the online softmax with the statistics, its share of the output.
+    DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
+    take no mask and no branch."""
+    STAGES: gl.constexpr = k_smem.type.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
+    ENTROPY: gl.constexpr = (FLAGS & 2) != 0
+    MAX: gl.constexpr = (FLAGS & 8) != 0
+    DISTANCE: gl.constexpr = (FLAGS & 16) != 0
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    s = j % STAGES
+    phase = (j // STAGES) & 1
+    n0 = j * BLOCK_N
+    mbarrier.wait(k_ready.index(s), phase)
+    k = k_smem.index(s)
+    qk = warpgroup_mma(q, k.permute((1, 0)), gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), use_acc=False,
+                       is_async=True)
+    qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k))
+    if DIAGONAL:  # keys after a row are masked
+        qk = gl.where(cols[None, :] + n0 <= rows[:, None], qk, MASKED)
+    qk_max = gl.max(qk, 1)
+    block_max = qk_max * post
+    m_new = gl.maximum(m_i, block_max)
+    if MAX:  # each row's first position at its block maximum, kept where the row's maximum rises
+        pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
+        arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
+    x = qk * post - m_new[:, None]
+    p = gl.exp2(x)
+    alpha = gl.exp2(m_i - m_new)
+    row_sum = gl.sum(p, 1)
+    if ENTROPY:
+        t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
+    if DISTANCE:
+        # sum_c p (i - n0 - c), one multiply-add a score: p is 0 for the keys after a row
+        w_i = w_i * alpha + (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
+    l_i = l_i * alpha + row_sum
+    p16 = gl.convert_layout(p.to(q.dtype), p_layout)
+    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+    mbarrier.wait(v_ready.index(s), phase)
+    v = v_smem.index(s)
+    acc = warpgroup_mma(p16, v, acc, is_async=True)
+    acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
+    mbarrier.arrive(kv_empty.index(s), count=1)
+    return m_new, l_i, t_i, w_i, arg_i, acc
+
+
+@gluon.jit
+def _key_logits(q_smem, k_ptr, k_row_stride, key_rows, post, WG: gl.constexpr):
+    """u = log2(e) scale q.k of each of the consumer's 64 rows with one key each (`key_rows`: a [64] tensor of key
+    positions in the head that k_ptr starts), in float32 on the CUDA cores: what the score tile held for that
+    key, to float32 rounding."""
+    HEAD_DIM: gl.constexpr = q_smem.type.shape[2]
+    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    q = q_smem.index(WG).load(blocked).to(gl.float32)
+    rows = gl.convert_layout(key_rows, gl.SliceLayout(1, blocked))
+    dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, blocked))
+    k = gl.load(k_ptr + rows.to(gl.int64)[:, None] * k_row_stride + dims[None, :]).to(gl.float32)
+    return gl.sum(q * k, 1) * post
+
+
+@gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr,
-              max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, out_row_stride,
-              row_base, m0, n_blocks, post, distance_cap, role):
+              max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_ptr, k_row_stride,
+              out_row_stride, row_base, m0, n_blocks, post, role):
     """Rows m0 + 64 role.WG .. of the program: the key loop, then the output rows and the statistics."""
     WG: gl.constexpr = role.WG
     FLAGS: gl.constexpr = role.FLAGS
-    STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
     LSE: gl.constexpr = (FLAGS & 1) != 0  # FLAGS: `flags` below
@@ -61,94 +130,30 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     MAX: gl.constexpr = (FLAGS & 8) != 0
     DISTANCE: gl.constexpr = (FLAGS & 16) != 0
     SELF: gl.constexpr = (FLAGS & 32) != 0
-    CAP: gl.constexpr = (FLAGS & 64) != 0
-    NORM: gl.constexpr = (FLAGS & 128) != 0
+    NORM: gl.constexpr = (FLAGS & 64) != 0
     N_SINK: gl.constexpr = FLAGS >> 8
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, HEAD_DIM, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     q_first = m0 + WG * ROWS
-    q_last = q_first + ROWS - 1
     rows = q_first + gl.arange(0, ROWS, layout=row_s)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     m_i = gl.full([ROWS], MASKED, gl.float32, layout=row_s)
     l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
     t_i = gl.zeros([ROWS], gl.float32, layout=row_s)
-    z_i = gl.zeros([ROWS], gl.float32, layout=row_s)
     w_i = gl.zeros([ROWS], gl.float32, layout=row_s)
-    d_i = gl.zeros([ROWS], gl.float32, layout=row_s)
     arg_i = gl.zeros([ROWS], gl.int32, layout=row_s)
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
-    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
-    sink_lo = 0
-    sink_hi = -1
-    if SINK:  # the range of the sink keys, read once
-        sink_lo = gl.load(sink_ptr)
-        sink_hi = sink_lo
-        for i in gl.static_range(1, N_SINK):
-            sink_lo = gl.minimum(sink_lo, gl.load(sink_ptr + i))
-            sink_hi = gl.maximum(sink_hi, gl.load(sink_ptr + i))
     q = q_smem.index(WG)
     mbarrier.wait(q_bar, 0)
-    for j in range(n_blocks):
-        s = j % STAGES
-        phase = (j // STAGES) & 1
-        n0 = j * BLOCK_N
-        mbarrier.wait(k_ready.index(s), phase)
-        k = k_smem.index(s)
-        qk = warpgroup_mma(q, k.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k))
-        diagonal = n0 + BLOCK_N > q_first
-        if diagonal:  # keys after a row are masked
-            qk = gl.where(cols[None, :] + n0 <= rows[:, None], qk, MASKED)
-        qk_max = gl.max(qk, 1)
-        block_max = qk_max * post
-        m_new = gl.maximum(m_i, block_max)
-        if MAX:  # each row's first position at its block maximum, kept where the row's maximum rises
-            pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
-            arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
-        x = qk * post - m_new[:, None]
-        p = gl.exp2(x)
-        alpha = gl.exp2(m_i - m_new)
-        row_sum = gl.sum(p, 1)
-        if ENTROPY:
-            t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
-        if SINK:
-            z_i = z_i * alpha
-            if (sink_hi >= n0) & (sink_lo < n0 + BLOCK_N):  # most blocks hold no sink key
-                for i in gl.static_range(N_SINK):
-                    z_i += gl.sum(gl.where(cols[None, :] + n0 == gl.load(sink_ptr + i), p, 0.0), 1)
-        if DISTANCE:
-            w_i = w_i * alpha
-            far = False
-            if CAP:
-                far = q_first - (n0 + BLOCK_N - 1) >= distance_cap
-            if far:
-                w_i += distance_cap * row_sum
-            elif (n0 + BLOCK_N - 1 <= q_first) & (not CAP or q_last - n0 < distance_cap):
-                w_i += (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
-            else:
-                dist = gl.abs(rows[:, None] - (cols[None, :] + n0)).to(gl.float32)
-                if CAP:
-                    dist = gl.minimum(dist, distance_cap)
-                w_i += gl.sum(p * dist, 1)
-        if SELF:
-            d_i = d_i * alpha
-            if diagonal:
-                d_i += gl.sum(gl.where(cols[None, :] + n0 == rows[:, None], p, 0.0), 1)
-        l_i = l_i * alpha + row_sum
-        m_i = m_new
-        p16 = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-        mbarrier.wait(v_ready.index(s), phase)
-        v = v_smem.index(s)
-        acc = warpgroup_mma(p16, v, acc, is_async=True)
-        acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
-        mbarrier.arrive(kv_empty.index(s), count=1)
+    for j in range(n_blocks - 1):
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False)
+    m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, n_blocks - 1, rows, cols,
+                                            post, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True)
 
     out = acc / gl.convert_layout(l_i, row_o)[:, None]
     offs_m = q_first + gl.arange(0, ROWS, layout=row_o)
@@ -160,15 +165,23 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         gl.store(lse_ptr + at, (m_i + log2_l) * LN2)
     if ENTROPY:
         gl.store(entropy_ptr + at, (log2_l - t_i / l_i) * LN2)
-    if SINK:
-        gl.store(sink_mass_ptr + at, z_i / l_i)
     if MAX:
         gl.store(max_prob_ptr + at, 1.0 / l_i)
         gl.store(argmax_ptr + at, arg_i.to(gl.int64))
     if DISTANCE:
         gl.store(distance_ptr + at, w_i / l_i)
+    # the sink and self masses from the final normalisers and the logits of those keys alone, so that the key loop
+    # carries neither (k_ptr: K's 2-D view at this program's first key of its head)
+    if SINK:
+        z_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+        for i in gl.static_range(N_SINK):
+            key = gl.load(sink_ptr + i)
+            u = gl.convert_layout(_key_logits(q_smem, k_ptr, k_row_stride, gl.zeros_like(rows) + key, post, WG), row_s)
+            z_i += gl.where(key <= rows, gl.exp2(u - m_i), 0.0)
+        gl.store(sink_mass_ptr + at, z_i / l_i)
     if SELF:
-        gl.store(self_ptr + at, d_i / l_i)
+        u = gl.convert_layout(_key_logits(q_smem, k_ptr, k_row_stride, rows, post, WG), row_s)
+        gl.store(self_ptr + at, gl.exp2(u - m_i) / l_i)
     if NORM:  # what the received pass needs
         gl.store(row_max_ptr + at, m_i)
         gl.store(row_sum_ptr + at, log2_l)
@@ -195,9 +208,10 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_
 
 @gluon.jit
 def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr, max_prob_ptr, argmax_ptr,
-                        distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, n_heads, group, length,
+                        distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_ptr, k_row_stride, n_heads,
+                        group, length,
                         q_batch_rows, q_head_rows, q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols,
-                        out_batch_stride, out_head_stride, out_row_stride, post, distance_cap,
+                        out_batch_stride, out_head_stride, out_row_stride, post,
                         FLAGS: gl.constexpr, STAGES: gl.constexpr):
     """Output rows and statistics of 128 query rows of one (batch, query head); grid (length / 128, batch x heads),
     the longest rows first.
@@ -205,7 +219,8 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     The descriptors see q, k and v as 2-D [rows, columns] tensors (`workbench.kernels.gluon_attention`): query l of
     (batch b, head h) is row b q_batch_rows + h q_head_rows + l, its features start at column h q_head_cols (and
     likewise for the key-value heads), which covers [batch, heads, length, dim] and [batch, length, heads, dim]
-    memory alike. The statistics are [batch, heads, length], contiguous.
+    memory alike; k_ptr is the key view's first element and k_row_stride its row stride, for the sink and self
+    keys' logits. The statistics are [batch, heads, length], contiguous.
     """
     BLOCK_M: gl.constexpr = 2 * ROWS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -231,9 +246,11 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
         mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
     row_base = bh * length
     out_rows = out_ptr + b.to(gl.int64) * out_batch_stride + head.to(gl.int64) * out_head_stride
+    k_rows = (k_ptr + (b * kv_batch_rows + kv_head * kv_head_rows).to(gl.int64) * k_row_stride
+              + kv_head * kv_head_cols)  # key 0 of this program's key-value head
     cargs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_rows, lse_ptr, entropy_ptr, sink_mass_ptr,
-             max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, out_row_stride,
-             row_base, m0, n_blocks, post, distance_cap)
+             max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_rows,
+             k_row_stride, out_row_stride, row_base, m0, n_blocks, post)
     pargs = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
              b * q_batch_rows + head * q_head_rows + m0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows, kv_head * kv_head_cols, n_blocks)
@@ -241,10 +258,10 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         (_producer, pargs)], [4, 1], [232, 40])
 
 
-FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "cap", "norm")
+FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm")
 
 
 def flags(wanted: set[str], n_sink: int) -> int:
-    """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key; cap:
-    the distance is capped; norm: the received pass follows), and the number of sink keys above them."""
+    """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
+    norm: the received pass follows), and the number of sink keys above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << 8)

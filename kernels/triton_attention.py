@@ -4,9 +4,9 @@ On CUDA the block sizes are autotuned over a small Hopper-minded space, keyed by
 powers of two (see `_pinned_configuration` for the environment variables that fix one configuration);
 under TRITON_INTERPRET=1 (CPU tests) 16 x 16 blocks run.
 On Hopper and later, inputs whose base and strides are 16-byte aligned are read through tensor descriptors
-(WORKBENCH_TRITON_TMA=0 turns them off); other inputs and GPUs take pointer loads. With WORKBENCH_GLUON=1,
-causal self-attention on Hopper takes the experimental warp-specialized forward of
-`workbench.kernels.gluon_attention` instead of the Triton one.
+(WORKBENCH_TRITON_TMA=0 turns them off); other inputs and GPUs take pointer loads. Causal self-attention on
+Hopper takes the warp-specialized forward of `workbench.kernels.gluon_attention` instead of the Triton one
+(WORKBENCH_GLUON=0 keeps the Triton one).
 fp16 / bf16 / fp32 inputs, fp32 accumulation; fp32 inputs use IEEE products (no TF32), so the kernel can be
 held to the fp32 reference.
 """
@@ -244,10 +244,12 @@ def attention(
     fold = softcap is None and edits.key_bias is None and edits.temperature is None and not redist
     fold = fold and scalars["scale"] > 0 and not sparse  # the block-sparse edit masks edited logits
     plain = fold and edits.is_identity() and not padded and window is None and sink_logit is None
-    gluon_views = gluon_attention.applies(q, k, v, causal=causal, plain=plain, inputs_interpreted=INTERPRET)
+    capped = distance_cap is not None and "window_distance" in res
+    gluon_views = gluon_attention.applies(q, k, v, causal=causal, plain=plain, capped=capped,
+                                          inputs_interpreted=INTERPRET)
     if gluon_views:
         gluon_attention.forward(gluon_views, q.shape, k.shape[1], out, res, norm if second_pass else None,
-                                scale=scalars["scale"], sink_positions=sink_positions, distance_cap=distance_cap)
+                                scale=scalars["scale"], sink_positions=sink_positions)
     else:
         _forward[query_grid](
             q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,

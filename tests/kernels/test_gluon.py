@@ -1,5 +1,5 @@
 """The warp-specialized Gluon forward (`workbench.kernels.gluon_forward`) that causal self-attention takes on Hopper
-when WORKBENCH_GLUON=1.
+(unless WORKBENCH_GLUON=0).
 
 Triton's CPU interpreter does not run Gluon, so on the CPU the kernel is compiled for sm_90 with every statistic
 (its layouts, partitions and barriers must lower), and the dispatch rules are checked on tensors' layouts. On a
@@ -38,7 +38,7 @@ kernel = gluon_forward.gluon_stats_forward
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")})
 signature.update(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
-                 out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", post="fp32", distance_cap="fp32",
+                 out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
 every = gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2)
 source = GluonASTSource(kernel, signature, constexprs={"FLAGS": every, "STAGES": gluon_attention.STAGES})
@@ -71,8 +71,9 @@ def test_layouts_the_forward_reads():
     assert rows.shape == (2 * 256, 4 * 64) and (per_batch, per_head, columns) == (256, 0, 64)
     assert torch.equal(rows[256 + 5, 3 * 64:4 * 64], bthd[1, 3, 5])
     assert gluon_attention._rows_and_columns(q[:, :, ::2]) is None
-    assert not gluon_attention.applies(q, q, q, causal=True, plain=True, inputs_interpreted=False)  # on the CPU
-    assert os.environ.get("WORKBENCH_GLUON") == "1" or not gluon_attention.ALLOWED  # an opt-in
+    assert not gluon_attention.applies(q, q, q, causal=True, plain=True, capped=False,
+                                       inputs_interpreted=False)  # on the CPU
+    assert gluon_attention.ALLOWED == (os.environ.get("WORKBENCH_GLUON") != "0")  # on unless turned off
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
@@ -85,9 +86,10 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
     if transposed:
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    assert gluon_attention.applies(*(t.to(dtype) for t in (q, k, v)), causal=True, plain=True,
-                                   inputs_interpreted=False)
-    matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3), distance_cap=100)
+    low = tuple(t.to(dtype) for t in (q, k, v))
+    assert gluon_attention.applies(*low, causal=True, plain=True, capped=False, inputs_interpreted=False)
+    assert not gluon_attention.applies(*low, causal=True, plain=True, capped=True, inputs_interpreted=False)
+    matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3))
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
@@ -95,3 +97,11 @@ def test_gpu_uncapped_distance_and_long_rows(monkeypatch):
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True)
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
+    """Sixteen key blocks per row at head_dim 128, and a sink key that early rows do not see."""
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    q, k, v = matrix.inputs(B=1, H=2, Hkv=2, Lq=2048, head_dim=128, seed=7, device="cuda")
+    matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True, sink_keys=(0, 700))
