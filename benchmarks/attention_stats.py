@@ -31,7 +31,7 @@ Before timing, every autotuned configuration of the kernels is compiled in paral
 configuration (WORKBENCH_TRITON_CONFIG pins it), into Triton's disk cache: the autotuner then only loads.
 
 Usage: python benchmarks/attention_stats.py [--lengths 8192,...] [--shapes 32,32,128;32,8,64] [--breakdown]
-  [--block-mass 128,...] [--block-keep 0.5,...]
+  [--block-mass 128,...] [--block-keep 0.5,...] [--distance-cap 128]
   [--model-lengths 4096,...] [--model-configs llama-1.1b,...] [--out DIR] [--tag NAME]
 Writes attention_stats_{kernel,model}[_<tag>]_<gpu>.json and .md into --out (default benchmarks/results).
 """
@@ -133,15 +133,17 @@ def bf16_inputs(L: int, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torc
 
 
 class Extra(NamedTuple):
-    """Optional variants: block_mass in blocks of each of `block_sizes`, the block-sparse edit at each of
-    `keep_fractions`."""
+    """What our variants ask beyond the defaults: block_mass in blocks of each of `block_sizes`, the block-sparse
+    edit at each of `keep_fractions`, and the cap on window_distance (None: uncapped, as `workbench.trace`)."""
     block_sizes: tuple[int, ...] = ()
     keep_fractions: tuple[float, ...] = ()
+    distance_cap: int | None = None
 
     def arguments(self) -> list[str]:
         """The command-line options that give this Extra back."""
         return ((["--block-mass", ",".join(map(str, self.block_sizes))] if self.block_sizes else [])
-                + (["--block-keep", ",".join(map(str, self.keep_fractions))] if self.keep_fractions else []))
+                + (["--block-keep", ",".join(map(str, self.keep_fractions))] if self.keep_fractions else [])
+                + (["--distance-cap", str(self.distance_cap)] if self.distance_cap is not None else []))
 
 
 def random_block_keep(heads: int, L: int, fraction: float, size: int = 128) -> torch.Tensor:
@@ -160,20 +162,21 @@ def our_variants(q, k, v, extra: Extra = Extra()) -> dict:
     with `block_mass` (and `block_max`) beside `received` in blocks of each of `extra.block_sizes`, and the
     one-pass statistics under the block-sparse edit at each of `extra.keep_fractions`."""
     per_token = QUERY_STATS + KEY_STATS
+    cap = extra.distance_cap
     variants = {
         "ours_plain": lambda: attention(q, k, v),
-        "ours_stats": lambda: attention(q, k, v, stats=QUERY_STATS, distance_cap=128),
-        "ours_received": lambda: attention(q, k, v, stats=per_token, distance_cap=128),
+        "ours_stats": lambda: attention(q, k, v, stats=QUERY_STATS, distance_cap=cap),
+        "ours_received": lambda: attention(q, k, v, stats=per_token, distance_cap=cap),
     }
     for size in extra.block_sizes:
         variants[f"ours_block_mass_{size}"] = lambda size=size: attention(
-            q, k, v, stats=per_token + ("block_mass",), distance_cap=128, block_size=size)
+            q, k, v, stats=per_token + ("block_mass",), distance_cap=cap, block_size=size)
         variants[f"ours_block_max_{size}"] = lambda size=size: attention(
-            q, k, v, stats=per_token + ("block_mass", "block_max"), distance_cap=128, block_size=size)
+            q, k, v, stats=per_token + ("block_mass", "block_max"), distance_cap=cap, block_size=size)
     for fraction in extra.keep_fractions:
         edits = HeadEdits(block_keep=random_block_keep(q.shape[1], q.shape[2], fraction), keep_block_size=128)
         variants[f"ours_sparse_{fraction:g}"] = lambda edits=edits: attention(
-            q, k, v, stats=QUERY_STATS, distance_cap=128, edits=edits)
+            q, k, v, stats=QUERY_STATS, distance_cap=cap, edits=edits)
     return variants
 
 
@@ -246,7 +249,8 @@ def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown:
 
     cases = {**anchors(q, k, v), **our_variants(q, k, v, extra)}
     if breakdown:
-        cases.update({f"ours_only_{name}": (lambda name=name: attention(q, k, v, stats=(name,), distance_cap=128))
+        cases.update({f"ours_only_{name}": (lambda name=name: attention(q, k, v, stats=(name,),
+                                                                          distance_cap=extra.distance_cap))
                       for name in QUERY_STATS})
     if with_eager:
         cases["eager_entropy"] = lambda: eager_entropy(q, k, v)
@@ -276,7 +280,7 @@ def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE
     return rows
 
 
-def model_level(lengths: list[int], config_name: str) -> list[dict]:
+def model_level(lengths: list[int], config_name: str, distance_cap: int | None = None) -> list[dict]:
     """model_row at each length for a random-init model of the shape benchmarks/configs/NAME.json (speed does
     not depend on the weights); stops after the first length whose full trace runs out of memory."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -293,7 +297,7 @@ def model_level(lengths: list[int], config_name: str) -> list[dict]:
     params = sum(p.numel() for p in model.parameters())
     rows = []
     for L in lengths:
-        rows.append({**model_row(subject, L, params), "config": config_name})
+        rows.append({**model_row(subject, L, params, distance_cap), "config": config_name})
         print(json.dumps(rows[-1]), flush=True)
         if "error" in rows[-1]["trace_all_stats"]:
             break
@@ -302,7 +306,7 @@ def model_level(lengths: list[int], config_name: str) -> list[dict]:
     return rows
 
 
-def model_row(subject, L: int, params: int) -> dict:
+def model_row(subject, L: int, params: int, distance_cap: int | None = None) -> dict:
     """Plain sdpa forward against captures of no, the one-pass and all statistics, at context length L."""
     import workbench
     from workbench.tracer import to_host
@@ -315,7 +319,7 @@ def model_row(subject, L: int, params: int) -> dict:
             with torch.no_grad():
                 if stats is None:
                     return model(input_ids=ids, logits_to_keep=1, use_cache=False).logits
-                with workbench.capture(subject, stats=stats, distance_cap=128) as cap:
+                with workbench.capture(subject, stats=stats, distance_cap=distance_cap) as cap:
                     model(input_ids=ids, logits_to_keep=1, use_cache=False)
                 return {name: to_host([layer[name] for layer in cap.records.values()]) for name in stats}
         return forward
@@ -349,10 +353,11 @@ def _tiles(pinned: dict | None) -> str | None:
 
 
 def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: str | None = None,
-             pinned_received: str | None = None, gluon: bool = False) -> str:
+             pinned_received: str | None = None, gluon: bool = False, distance_cap: int | None = None) -> str:
     """The result tables; `pinned` / `pinned_received`: the tile configurations every launch of our Triton forward
     and of our `received` pass used (None: autotuned); gluon: causal self-attention took the warp-specialized
-    Gluon forward (`workbench.kernels.gluon_attention`), which has fixed tiles."""
+    Gluon forward (`workbench.kernels.gluon_attention`), which has fixed tiles; distance_cap: the cap the
+    statistics' window_distance took (None: uncapped)."""
     tiles = (f"Our kernels' tiles pinned to {pinned} (BLOCK_M, BLOCK_N, warps, stages: WORKBENCH_TRITON_CONFIG)"
              if pinned else "Our kernels' tiles autotuned")
     if pinned_received != pinned:
@@ -362,6 +367,8 @@ def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: 
     if gluon:
         tiles += (" Causal self-attention of a multiple of 128 tokens took the warp-specialized Gluon forward "
                   "(128 x 128 tiles, a producer warp and two consumer warpgroups; WORKBENCH_GLUON=0 turns it off).")
+    tiles += (f" window_distance capped at {distance_cap} tokens (--distance-cap)." if distance_cap is not None
+              else " window_distance uncapped, as `workbench.trace` computes it.")
     lines = [f"# Attention with statistics on {gpu}", "", tiles, ""]
     if kernel_rows:
         heads, kv_heads, head_dim = kernel_rows[0]["shape"]
@@ -409,6 +416,8 @@ def main() -> None:
     parser.add_argument("--block-keep", default="", metavar="FRACTIONS",
                         help="kernel level: also the one-pass statistics under a random block-sparse edit keeping "
                              "each fraction of the key blocks")
+    parser.add_argument("--distance-cap", type=int, default=None, metavar="TOKENS",
+                        help="cap window_distance at this many tokens (default: uncapped, as workbench.trace)")
     parser.add_argument("--model-configs", default="llama-1.1b",
                         help="model level: comma-separated names of benchmarks/configs/*.json")
     parser.add_argument("--out", default="benchmarks/results")
@@ -416,7 +425,7 @@ def main() -> None:
     parser.add_argument("--compile-only", metavar="SHAPES", help=argparse.SUPPRESS)  # precompile()'s workers
     args = parser.parse_args()
     extra = Extra(tuple(int(x) for x in args.block_mass.split(",") if x),
-                  tuple(float(x) for x in args.block_keep.split(",") if x))
+                  tuple(float(x) for x in args.block_keep.split(",") if x), args.distance_cap)
     if args.compile_only:
         compile_only([tuple(int(x) for x in s.split(",")) for s in args.compile_only.split(";")], extra)
         return
@@ -428,13 +437,14 @@ def main() -> None:
     meta = {"gpu": gpu, "gpus": 1, "torch": torch.__version__, "triton": triton.__version__,
             "flash_attn_4": _version("flash-attn-4"), "triton_config": _tiles(PINNED),
             "triton_received_config": _tiles(PINNED_RECEIVED),
-            "gluon_forward": gluon_attention.ALLOWED and gluon_attention.gluon_stats_forward is not None}
+            "gluon_forward": gluon_attention.ALLOWED and gluon_attention.gluon_stats_forward is not None,
+            "distance_cap": args.distance_cap}
     if args.lengths:
         meta["precompile_seconds"] = round(precompile(shapes, extra))
         print(f"precompiled {len(CONFIGS)} configurations in {meta['precompile_seconds']} s", flush=True)
     parts = [("kernel" + ("" if shape == DEFAULT_SHAPE else "_" + "-".join(map(str, shape))), args.lengths,
               lambda ls, shape=shape: kernel_level(ls, shape, args.breakdown, extra)) for shape in shapes]
-    parts += [(f"model_{name}", args.model_lengths, lambda ls, name=name: model_level(ls, name))
+    parts += [(f"model_{name}", args.model_lengths, lambda ls, name=name: model_level(ls, name, args.distance_cap))
               for name in args.model_configs.split(",")]
     for part, lengths, run in parts:
         if not lengths:
@@ -445,7 +455,8 @@ def main() -> None:
         (out / f"{name}.json").write_text(json.dumps({**meta, "seconds": math.ceil(time.time() - start),
                                                       "rows": rows}, indent=1))
         table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [],
-                         meta["triton_config"], meta["triton_received_config"], meta["gluon_forward"])
+                         meta["triton_config"], meta["triton_received_config"], meta["gluon_forward"],
+                         meta["distance_cap"])
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)
 

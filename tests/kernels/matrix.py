@@ -190,3 +190,30 @@ def check_traces_agree(subject, inputs, backend, tol):
             assert (fast.stats[stat] == value).float().mean() > 0.99
         else:
             torch.testing.assert_close(fast.stats[stat], value, atol=tol, rtol=tol, equal_nan=True, msg=stat)
+
+
+def real_attention_inputs(device, layers=(1, 3, 5)) -> list[tuple[torch.Tensor, ...]]:
+    """q, k, v (float64) that `organism`, a trained model, feeds its attention at `layers` on held-out text of
+    1024 tokens: first-token sinks and retrieval heads, not random logits."""
+    import workbench
+    from workbench import zoo
+    from workbench.kernels import reference as ref_module
+    from workbench.tracer import capture
+
+    subject = workbench.load("organism", device=device)
+    text = (zoo.model_dir("organism") / "heldout.txt").read_text()[:20_000]
+    ids = subject.tokenizer(text, return_tensors="pt")["input_ids"][:, :1024].to(device)
+    seen = []
+    original = ref_module.attention
+
+    def keep(q, k, v, **kwargs):
+        seen.append((q.double().cpu(), k.double().cpu(), v.double().cpu()))
+        return original(q, k, v, **kwargs)
+
+    ref_module.attention = keep
+    try:
+        with torch.no_grad(), capture(subject, stats=("lse",), backend="reference"):
+            subject.model(input_ids=ids)
+    finally:
+        ref_module.attention = original
+    return [tuple(t.to(device) for t in seen[i]) for i in layers]

@@ -105,3 +105,13 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=2, Lq=2048, head_dim=128, seed=7, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True, sink_keys=(0, 700))
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
+    """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force."""
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    for q, k, v in matrix.real_attention_inputs("cuda"):
+        assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True, capped=False,
+                                       inputs_interpreted=False)
+        matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True)

@@ -131,37 +131,11 @@ def test_gpu_tracer_matches_the_reference_backend(name):
     matrix.check_traces_agree(subject, token_ids(2, 40), "triton", 1e-4)
 
 
-def real_attention_inputs(layers=(1, 3, 5)) -> list[tuple[torch.Tensor, ...]]:
-    """q, k, v (float64) that `organism`, a trained model, feeds its attention at `layers` on held-out text of
-    1024 tokens: first-token sinks and retrieval heads, not random logits."""
-    import workbench
-    from workbench import zoo
-    from workbench.kernels import reference as ref_module
-    from workbench.tracer import capture
-
-    subject = workbench.load("organism", device=DEVICE)
-    text = (zoo.model_dir("organism") / "heldout.txt").read_text()[:20_000]
-    ids = subject.tokenizer(text, return_tensors="pt")["input_ids"][:, :1024].to(DEVICE)
-    seen = []
-    original = ref_module.attention
-
-    def keep(q, k, v, **kwargs):
-        seen.append((q.double().cpu(), k.double().cpu(), v.double().cpu()))
-        return original(q, k, v, **kwargs)
-
-    ref_module.attention = keep
-    try:
-        with torch.no_grad(), capture(subject, stats=("lse",), backend="reference"):
-            subject.model(input_ids=ids)
-    finally:
-        ref_module.attention = original
-    return [tuple(t.to(DEVICE) for t in seen[i]) for i in layers]
-
-
 @pytest.mark.skipif(not GPU, reason="bf16 on real inputs needs a GPU")
 def test_gpu_real_attention_inputs_in_bf16():
-    """The kernel on q, k, v captured from a trained model, in bf16, against the float64 brute force."""
-    for q, k, v in real_attention_inputs():
+    """The kernel on q, k, v captured from a trained model, in bf16, against the float64 brute force (the capped
+    distance keeps the Triton forward on Hopper too; tests/kernels/test_gluon.py takes the Gluon one)."""
+    for q, k, v in matrix.real_attention_inputs(DEVICE):
         check(q, k, v, dtype=torch.bfloat16, distance_cap=64)
 
 
