@@ -13,8 +13,10 @@ row normalisers this forward stores.
 """
 
 import os
+import warnings
 
 import torch
+import triton
 
 try:  # Gluon, Triton's explicit layout and warp-specialization language (checked with Triton 3.6 and 3.9)
     from triton.experimental.gluon import language as gl
@@ -64,11 +66,16 @@ def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, 
     return views
 
 
+_COMPILES: dict[tuple[int, torch.dtype, int], bool] = {}  # (FLAGS, dtype, head_dim): whether this Triton ran it
+
+
 def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, res: dict[str, torch.Tensor],
-            norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor) -> None:
+            norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor) -> bool:
     """Write out and the per-query statistics in `res` (allocated as the Triton forward's), and the received
-    pass's row max and log2 sum into `norm` when given. views: what `applies` gave for q [shape], k and v
-    (kv_heads heads)."""
+    pass's row max and log2 sum into `norm` when given; True. views: what `applies` gave for q [shape], k and v
+    (kv_heads heads). False, with nothing launched, where this Triton fails to compile or load the forward (a
+    Gluon other than the one it is written for, Triton 3.6 to 3.9): the caller then runs the Triton forward, and
+    the failure is warned about once per statistics, dtype and head_dim."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
     element = gl.bfloat16 if q2.dtype == torch.bfloat16 else gl.float16
@@ -81,9 +88,28 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
         res["learned_sink_mass"].zero_()
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
-    gluon_stats_forward[(length // 128, batch * heads)](
-        q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
-            "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
-        row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh, kc,
-        out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634,
-        FLAGS=flags(wanted, sink_positions.numel()), STAGES=STAGES, num_warps=4)
+    key = (flags(wanted, sink_positions.numel()), q2.dtype, dim)
+    if _COMPILES.get(key) is False:
+        return False
+
+    def launch() -> None:
+        gluon_stats_forward[(length // 128, batch * heads)](
+            q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
+                "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
+            row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
+            kc, out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634,
+            FLAGS=key[0], STAGES=STAGES, num_warps=4)
+
+    if key not in _COMPILES:  # the first call compiles and loads the kernel, which raises before any launch
+        try:
+            launch()
+        except Exception as err:  # whatever this Triton's compiler or loader raises
+            _COMPILES[key] = False
+            message = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            warnings.warn(f"the Gluon forward does not run on Triton {triton.__version__} ({message}); the Triton "
+                          "forward runs instead", RuntimeWarning, stacklevel=3)
+            return False
+        _COMPILES[key] = True
+        return True
+    launch()
+    return True

@@ -247,10 +247,9 @@ def attention(
     capped = distance_cap is not None and "window_distance" in res
     gluon_views = gluon_attention.applies(q, k, v, causal=causal, plain=plain, capped=capped,
                                           inputs_interpreted=INTERPRET)
-    if gluon_views:
-        gluon_attention.forward(gluon_views, q.shape, k.shape[1], out, res, norm if second_pass else None,
-                                scale=scalars["scale"], sink_positions=sink_positions)
-    else:
+    if not (gluon_views and gluon_attention.forward(gluon_views, q.shape, k.shape[1], out, res,
+                                                    norm if second_pass else None, scale=scalars["scale"],
+                                                    sink_positions=sink_positions)):
         _forward[query_grid](
             q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
             mix,

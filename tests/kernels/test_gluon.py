@@ -115,3 +115,34 @@ def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
         assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True, capped=False,
                                        inputs_interpreted=False)
         matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True)
+
+
+def test_a_triton_that_cannot_compile_it_falls_back_once(monkeypatch):
+    """A first call whose compile fails writes nothing and says so once; the launch is not tried again, and a
+    specialization that compiles launches from then on."""
+    calls = []
+
+    class Kernel:
+        def __init__(self, error):
+            self.error = error
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                calls.append(kwargs["FLAGS"])
+                if self.error:
+                    raise RuntimeError("PassManager::run failed")
+            return run
+
+    monkeypatch.setattr(gluon_attention, "_COMPILES", {})
+    q = torch.randn(1, 2, 128, 64, dtype=torch.bfloat16)
+    views = (gluon_attention._rows_and_columns(q),) * 3
+    res = {"entropy": torch.full((1, 2, 128), -1.0)}
+    run = lambda: gluon_attention.forward(views, q.shape, 2, torch.empty_like(q), res, None,  # noqa: E731
+                                          scale=0.125, sink_positions=torch.zeros(1, dtype=torch.int32))
+    monkeypatch.setattr(gluon_attention, "gluon_stats_forward", Kernel(error=True))
+    with pytest.warns(RuntimeWarning, match="PassManager::run failed"):
+        assert run() is False
+    assert run() is False and len(calls) == 1 and bool((res["entropy"] == -1).all())
+    monkeypatch.setattr(gluon_attention, "_COMPILES", {})
+    monkeypatch.setattr(gluon_attention, "gluon_stats_forward", Kernel(error=False))
+    assert run() is True and run() is True and len(calls) == 3
