@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from workbench.cli.common import (
@@ -85,7 +86,8 @@ def ablate_command(
     console.print(table)
     try:
         files = write_report(path, data, result)
-        console.print(f"Report written to [bold]{files[-1]}[/] (numbers in {files[0].name}, {files[1].name})")
+        console.print(f"Report written to [bold]{escape(str(files[-1]))}[/] (numbers in {escape(files[0].name)}, "
+                      f"{escape(files[1].name)})", soft_wrap=True)
         if not no_store:
             store_run(store, "ablate", subject.name, result.head_metrics(),
                       params={**result.params, "heads": heads}, out=path)

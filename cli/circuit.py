@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from workbench.cli.ablate import ExamplesOption, SeedOption, TaskOption
 from workbench.cli.common import (
@@ -78,7 +79,8 @@ def circuit_command(
     try:
         with output_folder(out, overwrite) as tmp:
             save(circuit, tmp)
-        console.print(f"Circuit written to [bold]{out / 'circuit.json'}[/] (figure: circuit.html)")
+        console.print(f"Circuit written to [bold]{escape(str(out / 'circuit.json'))}[/] (figure: circuit.html)",
+                      soft_wrap=True)
         if not no_store:
             store_run(store, "circuit", subject.name, circuit.head_metrics(),
                       params={"task": the_task.name, "method": method, **circuit.params}, out=out)

@@ -15,6 +15,7 @@ import pandas as pd
 import typer
 from platformdirs import user_data_dir
 from rich.console import Console
+from rich.markup import escape
 
 from workbench.errors import WorkbenchError
 from workbench.samples import SAMPLE_TEXT
@@ -75,8 +76,9 @@ def memory_limits(text: str | None) -> dict[int | str, str] | None:
 
 
 def fail(err: Exception) -> typer.Exit:
-    """Print a user error in red and return the Exit (code 2) to raise."""
-    console.print(f"[bold red]error:[/] {err}")
+    """Print a user error in red and return the Exit (code 2) to raise. The message is printed as it is: not
+    read as markup (a path or value holding brackets) and not wrapped (a path stays whole, to copy)."""
+    console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -152,7 +154,7 @@ def store_run(store: Path | None, kind: str, model_id: str, heads: pd.DataFrame,
     with Store(store) as db:
         run_id = db.write_run(kind, model_id, heads, command=shlex.join(["workbench", *sys.argv[1:]]),
                               params=params, trace_dir=None if out is None else out.resolve(), token_file=token_file)
-    console.print(f"Store run [bold]{run_id}[/] written to {db.path}")
+    console.print(f"Store run [bold]{run_id}[/] written to {escape(str(db.path))}", soft_wrap=True)
 
 
 def save_result(result, out: Path, overwrite: bool, store: Path | None, no_store: bool, kind: str, model_id: str,
@@ -164,7 +166,7 @@ def save_result(result, out: Path, overwrite: bool, store: Path | None, no_store
     try:
         with output_folder(out, overwrite) as staged:
             result.save(staged)
-        console.print(f"Tables saved to [bold]{out}[/]")
+        console.print(f"Tables saved to [bold]{escape(str(out))}[/]", soft_wrap=True)
         if not no_store:
             store_run(store, kind, model_id, result.head_metrics() if heads is None else heads,
                       params=result.params if params is None else params, out=out)

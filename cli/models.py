@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workbench import registry
@@ -42,5 +43,6 @@ def install_model(name: Annotated[str, typer.Argument(help="A name from `workben
     except WorkbenchError as err:
         console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
         raise typer.Exit(code=1) from err
-    console.print(f"{name} {'was already' if already else 'is now'} installed at [bold]{path}[/]", soft_wrap=True)
+    console.print(f"{name} {'was already' if already else 'is now'} installed at [bold]{escape(str(path))}[/]",
+                  soft_wrap=True)
     console.print(f"license: {registry.describe(name)['license']}", soft_wrap=True)

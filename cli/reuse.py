@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from workbench.cli.ablate import ExamplesOption, SeedOption
@@ -87,7 +88,7 @@ def reuse_command(
             for name, c in circuits.items():
                 (staged / name).mkdir()
                 save(c, staged / name)
-        console.print(f"Comparison and circuits written to [bold]{out}[/]")
+        console.print(f"Comparison and circuits written to [bold]{escape(str(out))}[/]", soft_wrap=True)
         if not no_store:
             store_run(store, "reuse", subject.name, result.head_metrics(),
                       params={**result.params, "top_k": top_k, "max_heads": max_heads, "seed": seed}, out=out)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from workbench.probes.result import LAYER_LEVEL, Result
@@ -67,7 +68,7 @@ def _run(probe: str, model: str | None, device: str | None, make: Callable, out:
         with output_folder(out, overwrite or checked) as staged:
             for result in results:
                 result.save(staged)
-        console.print(f"Tables saved to [bold]{out}[/]")
+        console.print(f"Tables saved to [bold]{escape(str(out))}[/]", soft_wrap=True)
         if not no_store:
             heads = pd.concat([r.head_metrics() for r in results], ignore_index=True)
             params = {r.probe: r.params for r in results}

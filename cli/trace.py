@@ -6,6 +6,7 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from workbench.cli.common import (
@@ -75,7 +76,7 @@ def trace_command(
             return  # every rank holds the whole trace; rank 0 reports and writes it
         _print_report(trace)
         trace.save(out, overwrite=overwrite)
-        console.print(f"Trace saved to [bold]{out}[/]")
+        console.print(f"Trace saved to [bold]{escape(str(out))}[/]", soft_wrap=True)
         if not no_store:
             store_run(store, "trace", trace.model_id, trace.head_table(),
                       params={"stats": list(trace.stats), "sink_keys": list(sinks),

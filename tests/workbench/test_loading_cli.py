@@ -88,6 +88,12 @@ def test_cli_reports_bad_input(args, message, tiny_folder):
     assert message in " ".join(result.output.split())
 
 
+def test_cli_errors_print_paths_whole_and_literal(tiny_folder, tmp_path):
+    missing = tmp_path / ("[b]" + "a-long-folder-name-" * 6) / "notes[1].txt"  # brackets rich would read as markup
+    result = runner.invoke(app, ["trace", "--no-store", "--model", str(tiny_folder), "--file", str(missing)])
+    assert result.exit_code == 2 and f"--file {str(missing)!r} does not exist" in result.output
+
+
 def test_cli_refuses_text_longer_than_the_context(tiny_folder, tmp_path):
     result = runner.invoke(app, ["trace", "--model", str(tiny_folder), "--text", SAMPLE_TEXT * 4, "--no-store",
                                  "--out", str(tmp_path / "t")])
