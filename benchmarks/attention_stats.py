@@ -424,6 +424,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="added to the file names (a partial run, say)")
     parser.add_argument("--compile-only", metavar="SHAPES", help=argparse.SUPPRESS)  # precompile()'s workers
     args = parser.parse_args()
+    if args.distance_cap is not None and args.distance_cap < 1:
+        parser.error(f"--distance-cap {args.distance_cap}: give a positive number of tokens")
     extra = Extra(tuple(int(x) for x in args.block_mass.split(",") if x),
                   tuple(float(x) for x in args.block_keep.split(",") if x), args.distance_cap)
     if args.compile_only:

@@ -78,19 +78,19 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     the failure is warned about once per statistics, dtype and head_dim."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
+    wanted = set(res) | ({"norm"} if norm is not None else set())
+    key = (flags(wanted, sink_positions.numel()), q2.dtype, dim)
+    if _COMPILES.get(key) is False:
+        return False
     element = gl.bfloat16 if q2.dtype == torch.bfloat16 else gl.float16
     q_layout = gl.NVMMASharedLayout.get_default_for([64, dim], element)
     kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], element)
     q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [64, dim], q_layout)
     k_desc, v_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), [BLOCK_N, dim], kv_layout) for t in (k2, v2))
-    wanted = set(res) | ({"norm"} if norm is not None else set())
     if "learned_sink_mass" in res:  # no learned sink on this path
         res["learned_sink_mass"].zero_()
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
-    key = (flags(wanted, sink_positions.numel()), q2.dtype, dim)
-    if _COMPILES.get(key) is False:
-        return False
 
     def launch() -> None:
         gluon_stats_forward[(length // 128, batch * heads)](

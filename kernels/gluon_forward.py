@@ -47,6 +47,19 @@ class _Role:
         self.FLAGS = gl.constexpr(flags)
 
 
+@gluon.constexpr_function
+def _has(flags, name):
+    """Whether the kernel's FLAGS (`flags` below) ask for the statistic or step `name` of FLAG_BITS."""
+    bit = [i for i, known in enumerate(FLAG_BITS) if known == name][0]
+    return gl.constexpr((flags >> bit) & 1 == 1)
+
+
+@gluon.constexpr_function
+def _mma_layout(n):
+    """The register layout of a consumer's [64, n] wgmma accumulator (its 4 warps along the rows)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
+
 @gluon.jit
 def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, m_i, l_i, t_i, w_i, arg_i, acc,
            FLAGS: gl.constexpr, DIAGONAL: gl.constexpr):
@@ -56,13 +69,11 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, m
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
-    ENTROPY: gl.constexpr = (FLAGS & 2) != 0
-    MAX: gl.constexpr = (FLAGS & 8) != 0
-    DISTANCE: gl.constexpr = (FLAGS & 16) != 0
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    ENTROPY: gl.constexpr = _has(FLAGS, "entropy")
+    MAX: gl.constexpr = _has(FLAGS, "max_prob")
+    DISTANCE: gl.constexpr = _has(FLAGS, "window_distance")
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     s = j % STAGES
@@ -101,16 +112,17 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, m
     return m_new, l_i, t_i, w_i, arg_i, acc
 
 
+ROW_LAYOUT = gl.constexpr(gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))  # [64, head_dim] rows, for _key_logits
+
+
 @gluon.jit
-def _key_logits(q_smem, k_ptr, k_row_stride, key_rows, post, WG: gl.constexpr):
-    """u = log2(e) scale q.k of each of the consumer's 64 rows with one key each (`key_rows`: a [64] tensor of key
-    positions in the head that k_ptr starts), in float32 on the CUDA cores: what the score tile held for that
-    key, to float32 rounding."""
-    HEAD_DIM: gl.constexpr = q_smem.type.shape[2]
-    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-    q = q_smem.index(WG).load(blocked).to(gl.float32)
-    rows = gl.convert_layout(key_rows, gl.SliceLayout(1, blocked))
-    dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, blocked))
+def _key_logits(q, k_ptr, k_row_stride, key_rows, post):
+    """u = log2(e) scale q.k of each of the consumer's 64 rows (q: float32 in ROW_LAYOUT) with one key each
+    (`key_rows`: a [64] tensor of key positions in the head that k_ptr starts), in float32 on the CUDA cores:
+    what the score tile held for that key, to float32 rounding."""
+    HEAD_DIM: gl.constexpr = q.type.shape[1]
+    rows = gl.convert_layout(key_rows, gl.SliceLayout(1, ROW_LAYOUT))
+    dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, ROW_LAYOUT))
     k = gl.load(k_ptr + rows.to(gl.int64)[:, None] * k_row_stride + dims[None, :]).to(gl.float32)
     return gl.sum(q * k, 1) * post
 
@@ -124,18 +136,16 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     FLAGS: gl.constexpr = role.FLAGS
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
-    LSE: gl.constexpr = (FLAGS & 1) != 0  # FLAGS: `flags` below
-    ENTROPY: gl.constexpr = (FLAGS & 2) != 0
-    SINK: gl.constexpr = (FLAGS & 4) != 0
-    MAX: gl.constexpr = (FLAGS & 8) != 0
-    DISTANCE: gl.constexpr = (FLAGS & 16) != 0
-    SELF: gl.constexpr = (FLAGS & 32) != 0
-    NORM: gl.constexpr = (FLAGS & 64) != 0
+    LSE: gl.constexpr = _has(FLAGS, "lse")
+    ENTROPY: gl.constexpr = _has(FLAGS, "entropy")
+    SINK: gl.constexpr = _has(FLAGS, "sink_mass")
+    MAX: gl.constexpr = _has(FLAGS, "max_prob")
+    DISTANCE: gl.constexpr = _has(FLAGS, "window_distance")
+    SELF: gl.constexpr = _has(FLAGS, "self_mass")
+    NORM: gl.constexpr = _has(FLAGS, "norm")
     N_SINK: gl.constexpr = FLAGS >> 8
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     q_first = m0 + WG * ROWS
@@ -172,15 +182,17 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         gl.store(distance_ptr + at, w_i / l_i)
     # the sink and self masses from the final normalisers and the logits of those keys alone, so that the key loop
     # carries neither (k_ptr: K's 2-D view at this program's first key of its head)
+    if SINK or SELF:
+        q_rows = q.load(ROW_LAYOUT).to(gl.float32)
     if SINK:
         z_i = gl.zeros([ROWS], gl.float32, layout=row_s)
         for i in gl.static_range(N_SINK):
             key = gl.load(sink_ptr + i)
-            u = gl.convert_layout(_key_logits(q_smem, k_ptr, k_row_stride, gl.zeros_like(rows) + key, post, WG), row_s)
+            u = gl.convert_layout(_key_logits(q_rows, k_ptr, k_row_stride, gl.zeros_like(rows) + key, post), row_s)
             z_i += gl.where(key <= rows, gl.exp2(u - m_i), 0.0)
         gl.store(sink_mass_ptr + at, z_i / l_i)
     if SELF:
-        u = gl.convert_layout(_key_logits(q_smem, k_ptr, k_row_stride, rows, post, WG), row_s)
+        u = gl.convert_layout(_key_logits(q_rows, k_ptr, k_row_stride, rows, post), row_s)
         gl.store(self_ptr + at, gl.exp2(u - m_i) / l_i)
     if NORM:  # what the received pass needs
         gl.store(row_max_ptr + at, m_i)

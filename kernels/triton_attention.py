@@ -218,11 +218,6 @@ def attention(
     keep_size = edits.keep_block_size or DEFAULT_BLOCK_SIZE
     block_d = max(16, triton.next_power_of_2(head_dim))
     tma = _use_tma(q, k, v)
-    if tma:  # tiles as pinned, or set per configuration by the autotuner's pre-hook
-        rows_m, rows_n = _tile_rows(PINNED)
-        desc_q, desc_k, desc_v = (_descriptor(t, rows, block_d) for t, rows in ((q, rows_m), (k, rows_n), (v, rows_n)))
-    else:
-        desc_q, desc_k, desc_v = q, k, v
     flags = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, TMA=tma, BLOCK_KEEP=sparse,
         WINDOW=window is not None, SOFTCAP=softcap is not None, PADDED=padded,
@@ -250,6 +245,12 @@ def attention(
     if not (gluon_views and gluon_attention.forward(gluon_views, q.shape, k.shape[1], out, res,
                                                     norm if second_pass else None, scale=scalars["scale"],
                                                     sink_positions=sink_positions)):
+        if tma:  # tiles as pinned, or set per configuration by the autotuner's pre-hook
+            rows_m, rows_n = _tile_rows(PINNED)
+            desc_q, desc_k, desc_v = (_descriptor(t, rows, block_d)
+                                      for t, rows in ((q, rows_m), (k, rows_n), (v, rows_n)))
+        else:
+            desc_q, desc_k, desc_v = q, k, v
         _forward[query_grid](
             q, k, v, desc_q, desc_k, desc_v, out, valid, start, sink_positions, temperature, key_bias, bias_keys, gate,
             mix,
@@ -279,6 +280,8 @@ def attention(
         if tma:  # own descriptors: the forward's carry the forward's tiles
             rows_m, rows_n = _tile_rows(PINNED_RECEIVED)
             desc_q, desc_k = _descriptor(q, rows_m, block_d), _descriptor(k, rows_n, block_d)
+        else:
+            desc_q, desc_k = q, k
         _received_pass[key_grid](
             q, k, desc_q, desc_k, valid, start, temperature, key_bias, bias_keys, *norm, res.get("received", dummy),
             source_keys, target_keys, *factors, res.get("block_mass", dummy), res.get("block_max", dummy), block_keep,
