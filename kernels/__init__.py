@@ -25,13 +25,14 @@ from workbench.kernels.contract import (
     QUERY_STATS,
     HeadEdits,
     check_block_size,
+    check_distance_cap,
     check_stats,
 )
 
 BACKENDS = ("auto", "reference", "triton", "cpu")
 
 __all__ = ["ALL_STATS", "BACKENDS", "BLOCK_STATS", "DEFAULT_BLOCK_SIZE", "KEY_STATS", "QUERY_STATS", "HeadEdits",
-           "attention", "attention_pattern", "check_block_size", "check_stats", "resolve_backend"]
+           "attention", "attention_pattern", "check_block_size", "check_distance_cap", "check_stats", "resolve_backend"]
 
 
 def resolve_backend(device: torch.device, backend: str = "auto") -> str:

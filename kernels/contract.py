@@ -46,6 +46,7 @@ batch gives the same numbers as the unpadded sequence. Query i sits at key posit
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields
 
 import torch
@@ -74,6 +75,15 @@ def check_block_size(block_size: int) -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, int) or not low <= block_size <= high:
         raise ValueError(f"block_size {block_size!r} must be an integer from {low} to {high}")
     return block_size
+
+
+def check_distance_cap(distance_cap: int | None) -> int | None:
+    """The window distance's cap as given (None: uncapped); ValueError naming it unless a positive integer."""
+    if distance_cap is None:
+        return None
+    if isinstance(distance_cap, bool) or not isinstance(distance_cap, numbers.Integral) or distance_cap < 1:
+        raise ValueError(f"distance_cap {distance_cap!r} must be a positive integer (tokens) or None")
+    return int(distance_cap)
 
 
 def n_blocks(length: int, block_size: int) -> int:

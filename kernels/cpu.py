@@ -44,6 +44,7 @@ from workbench.kernels.contract import (
     DEFAULT_BLOCK_SIZE,
     HeadEdits,
     check_block_size,
+    check_distance_cap,
     check_shapes,
     check_stats,
     sink_logits,
@@ -82,6 +83,7 @@ def attention(
     """
     stats = check_stats(stats)
     block_size = check_block_size(block_size)
+    distance_cap = check_distance_cap(distance_cap)
     edits = edits or HeadEdits()
     check_shapes(q, k, key_padding)
     edits.check(q.shape[1], q.shape[2], k.shape[2], q.shape[0])

@@ -1,17 +1,17 @@
 """When and how `workbench.kernels.triton_attention.attention` runs the warp-specialized Gluon forward
 (`workbench.kernels.gluon_forward`) instead of its Triton forward (WORKBENCH_GLUON=0 keeps the Triton one).
 
-On the H200 it takes the one-pass statistics 1.41x / 1.20x cuDNN SDPA's time at 32k (head_dim 64 / 128),
-against 1.52x / 1.67x for the Triton forward (benchmarks/NOTES.md, change 15). It takes the calls of a traced
-causal self-attention on a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 64 or 128, as many
-queries as keys and a multiple of 128 of them, no key padding, window, softcap, learned sink or edit, no cap on
-the window distance (with the cap's branches it was slower than the Triton forward at head_dim 64: change 15),
-and q, k, v each laid out as [batch, heads, length, dim] or [batch, length, heads, dim] (what a model's
-projections give, transposed or not; k and v alike). Every per-query statistic is computed (learned_sink_mass
-is 0 without learned sinks); `received` and the block statistics then take the Triton received pass from the
-row normalisers this forward stores.
+On the H200 it takes the one-pass statistics, at 32k and head_dim 64 / 128, 1.34x / 1.21x cuDNN SDPA's time
+with the window distance uncapped and 1.16x / 1.16x with it capped at 128 tokens, where the Triton forward takes
+1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16). It takes the calls of a traced causal self-attention on
+a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 64 or 128, as many queries as keys and a multiple
+of 128 of them, no key padding, window, softcap, learned sink or edit, and q, k, v each laid out as [batch,
+heads, length, dim] or [batch, length, heads, dim] (what a model's projections give, transposed or not; k and v
+alike). Every per-query statistic is computed (learned_sink_mass is 0 without learned sinks); `received` and the
+block statistics then take the Triton received pass from the row normalisers this forward stores.
 """
 
+import math
 import os
 import warnings
 
@@ -46,12 +46,12 @@ def _rows_and_columns(t: torch.Tensor) -> tuple[torch.Tensor, int, int, int] | N
 Views = tuple[tuple[torch.Tensor, int, int, int], ...]  # q's, k's and v's `_rows_and_columns`
 
 
-def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, plain: bool, capped: bool,
+def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, plain: bool,
             inputs_interpreted: bool) -> Views | None:
     """The 2-D views of q, k and v that the Gluon forward reads when this call takes it, else None. plain: no key
-    padding, window, softcap, learned sink or edit; capped: the window distance is asked for with a cap;
-    inputs_interpreted: the kernels run in Triton's CPU interpreter."""
-    if (gluon_stats_forward is None or not ALLOWED or inputs_interpreted or not plain or capped or not causal
+    padding, window, softcap, learned sink or edit; inputs_interpreted: the kernels run in Triton's CPU
+    interpreter."""
+    if (gluon_stats_forward is None or not ALLOWED or inputs_interpreted or not plain or not causal
             or not q.is_cuda):
         return None
     if torch.cuda.get_device_capability(q.device) != (9, 0):
@@ -70,15 +70,18 @@ _COMPILES: dict[tuple[int, torch.dtype, int], bool] = {}  # (FLAGS, dtype, head_
 
 
 def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, res: dict[str, torch.Tensor],
-            norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor) -> bool:
-    """Write out and the per-query statistics in `res` (allocated as the Triton forward's), and the received
-    pass's row max and log2 sum into `norm` when given; True. views: what `applies` gave for q [shape], k and v
+            norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor,
+            distance_cap: int | None) -> bool:
+    """Write out and the per-query statistics in `res` (allocated as the Triton forward's, window_distance capped
+    at distance_cap tokens unless None), and the received pass's row max and log2 sum into `norm` when given; True. views: what `applies` gave for q [shape], k and v
     (kv_heads heads). False, with nothing launched, where this Triton fails to compile or load the forward (a
     Gluon other than the one it is written for, Triton 3.6 to 3.9): the caller then runs the Triton forward, and
     the failure is warned about once per statistics, dtype and head_dim."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
     wanted = set(res) | ({"norm"} if norm is not None else set())
+    if distance_cap is not None and "window_distance" in res:
+        wanted.add("distance_cap")
     key = (flags(wanted, sink_positions.numel()), q2.dtype, dim)
     if _COMPILES.get(key) is False:
         return False
@@ -97,8 +100,8 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
             q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
-            kc, out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634,
-            FLAGS=key[0], STAGES=STAGES, num_warps=4)
+            kc, out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634, float(distance_cap or 0),
+            math.ceil(distance_cap or 0), FLAGS=key[0], STAGES=STAGES, num_warps=4)
 
     if key not in _COMPILES:  # the first call compiles and loads the kernel, which raises before any launch
         try:

@@ -12,8 +12,11 @@ The recurrence and the statistics are those of `workbench.kernels.triton_forward
 logits u = log2(e) * scale * q.k, the running maximum m, sum l, the entropy's t, the argmax and the window
 distance, each rescaled by alpha = exp2(m - m'). Every block but a program's last is wholly before its rows, so
 the key loop takes them without mask or branch, and only the last (the diagonal) is masked: the split of causal
-tiles into full and diagonal blocks of FlashAttention-2 (Dao, 2023). The distance is uncapped, and every key a
-row sees is at or before it, so a block adds (i - n0) sum p - sum_c p c (one multiply-add a score). Each row's
+tiles into full and diagonal blocks of FlashAttention-2 (Dao, 2023). Every key a row sees is at or before it, so
+a block of keys n0.. adds (i - n0) sum p - sum_c p c to the window distance (one multiply-add a score). Under a
+cap W on the distance, the loop is split the same way by what the cap does to each block of a consumer's rows:
+a block wholly W or more behind every row adds W sum p (no work a score), one that every row sees within W
+the uncapped sum, and only the few that straddle the cap take min(i - j, W) a score. Each row's
 first position at its block maximum replaces its argmax where its maximum rises (a row-wise test: no
 reduction across the warpgroup's warps in the loop). The sink and self masses are not carried through the
 loop: after it, each row's logit with each sink key and with its own key is recomputed in float32 from q and k,
@@ -32,6 +35,9 @@ TMA_LOAD = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 ROWS = gl.constexpr(64)  # query rows of one consumer warpgroup (the M of wgmma)
 MASKED = gl.constexpr(-1.0e30)
 LN2 = gl.constexpr(0.6931471805599453)
+WITHIN = gl.constexpr(0)  # a block's keys are all within the distance cap of all its rows (or there is no cap)
+BEYOND = gl.constexpr(1)  # ... all at the cap or beyond it
+ACROSS = gl.constexpr(2)  # ... some within it, some not
 
 
 @aggregate
@@ -61,11 +67,12 @@ def _mma_layout(n):
 
 
 @gluon.jit
-def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, m_i, l_i, t_i, w_i, arg_i, acc,
-           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr):
+def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
+           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
     """One key block of a consumer: its scores, the online softmax with the statistics, its share of the output.
     DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
-    take no mask and no branch."""
+    take no mask and no branch. CAPPED: WITHIN, BEYOND or ACROSS, where the block's keys lie from the distance
+    cap `cap` (tokens, float32) of the consumer's rows."""
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
@@ -99,8 +106,13 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, m
     if ENTROPY:
         t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
     if DISTANCE:
-        # sum_c p (i - n0 - c), one multiply-add a score: p is 0 for the keys after a row
-        w_i = w_i * alpha + (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
+        if CAPPED == WITHIN:  # sum_c p (i - n0 - c), one multiply-add a score: p is 0 for the keys after a row
+            w_i = w_i * alpha + (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
+        elif CAPPED == BEYOND:
+            w_i = w_i * alpha + cap * row_sum
+        else:
+            distance = gl.minimum((rows[:, None] - (cols[None, :] + n0)).to(gl.float32), cap)
+            w_i = w_i * alpha + gl.sum(p * distance, 1)
     l_i = l_i * alpha + row_sum
     p16 = gl.convert_layout(p.to(q.dtype), p_layout)
     acc = acc * gl.convert_layout(alpha, row_o)[:, None]
@@ -130,7 +142,7 @@ def _key_logits(q, k_ptr, k_row_stride, key_rows, post):
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr,
               max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_ptr, k_row_stride,
-              out_row_stride, row_base, m0, n_blocks, post, role):
+              out_row_stride, row_base, m0, n_blocks, post, cap, cap_keys, role):
     """Rows m0 + 64 role.WG .. of the program: the key loop, then the output rows and the statistics."""
     WG: gl.constexpr = role.WG
     FLAGS: gl.constexpr = role.FLAGS
@@ -143,6 +155,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     DISTANCE: gl.constexpr = _has(FLAGS, "window_distance")
     SELF: gl.constexpr = _has(FLAGS, "self_mass")
     NORM: gl.constexpr = _has(FLAGS, "norm")
+    CAP: gl.constexpr = _has(FLAGS, "distance_cap")
     N_SINK: gl.constexpr = FLAGS >> 8
     s_layout: gl.constexpr = _mma_layout(BLOCK_N)
     o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
@@ -159,11 +172,25 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
     q = q_smem.index(WG)
     mbarrier.wait(q_bar, 0)
-    for j in range(n_blocks - 1):
+    n_beyond = 0  # blocks 0 .. n_beyond - 1 lie at the cap or beyond it for every row, n_beyond .. n_across - 1
+    n_across = 0  # straddle it, the rest but the diagonal are within it (cap_keys: the cap rounded up)
+    if CAP and DISTANCE:
+        far = q_first - cap_keys - (BLOCK_N - 1)  # the last key n0 + BLOCK_N - 1 at least cap_keys behind row 0
+        n_beyond = gl.minimum(gl.where(far >= 0, far // BLOCK_N + 1, 0), n_blocks - 1)
+        near = q_first + ROWS - cap_keys  # the first key within the cap of the consumer's last row
+        n_across = gl.minimum(gl.maximum(gl.where(near > 0, gl.cdiv(near, BLOCK_N), 0), n_beyond), n_blocks - 1)
+    for j in range(n_beyond):
         m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
-                                                m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False)
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, BEYOND)
+    for j in range(n_beyond, n_across):
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, ACROSS)
+    for j in range(n_across, n_blocks - 1):
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, WITHIN)
     m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, n_blocks - 1, rows, cols,
-                                            post, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True)
+                                            post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True,
+                                            ACROSS if CAP else WITHIN)
 
     out = acc / gl.convert_layout(l_i, row_o)[:, None]
     offs_m = q_first + gl.arange(0, ROWS, layout=row_o)
@@ -223,7 +250,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_ptr, k_row_stride, n_heads,
                         group, length,
                         q_batch_rows, q_head_rows, q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols,
-                        out_batch_stride, out_head_stride, out_row_stride, post,
+                        out_batch_stride, out_head_stride, out_row_stride, post, cap, cap_keys,
                         FLAGS: gl.constexpr, STAGES: gl.constexpr):
     """Output rows and statistics of 128 query rows of one (batch, query head); grid (length / 128, batch x heads),
     the longest rows first.
@@ -232,7 +259,8 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     (batch b, head h) is row b q_batch_rows + h q_head_rows + l, its features start at column h q_head_cols (and
     likewise for the key-value heads), which covers [batch, heads, length, dim] and [batch, length, heads, dim]
     memory alike; k_ptr is the key view's first element and k_row_stride its row stride, for the sink and self
-    keys' logits. The statistics are [batch, heads, length], contiguous.
+    keys' logits. The statistics are [batch, heads, length], contiguous. cap: the window distance's cap in tokens
+    (FLAGS' distance_cap), cap_keys: it rounded up to an integer.
     """
     BLOCK_M: gl.constexpr = 2 * ROWS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -262,7 +290,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
               + kv_head * kv_head_cols)  # key 0 of this program's key-value head
     cargs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_rows, lse_ptr, entropy_ptr, sink_mass_ptr,
              max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_rows,
-             k_row_stride, out_row_stride, row_base, m0, n_blocks, post)
+             k_row_stride, out_row_stride, row_base, m0, n_blocks, post, cap, cap_keys)
     pargs = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
              b * q_batch_rows + head * q_head_rows + m0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows, kv_head * kv_head_cols, n_blocks)
@@ -270,10 +298,11 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         (_producer, pargs)], [4, 1], [232, 40])
 
 
-FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm")
+FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap")
 
 
 def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
-    norm: the received pass follows), and the number of sink keys above them."""
+    norm: the received pass follows; distance_cap: window_distance is capped), and the number of sink keys
+    above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << 8)

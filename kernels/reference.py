@@ -19,6 +19,7 @@ from workbench.kernels.contract import (
     QUERY_STATS,
     HeadEdits,
     check_block_size,
+    check_distance_cap,
     check_shapes,
     check_stats,
     n_blocks,
@@ -185,6 +186,7 @@ def attention(
     """
     stats = check_stats(stats)
     block_size = check_block_size(block_size)
+    distance_cap = check_distance_cap(distance_cap)
     edits = edits or HeadEdits()
     lay = _layout(q, k, causal=causal, scale=scale, softcap=softcap, window=window,
                   key_padding=key_padding, edits=edits, sinks=sinks)

@@ -26,6 +26,7 @@ from workbench.kernels.contract import (
     DEFAULT_BLOCK_SIZE,
     HeadEdits,
     check_block_size,
+    check_distance_cap,
     check_shapes,
     check_stats,
     n_blocks,
@@ -169,6 +170,7 @@ def attention(
     """
     stats = check_stats(stats)
     block_size = check_block_size(block_size)
+    distance_cap = check_distance_cap(distance_cap)
     edits = edits or HeadEdits()
     batch, n_heads, lq, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
@@ -239,12 +241,10 @@ def attention(
     fold = softcap is None and edits.key_bias is None and edits.temperature is None and not redist
     fold = fold and scalars["scale"] > 0 and not sparse  # the block-sparse edit masks edited logits
     plain = fold and edits.is_identity() and not padded and window is None and sink_logit is None
-    capped = distance_cap is not None and "window_distance" in res
-    gluon_views = gluon_attention.applies(q, k, v, causal=causal, plain=plain, capped=capped,
-                                          inputs_interpreted=INTERPRET)
+    gluon_views = gluon_attention.applies(q, k, v, causal=causal, plain=plain, inputs_interpreted=INTERPRET)
     if not (gluon_views and gluon_attention.forward(gluon_views, q.shape, k.shape[1], out, res,
                                                     norm if second_pass else None, scale=scalars["scale"],
-                                                    sink_positions=sink_positions)):
+                                                    sink_positions=sink_positions, distance_cap=distance_cap)):
         if tma:  # tiles as pinned, or set per configuration by the autotuner's pre-hook
             rows_m, rows_n = _tile_rows(PINNED)
             desc_q, desc_k, desc_v = (_descriptor(t, rows, block_d)

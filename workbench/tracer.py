@@ -14,6 +14,7 @@ import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from transformers import AttentionInterface
@@ -28,6 +29,7 @@ from workbench.subject import Subject
 from workbench.trace import Trace
 
 IMPLEMENTATION = "workbench"
+T = TypeVar("T")
 DEFAULT_STATS = ("entropy", "sink_mass", "max_prob", "argmax_key", "lse", "received", "window_distance",
                  "self_mass")  # and learned_sink_mass for a model with learned sinks (`default_stats`)
 # attention-call keyword arguments that change nothing the kernels compute: output flags, and positions, which are
@@ -266,7 +268,8 @@ def capture(
     for layer in (*(edits or {}), *keep_inputs):
         adapter.check_head(layer, 0)
     kernels.resolve_backend(subject.device, backend)
-    block_size = _checked_block_size(block_size)
+    block_size = _checked(kernels.check_block_size, block_size)
+    distance_cap = _checked(kernels.check_distance_cap, distance_cap)
     grouped: dict[int, list[int]] = {}
     for layer, head in patterns or ():
         grouped.setdefault(layer, []).append(head)
@@ -288,9 +291,10 @@ def capture(
         model.set_attn_implementation(previous)
 
 
-def _checked_block_size(block_size: int) -> int:
+def _checked(check: Callable[[T], T], value: T) -> T:
+    """check(value), its ValueError raised as the WorkbenchError the CLI and app report."""
     try:
-        return kernels.check_block_size(block_size)
+        return check(value)
     except ValueError as err:
         raise WorkbenchError(str(err)) from None
 
@@ -364,7 +368,8 @@ def trace(
         raise WorkbenchError(
             f"input of {length} tokens: pass pattern_window=(start, stop) to bound the patterns' size"
         )
-    block_size = _checked_block_size(block_size)
+    block_size = _checked(kernels.check_block_size, block_size)
+    distance_cap = _checked(kernels.check_distance_cap, distance_cap)
     shards = None
     if context_parallel:
         if patterns:

@@ -38,7 +38,7 @@ kernel = gluon_forward.gluon_stats_forward
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")})
 signature.update(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
-                 out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32",
+                 out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
 every = gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2)
 source = GluonASTSource(kernel, signature, constexprs={"FLAGS": every, "STAGES": gluon_attention.STAGES})
@@ -61,6 +61,7 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
 def test_flags_name_every_statistic_once():
     assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 256
     assert gluon_forward.flags(set(), 3) >> 8 == 3
+    assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
 def test_layouts_the_forward_reads():
@@ -71,8 +72,7 @@ def test_layouts_the_forward_reads():
     assert rows.shape == (2 * 256, 4 * 64) and (per_batch, per_head, columns) == (256, 0, 64)
     assert torch.equal(rows[256 + 5, 3 * 64:4 * 64], bthd[1, 3, 5])
     assert gluon_attention._rows_and_columns(q[:, :, ::2]) is None
-    assert not gluon_attention.applies(q, q, q, causal=True, plain=True, capped=False,
-                                       inputs_interpreted=False)  # on the CPU
+    assert not gluon_attention.applies(q, q, q, causal=True, plain=True, inputs_interpreted=False)  # on the CPU
     assert gluon_attention.ALLOWED == (os.environ.get("WORKBENCH_GLUON") != "0")  # on unless turned off
 
 
@@ -87,8 +87,7 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     low = tuple(t.to(dtype) for t in (q, k, v))
-    assert gluon_attention.applies(*low, causal=True, plain=True, capped=False, inputs_interpreted=False)
-    assert not gluon_attention.applies(*low, causal=True, plain=True, capped=True, inputs_interpreted=False)
+    assert gluon_attention.applies(*low, causal=True, plain=True, inputs_interpreted=False)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3))
 
 
@@ -108,11 +107,22 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+@pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
+def test_gpu_capped_distance(length, head_dim, cap, monkeypatch):
+    """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
+    consumers (caps below, at and above a block of 128 keys)."""
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=length, head_dim=head_dim, seed=length + head_dim, device="cuda")
+    matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True, sink_keys=(0, 3),
+                 distance_cap=cap)
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
     """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     for q, k, v in matrix.real_attention_inputs("cuda"):
-        assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True, capped=False,
+        assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True,
                                        inputs_interpreted=False)
         matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True)
 
@@ -138,7 +148,8 @@ def test_a_triton_that_cannot_compile_it_falls_back_once(monkeypatch):
     views = (gluon_attention._rows_and_columns(q),) * 3
     res = {"entropy": torch.full((1, 2, 128), -1.0)}
     run = lambda: gluon_attention.forward(views, q.shape, 2, torch.empty_like(q), res, None,  # noqa: E731
-                                          scale=0.125, sink_positions=torch.zeros(1, dtype=torch.int32))
+                                          scale=0.125, sink_positions=torch.zeros(1, dtype=torch.int32),
+                                          distance_cap=None)
     monkeypatch.setattr(gluon_attention, "gluon_stats_forward", Kernel(error=True))
     with pytest.warns(RuntimeWarning, match="PassManager::run failed"):
         assert run() is False

@@ -335,6 +335,13 @@ def test_a_block_size_out_of_range_is_refused(block_size):
         attention(q, k, v, stats=("block_mass",), block_size=block_size)
 
 
+@pytest.mark.parametrize("cap", [0, -3, 2.5, True])
+def test_a_distance_cap_below_one_token_is_refused(cap):
+    q, k, v = rand_qkv()
+    with pytest.raises(ValueError, match=f"distance_cap {cap!r} must be a positive integer"):
+        attention(q, k, v, stats=("window_distance",), distance_cap=cap)
+
+
 @pytest.mark.parametrize("case", ["causal", "left_padding", "chunked_prefill", "edits"])
 def test_block_sparse_edit_matches_a_masked_brute_force(case):
     """HeadEdits.block_keep hides the dropped blocks' keys from the query block's rows before the softmax; every

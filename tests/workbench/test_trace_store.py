@@ -153,3 +153,5 @@ def test_block_statistics_are_traced_saved_and_loaded(tmp_path):
     assert set(back.head_table().metric) == {"entropy"} and set(back.token_table().metric) == {"entropy"}
     with pytest.raises(WorkbenchError, match="block_size 32 must be an integer from 64 to 1024"):
         workbench.trace(subject, [ids[0].tolist()], stats=stats, block_size=32)
+    with pytest.raises(WorkbenchError, match="distance_cap 0 must be a positive integer"):
+        workbench.trace(subject, [ids[0].tolist()], stats=("window_distance",), distance_cap=0)
