@@ -73,10 +73,11 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
             norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor,
             distance_cap: int | None) -> bool:
     """Write out and the per-query statistics in `res` (allocated as the Triton forward's, window_distance capped
-    at distance_cap tokens unless None), and the received pass's row max and log2 sum into `norm` when given; True. views: what `applies` gave for q [shape], k and v
-    (kv_heads heads). False, with nothing launched, where this Triton fails to compile or load the forward (a
-    Gluon other than the one it is written for, Triton 3.6 to 3.9): the caller then runs the Triton forward, and
-    the failure is warned about once per statistics, dtype and head_dim."""
+    at distance_cap tokens unless None), and the received pass's row max and log2 sum into `norm` when given;
+    True. views: what `applies` gave for q [shape], k and v (kv_heads heads). False, with nothing launched, where
+    this Triton fails to compile or load the forward (a Gluon other than the one it is written for, Triton 3.6 to
+    3.9): the caller then runs the Triton forward, and the failure is warned about once per statistics, dtype
+    and head_dim."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
     wanted = set(res) | ({"norm"} if norm is not None else set())
