@@ -38,10 +38,10 @@ def install_model(name: Annotated[str, typer.Argument(help="A name from `workben
         already = registry.is_installed(name)
         path = registry.install(name)
     except UnknownModelError as err:
-        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     except WorkbenchError as err:
-        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=1) from err
     console.print(f"{name} {'was already' if already else 'is now'} installed at [bold]{escape(str(path))}[/]",
                   soft_wrap=True)

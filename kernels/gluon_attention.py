@@ -11,7 +11,6 @@ alike). Every per-query statistic is computed (learned_sink_mass is 0 without le
 block statistics then take the Triton received pass from the row normalisers this forward stores.
 """
 
-import math
 import os
 import warnings
 
@@ -102,7 +101,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
             kc, out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634, float(distance_cap or 0),
-            math.ceil(distance_cap or 0), FLAGS=key[0], STAGES=STAGES, num_warps=4)
+            distance_cap or 0, FLAGS=key[0], STAGES=STAGES, num_warps=4)
 
     if key not in _COMPILES:  # the first call compiles and loads the kernel, which raises before any launch
         try:

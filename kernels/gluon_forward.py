@@ -173,7 +173,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     q = q_smem.index(WG)
     mbarrier.wait(q_bar, 0)
     n_beyond = 0  # blocks 0 .. n_beyond - 1 lie at the cap or beyond it for every row, n_beyond .. n_across - 1
-    n_across = 0  # straddle it, the rest but the diagonal are within it (cap_keys: the cap rounded up)
+    n_across = 0  # straddle it, the rest but the diagonal are within it (cap_keys: the cap as an integer)
     if CAP and DISTANCE:
         far = q_first - cap_keys - (BLOCK_N - 1)  # the last key n0 + BLOCK_N - 1 at least cap_keys behind row 0
         n_beyond = gl.minimum(gl.where(far >= 0, far // BLOCK_N + 1, 0), n_blocks - 1)
@@ -260,7 +260,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     likewise for the key-value heads), which covers [batch, heads, length, dim] and [batch, length, heads, dim]
     memory alike; k_ptr is the key view's first element and k_row_stride its row stride, for the sink and self
     keys' logits. The statistics are [batch, heads, length], contiguous. cap: the window distance's cap in tokens
-    (FLAGS' distance_cap), cap_keys: it rounded up to an integer.
+    (FLAGS' distance_cap), cap_keys: the same cap as an integer.
     """
     BLOCK_M: gl.constexpr = 2 * ROWS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
