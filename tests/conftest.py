@@ -9,6 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # run in Triton's CPU interpreter unless WORKBENCH_GPU_TESTS asks for the GPU.
 os.environ.setdefault("TRITON_INTERPRET", "0" if os.environ.get("WORKBENCH_GPU_TESTS") else "1")
 
+# Run from the checkout, its folder kernels/ would hide Hugging Face's `kernels` from transformers: importing
+# workbench first hands that name to the installed package (workbench.checkout).
+import workbench  # noqa: E402,F401
 from platformdirs import user_cache_dir  # noqa: E402
 
 # Named models convert once into a cache of the test suite's own (kept between runs), apart from the user's.

@@ -6,17 +6,21 @@
     trace.head_table()                              # layer, head, metric, value
 """
 
-from workbench.errors import (
+from workbench.checkout import unshadow_hub_kernels
+
+unshadow_hub_kernels()  # before transformers is imported
+
+from workbench.errors import (  # noqa: E402
     ContextLengthError,
     DeviceError,
     HeadNotFoundError,
     UnknownModelError,
     WorkbenchError,
 )
-from workbench.loading import DEFAULT_MODEL, known_names, load
-from workbench.subject import Subject
-from workbench.trace import Trace, layer_summary
-from workbench.tracer import DEFAULT_STATS, capture, trace
+from workbench.loading import DEFAULT_MODEL, known_names, load  # noqa: E402
+from workbench.subject import Subject  # noqa: E402
+from workbench.trace import Trace, layer_summary  # noqa: E402
+from workbench.tracer import DEFAULT_STATS, capture, trace  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -58,6 +58,15 @@ def test_hugging_face_kernels_and_workbench_kernels_live_side_by_side(tmp_path):
     assert out == "True True workbench.kernels True"
 
 
+def test_python_started_in_the_checkout_finds_hugging_face_kernels():
+    """From the repository root (on sys.path as '' for `python -c` and `python -m`), `kernels` would be the folder
+    kernels/; importing workbench hands the name to Hugging Face's package first, so transformers starts."""
+    pytest.importorskip("kernels")
+    out = _run("import workbench, kernels, transformers.modeling_utils\n"
+               "print('site-packages' in kernels.__file__, hasattr(kernels, 'get_kernel'))", ROOT)
+    assert out == "True True"
+
+
 def test_no_module_imports_the_folders_as_top_level_packages():
     offenders = []
     for path in ROOT.rglob("*.py"):
