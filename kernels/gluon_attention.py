@@ -1,18 +1,21 @@
-"""When and how `workbench.kernels.triton_attention.attention` runs the warp-specialized Gluon forward
-(`workbench.kernels.gluon_forward`) instead of its Triton forward (WORKBENCH_GLUON=0 keeps the Triton one).
+"""When and how `workbench.kernels.triton_attention.attention` runs the warp-specialized Gluon kernels instead of
+its Triton ones (WORKBENCH_GLUON=0 keeps the Triton ones): the forward (`workbench.kernels.gluon_forward`) and,
+after it, the `received` pass (`workbench.kernels.gluon_received`).
 
-On the H200 it takes the one-pass statistics, at 32k and head_dim 64 / 128, 1.34x / 1.21x cuDNN SDPA's time
-with the window distance uncapped and 1.16x / 1.16x with it capped at 128 tokens, where the Triton forward takes
-1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16). It takes the calls of a traced causal self-attention on
-a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 64 or 128, as many queries as keys and a multiple
-of 128 of them, no key padding, window, softcap, learned sink or edit, and q, k, v each laid out as [batch,
-heads, length, dim] or [batch, length, heads, dim] (what a model's projections give, transposed or not; k and v
-alike). Every per-query statistic is computed (learned_sink_mass is 0 without learned sinks); `received` and the
-block statistics then take the Triton received pass from the row normalisers this forward stores.
+On the H200 the forward takes the one-pass statistics, at 32k and head_dim 64 / 128, 1.34x / 1.21x cuDNN SDPA's
+time with the window distance uncapped and 1.16x / 1.16x with it capped at 128 tokens, where the Triton forward
+takes 1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16). It takes the calls of a traced causal
+self-attention on a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 64 or 128, as many queries as keys
+and a multiple of 128 of them, no key padding, window, softcap, learned sink or edit, and q, k, v each laid out as
+[batch, heads, length, dim] or [batch, length, heads, dim] (what a model's projections give, transposed or not; k
+and v alike). Every per-query statistic is computed (learned_sink_mass is 0 without learned sinks). `received`
+then takes the Gluon pass from the row normalisers this forward stores; with a block statistic, the Triton
+received pass computes them all.
 """
 
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 import triton
@@ -22,13 +25,21 @@ try:  # Gluon, Triton's explicit layout and warp-specialization language (checke
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from workbench.kernels.gluon_forward import flags, gluon_stats_forward
-except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton forward runs everywhere
-    gluon_stats_forward = None
+    from workbench.kernels.gluon_received import gluon_received_pass
+except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton kernels run everywhere
+    gluon_stats_forward = gluon_received_pass = None
 
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
+# the received pass is opt-in until it has run on a Hopper GPU (WORKBENCH_GLUON_RECEIVED=1)
+RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "0") == "1"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
+RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "2"))  # query blocks in flight
+# queries of each block of 128 whose exponentials the received pass takes on the FMA units: 0, 16 or 32; unset:
+# 32 at head_dim 64, 0 at 128 (see `received`)
+FMA_EXP = int(os.environ["WORKBENCH_GLUON_FMA_EXP"]) if "WORKBENCH_GLUON_FMA_EXP" in os.environ else None
 HEAD_DIMS = (64, 128)
+LOG2E = 1.4426950408889634
 
 
 def _rows_and_columns(t: torch.Tensor) -> tuple[torch.Tensor, int, int, int] | None:
@@ -65,7 +76,35 @@ def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, 
     return views
 
 
-_COMPILES: dict[tuple[int, torch.dtype, int], bool] = {}  # (FLAGS, dtype, head_dim): whether this Triton ran it
+_COMPILES: dict[tuple, bool] = {}  # (kernel, its specialization): whether this Triton ran it
+
+
+def _launch(key: tuple, launch: Callable[[], None]) -> bool:
+    """Run launch() and True; False, with nothing launched, where this Triton fails to compile or load the kernel
+    of `key` (a Gluon other than the one it is written for, Triton 3.6 to 3.9): the caller then runs the Triton
+    kernel, and the failure is warned about once per key."""
+    if _COMPILES.get(key) is False:
+        return False
+    if key not in _COMPILES:  # the first call compiles and loads the kernel, which raises before any launch
+        try:
+            launch()
+        except Exception as err:  # whatever this Triton's compiler or loader raises
+            _COMPILES[key] = False
+            message = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            warnings.warn(f"the Gluon {key[0]} does not run on Triton {triton.__version__} ({message}); the Triton "
+                          f"{key[0]} runs instead", RuntimeWarning, stacklevel=4)
+            return False
+        _COMPILES[key] = True
+        return True
+    launch()
+    return True
+
+
+def _descriptor(t: torch.Tensor, rows: int, dim: int) -> TensorDescriptor:
+    """A tensor descriptor of the 2-D view t with tiles of `rows` rows and one head's `dim` columns."""
+    element = gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([rows, dim], element)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [rows, dim], layout)
 
 
 def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, res: dict[str, torch.Tensor],
@@ -74,22 +113,17 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     """Write out and the per-query statistics in `res` (allocated as the Triton forward's, window_distance capped
     at distance_cap tokens unless None), and the received pass's row max and log2 sum into `norm` when given;
     True. views: what `applies` gave for q [shape], k and v (kv_heads heads). False, with nothing launched, where
-    this Triton fails to compile or load the forward (a Gluon other than the one it is written for, Triton 3.6 to
-    3.9): the caller then runs the Triton forward, and the failure is warned about once per statistics, dtype
-    and head_dim."""
+    this Triton cannot compile or load the forward (`_launch`)."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
     wanted = set(res) | ({"norm"} if norm is not None else set())
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
-    key = (flags(wanted, sink_positions.numel()), q2.dtype, dim)
+    key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     if _COMPILES.get(key) is False:
         return False
-    element = gl.bfloat16 if q2.dtype == torch.bfloat16 else gl.float16
-    q_layout = gl.NVMMASharedLayout.get_default_for([64, dim], element)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], element)
-    q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [64, dim], q_layout)
-    k_desc, v_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), [BLOCK_N, dim], kv_layout) for t in (k2, v2))
+    q_desc = _descriptor(q2, 64, dim)
+    k_desc, v_desc = _descriptor(k2, BLOCK_N, dim), _descriptor(v2, BLOCK_N, dim)
     if "learned_sink_mass" in res:  # no learned sink on this path
         res["learned_sink_mass"].zero_()
     dummy = sink_positions
@@ -100,19 +134,32 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
             q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
-            kc, out.stride(0), out.stride(1), out.stride(2), scale * 1.4426950408889634, float(distance_cap or 0),
-            distance_cap or 0, FLAGS=key[0], STAGES=STAGES, num_warps=4)
+            kc, out.stride(0), out.stride(1), out.stride(2), scale * LOG2E, float(distance_cap or 0),
+            distance_cap or 0, FLAGS=key[1], STAGES=STAGES, num_warps=4)
 
-    if key not in _COMPILES:  # the first call compiles and loads the kernel, which raises before any launch
-        try:
-            launch()
-        except Exception as err:  # whatever this Triton's compiler or loader raises
-            _COMPILES[key] = False
-            message = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            warnings.warn(f"the Gluon forward does not run on Triton {triton.__version__} ({message}); the Triton "
-                          "forward runs instead", RuntimeWarning, stacklevel=3)
-            return False
-        _COMPILES[key] = True
-        return True
-    launch()
-    return True
+    return _launch(key, launch)
+
+
+def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.Tensor, torch.Tensor],
+             out: torch.Tensor, *, scale: float) -> bool:
+    """Write `received` [batch, heads, length] into out from the row max and log2 sum that the Gluon forward
+    stored in `norm`, and True; False, with nothing launched, where this Triton cannot compile or load the pass
+    (`_launch`). A quarter of the exponentials run on the FMA units at head_dim 64 (WORKBENCH_GLUON_FMA_EXP=0, 16
+    or 32 sets how many of each block's 128 queries do, at every head_dim)."""
+    if not RECEIVED_ALLOWED:
+        return False
+    batch, heads, length, dim = shape
+    (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
+    fma_exp = FMA_EXP if FMA_EXP is not None else (32 if dim == 64 else 0)
+    key = ("received pass", fma_exp, q2.dtype, dim)
+    if _COMPILES.get(key) is False:
+        return False
+    lse2 = norm[0] + norm[1]  # each query's base-2 log normaliser
+    q_desc, k_desc = _descriptor(q2, 128, dim), _descriptor(k2, 64, dim)
+
+    def launch() -> None:
+        gluon_received_pass[(length // 128, batch * heads)](
+            q_desc, k_desc, lse2, out, heads, heads // kv_heads, length, qb, qh, qc, kb, kh, kc, scale * LOG2E,
+            FMA_EXP=fma_exp, STAGES=RECEIVED_STAGES, num_warps=4)
+
+    return _launch(key, launch)

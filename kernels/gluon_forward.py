@@ -41,9 +41,10 @@ ACROSS = gl.constexpr(2)  # ... some within it, some not
 
 
 @aggregate
-class _Role:
-    """A consumer's compile-time arguments: which warpgroup and the statistics' FLAGS (a worker partition's
-    arguments are flattened to values, and only constexpr objects survive that as constants)."""
+class Role:
+    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics, the
+    received pass's POLY). A worker partition's arguments are flattened to values, and only constexpr objects
+    survive that as constants."""
     WG: gl.constexpr
     FLAGS: gl.constexpr
 
@@ -294,7 +295,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     pargs = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
              b * q_batch_rows + head * q_head_rows + m0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows, kv_head * kv_head_cols, n_blocks)
-    gl.warp_specialize([(_consumer, cargs + (_Role(0, FLAGS), )), (_consumer, cargs + (_Role(1, FLAGS), )),
+    gl.warp_specialize([(_consumer, cargs + (Role(0, FLAGS), )), (_consumer, cargs + (Role(1, FLAGS), )),
                         (_producer, pargs)], [4, 1], [232, 40])
 
 

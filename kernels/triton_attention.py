@@ -5,8 +5,8 @@ powers of two (see `_pinned_configuration` for the environment variables that fi
 under TRITON_INTERPRET=1 (CPU tests) 16 x 16 blocks run.
 On Hopper and later, inputs whose base and strides are 16-byte aligned are read through tensor descriptors
 (WORKBENCH_TRITON_TMA=0 turns them off); other inputs and GPUs take pointer loads. Causal self-attention on
-Hopper takes the warp-specialized forward of `workbench.kernels.gluon_attention` instead of the Triton one
-(WORKBENCH_GLUON=0 keeps the Triton one).
+Hopper takes the warp-specialized forward and `received` pass of `workbench.kernels.gluon_attention` instead of
+the Triton ones (WORKBENCH_GLUON=0 keeps the Triton ones).
 fp16 / bf16 / fp32 inputs, fp32 accumulation; fp32 inputs use IEEE products (no TF32), so the kernel can be
 held to the fp32 reference.
 """
@@ -242,9 +242,10 @@ def attention(
     fold = fold and scalars["scale"] > 0 and not sparse  # the block-sparse edit masks edited logits
     plain = fold and edits.is_identity() and not padded and window is None and sink_logit is None
     gluon_views = gluon_attention.applies(q, k, v, causal=causal, plain=plain, inputs_interpreted=INTERPRET)
-    if not (gluon_views and gluon_attention.forward(gluon_views, q.shape, k.shape[1], out, res,
-                                                    norm if second_pass else None, scale=scalars["scale"],
-                                                    sink_positions=sink_positions, distance_cap=distance_cap)):
+    gluon_ran = bool(gluon_views) and gluon_attention.forward(
+        gluon_views, q.shape, k.shape[1], out, res, norm if second_pass else None, scale=scalars["scale"],
+        sink_positions=sink_positions, distance_cap=distance_cap)
+    if not gluon_ran:
         if tma:  # tiles as pinned, or set per configuration by the autotuner's pre-hook
             rows_m, rows_n = _tile_rows(PINNED)
             desc_q, desc_k, desc_v = (_descriptor(t, rows, block_d)
@@ -273,6 +274,9 @@ def attention(
             if name in stats:
                 res[name] = (torch.empty(batch, n_heads, lk, **f32) if name == "received" else
                              torch.zeros(batch, n_heads, n_qb, n_kb, **f32))
+        if gluon_ran and not any(name in stats for name in BLOCK_STATS) and gluon_attention.received(
+                gluon_views, q.shape, k.shape[1], norm, res["received"], scale=scalars["scale"]):
+            return out, {name: res[name] for name in stats}
 
         def key_grid(meta):
             return triton.cdiv(lk, meta["BLOCK_N"]), batch * n_heads

@@ -1,11 +1,13 @@
-"""The warp-specialized Gluon forward (`workbench.kernels.gluon_forward`) that causal self-attention takes on Hopper
-(unless WORKBENCH_GLUON=0).
+"""The warp-specialized Gluon forward and `received` pass (`workbench.kernels.gluon_forward`, `gluon_received`) that
+causal self-attention takes on Hopper (unless WORKBENCH_GLUON=0).
 
-Triton's CPU interpreter does not run Gluon, so on the CPU the kernel is compiled for sm_90 with every statistic
-(its layouts, partitions and barriers must lower), and the dispatch rules are checked on tensors' layouts. On a
-Hopper GPU (WORKBENCH_GPU_TESTS=1) `triton_attention.attention` takes it, and its output and every statistic
-(`received` and the block ones from the Triton pass after it) are held to the reference within the tolerance of
-tests/kernels/matrix.py, in bf16 and fp16, for both memory layouts a model's projections give.
+Triton's CPU interpreter does not run Gluon, so on the CPU the kernels are compiled for sm_90 (the forward with
+every statistic, the received pass with and without its exponentials on the FMA units: their layouts, partitions
+and barriers must lower), the FMA units' exponential is checked in float32 arithmetic, and the dispatch rules on
+tensors' layouts. On a Hopper GPU (WORKBENCH_GPU_TESTS=1) `triton_attention.attention` takes them, and the output
+and every statistic are held to the reference within the tolerance of tests/kernels/matrix.py, in bf16 and fp16,
+for both memory layouts a model's projections give: with the block statistics (the Triton received pass computes
+`received` then) and without them (the Gluon received pass does).
 """
 
 import os
@@ -19,43 +21,90 @@ pytest.importorskip("triton.experimental.gluon")
 
 import matrix  # noqa: E402
 
-from workbench.kernels import gluon_attention, gluon_forward, triton_attention  # noqa: E402
+from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward, gluon_received  # noqa: E402
+from workbench.kernels import triton_attention  # noqa: E402
 
 GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
        and torch.cuda.get_device_capability() == (9, 0))
+NO_BLOCKS = tuple(name for name in ALL_STATS if name not in BLOCK_STATS)  # `received` from the Gluon pass
+# Compiles the Gluon kernels for sm_90 without a GPU, in a process of its own: the suite runs Triton's interpreter,
+# whose decorators (Triton's own reductions included, made when Triton is first imported) give functions that do
+# not compile. Prints each kernel's warps, whether it uses wgmma and its count of ex2 instructions.
 COMPILE = """
 import sys
 from triton.backends.compiler import GPUTarget
 from triton.compiler import compile as triton_compile
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
-from workbench.kernels import gluon_attention, gluon_forward
+from workbench.kernels import gluon_attention, gluon_forward, gluon_received
 
-head_dim = int(sys.argv[1])
+kernel_name, head_dim = sys.argv[1], int(sys.argv[2])
 desc = {rows: f"tensordesc<bf16[{rows}, {head_dim}],"
               f"{gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl.bfloat16)!r}>" for rows in (64, 128)}
-kernel = gluon_forward.gluon_stats_forward
-signature = {name: "i32" for name in kernel.arg_names}
-signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")})
-signature.update(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
+if kernel_name == "forward":
+    kernel = gluon_forward.gluon_stats_forward
+    types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-every = gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2)
-source = GluonASTSource(kernel, signature, constexprs={"FLAGS": every, "STAGES": gluon_attention.STAGES})
-compiled = triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"])
+    variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": gluon_attention.STAGES}]
+else:
+    kernel = gluon_received.gluon_received_pass
+    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", FMA_EXP="constexpr", STAGES="constexpr")
+    variants = [{"FMA_EXP": fma_exp, "STAGES": gluon_attention.RECEIVED_STAGES} for fma_exp in (0, 16, 32)]
+signature = {name: "i32" for name in kernel.arg_names}
+signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
+for constexprs in variants:
+    source = GluonASTSource(kernel, signature, constexprs=constexprs)
+    compiled = triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("ex2.approx"))
 """
+
+
+def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
+    """COMPILE's lines for the Gluon `kernel` ("forward" or "received") at head_dim, split into words."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    done = subprocess.run([sys.executable, "-c", COMPILE, kernel, str(head_dim)], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["12"]]
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    """In a process of its own: the suite runs Triton's interpreter, whose decorators (Triton's own reductions
-    included, made when Triton is first imported) give functions that do not compile."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    done = subprocess.run([sys.executable, "-c", COMPILE, str(head_dim)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
     # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
-    assert done.stdout.split()[-2:] == ["12", "True"]
+    ((warps, wgmma, _),) = compile_for_hopper("forward", head_dim)
+    assert (warps, wgmma) == ("12", "True")
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_received_pass_compiles_for_hopper(head_dim):
+    """With every exponential on the special function units, and with 16 or 32 of each block's 128 queries on the
+    FMA units."""
+    compiled = compile_for_hopper("received", head_dim)
+    assert [line[:2] for line in compiled] == [["12", "True"]] * 3
+    # each consumer thread's loop block takes 64 exponentials, 8 or 16 of them on the FMA units with FMA_EXP
+    special = [int(line[2]) for line in compiled]
+    assert (special[0] - special[1], special[0] - special[2]) == (2 * 8, 2 * 16)
+
+
+def test_the_fma_units_exponential_is_as_exact_as_ex2():
+    """exp2_fma's steps in float32 (round by the 1.5 * 2^23 shift, the polynomial of the fraction, the integer part
+    added to the exponent bits) over [-126, 0] against float64: within 3e-7 relative, as the hardware's
+    ex2.approx.f32 (2 ulps); below -126 (a query that gives a key next to nothing), 2^-126 at most, not garbage."""
+    def exp2_fma(x):
+        x = x.clamp_min(-126.0)
+        t = x + gluon_received.ROUND.value
+        f = x - (t - gluon_received.ROUND.value)
+        poly = torch.full_like(f, gluon_received.C5.value)
+        for c in (gluon_received.C4, gluon_received.C3, gluon_received.C2, gluon_received.C1, gluon_received.C0):
+            poly = poly * f + c.value
+        return (poly.view(torch.int32) + (t.view(torch.int32) << 23)).view(torch.float32)
+
+    x = torch.cat([torch.linspace(-126.0, 0.0, 2_000_003), -torch.rand(100_000) * 3]).float()
+    relative = (exp2_fma(x).double() / torch.exp2(x.double()) - 1).abs().max().item()
+    assert relative < 3e-7
+    tiny = exp2_fma(torch.linspace(-1000.0, -126.0, 1000))
+    assert bool((tiny >= 0).all()) and tiny.max().item() <= 2.0 ** -126 * (1 + 3e-7)
 
 
 def test_flags_name_every_statistic_once():
@@ -91,11 +140,32 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3))
 
 
-@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-def test_gpu_uncapped_distance_and_long_rows(monkeypatch):
+@pytest.mark.skipif(not GPU, reason="the Gluon kernels run on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
+@pytest.mark.parametrize("fma_exp", [0, 16, 32], ids=["ex2", "fma16", "fma32"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, fma_exp, monkeypatch):
+    """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 4 query blocks."""
+    q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=512, head_dim=head_dim, seed=head_dim + 3,
+                            device="cuda")
+    if transposed:
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "FMA_EXP", fma_exp)
+    matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
+    assert gluon_attention._COMPILES[("received pass", fma_exp, dtype, head_dim)] is True
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+@pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
+def test_gpu_uncapped_distance_and_long_rows(stats, monkeypatch):
+    """Peaked rows of 1,024 keys: many p far below 2^-126 (on the FMA units' exponential too)."""
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
-    matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True)
+    matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
@@ -119,12 +189,15 @@ def test_gpu_capped_distance(length, head_dim, cap, monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
-    """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force."""
+    """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force,
+    with `received` from either pass."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     for q, k, v in matrix.real_attention_inputs("cuda"):
         assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True,
                                        inputs_interpreted=False)
-        matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True)
+        for stats in (ALL_STATS, NO_BLOCKS):  # `received` from the Triton pass, then from the Gluon one
+            matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
 
 
 def test_a_triton_that_cannot_compile_it_falls_back_once(monkeypatch):

@@ -1,0 +1,120 @@
+"""The `received` pass on its own: our Triton pass against the warp-specialized Gluon pass and its variants, on a GPU.
+
+`received` (the attention each key receives) needs each query's final log-sum-exp, so it takes a second pass
+after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
+on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
+forward with `received` from the Triton pass and from the Gluon pass with every exponential on the special
+function units (ex2) or 16 or 32 of each block's 128 on the FMA units (fma16, fma32), with 2 or 3 query blocks
+in flight. A pass's
+time is the difference to the forward alone. The anchor is the fastest attention of the run (FlashAttention-4
+where it is installed, else cuDNN SDPA), timed on the same inputs.
+
+Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
+  [--out benchmarks/results]
+Writes received_pass[_<tag>]_<gpu>.json and .md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from hardware import slug
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from workbench.kernels import QUERY_STATS, gluon_attention
+from workbench.kernels.fastest import flash_attention_4
+from workbench.kernels.triton_attention import attention
+
+VARIANTS = {"gluon_ex2": (0, 2), "gluon_fma16": (16, 2), "gluon_fma32": (32, 2), "gluon_ex2_3": (0, 3),
+            "gluon_fma32_3": (32, 3)}  # (queries of a block's 128 with exponentials on the FMA units, stages)
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def row(shape: tuple[int, int, int], length: int) -> dict:
+    """Milliseconds of the anchors, the forward alone and the forward with each received pass; each pass's time."""
+    heads, kv_heads, head_dim = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, h, length, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+               for h in (heads, kv_heads, kv_heads))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        out = {"shape": f"{heads}x{kv_heads}x{head_dim}", "L": length,
+               "cudnn": bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))}
+    fa4 = flash_attention_4()
+    if fa4 is not None:
+        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        out["fa4"] = bench(lambda: fa4(qt, kt, vt, causal=True))
+    out["forward"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
+    every = QUERY_STATS + ("received",)
+    gluon_received = gluon_attention.received
+    gluon_attention.received = lambda *args, **kwargs: False  # the Triton pass
+    try:
+        out["triton"] = bench(lambda: attention(q, k, v, stats=every))
+    finally:
+        gluon_attention.received = gluon_received
+    reference = attention(q, k, v, stats=every)[1]["received"]
+    gluon_attention.RECEIVED_ALLOWED = True
+    for name, (fma_exp, stages) in VARIANTS.items():
+        gluon_attention.FMA_EXP, gluon_attention.RECEIVED_STAGES = fma_exp, stages
+        got = attention(q, k, v, stats=every)[1]["received"]
+        out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
+        out[name] = bench(lambda: attention(q, k, v, stats=every))
+    anchor = out.get("fa4", out["cudnn"])
+    for name in ("triton", *VARIANTS):
+        out[f"{name}_pass"] = out[name] - out["forward"]
+        out[f"{name}_pass_vs_anchor"] = out[f"{name}_pass"] / anchor
+        out[f"{name}_vs_anchor"] = out[name] / anchor
+    return out
+
+
+def markdown(gpu: str, rows: list[dict]) -> str:
+    anchor = "FlashAttention-4" if all("fa4" in r for r in rows) else "cuDNN SDPA"
+    lines = [f"# The received pass alone, {gpu}", "",
+             f"ms; in brackets the pass alone (forward with it less forward alone) as a ratio to {anchor}", "",
+             "| shape | L | anchor | forward, one-pass | + Triton pass | "
+             + " | ".join(f"+ {name}" for name in VARIANTS) + " |",
+             "|---" * (5 + len(VARIANTS)) + "|"]
+    for r in rows:
+        cells = [f"{r[name]:.2f} ({r[f'{name}_pass_vs_anchor']:.2f}x)" for name in ("triton", *VARIANTS)]
+        lines.append(f"| {r['shape']} | {r['L']} | {r.get('fa4', r['cudnn']):.2f} | {r['forward']:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="32,8,64;32,32,128", help="heads,kv_heads,head_dim; several with ';'")
+    parser.add_argument("--lengths", default="8192,32768")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
+    lengths = [int(x) for x in args.lengths.split(",")]
+    bad = [s for s in shapes if len(s) != 3 or s[2] not in gluon_attention.HEAD_DIMS] + [
+        n for n in lengths if n % 128]
+    if bad:
+        parser.error(f"{bad}: shapes are heads,kv_heads,head_dim with head_dim 64 or 128, lengths multiples of 128")
+    rows = []
+    for shape in shapes:
+        for length in lengths:
+            rows.append(row(shape, length))
+            print(json.dumps(rows[-1]), flush=True)
+    gpu = torch.cuda.get_device_name()
+    name = "received_pass" + (f"_{args.tag}" if args.tag else "") + f"_{slug(gpu)}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__,
+                                                  "triton": triton.__version__, "rows": rows}, indent=1))
+    (out / f"{name}.md").write_text(markdown(gpu, rows))
+    print(markdown(gpu, rows))
+
+
+if __name__ == "__main__":
+    main()
