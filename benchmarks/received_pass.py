@@ -3,9 +3,7 @@
 `received` (the attention each key receives) needs each query's final log-sum-exp, so it takes a second pass
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
-forward with `received` from the Triton pass and from the Gluon pass with every exponential on the special
-function units (ex2) or 16 or 32 of each block's 128 on the FMA units (fma16, fma32), with 2 or 3 query blocks
-in flight. A pass's
+forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight. A pass's
 time is the difference to the forward alone. The anchor is the fastest attention of the run (FlashAttention-4
 where it is installed, else cuDNN SDPA), timed on the same inputs.
 
@@ -30,8 +28,7 @@ from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.fastest import flash_attention_4
 from workbench.kernels.triton_attention import attention
 
-VARIANTS = {"gluon_ex2": (0, 2), "gluon_fma16": (16, 2), "gluon_fma32": (32, 2), "gluon_ex2_3": (0, 3),
-            "gluon_fma32_3": (32, 3)}  # (queries of a block's 128 with exponentials on the FMA units, stages)
+VARIANTS = {"gluon_2": 2, "gluon_3": 3, "gluon_4": 4}  # query blocks in flight
 
 
 def bench(fn) -> float:
@@ -61,8 +58,8 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
         gluon_attention.received = gluon_received
     reference = attention(q, k, v, stats=every)[1]["received"]
     gluon_attention.RECEIVED_ALLOWED = True
-    for name, (fma_exp, stages) in VARIANTS.items():
-        gluon_attention.FMA_EXP, gluon_attention.RECEIVED_STAGES = fma_exp, stages
+    for name, stages in VARIANTS.items():
+        gluon_attention.RECEIVED_STAGES = stages
         got = attention(q, k, v, stats=every)[1]["received"]
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))

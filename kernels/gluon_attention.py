@@ -1,6 +1,6 @@
 """When and how `workbench.kernels.triton_attention.attention` runs the warp-specialized Gluon kernels instead of
 its Triton ones (WORKBENCH_GLUON=0 keeps the Triton ones): the forward (`workbench.kernels.gluon_forward`) and,
-after it, the `received` pass (`workbench.kernels.gluon_received`).
+after it with WORKBENCH_GLUON_RECEIVED=1, the `received` pass (`workbench.kernels.gluon_received`).
 
 On the H200 the forward takes the one-pass statistics, at 32k and head_dim 64 / 128, 1.34x / 1.21x cuDNN SDPA's
 time with the window distance uncapped and 1.16x / 1.16x with it capped at 128 tokens, where the Triton forward
@@ -9,8 +9,8 @@ self-attention on a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 
 and a multiple of 128 of them, no key padding, window, softcap, learned sink or edit, and q, k, v each laid out as
 [batch, heads, length, dim] or [batch, length, heads, dim] (what a model's projections give, transposed or not; k
 and v alike). Every per-query statistic is computed (learned_sink_mass is 0 without learned sinks). `received`
-then takes the Gluon pass from the row normalisers this forward stores; with a block statistic, the Triton
-received pass computes them all.
+and the block statistics then take the Triton received pass from the row normalisers this forward stores, or,
+opted into and without a block statistic, the Gluon received pass.
 """
 
 import os
@@ -34,10 +34,7 @@ ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "0") == "1"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
-RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "2"))  # query blocks in flight
-# queries of each block of 128 whose exponentials the received pass takes on the FMA units: 0, 16 or 32; unset:
-# 32 at head_dim 64, 0 at 128 (see `received`)
-FMA_EXP = int(os.environ["WORKBENCH_GLUON_FMA_EXP"]) if "WORKBENCH_GLUON_FMA_EXP" in os.environ else None
+RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "3"))  # query blocks in flight
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -144,14 +141,12 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
              out: torch.Tensor, *, scale: float) -> bool:
     """Write `received` [batch, heads, length] into out from the row max and log2 sum that the Gluon forward
     stored in `norm`, and True; False, with nothing launched, where this Triton cannot compile or load the pass
-    (`_launch`). A quarter of the exponentials run on the FMA units at head_dim 64 (WORKBENCH_GLUON_FMA_EXP=0, 16
-    or 32 sets how many of each block's 128 queries do, at every head_dim)."""
+    (`_launch`)."""
     if not RECEIVED_ALLOWED:
         return False
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
-    fma_exp = FMA_EXP if FMA_EXP is not None else (32 if dim == 64 else 0)
-    key = ("received pass", fma_exp, q2.dtype, dim)
+    key = ("received pass", RECEIVED_STAGES, q2.dtype, dim)
     if _COMPILES.get(key) is False:
         return False
     lse2 = norm[0] + norm[1]  # each query's base-2 log normaliser
@@ -160,6 +155,6 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
     def launch() -> None:
         gluon_received_pass[(length // 128, batch * heads)](
             q_desc, k_desc, lse2, out, heads, heads // kv_heads, length, qb, qh, qc, kb, kh, kc, scale * LOG2E,
-            FMA_EXP=fma_exp, STAGES=RECEIVED_STAGES, num_warps=4)
+            STAGES=RECEIVED_STAGES, num_warps=4)
 
     return _launch(key, launch)

@@ -42,9 +42,9 @@ ACROSS = gl.constexpr(2)  # ... some within it, some not
 
 @aggregate
 class Role:
-    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics, the
-    received pass's POLY). A worker partition's arguments are flattened to values, and only constexpr objects
-    survive that as constants."""
+    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics; 0 for
+    the received pass, which has none). A worker partition's arguments are flattened to values, and only constexpr
+    objects survive that as constants."""
     WG: gl.constexpr
     FLAGS: gl.constexpr
 
