@@ -1,12 +1,12 @@
 """The warp-specialized Gluon forward and `received` pass (`workbench.kernels.gluon_forward`, `gluon_received`) that
-causal self-attention takes on Hopper (unless WORKBENCH_GLUON=0).
+causal self-attention takes on Hopper (unless WORKBENCH_GLUON=0; the received pass with WORKBENCH_GLUON_RECEIVED=1).
 
 Triton's CPU interpreter does not run Gluon, so on the CPU the kernels are compiled for sm_90 (the forward with
 every statistic, and the received pass: their layouts, partitions and barriers must lower), and the dispatch rules
-are checked on tensors' layouts. On a Hopper GPU (WORKBENCH_GPU_TESTS=1) `triton_attention.attention` takes them, and the output
-and every statistic are held to the reference within the tolerance of tests/kernels/matrix.py, in bf16 and fp16,
-for both memory layouts a model's projections give: with the block statistics (the Triton received pass computes
-`received` then) and without them (the Gluon received pass does).
+are checked on tensors' layouts. On a Hopper GPU (WORKBENCH_GPU_TESTS=1) `triton_attention.attention` takes them,
+and the output and every statistic are held to the reference within the tolerance of tests/kernels/matrix.py, in
+bf16 and fp16, for both memory layouts a model's projections give: with the block statistics (the Triton received
+pass computes `received` then) and without them (the Gluon received pass does).
 """
 
 import os
@@ -20,7 +20,7 @@ pytest.importorskip("triton.experimental.gluon")
 
 import matrix  # noqa: E402
 
-from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward, gluon_received  # noqa: E402
+from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward  # noqa: E402
 from workbench.kernels import triton_attention  # noqa: E402
 
 GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
