@@ -19,13 +19,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import triton
+from attention_stats import anchors, bf16_inputs
 from hardware import slug
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from workbench.kernels import QUERY_STATS, gluon_attention
-from workbench.kernels.fastest import flash_attention_4
+from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
 VARIANTS = {"gluon_2": 2, "gluon_3": 3, "gluon_4": 4}  # query blocks in flight
@@ -37,25 +35,16 @@ def bench(fn) -> float:
 
 def row(shape: tuple[int, int, int], length: int) -> dict:
     """Milliseconds of the anchors, the forward alone and the forward with each received pass; each pass's time."""
-    heads, kv_heads, head_dim = shape
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, h, length, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
-               for h in (heads, kv_heads, kv_heads))
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        out = {"shape": f"{heads}x{kv_heads}x{head_dim}", "L": length,
-               "cudnn": bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))}
-    fa4 = flash_attention_4()
-    if fa4 is not None:
-        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-        out["fa4"] = bench(lambda: fa4(qt, kt, vt, causal=True))
+    q, k, v = bf16_inputs(length, shape)
+    out = {"shape": "x".join(map(str, shape)), "L": length}
+    cases = anchors(q, k, v)
+    out["cudnn"] = bench(cases["sdpa_cudnn"])
+    if "fa4" in cases:
+        out["fa4"] = bench(cases["fa4"])
     out["forward"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
-    every = QUERY_STATS + ("received",)
-    gluon_received = gluon_attention.received
-    gluon_attention.received = lambda *args, **kwargs: False  # the Triton pass
-    try:
-        out["triton"] = bench(lambda: attention(q, k, v, stats=every))
-    finally:
-        gluon_attention.received = gluon_received
+    every = QUERY_STATS + KEY_STATS
+    gluon_attention.RECEIVED_ALLOWED = False  # the Triton pass
+    out["triton"] = bench(lambda: attention(q, k, v, stats=every))
     reference = attention(q, k, v, stats=every)[1]["received"]
     gluon_attention.RECEIVED_ALLOWED = True
     for name, stages in VARIANTS.items():

@@ -77,9 +77,10 @@ _COMPILES: dict[tuple, bool] = {}  # (kernel, its specialization): whether this 
 
 
 def _launch(key: tuple, launch: Callable[[], None]) -> bool:
-    """Run launch() and True; False, with nothing launched, where this Triton fails to compile or load the kernel
-    of `key` (a Gluon other than the one it is written for, Triton 3.6 to 3.9): the caller then runs the Triton
-    kernel, and the failure is warned about once per key."""
+    """Run launch() (which builds its descriptors and launches the kernel of `key`) and True; False, without calling
+    it again, where this Triton failed to compile or load that kernel (a Gluon other than the one it is written
+    for, Triton 3.6 to 3.9): the caller then runs the Triton kernel, and the failure is warned about once per
+    key."""
     if _COMPILES.get(key) is False:
         return False
     if key not in _COMPILES:  # the first call compiles and loads the kernel, which raises before any launch
@@ -117,18 +118,15 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
-    if _COMPILES.get(key) is False:
-        return False
-    q_desc = _descriptor(q2, 64, dim)
-    k_desc, v_desc = _descriptor(k2, BLOCK_N, dim), _descriptor(v2, BLOCK_N, dim)
-    if "learned_sink_mass" in res:  # no learned sink on this path
-        res["learned_sink_mass"].zero_()
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
 
     def launch() -> None:
+        if "learned_sink_mass" in res:  # no learned sink on this path
+            res["learned_sink_mass"].zero_()
         gluon_stats_forward[(length // 128, batch * heads)](
-            q_desc, k_desc, v_desc, out, *(res.get(name, dummy) for name in (
+            _descriptor(q2, 64, dim), _descriptor(k2, BLOCK_N, dim), _descriptor(v2, BLOCK_N, dim), out,
+            *(res.get(name, dummy) for name in (
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
             kc, out.stride(0), out.stride(1), out.stride(2), scale * LOG2E, float(distance_cap or 0),
@@ -147,14 +145,11 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
     key = ("received pass", RECEIVED_STAGES, q2.dtype, dim)
-    if _COMPILES.get(key) is False:
-        return False
-    lse2 = norm[0] + norm[1]  # each query's base-2 log normaliser
-    q_desc, k_desc = _descriptor(q2, 128, dim), _descriptor(k2, 64, dim)
 
     def launch() -> None:
+        lse2 = norm[0] + norm[1]  # each query's base-2 log normaliser
         gluon_received_pass[(length // 128, batch * heads)](
-            q_desc, k_desc, lse2, out, heads, heads // kv_heads, length, qb, qh, qc, kb, kh, kc, scale * LOG2E,
-            STAGES=RECEIVED_STAGES, num_warps=4)
+            _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse2, out, heads, heads // kv_heads, length, qb, qh,
+            qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, num_warps=4)
 
     return _launch(key, launch)
