@@ -353,11 +353,12 @@ def _tiles(pinned: dict | None) -> str | None:
 
 
 def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: str | None = None,
-             pinned_received: str | None = None, gluon: bool = False, distance_cap: int | None = None) -> str:
+             pinned_received: str | None = None, gluon: bool = False, gluon_received: bool = False,
+             distance_cap: int | None = None) -> str:
     """The result tables; `pinned` / `pinned_received`: the tile configurations every launch of our Triton forward
     and of our `received` pass used (None: autotuned); gluon: causal self-attention took the warp-specialized
-    Gluon forward (`workbench.kernels.gluon_attention`), which has fixed tiles; distance_cap: the cap the
-    statistics' window_distance took (None: uncapped)."""
+    Gluon forward (`workbench.kernels.gluon_attention`), which has fixed tiles, and gluon_received: its `received`
+    pass too; distance_cap: the cap the statistics' window_distance took (None: uncapped)."""
     tiles = (f"Our kernels' tiles pinned to {pinned} (BLOCK_M, BLOCK_N, warps, stages: WORKBENCH_TRITON_CONFIG)"
              if pinned else "Our kernels' tiles autotuned")
     if pinned_received != pinned:
@@ -367,6 +368,9 @@ def markdown(gpu: str, kernel_rows: list[dict], model_rows: list[dict], pinned: 
     if gluon:
         tiles += (" Causal self-attention of a multiple of 128 tokens took the warp-specialized Gluon forward "
                   "(128 x 128 tiles, a producer warp and two consumer warpgroups; WORKBENCH_GLUON=0 turns it off).")
+        if gluon_received:
+            tiles += (" `received` without block statistics took its warp-specialized Gluon pass "
+                      "(WORKBENCH_GLUON_RECEIVED=0 keeps the Triton one).")
     tiles += (f" window_distance capped at {distance_cap} tokens (--distance-cap)." if distance_cap is not None
               else " window_distance uncapped, as `workbench.trace` computes it.")
     lines = [f"# Attention with statistics on {gpu}", "", tiles, ""]
@@ -440,6 +444,7 @@ def main() -> None:
             "flash_attn_4": _version("flash-attn-4"), "triton_config": _tiles(PINNED),
             "triton_received_config": _tiles(PINNED_RECEIVED),
             "gluon_forward": gluon_attention.ALLOWED and gluon_attention.gluon_stats_forward is not None,
+            "gluon_received": gluon_attention.RECEIVED_ALLOWED and gluon_attention.gluon_received_pass is not None,
             "distance_cap": args.distance_cap}
     if args.lengths:
         meta["precompile_seconds"] = round(precompile(shapes, extra))
@@ -458,7 +463,7 @@ def main() -> None:
                                                       "rows": rows}, indent=1))
         table = markdown(gpu, rows if part.startswith("kernel") else [], rows if part.startswith("model") else [],
                          meta["triton_config"], meta["triton_received_config"], meta["gluon_forward"],
-                         meta["distance_cap"])
+                         meta["gluon_received"], meta["distance_cap"])
         (out / f"{name}.md").write_text(table)
         print(table, flush=True)
 

@@ -1,16 +1,17 @@
 """When and how `workbench.kernels.triton_attention.attention` runs the warp-specialized Gluon kernels instead of
 its Triton ones (WORKBENCH_GLUON=0 keeps the Triton ones): the forward (`workbench.kernels.gluon_forward`) and,
-after it with WORKBENCH_GLUON_RECEIVED=1, the `received` pass (`workbench.kernels.gluon_received`).
+after it, the `received` pass (`workbench.kernels.gluon_received`; WORKBENCH_GLUON_RECEIVED=0 keeps the Triton one).
 
 On the H200 the forward takes the one-pass statistics, at 32k and head_dim 64 / 128, 1.34x / 1.21x cuDNN SDPA's
 time with the window distance uncapped and 1.16x / 1.16x with it capped at 128 tokens, where the Triton forward
-takes 1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16). It takes the calls of a traced causal
+takes 1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16); the Gluon received pass 6.5 / 10.4 ms at 32k where
+the Triton pass takes 7.7 / 11.7 (change 17). It takes the calls of a traced causal
 self-attention on a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 64 or 128, as many queries as keys
 and a multiple of 128 of them, no key padding, window, softcap, learned sink or edit, and q, k, v each laid out as
 [batch, heads, length, dim] or [batch, length, heads, dim] (what a model's projections give, transposed or not; k
 and v alike). Every per-query statistic is computed (learned_sink_mass is 0 without learned sinks). `received`
-and the block statistics then take the Triton received pass from the row normalisers this forward stores, or,
-opted into and without a block statistic, the Gluon received pass.
+then takes the Gluon received pass from the row normalisers this forward stores, or, where a block statistic is
+asked too, the Triton received pass, which folds the block statistics in.
 """
 
 import os
@@ -25,16 +26,16 @@ try:  # Gluon, Triton's explicit layout and warp-specialization language (checke
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from workbench.kernels.gluon_forward import flags, gluon_stats_forward
-    from workbench.kernels.gluon_received import gluon_received_pass
+    from workbench.kernels.gluon_received import C_LAYOUT, gluon_received_pass
 except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton kernels run everywhere
     gluon_stats_forward = gluon_received_pass = None
 
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
-# the received pass is opt-in until it has run on a Hopper GPU (WORKBENCH_GLUON_RECEIVED=1)
-RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "0") == "1"
+RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") != "0"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
-RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "3"))  # query blocks in flight
+# query blocks in flight: 3 and 4 measured alike at head_dim 64, 3 best at 128, 2 slower than the Triton pass
+RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "3"))
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -147,9 +148,10 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
     key = ("received pass", RECEIVED_STAGES, q2.dtype, dim)
 
     def launch() -> None:
-        lse2 = norm[0] + norm[1]  # each query's base-2 log normaliser
+        lse2 = (norm[0] + norm[1]).view(-1)  # each query's base-2 log normaliser
+        lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
-            _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse2, out, heads, heads // kv_heads, length, qb, qh,
-            qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, num_warps=4)
+            _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, num_warps=4)
 
     return _launch(key, launch)

@@ -4,17 +4,17 @@ The pass after the Gluon forward (`workbench.kernels.gluon_forward`), which stor
 normaliser c_i = m_i + log2 l_i (its lse in base 2), so that p_ij = exp2(u_ij - c_i) with u = log2(e) scale q.k:
 one multiply-add and one exponential a score, and no P V. Like the dK pass of a flash-attention backward, a
 program holds 128 keys of one (batch, query head) and walks the query blocks that see them. One producer warp
-issues the bulk tensor copies (TMA) of the keys once and of each block of 128 queries into a ring of shared-memory
-stages; two consumer warpgroups, each holding 64 of the keys, compute K Q^T on the tensor cores (wgmma, the keys
-as M, so that each key's sum over the queries runs along a row of the accumulator, within a thread and a quad),
-the exponentials and the row sums, and free a stage once both have read it. Only the first query block (the
-diagonal) is masked. FlashAttention-3's producer/consumer split (Shah et al., 2024).
+issues the bulk tensor copies (TMA) of the keys once and of each block of 128 queries, with those queries' c, into
+a ring of shared-memory stages; two consumer warpgroups, each holding 64 of the keys, compute K Q^T on the tensor
+cores (wgmma, the keys as M, so that each key's sum over the queries runs along a row of the accumulator, within
+a thread and a quad), the exponentials and the row sums, and free a stage once both have read it. Only the first
+query block (the diagonal) is masked. FlashAttention-3's producer/consumer split (Shah et al., 2024).
 
 Each consumer issues a block's K Q^T before it takes the exponentials of the block before, so that the tensor
 cores and the special function units work at once (FlashAttention-3's intra-warpgroup overlap); the pass has no
-P V, so two score tiles fit in a consumer's registers. `workbench.kernels.gluon_attention` takes this pass only
-with WORKBENCH_GLUON_RECEIVED=1: this version has not run on a GPU yet; the one before it, without the overlap,
-ran correct on an H100 and no faster than the Triton pass (benchmarks/NOTES.md, change 17).
+P V, so two score tiles fit in a consumer's registers. On an H200 at 32k it takes 6.5 ms (32 / 8 heads x 64)
+and 10.4 ms (32 x 128) where the Triton pass takes 7.7 and 11.7, about 11 scores a clock a multiprocessor at
+head_dim 64, 0.7 of the exponentials' rate (benchmarks/NOTES.md, change 17).
 """
 
 from triton.experimental import gluon
@@ -24,19 +24,20 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from workbench.kernels.gluon_forward import MASKED, ROWS, TMA_LOAD, Role, _mma_layout
 
 BLOCK_M = gl.constexpr(128)  # queries of a block, the N of the consumers' wgmma
+C_LAYOUT = gl.NVMMASharedLayout(0, 32, rank=1)  # a block's normalisers c, [128] float32, unswizzled
 
 
 @gluon.jit
-def _issue(k, q_smem, q_ready, lse_ptr, j, m_first):
-    """Query block j (queries m_first + 128 j ..): its normalisers c, laid out as the columns of its scores, and its
-    K Q^T, issued to the tensor cores once its stage has landed (not waited for)."""
+def _issue(k, q_smem, c_smem, q_ready, j):
+    """Query block j: its K Q^T, issued to the tensor cores once its stage has landed (not waited for), and its
+    normalisers c from the same stage, laid out as the columns of its scores."""
     STAGES: gl.constexpr = q_smem.type.shape[0]
     s = j % STAGES
     layout: gl.constexpr = _mma_layout(BLOCK_M)
-    c = gl.load(lse_ptr + m_first + j * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)))
     mbarrier.wait(q_ready.index(s), (j // STAGES) & 1)
     qk = warpgroup_mma(k, q_smem.index(s).permute((1, 0)), gl.zeros([ROWS, BLOCK_M], gl.float32, layout=layout),
                        use_acc=False, is_async=True)
+    c = c_smem.index(s).load(gl.SliceLayout(0, layout))
     return qk, c
 
 
@@ -53,7 +54,7 @@ def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
 
 
 @gluon.jit
-def _consumer(k_smem, q_smem, k_bar, q_ready, q_empty, lse_ptr, received_ptr, n0, n_blocks, post, role):
+def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0, n_blocks, post, role):
     """Keys n0 + 64 role.WG .. of the program: their sums over every query block, stored as `received`. The
     diagonal block first, alone; then each block's K Q^T is issued before the previous block's exponentials."""
     WG: gl.constexpr = role.WG
@@ -62,14 +63,14 @@ def _consumer(k_smem, q_smem, k_bar, q_ready, q_empty, lse_ptr, received_ptr, n0
     keys = n0 + WG * ROWS + gl.arange(0, ROWS, layout=layout)
     k = k_smem.index(WG)
     mbarrier.wait(k_bar, 0)
-    qk, c = _issue(k, q_smem, q_ready, lse_ptr, 0, n0)
+    qk, c = _issue(k, q_smem, c_smem, q_ready, 0)
     scores = warpgroup_mma_wait(0, deps=(qk, ))
     mbarrier.arrive(q_empty.index(0), count=1)
     total = _row_sums(scores, c, n0, keys, post, True)
     if n_blocks > 1:
-        qk, c = _issue(k, q_smem, q_ready, lse_ptr, 1, n0)
+        qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
         for j in range(2, n_blocks):
-            qk_next, c_next = _issue(k, q_smem, q_ready, lse_ptr, j, n0)
+            qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j)
             scores = warpgroup_mma_wait(1, deps=(qk, ))  # block j - 1's, while block j's runs
             mbarrier.arrive(q_empty.index((j - 1) % STAGES), count=1)
             total += _row_sums(scores, c, 0, keys, post, False)
@@ -82,8 +83,9 @@ def _consumer(k_smem, q_smem, k_bar, q_ready, q_empty, lse_ptr, received_ptr, n0
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, k_smem, q_smem, k_bar, q_ready, q_empty, q_row, q_col, kv_row, kv_col, n_blocks):
-    """One warp: the program's keys, then each query block once a stage is free."""
+def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, q_row, q_col, kv_row, kv_col,
+              c_row, n_blocks):
+    """One warp: the program's keys, then each query block and its normalisers once a stage is free."""
     STAGES: gl.constexpr = q_smem.type.shape[0]
     mbarrier.expect(k_bar, 2 * k_desc.block_type.nbytes)
     TMA_LOAD(k_desc, [kv_row, kv_col], k_bar, k_smem.index(0))
@@ -91,20 +93,21 @@ def _producer(q_desc, k_desc, k_smem, q_smem, k_bar, q_ready, q_empty, q_row, q_
     for j in range(n_blocks):
         s = j % STAGES
         mbarrier.wait(q_empty.index(s), ((j // STAGES) & 1) ^ 1)  # a fresh barrier passes the wait on phase 1
-        mbarrier.expect(q_ready.index(s), q_desc.block_type.nbytes)
+        mbarrier.expect(q_ready.index(s), q_desc.block_type.nbytes + c_desc.block_type.nbytes)
         TMA_LOAD(q_desc, [q_row + j * BLOCK_M, q_col], q_ready.index(s), q_smem.index(s))
+        TMA_LOAD(c_desc, [c_row + j * BLOCK_M], q_ready.index(s), c_smem.index(s))
 
 
 @gluon.jit
-def gluon_received_pass(q_desc, k_desc, lse_ptr, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
+def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
                         q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols, post,
                         STAGES: gl.constexpr):
     """received [batch, heads, length] of 128 keys of one (batch, query head) under causal self-attention; grid
     (length / 128, batch x heads), the keys that most queries see first.
 
     q_desc ([128, head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D views of
-    `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); lse_ptr holds each query's
-    base-2 log normaliser m + log2 l, [batch, heads, length] contiguous; post = log2(e) scale.
+    `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc ([128] tiles) sees each
+    query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale.
     """
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     pid_n = gl.program_id(0)
@@ -116,6 +119,7 @@ def gluon_received_pass(q_desc, k_desc, lse_ptr, received_ptr, n_heads, group, l
     n_blocks = gl.cdiv(length - n0, BLOCK_M)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [2, ROWS, HEAD_DIM], k_desc.layout)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
+    c_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], c_desc.layout)
     k_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -124,9 +128,9 @@ def gluon_received_pass(q_desc, k_desc, lse_ptr, received_ptr, n_heads, group, l
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=2)  # both consumers release a stage
     row_base = bh * length
-    cargs = (k_smem, q_smem, k_bar, q_ready, q_empty, lse_ptr + row_base, received_ptr + row_base, n0, n_blocks,
-             post)
-    pargs = (q_desc, k_desc, k_smem, q_smem, k_bar, q_ready, q_empty, b * q_batch_rows + head * q_head_rows + n0,
-             head * q_head_cols, b * kv_batch_rows + kv_head * kv_head_rows + n0, kv_head * kv_head_cols, n_blocks)
+    cargs = (k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr + row_base, n0, n_blocks, post)
+    pargs = (q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_empty,
+             b * q_batch_rows + head * q_head_rows + n0, head * q_head_cols,
+             b * kv_batch_rows + kv_head * kv_head_rows + n0, kv_head * kv_head_cols, row_base + n0, n_blocks)
     gl.warp_specialize([(_consumer, cargs + (Role(0, 0), )), (_consumer, cargs + (Role(1, 0), )),
                         (_producer, pargs)], [4, 1], [232, 40])

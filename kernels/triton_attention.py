@@ -5,8 +5,8 @@ powers of two (see `_pinned_configuration` for the environment variables that fi
 under TRITON_INTERPRET=1 (CPU tests) 16 x 16 blocks run.
 On Hopper and later, inputs whose base and strides are 16-byte aligned are read through tensor descriptors
 (WORKBENCH_TRITON_TMA=0 turns them off); other inputs and GPUs take pointer loads. Causal self-attention on
-Hopper takes the warp-specialized forward of `workbench.kernels.gluon_attention` (and its `received` pass with
-WORKBENCH_GLUON_RECEIVED=1) instead of the Triton ones (WORKBENCH_GLUON=0 keeps the Triton ones).
+Hopper takes the warp-specialized forward and `received` pass of `workbench.kernels.gluon_attention` instead of the
+Triton ones (WORKBENCH_GLUON=0 keeps the Triton ones).
 fp16 / bf16 / fp32 inputs, fp32 accumulation; fp32 inputs use IEEE products (no TF32), so the kernel can be
 held to the fp32 reference.
 """

@@ -1,5 +1,5 @@
 """The warp-specialized Gluon forward and `received` pass (`workbench.kernels.gluon_forward`, `gluon_received`) that
-causal self-attention takes on Hopper (unless WORKBENCH_GLUON=0; the received pass with WORKBENCH_GLUON_RECEIVED=1).
+causal self-attention takes on Hopper (unless WORKBENCH_GLUON=0, or WORKBENCH_GLUON_RECEIVED=0 for the received pass).
 
 Triton's CPU interpreter does not run Gluon, so on the CPU the kernels are compiled for sm_90 (the forward with
 every statistic, and the received pass: their layouts, partitions and barriers must lower), and the dispatch rules
@@ -48,7 +48,8 @@ if kernel_name == "forward":
     variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": gluon_attention.STAGES}]
 else:
     kernel = gluon_received.gluon_received_pass
-    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr")
+    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr",
+                 c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
     variants = [{"STAGES": gluon_attention.RECEIVED_STAGES}]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
