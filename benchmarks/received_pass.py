@@ -3,8 +3,9 @@
 `received` (the attention each key receives) needs each query's final log-sum-exp, so it takes a second pass
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
-forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight. A pass's
-time is the difference to the forward alone. The anchor is the fastest attention of the run (FlashAttention-4
+forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, and
+with 3 over pairs of blocks (WORKBENCH_GLUON_RECEIVED_PAIRS's loop). A pass's time is the difference to the forward
+alone. The anchor is the fastest attention of the run (FlashAttention-4
 where it is installed, else cuDNN SDPA), timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
@@ -26,7 +27,8 @@ from hardware import slug
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-VARIANTS = {"gluon_2": 2, "gluon_3": 3, "gluon_4": 4}  # query blocks in flight
+# query blocks in flight, and whether the loop goes over pairs of blocks (gluon_received's LOOP = PAIRS)
+VARIANTS = {"gluon_2": (2, False), "gluon_3": (3, False), "gluon_4": (4, False), "gluon_3_pairs": (3, True)}
 
 
 def bench(fn) -> float:
@@ -47,8 +49,9 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
     reference = attention(q, k, v, stats=every)[1]["received"]
     gluon_attention.RECEIVED_ALLOWED = True
-    for name, stages in VARIANTS.items():
+    for name, (stages, pairs) in VARIANTS.items():
         gluon_attention.RECEIVED_STAGES = stages
+        gluon_attention.RECEIVED_PAIRS = pairs
         got = attention(q, k, v, stats=every)[1]["received"]
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))

@@ -26,16 +26,23 @@ try:  # Gluon, Triton's explicit layout and warp-specialization language (checke
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from workbench.kernels.gluon_forward import flags, gluon_stats_forward
-    from workbench.kernels.gluon_received import C_LAYOUT, gluon_received_pass
+    from workbench.kernels.gluon_received import C_LAYOUT, PAIRS, gluon_received_pass
 except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton kernels run everywhere
     gluon_stats_forward = gluon_received_pass = None
 
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") != "0"
+# the forward's key loop with each block's softmax over the previous block's P V, at head_dim 64: opt-in until it
+# has run on a Hopper GPU (WORKBENCH_GLUON_OVERLAP=1; benchmarks/NOTES.md, change 18)
+OVERLAP_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_OVERLAP", "0") == "1"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
+OVERLAP_STAGES = 3  # the overlapped loop holds a block's stage until the next block's softmax is done
 # query blocks in flight: 3 and 4 measured alike at head_dim 64, 3 best at 128, 2 slower than the Triton pass
 RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "3"))
+# the received pass's loop over pairs of query blocks, whose wgmma ptxas leaves asynchronous: opt-in until it has
+# run on a Hopper GPU (WORKBENCH_GLUON_RECEIVED_PAIRS=1; benchmarks/NOTES.md, change 18)
+RECEIVED_PAIRS = os.environ.get("WORKBENCH_GLUON_RECEIVED_PAIRS", "0") == "1"
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -118,6 +125,9 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     wanted = set(res) | ({"norm"} if norm is not None else set())
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
+    overlap = OVERLAP_ALLOWED and dim == 64  # at head_dim 128 its registers would spill
+    if overlap:
+        wanted.add("overlap")
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
@@ -131,7 +141,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
             kc, out.stride(0), out.stride(1), out.stride(2), scale * LOG2E, float(distance_cap or 0),
-            distance_cap or 0, FLAGS=key[1], STAGES=STAGES, num_warps=4)
+            distance_cap or 0, FLAGS=key[1], STAGES=OVERLAP_STAGES if overlap else STAGES, num_warps=4)
 
     return _launch(key, launch)
 
@@ -145,13 +155,14 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
         return False
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
-    key = ("received pass", RECEIVED_STAGES, q2.dtype, dim)
+    loop = PAIRS.value if RECEIVED_PAIRS else 0
+    key = ("received pass", RECEIVED_STAGES, loop, q2.dtype, dim)
 
     def launch() -> None:
         lse2 = (norm[0] + norm[1]).view(-1)  # each query's base-2 log normaliser
         lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
             _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
-            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, num_warps=4)
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, LOOP=loop, num_warps=4)
 
     return _launch(key, launch)

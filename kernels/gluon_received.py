@@ -14,7 +14,11 @@ Each consumer issues a block's K Q^T before it takes the exponentials of the blo
 cores and the special function units work at once (FlashAttention-3's intra-warpgroup overlap); the pass has no
 P V, so two score tiles fit in a consumer's registers. On an H200 at 32k it takes 6.5 ms (32 / 8 heads x 64)
 and 10.4 ms (32 x 128) where the Triton pass takes 7.7 and 11.7, about 11 scores a clock a multiprocessor at
-head_dim 64, 0.7 of the exponentials' rate (benchmarks/NOTES.md, change 17).
+head_dim 64, 0.7 of the exponentials' rate (benchmarks/NOTES.md, change 17). But ptxas serializes that loop's
+wgmma (its note C7514: a K Q^T in flight across the loop's back edge), so each consumer in fact waits for each
+K Q^T and the overlap comes from the two consumers alone. The loop over pairs of blocks (LOOP = PAIRS) keeps
+nothing in flight across the back edge, so ptxas leaves its wgmma asynchronous; it is opt-in
+(WORKBENCH_GLUON_RECEIVED_PAIRS=1) until it has run on a GPU (change 18).
 """
 
 from triton.experimental import gluon
@@ -25,6 +29,7 @@ from workbench.kernels.gluon_forward import MASKED, ROWS, TMA_LOAD, Role, _mma_l
 
 BLOCK_M = gl.constexpr(128)  # queries of a block, the N of the consumers' wgmma
 C_LAYOUT = gl.NVMMASharedLayout(0, 32, rank=1)  # a block's normalisers c, [128] float32, unswizzled
+PAIRS = gl.constexpr(1)  # the kernel's LOOP for the loop over pairs of query blocks
 
 
 @gluon.jit
@@ -56,7 +61,10 @@ def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
 @gluon.jit
 def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0, n_blocks, post, role):
     """Keys n0 + 64 role.WG .. of the program: their sums over every query block, stored as `received`. The
-    diagonal block first, alone; then each block's K Q^T is issued before the previous block's exponentials."""
+    diagonal block first, alone; then each block's K Q^T is issued before the previous block's exponentials, or,
+    with role.FLAGS == PAIRS, the blocks go in pairs whose second K Q^T is issued before the first's exponentials,
+    so that no K Q^T is in flight across the loop's back edge (ptxas serializes the wgmma of the first loop, see
+    the module's docstring)."""
     WG: gl.constexpr = role.WG
     STAGES: gl.constexpr = q_smem.type.shape[0]
     layout: gl.constexpr = gl.SliceLayout(1, _mma_layout(BLOCK_M))
@@ -67,7 +75,24 @@ def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0,
     scores = warpgroup_mma_wait(0, deps=(qk, ))
     mbarrier.arrive(q_empty.index(0), count=1)
     total = _row_sums(scores, c, n0, keys, post, True)
-    if n_blocks > 1:
+    if role.FLAGS == PAIRS:
+        first = 1
+        if n_blocks % 2 == 0:  # an odd number of blocks after the diagonal: the first of them alone
+            qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
+            scores = warpgroup_mma_wait(0, deps=(qk, ))
+            mbarrier.arrive(q_empty.index(1 % STAGES), count=1)
+            total += _row_sums(scores, c, 0, keys, post, False)
+            first = 2
+        for j in range(first, n_blocks, 2):  # the second block's K Q^T runs under the first's exponentials
+            qk, c = _issue(k, q_smem, c_smem, q_ready, j)
+            qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + 1)
+            scores = warpgroup_mma_wait(1, deps=(qk, ))
+            mbarrier.arrive(q_empty.index(j % STAGES), count=1)
+            total += _row_sums(scores, c, 0, keys, post, False)
+            scores = warpgroup_mma_wait(0, deps=(qk_next, ))
+            mbarrier.arrive(q_empty.index((j + 1) % STAGES), count=1)
+            total += _row_sums(scores, c_next, 0, keys, post, False)
+    elif n_blocks > 1:
         qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
         for j in range(2, n_blocks):
             qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j)
@@ -101,13 +126,15 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
 @gluon.jit
 def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
                         q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols, post,
-                        STAGES: gl.constexpr):
+                        STAGES: gl.constexpr, LOOP: gl.constexpr):
     """received [batch, heads, length] of 128 keys of one (batch, query head) under causal self-attention; grid
     (length / 128, batch x heads), the keys that most queries see first.
 
     q_desc ([128, head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D views of
     `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc ([128] tiles) sees each
-    query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale.
+    query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale. LOOP: 0 for
+    the loop that issues each block's K Q^T before the previous block's exponentials, PAIRS for the loop over pairs
+    of blocks (`_consumer`).
     """
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     pid_n = gl.program_id(0)
@@ -132,5 +159,5 @@ def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, le
     pargs = (q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_empty,
              b * q_batch_rows + head * q_head_rows + n0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows + n0, kv_head * kv_head_cols, row_base + n0, n_blocks)
-    gl.warp_specialize([(_consumer, cargs + (Role(0, 0), )), (_consumer, cargs + (Role(1, 0), )),
+    gl.warp_specialize([(_consumer, cargs + (Role(0, LOOP), )), (_consumer, cargs + (Role(1, LOOP), )),
                         (_producer, pargs)], [4, 1], [232, 40])

@@ -20,7 +20,7 @@ pytest.importorskip("triton.experimental.gluon")
 
 import matrix  # noqa: E402
 
-from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward  # noqa: E402
+from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward, gluon_received  # noqa: E402
 from workbench.kernels import triton_attention  # noqa: E402
 
 GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
@@ -45,12 +45,16 @@ if kernel_name == "forward":
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-    variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": gluon_attention.STAGES}]
+    every = set(gluon_forward.FLAG_BITS) - {"overlap"}
+    variants = [{"FLAGS": gluon_forward.flags(every, 2), "STAGES": gluon_attention.STAGES}]
+    if head_dim == 64:  # the overlapped key loop
+        variants.append({"FLAGS": gluon_forward.flags(every | {"overlap"}, 2),
+                         "STAGES": gluon_attention.OVERLAP_STAGES})
 else:
     kernel = gluon_received.gluon_received_pass
-    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr",
+    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", LOOP="constexpr",
                  c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES}]
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "LOOP": loop} for loop in (0, gluon_received.PAIRS.value)]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
@@ -71,22 +75,25 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
-    ((warps, wgmma, _),) = compile_for_hopper("forward", head_dim)
-    assert (warps, wgmma) == ("12", "True")
+    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; at head_dim 64 the
+    # overlapped key loop too
+    lines = compile_for_hopper("forward", head_dim)
+    assert [(warps, wgmma) for warps, wgmma, _ in lines] == [("12", "True")] * (2 if head_dim == 64 else 1)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    ((warps, wgmma, special),) = compile_for_hopper("received", head_dim)
-    assert (warps, wgmma) == ("12", "True")
-    # 64 exponentials a thread for each of a consumer's three copies of a block: the diagonal, the loop's, the last
-    assert int(special) > 2 * 2 * 64
+    (warps, wgmma, special), (pair_warps, pair_wgmma, pair_special) = compile_for_hopper("received", head_dim)
+    assert (warps, wgmma) == (pair_warps, pair_wgmma) == ("12", "True")
+    # 64 exponentials a thread for each of a consumer's copies of a block, more than two: the diagonal, the loop's,
+    # the last; more than three in pairs: the diagonal, the one before the pairs, the pair's two
+    assert int(special) > 2 * 2 * 64 and int(pair_special) > 2 * 3 * 64
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 256
-    assert gluon_forward.flags(set(), 3) >> 8 == 3
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 512  # one sink key, above the nine flags
+    assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
+    assert gluon_forward.flags({"overlap"}, 0) == 1 << 8
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
@@ -121,9 +128,10 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages", [2, 3])
-def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, monkeypatch):
-    """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 4 query blocks."""
+@pytest.mark.parametrize("stages,pairs", [(2, False), (3, False), (3, True)], ids=["2", "3", "3-pairs"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, pairs, monkeypatch):
+    """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 4 query blocks
+    (in pairs: none, one alone, one pair, one alone and a pair)."""
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=512, head_dim=head_dim, seed=head_dim + 3,
                             device="cuda")
     if transposed:
@@ -131,8 +139,10 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_STAGES", stages)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_PAIRS", pairs)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
-    assert gluon_attention._COMPILES[("received pass", stages, dtype, head_dim)] is True
+    loop = gluon_received.PAIRS.value if pairs else 0
+    assert gluon_attention._COMPILES[("received pass", stages, loop, dtype, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
@@ -165,11 +175,30 @@ def test_gpu_capped_distance(length, head_dim, cap, monkeypatch):
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
+@pytest.mark.parametrize("length,cap", [(128, None), (1024, None), (2048, 128)])
+def test_gpu_overlapped_key_loop(dtype, transposed, length, cap, monkeypatch):
+    """The key loop with each block's softmax over the previous block's P V (head_dim 64): the diagonal block
+    alone (block 0's empty P V, then the last P V), many blocks, and the capped loops."""
+    q, k, v = matrix.inputs(B=2, H=4, Hkv=2, Lq=length, head_dim=64, seed=length + 1, device="cuda")
+    if transposed:
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "OVERLAP_ALLOWED", True)
+    matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3), distance_cap=cap)
+    overlap = 1 << gluon_forward.FLAG_BITS.index("overlap")
+    assert any(key[0] == "forward" and key[1] & overlap and ok for key, ok in gluon_attention._COMPILES.items())
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlapped"])
+def test_gpu_real_attention_inputs_in_bf16(overlap, monkeypatch):
     """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force,
-    with `received` from either pass."""
+    with `received` from either pass, and either key loop."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "OVERLAP_ALLOWED", overlap)
     for q, k, v in matrix.real_attention_inputs("cuda"):
         assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True,
                                        inputs_interpreted=False)
