@@ -28,10 +28,15 @@ GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available(
 NO_BLOCKS = tuple(name for name in ALL_STATS if name not in BLOCK_STATS)  # `received` from the Gluon pass
 # Compiles the Gluon kernels for sm_90 without a GPU, in a process of its own: the suite runs Triton's interpreter,
 # whose decorators (Triton's own reductions included, made when Triton is first imported) give functions that do
-# not compile. Prints each kernel's warps, whether it uses wgmma and its count of ex2 instructions.
+# not compile. Prints each kernel's warps, whether it uses wgmma, its count of ex2 instructions, and whether ptxas
+# (the one Triton compiles sm_90 with) serializes its wgmma (note C7514: an accumulator read while its wgmma may be in flight).
 COMPILE = """
+import os
+import subprocess
 import sys
+import tempfile
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import compile as triton_compile
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -60,7 +65,15 @@ signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_
 for constexprs in variants:
     source = GluonASTSource(kernel, signature, constexprs=constexprs)
     compiled = triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("ex2.approx"))
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = os.path.join(folder, "kernel.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(folder, "kernel.cubin")],
+                              capture_output=True, text=True)
+    assert done.returncode == 0 and "Used" in done.stderr, done.stderr  # ptxas ran and reported
+    print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("ex2.approx"),
+          "C7514" in done.stderr)
 """
 
 
@@ -78,13 +91,17 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
     # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; at head_dim 64 the
     # overlapped key loop too
     lines = compile_for_hopper("forward", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, _ in lines] == [("12", "True")] * (2 if head_dim == 64 else 1)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * (2 if head_dim == 64 else 1)
+    # neither key loop keeps a wgmma in flight across blocks, so ptxas keeps them asynchronous
+    assert [serialized for *_, serialized in lines] == ["False"] * len(lines)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    (warps, wgmma, special), (pair_warps, pair_wgmma, pair_special) = compile_for_hopper("received", head_dim)
+    (warps, wgmma, special, _), (pair_warps, pair_wgmma, pair_special, pair_serialized) = compile_for_hopper(
+        "received", head_dim)
     assert (warps, wgmma) == (pair_warps, pair_wgmma) == ("12", "True")
+    assert pair_serialized == "False"  # the first loop's K Q^T in flight across its back edge is serialized
     # 64 exponentials a thread for each of a consumer's copies of a block, more than two: the diagonal, the loop's,
     # the last; more than three in pairs: the diagonal, the one before the pairs, the pair's two
     assert int(special) > 2 * 2 * 64 and int(pair_special) > 2 * 3 * 64
