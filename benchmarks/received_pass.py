@@ -4,9 +4,10 @@
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
 forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, and
-with 3 over pairs of blocks (WORKBENCH_GLUON_RECEIVED_PAIRS's loop). A pass's time is the difference to the forward
-alone. The anchor is the fastest attention of the run (FlashAttention-4
-where it is installed, else cuDNN SDPA), timed on the same inputs.
+with 3 over pairs of blocks (WORKBENCH_GLUON_RECEIVED_PAIRS's loop). A pass's time is the difference to the
+forward alone. At head_dim 64 the forward with its overlapped key loop (WORKBENCH_GLUON_OVERLAP) is timed beside
+the serial one, with the largest differences of their outputs and entropies. The anchor is the fastest attention
+of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
   [--out benchmarks/results]
@@ -44,6 +45,14 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
     if "fa4" in cases:
         out["fa4"] = bench(cases["fa4"])
     out["forward"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
+    if shape[2] == 64:  # the forward's overlapped key loop (WORKBENCH_GLUON_OVERLAP), against the serial one
+        serial = attention(q, k, v, stats=QUERY_STATS)
+        gluon_attention.OVERLAP_ALLOWED = True
+        overlapped = attention(q, k, v, stats=QUERY_STATS)
+        out["forward_overlap"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
+        gluon_attention.OVERLAP_ALLOWED = False
+        out["forward_overlap_max_out_diff"] = (overlapped[0].float() - serial[0].float()).abs().max().item()
+        out["forward_overlap_max_entropy_diff"] = (overlapped[1]["entropy"] - serial[1]["entropy"]).abs().max().item()
     every = QUERY_STATS + KEY_STATS
     gluon_attention.RECEIVED_ALLOWED = False  # the Triton pass
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
@@ -56,6 +65,9 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))
     anchor = out.get("fa4", out["cudnn"])
+    for name in ("forward", "forward_overlap"):
+        if name in out:
+            out[f"{name}_vs_anchor"] = out[name] / anchor
     for name in ("triton", *VARIANTS):
         out[f"{name}_pass"] = out[name] - out["forward"]
         out[f"{name}_pass_vs_anchor"] = out[f"{name}_pass"] / anchor
@@ -66,14 +78,17 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
 def markdown(gpu: str, rows: list[dict]) -> str:
     anchor = "FlashAttention-4" if all("fa4" in r for r in rows) else "cuDNN SDPA"
     lines = [f"# The received pass alone, {gpu}", "",
-             f"ms; in brackets the pass alone (forward with it less forward alone) as a ratio to {anchor}", "",
-             "| shape | L | anchor | forward, one-pass | + Triton pass | "
+             f"ms; in brackets the forward's ratio to {anchor}, and the pass alone (forward with it less forward "
+             "alone) as a ratio to it", "",
+             "| shape | L | anchor | forward, one-pass | forward, overlapped loop | + Triton pass | "
              + " | ".join(f"+ {name}" for name in VARIANTS) + " |",
-             "|---" * (5 + len(VARIANTS)) + "|"]
+             "|---" * (6 + len(VARIANTS)) + "|"]
     for r in rows:
+        forwards = [f"{r[name]:.2f} ({r[f'{name}_vs_anchor']:.2f}x)" if name in r else "" for name in (
+            "forward", "forward_overlap")]
         cells = [f"{r[name]:.2f} ({r[f'{name}_pass_vs_anchor']:.2f}x)" for name in ("triton", *VARIANTS)]
-        lines.append(f"| {r['shape']} | {r['L']} | {r.get('fa4', r['cudnn']):.2f} | {r['forward']:.2f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {r['shape']} | {r['L']} | {r.get('fa4', r['cudnn']):.2f} | " + " | ".join(forwards + cells)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
