@@ -116,6 +116,13 @@ def _scores(q, k_smem, k_ready, j):
 
 
 @gluon.jit
+def _p_operand(p, q, HEAD_DIM: gl.constexpr):
+    """A block's probabilities p (float32, in the scores' layout) in q's dtype as the A operand of its P V."""
+    return gl.convert_layout(p.to(q.dtype), gl.DotOperandLayout(operand_index=0, parent=_mma_layout(HEAD_DIM),
+                                                                 k_width=2))
+
+
+@gluon.jit
 def _serial_block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i,
                   acc, FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
     """Key block j of a consumer, one step after the other: its scores, the online softmax with the statistics
@@ -129,7 +136,7 @@ def _serial_block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, 
     qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k_smem.index(s)))
     p, alpha, m_i, l_i, t_i, w_i, arg_i = _softmax(qk, rows, cols, j * BLOCK_N, post, cap, m_i, l_i, t_i, w_i, arg_i,
                                                    FLAGS, DIAGONAL, CAPPED)
-    p16 = gl.convert_layout(p.to(q.dtype), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
+    p16 = _p_operand(p, q, HEAD_DIM)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
     mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
     v = v_smem.index(s)
@@ -137,13 +144,6 @@ def _serial_block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, 
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
     mbarrier.arrive(kv_empty.index(s), count=1)
     return m_i, l_i, t_i, w_i, arg_i, acc
-
-
-@gluon.jit
-def _previous_p(p, q, HEAD_DIM: gl.constexpr):
-    """A block's probabilities p (float32, in the scores' layout) as the A operand of its P V."""
-    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
-    return gl.convert_layout(p.to(q.dtype), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
 
 
 @gluon.jit
@@ -159,7 +159,7 @@ def _overlapped_block(q, p_prev, k_smem, v_smem, k_ready, v_ready, kv_empty, j, 
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
-    p16 = _previous_p(p_prev, q, HEAD_DIM)
+    p16 = _p_operand(p_prev, q, HEAD_DIM)
     qk = _scores(q, k_smem, k_ready, j)
     before = gl.maximum(j - 1, 0)  # block j - 1, or block 0 for block 0's empty P V
     mbarrier.wait(v_ready.index(before % STAGES), (before // STAGES) & 1)
@@ -180,7 +180,7 @@ def _last_p_v(p, q, v_smem, v_ready, kv_empty, j, acc):
     STAGES: gl.constexpr = v_smem.type.shape[0]
     HEAD_DIM: gl.constexpr = v_smem.type.shape[2]
     s = j % STAGES
-    p16 = _previous_p(p, q, HEAD_DIM)
+    p16 = _p_operand(p, q, HEAD_DIM)
     mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
     acc = warpgroup_mma(p16, v_smem.index(s), acc, is_async=True)
     acc, _ = warpgroup_mma_wait(0, deps=(acc, p16))
@@ -312,14 +312,21 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
 
 
 @gluon.jit
+def _two_tiles(desc, row, col, bar, smem):
+    """A program's resident operand, two tiles of 64 rows from row (at column col), into smem[0] and smem[1] on
+    one barrier: the forward's queries, the received pass's keys."""
+    mbarrier.expect(bar, 2 * desc.block_type.nbytes)
+    TMA_LOAD(desc, [row, col], bar, smem.index(0))
+    TMA_LOAD(desc, [row + ROWS, col], bar, smem.index(1))
+
+
+@gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, q_row, q_col,
               kv_row, kv_col, n_blocks):
     """One warp: the program's two query tiles, then each key and value block once a stage is free."""
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
-    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    TMA_LOAD(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
-    TMA_LOAD(q_desc, [q_row + ROWS, q_col], q_bar, q_smem.index(1))
+    _two_tiles(q_desc, q_row, q_col, q_bar, q_smem)
     for j in range(n_blocks):
         s = j % STAGES
         phase = (j // STAGES) & 1
