@@ -59,6 +59,16 @@ def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
 
 
 @gluon.jit
+def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: gl.constexpr):
+    """Query block j's row sums (`_row_sums`) once its K Q^T (qk) is in, with PENDING later ones left running, and
+    its stage released."""
+    STAGES: gl.constexpr = q_empty.type.shape[0]
+    scores = warpgroup_mma_wait(PENDING, deps=(qk, ))
+    mbarrier.arrive(q_empty.index(j % STAGES), count=1)
+    return _row_sums(scores, c, m0, keys, post, DIAGONAL)
+
+
+@gluon.jit
 def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0, n_blocks, post, role):
     """Keys n0 + 64 role.WG .. of the program: their sums over every query block, stored as `received`. The
     diagonal block first, alone; then each block's K Q^T is issued before the previous block's exponentials, or,
@@ -72,33 +82,23 @@ def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0,
     k = k_smem.index(WG)
     mbarrier.wait(k_bar, 0)
     qk, c = _issue(k, q_smem, c_smem, q_ready, 0)
-    scores = warpgroup_mma_wait(0, deps=(qk, ))
-    mbarrier.arrive(q_empty.index(0), count=1)
-    total = _row_sums(scores, c, n0, keys, post, True)
+    total = _taken(qk, c, 0, n0, keys, post, q_empty, 0, True)
     if role.FLAGS == PAIRS:
         first = 1
         if n_blocks % 2 == 0:  # an odd number of blocks after the diagonal: the first of them alone
             qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
-            scores = warpgroup_mma_wait(0, deps=(qk, ))
-            mbarrier.arrive(q_empty.index(1 % STAGES), count=1)
-            total += _row_sums(scores, c, 0, keys, post, False)
+            total += _taken(qk, c, 1, 0, keys, post, q_empty, 0, False)
             first = 2
         for j in range(first, n_blocks, 2):  # the second block's K Q^T runs under the first's exponentials
             qk, c = _issue(k, q_smem, c_smem, q_ready, j)
             qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + 1)
-            scores = warpgroup_mma_wait(1, deps=(qk, ))
-            mbarrier.arrive(q_empty.index(j % STAGES), count=1)
-            total += _row_sums(scores, c, 0, keys, post, False)
-            scores = warpgroup_mma_wait(0, deps=(qk_next, ))
-            mbarrier.arrive(q_empty.index((j + 1) % STAGES), count=1)
-            total += _row_sums(scores, c_next, 0, keys, post, False)
+            total += _taken(qk, c, j, 0, keys, post, q_empty, 1, False)
+            total += _taken(qk_next, c_next, j + 1, 0, keys, post, q_empty, 0, False)
     elif n_blocks > 1:
         qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
         for j in range(2, n_blocks):
             qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j)
-            scores = warpgroup_mma_wait(1, deps=(qk, ))  # block j - 1's, while block j's runs
-            mbarrier.arrive(q_empty.index((j - 1) % STAGES), count=1)
-            total += _row_sums(scores, c, 0, keys, post, False)
+            total += _taken(qk, c, j - 1, 0, keys, post, q_empty, 1, False)  # block j - 1's, while block j's runs
             qk = qk_next
             c = c_next
         scores, _ = warpgroup_mma_wait(0, deps=(qk, k))
