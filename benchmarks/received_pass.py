@@ -4,7 +4,7 @@
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
 forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, and
-with 3 over pairs of blocks (WORKBENCH_GLUON_RECEIVED_PAIRS's loop). A pass's time is the difference to the
+with 3 over groups of 2 and of 4 blocks (WORKBENCH_GLUON_RECEIVED_GROUP's loop). A pass's time is the difference to the
 forward alone. At head_dim 64 the forward with its overlapped key loop (WORKBENCH_GLUON_OVERLAP) is timed beside
 the serial one, with the largest differences of their outputs and entropies. The anchor is the fastest attention
 of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), timed on the same inputs.
@@ -28,8 +28,8 @@ from hardware import slug
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# query blocks in flight, and whether the loop goes over pairs of blocks (gluon_received's LOOP = PAIRS)
-VARIANTS = {"gluon_2": (2, False), "gluon_3": (3, False), "gluon_4": (4, False), "gluon_3_pairs": (3, True)}
+# query blocks in flight, and the blocks of the loop's groups (gluon_received's LOOP; 0: the pipelined loop)
+VARIANTS = {"gluon_2": (2, 0), "gluon_3": (3, 0), "gluon_4": (4, 0), "gluon_3_pairs": (3, 2), "gluon_3_fours": (3, 4)}
 
 
 def bench(fn) -> float:
@@ -58,9 +58,9 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
     reference = attention(q, k, v, stats=every)[1]["received"]
     gluon_attention.RECEIVED_ALLOWED = True
-    for name, (stages, pairs) in VARIANTS.items():
+    for name, (stages, group) in VARIANTS.items():
         gluon_attention.RECEIVED_STAGES = stages
-        gluon_attention.RECEIVED_PAIRS = pairs
+        gluon_attention.RECEIVED_GROUP = group
         got = attention(q, k, v, stats=every)[1]["received"]
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))

@@ -26,7 +26,7 @@ try:  # Gluon, Triton's explicit layout and warp-specialization language (checke
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from workbench.kernels.gluon_forward import flags, gluon_stats_forward
-    from workbench.kernels.gluon_received import C_LAYOUT, PAIRS, gluon_received_pass
+    from workbench.kernels.gluon_received import C_LAYOUT, gluon_received_pass
 except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton kernels run everywhere
     gluon_stats_forward = gluon_received_pass = None
 
@@ -40,9 +40,10 @@ STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOT
 OVERLAP_STAGES = 3  # the overlapped loop holds a block's stage until the next block's softmax is done
 # query blocks in flight: 3 and 4 measured alike at head_dim 64, 3 best at 128, 2 slower than the Triton pass
 RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "3"))
-# the received pass's loop over pairs of query blocks, whose wgmma ptxas leaves asynchronous: opt-in until it has
-# run on a Hopper GPU (WORKBENCH_GLUON_RECEIVED_PAIRS=1; benchmarks/NOTES.md, change 18)
-RECEIVED_PAIRS = os.environ.get("WORKBENCH_GLUON_RECEIVED_PAIRS", "0") == "1"
+# the received pass's loop over groups of this many query blocks, whose wgmma ptxas leaves asynchronous (0: the
+# pipelined loop): opt-in until it has run on a Hopper GPU (WORKBENCH_GLUON_RECEIVED_GROUP=G; benchmarks/NOTES.md,
+# change 18)
+RECEIVED_GROUP = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_GROUP", "0"))
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -155,14 +156,13 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
         return False
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
-    loop = PAIRS.value if RECEIVED_PAIRS else 0
-    key = ("received pass", RECEIVED_STAGES, loop, q2.dtype, dim)
+    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, q2.dtype, dim)
 
     def launch() -> None:
         lse2 = (norm[0] + norm[1]).view(-1)  # each query's base-2 log normaliser
         lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
             _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
-            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, LOOP=loop, num_warps=4)
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, LOOP=RECEIVED_GROUP, num_warps=4)
 
     return _launch(key, launch)

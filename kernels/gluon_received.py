@@ -16,9 +16,10 @@ P V, so two score tiles fit in a consumer's registers. On an H200 at 32k it take
 and 10.4 ms (32 x 128) where the Triton pass takes 7.7 and 11.7, about 11 scores a clock a multiprocessor at
 head_dim 64, 0.7 of the exponentials' rate (benchmarks/NOTES.md, change 17). But ptxas serializes that loop's
 wgmma (its note C7514: a K Q^T in flight across the loop's back edge), so each consumer in fact waits for each
-K Q^T and the overlap comes from the two consumers alone. The loop over pairs of blocks (LOOP = PAIRS) keeps
-nothing in flight across the back edge, so ptxas leaves its wgmma asynchronous; it is opt-in
-(WORKBENCH_GLUON_RECEIVED_PAIRS=1) until it has run on a GPU (change 18).
+K Q^T and the overlap comes from the two consumers alone. The loop over groups of G blocks (LOOP = G >= 2),
+unrolled within a group, keeps nothing in flight across the back edge, so ptxas leaves its wgmma asynchronous
+and all but one of a group's exponentials run under a K Q^T; it is opt-in (WORKBENCH_GLUON_RECEIVED_GROUP=G)
+until it has run on a GPU (change 18).
 """
 
 from triton.experimental import gluon
@@ -29,7 +30,6 @@ from workbench.kernels.gluon_forward import MASKED, ROWS, TMA_LOAD, Role, _mma_l
 
 BLOCK_M = gl.constexpr(128)  # queries of a block, the N of the consumers' wgmma
 C_LAYOUT = gl.NVMMASharedLayout(0, 32, rank=1)  # a block's normalisers c, [128] float32, unswizzled
-PAIRS = gl.constexpr(1)  # the kernel's LOOP for the loop over pairs of query blocks
 
 
 @gluon.jit
@@ -72,10 +72,11 @@ def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: g
 def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0, n_blocks, post, role):
     """Keys n0 + 64 role.WG .. of the program: their sums over every query block, stored as `received`. The
     diagonal block first, alone; then each block's K Q^T is issued before the previous block's exponentials, or,
-    with role.FLAGS == PAIRS, the blocks go in pairs whose second K Q^T is issued before the first's exponentials,
-    so that no K Q^T is in flight across the loop's back edge (ptxas serializes the wgmma of the first loop, see
-    the module's docstring)."""
+    with role.FLAGS = G >= 2, the blocks go in groups of G, each K Q^T of a group but the first issued before the
+    exponentials of the block before it, so that no K Q^T is in flight across the loop's back edge (ptxas
+    serializes the wgmma of the first loop, see the module's docstring)."""
     WG: gl.constexpr = role.WG
+    GROUP: gl.constexpr = role.FLAGS
     STAGES: gl.constexpr = q_smem.type.shape[0]
     layout: gl.constexpr = gl.SliceLayout(1, _mma_layout(BLOCK_M))
     keys = n0 + WG * ROWS + gl.arange(0, ROWS, layout=layout)
@@ -83,17 +84,19 @@ def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0,
     mbarrier.wait(k_bar, 0)
     qk, c = _issue(k, q_smem, c_smem, q_ready, 0)
     total = _taken(qk, c, 0, n0, keys, post, q_empty, 0, True)
-    if role.FLAGS == PAIRS:
-        first = 1
-        if n_blocks % 2 == 0:  # an odd number of blocks after the diagonal: the first of them alone
-            qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
-            total += _taken(qk, c, 1, 0, keys, post, q_empty, 0, False)
-            first = 2
-        for j in range(first, n_blocks, 2):  # the second block's K Q^T runs under the first's exponentials
+    if GROUP > 1:
+        first = 1 + (n_blocks - 1) % GROUP
+        for j in range(1, first):  # the blocks after the diagonal that fill no group, each alone
             qk, c = _issue(k, q_smem, c_smem, q_ready, j)
-            qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + 1)
-            total += _taken(qk, c, j, 0, keys, post, q_empty, 1, False)
-            total += _taken(qk_next, c_next, j + 1, 0, keys, post, q_empty, 0, False)
+            total += _taken(qk, c, j, 0, keys, post, q_empty, 0, False)
+        for j in range(first, n_blocks, GROUP):
+            qk, c = _issue(k, q_smem, c_smem, q_ready, j)
+            for i in gl.static_range(1, GROUP):  # block j + i's K Q^T runs under block j + i - 1's exponentials
+                qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + i)
+                total += _taken(qk, c, j + i - 1, 0, keys, post, q_empty, 1, False)
+                qk = qk_next
+                c = c_next
+            total += _taken(qk, c, j + GROUP - 1, 0, keys, post, q_empty, 0, False)
     elif n_blocks > 1:
         qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
         for j in range(2, n_blocks):
@@ -131,8 +134,8 @@ def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, le
     q_desc ([128, head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D views of
     `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc ([128] tiles) sees each
     query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale. LOOP: 0 for
-    the loop that issues each block's K Q^T before the previous block's exponentials, PAIRS for the loop over pairs
-    of blocks (`_consumer`).
+    the loop that issues each block's K Q^T before the previous block's exponentials, G >= 2 for the loop over
+    groups of G blocks (`_consumer`).
     """
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     pid_n = gl.program_id(0)

@@ -20,16 +20,18 @@ pytest.importorskip("triton.experimental.gluon")
 
 import matrix  # noqa: E402
 
-from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward, gluon_received  # noqa: E402
+from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward  # noqa: E402
 from workbench.kernels import triton_attention  # noqa: E402
 
 GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
        and torch.cuda.get_device_capability() == (9, 0))
 NO_BLOCKS = tuple(name for name in ALL_STATS if name not in BLOCK_STATS)  # `received` from the Gluon pass
+GROUPS = (0, 2, 4)  # the received pass's loops compiled: the pipelined one, over groups of 2 and of 4 blocks
 # Compiles the Gluon kernels for sm_90 without a GPU, in a process of its own: the suite runs Triton's interpreter,
 # whose decorators (Triton's own reductions included, made when Triton is first imported) give functions that do
 # not compile. Prints each kernel's warps, whether it uses wgmma, its count of ex2 instructions, and whether ptxas
-# (the one Triton compiles sm_90 with) serializes its wgmma (note C7514: an accumulator read while its wgmma may be in flight).
+# (the one Triton compiles sm_90 with) serializes its wgmma (note C7514: an accumulator read while its wgmma may be
+# in flight).
 COMPILE = """
 import os
 import subprocess
@@ -42,7 +44,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from workbench.kernels import gluon_attention, gluon_forward, gluon_received
 
-kernel_name, head_dim = sys.argv[1], int(sys.argv[2])
+kernel_name, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's loops, as 0,2,4
 desc = {rows: f"tensordesc<bf16[{rows}, {head_dim}],"
               f"{gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl.bfloat16)!r}>" for rows in (64, 128)}
 if kernel_name == "forward":
@@ -59,7 +61,7 @@ else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", LOOP="constexpr",
                  c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "LOOP": loop} for loop in (0, gluon_received.PAIRS.value)]
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "LOOP": int(loop)} for loop in sys.argv[3].split(",")]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
@@ -69,8 +71,9 @@ for constexprs in variants:
         ptx = os.path.join(folder, "kernel.ptx")
         with open(ptx, "w") as f:
             f.write(compiled.asm["ptx"])
-        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(folder, "kernel.cubin")],
-                              capture_output=True, text=True)
+        cubin = os.path.join(folder, "kernel.cubin")
+        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", ptx, "-o", cubin], capture_output=True,
+                              text=True)
     assert done.returncode == 0 and "Used" in done.stderr, done.stderr  # ptxas ran and reported
     print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("ex2.approx"),
           "C7514" in done.stderr)
@@ -80,8 +83,8 @@ for constexprs in variants:
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
     """COMPILE's lines for the Gluon `kernel` ("forward" or "received") at head_dim, split into words."""
     env = dict(os.environ, TRITON_INTERPRET="0")
-    done = subprocess.run([sys.executable, "-c", COMPILE, kernel, str(head_dim)], env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-c", COMPILE, kernel, str(head_dim), ",".join(map(str, GROUPS))],
+                          env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["12"]]
 
@@ -98,13 +101,14 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    (warps, wgmma, special, _), (pair_warps, pair_wgmma, pair_special, pair_serialized) = compile_for_hopper(
-        "received", head_dim)
-    assert (warps, wgmma) == (pair_warps, pair_wgmma) == ("12", "True")
-    assert pair_serialized == "False"  # the first loop's K Q^T in flight across its back edge is serialized
-    # 64 exponentials a thread for each of a consumer's copies of a block, more than two: the diagonal, the loop's,
-    # the last; more than three in pairs: the diagonal, the one before the pairs, the pair's two
-    assert int(special) > 2 * 2 * 64 and int(pair_special) > 2 * 3 * 64
+    lines = compile_for_hopper("received", head_dim)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
+    # the pipelined loop's K Q^T in flight across its back edge is serialized, the groups' are not
+    assert [serialized for *_, serialized in lines] == ["True"] + ["False"] * (len(GROUPS) - 1)
+    # 64 exponentials a thread for each of a consumer's copies of a block: more than two in the pipelined loop
+    # (the diagonal, the loop's, the last); more than G + 1 in groups of G (the diagonal, the one alone, the group's)
+    assert int(lines[0][2]) > 2 * 2 * 64
+    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines[1:], GROUPS[1:]))
 
 
 def test_flags_name_every_statistic_once():
@@ -145,21 +149,20 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,pairs", [(2, False), (3, False), (3, True)], ids=["2", "3", "3-pairs"])
-def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, pairs, monkeypatch):
-    """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 4 query blocks
-    (in pairs: none, one alone, one pair, one alone and a pair)."""
-    q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=512, head_dim=head_dim, seed=head_dim + 3,
+@pytest.mark.parametrize("stages,group", [(2, 0), (3, 0), (3, 2), (3, 4)], ids=["2", "3", "3-pairs", "3-fours"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
+    """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
+    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
+    q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=1024, head_dim=head_dim, seed=head_dim + 3,
                             device="cuda")
     if transposed:
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_STAGES", stages)
-    monkeypatch.setattr(gluon_attention, "RECEIVED_PAIRS", pairs)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_GROUP", group)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
-    loop = gluon_received.PAIRS.value if pairs else 0
-    assert gluon_attention._COMPILES[("received pass", stages, loop, dtype, head_dim)] is True
+    assert gluon_attention._COMPILES[("received pass", stages, group, dtype, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
