@@ -4,10 +4,12 @@
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
 forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, and
-with 3 over groups of 2 and of 4 blocks (WORKBENCH_GLUON_RECEIVED_GROUP's loop). A pass's time is the difference to the
-forward alone. At head_dim 64 the forward with its overlapped key loop (WORKBENCH_GLUON_OVERLAP) is timed beside
-the serial one, with the largest differences of their outputs and entropies. The anchor is the fastest attention
-of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), timed on the same inputs.
+with 3 over groups of 2 and of 4 blocks (WORKBENCH_GLUON_RECEIVED_GROUP's loop). A pass's time is the difference
+to the forward alone. At head_dim 64 the forward with its overlapped key loop (WORKBENCH_GLUON_OVERLAP) is timed
+beside the serial one, with the largest differences of their outputs and entropies, and at both head_dims the
+forward with the argmax taken only in the key blocks where some row's maximum rises
+(WORKBENCH_GLUON_LAZY_ARGMAX), with whether its results are bit-equal to the forward's. The anchor is the fastest
+attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
   [--out benchmarks/results]
@@ -53,6 +55,13 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
         gluon_attention.OVERLAP_ALLOWED = False
         out["forward_overlap_max_out_diff"] = (overlapped[0].float() - serial[0].float()).abs().max().item()
         out["forward_overlap_max_entropy_diff"] = (overlapped[1]["entropy"] - serial[1]["entropy"]).abs().max().item()
+    serial = attention(q, k, v, stats=QUERY_STATS)
+    gluon_attention.LAZY_ARGMAX = True  # the argmax only in blocks where a maximum rises (WORKBENCH_GLUON_LAZY_ARGMAX)
+    lazy = attention(q, k, v, stats=QUERY_STATS)
+    out["forward_lazy_argmax"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
+    gluon_attention.LAZY_ARGMAX = False
+    out["forward_lazy_argmax_same"] = all(torch.equal(lazy[1][name], serial[1][name]) for name in serial[1]) and (
+        torch.equal(lazy[0], serial[0]))
     every = QUERY_STATS + KEY_STATS
     gluon_attention.RECEIVED_ALLOWED = False  # the Triton pass
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
@@ -65,7 +74,7 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))
     anchor = out.get("fa4", out["cudnn"])
-    for name in ("forward", "forward_overlap"):
+    for name in ("forward", "forward_overlap", "forward_lazy_argmax"):
         if name in out:
             out[f"{name}_vs_anchor"] = out[name] / anchor
     for name in ("triton", *VARIANTS):
@@ -80,12 +89,13 @@ def markdown(gpu: str, rows: list[dict]) -> str:
     lines = [f"# The received pass alone, {gpu}", "",
              f"ms; in brackets the forward's ratio to {anchor}, and the pass alone (forward with it less forward "
              "alone) as a ratio to it", "",
-             "| shape | L | anchor | forward, one-pass | forward, overlapped loop | + Triton pass | "
+             "| shape | L | anchor | forward, one-pass | forward, overlapped loop | forward, lazy argmax | "
+             "+ Triton pass | "
              + " | ".join(f"+ {name}" for name in VARIANTS) + " |",
-             "|---" * (6 + len(VARIANTS)) + "|"]
+             "|---" * (7 + len(VARIANTS)) + "|"]
     for r in rows:
         forwards = [f"{r[name]:.2f} ({r[f'{name}_vs_anchor']:.2f}x)" if name in r else "" for name in (
-            "forward", "forward_overlap")]
+            "forward", "forward_overlap", "forward_lazy_argmax")]
         cells = [f"{r[name]:.2f} ({r[f'{name}_pass_vs_anchor']:.2f}x)" for name in ("triton", *VARIANTS)]
         lines.append(f"| {r['shape']} | {r['L']} | {r.get('fa4', r['cudnn']):.2f} | " + " | ".join(forwards + cells)
                      + " |")

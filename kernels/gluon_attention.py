@@ -35,6 +35,9 @@ RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") !
 # the forward's key loop with each block's softmax over the previous block's P V, at head_dim 64: opt-in until it
 # has run on a Hopper GPU (WORKBENCH_GLUON_OVERLAP=1; benchmarks/NOTES.md, change 18)
 OVERLAP_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_OVERLAP", "0") == "1"
+# the argmax taken only in the key blocks where some row's maximum rises (a branch on the warpgroup's rows): opt-in
+# until it has run on a Hopper GPU (WORKBENCH_GLUON_LAZY_ARGMAX=1; benchmarks/NOTES.md, change 19)
+LAZY_ARGMAX = ALLOWED and os.environ.get("WORKBENCH_GLUON_LAZY_ARGMAX", "0") == "1"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
 OVERLAP_STAGES = 3  # the overlapped loop holds a block's stage until the next block's softmax is done
@@ -129,6 +132,8 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     overlap = OVERLAP_ALLOWED and dim == 64  # at head_dim 128 its registers would spill
     if overlap:
         wanted.add("overlap")
+    if LAZY_ARGMAX and "max_prob" in wanted:
+        wanted.add("lazy_argmax")
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)

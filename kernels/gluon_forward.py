@@ -69,6 +69,15 @@ def _mma_layout(n):
 
 
 @gluon.jit
+def _block_argmax(qk, qk_max, cols, n0, block_max, m_i, arg_i):
+    """Each row's first position at its block maximum (qk_max) among keys n0.., where its maximum rises (block_max,
+    the block maximum in base-2 units, above the running m_i), else its argmax arg_i as it was."""
+    BLOCK_N: gl.constexpr = qk.type.shape[1]
+    pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
+    return gl.where(block_max > m_i, n0 + pos, arg_i)
+
+
+@gluon.jit
 def _softmax(qk, rows, cols, n0, post, cap, m_i, l_i, t_i, w_i, arg_i, FLAGS: gl.constexpr, DIAGONAL: gl.constexpr,
              CAPPED: gl.constexpr):
     """The scores qk [64, BLOCK_N] of keys n0.. through the online softmax with the statistics: the probabilities p
@@ -76,7 +85,6 @@ def _softmax(qk, rows, cols, n0, post, cap, m_i, l_i, t_i, w_i, arg_i, FLAGS: gl
     DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
     take no mask and no branch. CAPPED: WITHIN, BEYOND or ACROSS, where the block's keys lie from the distance
     cap `cap` (tokens, float32) of the consumer's rows."""
-    BLOCK_N: gl.constexpr = qk.type.shape[1]
     MAX: gl.constexpr = _has(FLAGS, "max_prob")
     if DIAGONAL:  # keys after a row are masked
         qk = gl.where(cols[None, :] + n0 <= rows[:, None], qk, MASKED)
@@ -84,8 +92,11 @@ def _softmax(qk, rows, cols, n0, post, cap, m_i, l_i, t_i, w_i, arg_i, FLAGS: gl
     block_max = qk_max * post
     m_new = gl.maximum(m_i, block_max)
     if MAX:  # each row's first position at its block maximum, kept where the row's maximum rises
-        pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
-        arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
+        if _has(FLAGS, "lazy_argmax"):  # only in the blocks where some row's maximum rises
+            if gl.max((block_max > m_i).to(gl.int32), 0) > 0:
+                arg_i = _block_argmax(qk, qk_max, cols, n0, block_max, m_i, arg_i)
+        else:
+            arg_i = _block_argmax(qk, qk_max, cols, n0, block_max, m_i, arg_i)
     x = qk * post - m_new[:, None]
     p = gl.exp2(x)
     alpha = gl.exp2(m_i - m_new)
@@ -391,12 +402,13 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
 
 
 FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap",
-             "overlap")
+             "overlap", "lazy_argmax")
 SINK_SHIFT = gl.constexpr(len(FLAG_BITS))  # the number of sink keys sits above the flags
 
 
 def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
-    norm: the received pass follows; distance_cap: window_distance is capped; overlap: the overlapped key loop),
+    norm: the received pass follows; distance_cap: window_distance is capped; overlap: the overlapped key loop;
+    lazy_argmax: the argmax only in the blocks where some row's maximum rises),
     and the number of sink keys above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << SINK_SHIFT.value)

@@ -52,8 +52,9 @@ if kernel_name == "forward":
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-    every = set(gluon_forward.FLAG_BITS) - {"overlap"}
-    variants = [{"FLAGS": gluon_forward.flags(every, 2), "STAGES": gluon_attention.STAGES}]
+    every = set(gluon_forward.FLAG_BITS) - {"overlap", "lazy_argmax"}
+    variants = [{"FLAGS": gluon_forward.flags(every | extra, 2), "STAGES": gluon_attention.STAGES}
+                for extra in (set(), {"lazy_argmax"})]
     if head_dim == 64:  # the overlapped key loop
         variants.append({"FLAGS": gluon_forward.flags(every | {"overlap"}, 2),
                          "STAGES": gluon_attention.OVERLAP_STAGES})
@@ -91,10 +92,10 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; at head_dim 64 the
-    # overlapped key loop too
+    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; the argmax in
+    # every block and only where a maximum rises; at head_dim 64 the overlapped key loop too
     lines = compile_for_hopper("forward", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * (2 if head_dim == 64 else 1)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * (3 if head_dim == 64 else 2)
     # neither key loop keeps a wgmma in flight across blocks, so ptxas keeps them asynchronous
     assert [serialized for *_, serialized in lines] == ["False"] * len(lines)
 
@@ -112,9 +113,10 @@ def test_received_pass_compiles_for_hopper(head_dim):
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 512  # one sink key, above the nine flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 1024  # one sink key, above the ten flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"overlap"}, 0) == 1 << 8
+    assert gluon_forward.flags({"lazy_argmax"}, 0) == 1 << 9
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
@@ -167,10 +169,12 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
-def test_gpu_uncapped_distance_and_long_rows(stats, monkeypatch):
-    """Peaked rows of 1,024 keys: many p far below 2^-126."""
+@pytest.mark.parametrize("lazy", [False, True], ids=["argmax", "lazy_argmax"])
+def test_gpu_uncapped_distance_and_long_rows(stats, lazy, monkeypatch):
+    """Peaked rows of 1,024 keys: many p far below 2^-126; the argmax in every block or only where it may move."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "LAZY_ARGMAX", lazy)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
 
@@ -212,13 +216,15 @@ def test_gpu_overlapped_key_loop(dtype, transposed, length, cap, monkeypatch):
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlapped"])
-def test_gpu_real_attention_inputs_in_bf16(overlap, monkeypatch):
+@pytest.mark.parametrize("overlap,lazy", [(False, False), (True, False), (False, True)],
+                         ids=["serial", "overlapped", "lazy_argmax"])
+def test_gpu_real_attention_inputs_in_bf16(overlap, lazy, monkeypatch):
     """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force,
-    with `received` from either pass, and either key loop."""
+    with `received` from either pass, either key loop, and the argmax in every block or only where it may move."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "OVERLAP_ALLOWED", overlap)
+    monkeypatch.setattr(gluon_attention, "LAZY_ARGMAX", lazy)
     for q, k, v in matrix.real_attention_inputs("cuda"):
         assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True,
                                        inputs_interpreted=False)
