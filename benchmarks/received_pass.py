@@ -3,13 +3,10 @@
 `received` (the attention each key receives) needs each query's final log-sum-exp, so it takes a second pass
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
-forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, and
-with 3 over groups of 2 and of 4 blocks (WORKBENCH_GLUON_RECEIVED_GROUP's loop). A pass's time is the difference
-to the forward alone. At head_dim 64 the forward with its overlapped key loop (WORKBENCH_GLUON_OVERLAP) is timed
-beside the serial one, with the largest differences of their outputs and entropies, and at both head_dims the
-forward with the argmax taken only in the key blocks where some row's maximum rises
-(WORKBENCH_GLUON_LAZY_ARGMAX), with whether its results are bit-equal to the forward's. The anchor is the fastest
-attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), timed on the same inputs.
+forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, in
+groups of 4 blocks, and with 3 in groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES and _GROUP). A pass's time is the
+difference to the forward alone. The anchor is the fastest attention of the run (FlashAttention-4 where it is
+installed, else cuDNN SDPA), timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
   [--out benchmarks/results]
@@ -30,8 +27,8 @@ from hardware import slug
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# query blocks in flight, and the blocks of the loop's groups (gluon_received's LOOP; 0: the pipelined loop)
-VARIANTS = {"gluon_2": (2, 0), "gluon_3": (3, 0), "gluon_4": (4, 0), "gluon_3_pairs": (3, 2), "gluon_3_fours": (3, 4)}
+# query blocks in flight, and the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs)
+VARIANTS = {"gluon_2": (2, 4), "gluon_3": (3, 4), "gluon_4": (4, 4), "gluon_3_pairs": (3, 2)}
 
 
 def bench(fn) -> float:
@@ -47,21 +44,6 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
     if "fa4" in cases:
         out["fa4"] = bench(cases["fa4"])
     out["forward"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
-    if shape[2] == 64:  # the forward's overlapped key loop (WORKBENCH_GLUON_OVERLAP), against the serial one
-        serial = attention(q, k, v, stats=QUERY_STATS)
-        gluon_attention.OVERLAP_ALLOWED = True
-        overlapped = attention(q, k, v, stats=QUERY_STATS)
-        out["forward_overlap"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
-        gluon_attention.OVERLAP_ALLOWED = False
-        out["forward_overlap_max_out_diff"] = (overlapped[0].float() - serial[0].float()).abs().max().item()
-        out["forward_overlap_max_entropy_diff"] = (overlapped[1]["entropy"] - serial[1]["entropy"]).abs().max().item()
-    serial = attention(q, k, v, stats=QUERY_STATS)
-    gluon_attention.LAZY_ARGMAX = True  # the argmax only in blocks where a maximum rises (WORKBENCH_GLUON_LAZY_ARGMAX)
-    lazy = attention(q, k, v, stats=QUERY_STATS)
-    out["forward_lazy_argmax"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
-    gluon_attention.LAZY_ARGMAX = False
-    out["forward_lazy_argmax_same"] = all(torch.equal(lazy[1][name], serial[1][name]) for name in serial[1]) and (
-        torch.equal(lazy[0], serial[0]))
     every = QUERY_STATS + KEY_STATS
     gluon_attention.RECEIVED_ALLOWED = False  # the Triton pass
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
@@ -74,9 +56,7 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))
     anchor = out.get("fa4", out["cudnn"])
-    for name in ("forward", "forward_overlap", "forward_lazy_argmax"):
-        if name in out:
-            out[f"{name}_vs_anchor"] = out[name] / anchor
+    out["forward_vs_anchor"] = out["forward"] / anchor
     for name in ("triton", *VARIANTS):
         out[f"{name}_pass"] = out[name] - out["forward"]
         out[f"{name}_pass_vs_anchor"] = out[f"{name}_pass"] / anchor
@@ -89,13 +69,11 @@ def markdown(gpu: str, rows: list[dict]) -> str:
     lines = [f"# The received pass alone, {gpu}", "",
              f"ms; in brackets the forward's ratio to {anchor}, and the pass alone (forward with it less forward "
              "alone) as a ratio to it", "",
-             "| shape | L | anchor | forward, one-pass | forward, overlapped loop | forward, lazy argmax | "
-             "+ Triton pass | "
+             "| shape | L | anchor | forward, one-pass | + Triton pass | "
              + " | ".join(f"+ {name}" for name in VARIANTS) + " |",
-             "|---" * (7 + len(VARIANTS)) + "|"]
+             "|---" * (5 + len(VARIANTS)) + "|"]
     for r in rows:
-        forwards = [f"{r[name]:.2f} ({r[f'{name}_vs_anchor']:.2f}x)" if name in r else "" for name in (
-            "forward", "forward_overlap", "forward_lazy_argmax")]
+        forwards = [f"{r['forward']:.2f} ({r['forward_vs_anchor']:.2f}x)"]
         cells = [f"{r[name]:.2f} ({r[f'{name}_pass_vs_anchor']:.2f}x)" for name in ("triton", *VARIANTS)]
         lines.append(f"| {r['shape']} | {r['L']} | {r.get('fa4', r['cudnn']):.2f} | " + " | ".join(forwards + cells)
                      + " |")

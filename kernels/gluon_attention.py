@@ -4,14 +4,15 @@ after it, the `received` pass (`workbench.kernels.gluon_received`; WORKBENCH_GLU
 
 On the H200 the forward takes the one-pass statistics, at 32k and head_dim 64 / 128, 1.34x / 1.21x cuDNN SDPA's
 time with the window distance uncapped and 1.16x / 1.16x with it capped at 128 tokens, where the Triton forward
-takes 1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16); the Gluon received pass 6.5 / 10.4 ms at 32k where
-the Triton pass takes 7.7 / 11.7 (change 17). It takes the calls of a traced causal
-self-attention on a Hopper GPU (compute capability 9.0): bf16 or fp16, head_dim 64 or 128, as many queries as keys
-and a multiple of 128 of them, no key padding, window, softcap, learned sink or edit, and q, k, v each laid out as
-[batch, heads, length, dim] or [batch, length, heads, dim] (what a model's projections give, transposed or not; k
-and v alike). Every per-query statistic is computed (learned_sink_mass is 0 without learned sinks). `received`
-then takes the Gluon received pass from the row normalisers this forward stores, or, where a block statistic is
-asked too, the Triton received pass, which folds the block statistics in.
+takes 1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16). On an H100, at 32k, the forward with the Gluon
+received pass takes about 19.5 / 25.5 ms, with the Triton pass 20.7 / 29.6 (medians of four runs, change 19).
+The forward takes the calls of a traced causal self-attention on a Hopper GPU (compute capability 9.0): bf16 or
+fp16, head_dim 64 or 128, as many queries as keys and a multiple of 128 of them, no key padding, window, softcap,
+learned sink or edit, and q, k, v each laid out as [batch, heads, length, dim] or [batch, length, heads, dim] (what
+a model's projections give, transposed or not; k and v alike). Every per-query statistic is computed
+(learned_sink_mass is 0 without learned sinks). `received` then takes the Gluon received pass from the row
+normalisers this forward stores, or, where a block statistic is asked too, the Triton received pass, which folds the
+block statistics in.
 """
 
 import os
@@ -32,21 +33,12 @@ except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Trit
 
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") != "0"
-# the forward's key loop with each block's softmax over the previous block's P V, at head_dim 64: opt-in until it
-# has run on a Hopper GPU (WORKBENCH_GLUON_OVERLAP=1; benchmarks/NOTES.md, change 18)
-OVERLAP_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_OVERLAP", "0") == "1"
-# the argmax taken only in the key blocks where some row's maximum rises (a branch on the warpgroup's rows): opt-in
-# until it has run on a Hopper GPU (WORKBENCH_GLUON_LAZY_ARGMAX=1; benchmarks/NOTES.md, change 19)
-LAZY_ARGMAX = ALLOWED and os.environ.get("WORKBENCH_GLUON_LAZY_ARGMAX", "0") == "1"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
-OVERLAP_STAGES = 3  # the overlapped loop holds a block's stage until the next block's softmax is done
-# query blocks in flight: 3 and 4 measured alike at head_dim 64, 3 best at 128, 2 slower than the Triton pass
+# query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
+# as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19)
 RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "3"))
-# the received pass's loop over groups of this many query blocks, whose wgmma ptxas leaves asynchronous (0: the
-# pipelined loop): opt-in until it has run on a Hopper GPU (WORKBENCH_GLUON_RECEIVED_GROUP=G; benchmarks/NOTES.md,
-# change 18)
-RECEIVED_GROUP = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_GROUP", "0"))
+RECEIVED_GROUP = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_GROUP", "2"))
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -129,11 +121,6 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     wanted = set(res) | ({"norm"} if norm is not None else set())
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
-    overlap = OVERLAP_ALLOWED and dim == 64  # at head_dim 128 its registers would spill
-    if overlap:
-        wanted.add("overlap")
-    if LAZY_ARGMAX and "max_prob" in wanted:
-        wanted.add("lazy_argmax")
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
@@ -147,7 +134,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
             kc, out.stride(0), out.stride(1), out.stride(2), scale * LOG2E, float(distance_cap or 0),
-            distance_cap or 0, FLAGS=key[1], STAGES=OVERLAP_STAGES if overlap else STAGES, num_warps=4)
+            distance_cap or 0, FLAGS=key[1], STAGES=STAGES, num_warps=4)
 
     return _launch(key, launch)
 
@@ -168,6 +155,6 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
         lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
             _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
-            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, LOOP=RECEIVED_GROUP, num_warps=4)
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, num_warps=4)
 
     return _launch(key, launch)

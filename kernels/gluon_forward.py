@@ -22,8 +22,7 @@ reduction across the warpgroup's warps in the loop). The sink and self masses ar
 loop: after it, each row's logit with each sink key and with its own key is recomputed in float32 from q and k,
 and exp2(u - m) / l is its probability. Rows are every query of a causal self-attention (no padding, no window,
 no edit), so every row sees its own key and no row is empty. `workbench.kernels.gluon_attention` says when it
-runs, and when the key loop takes each block's softmax over the previous block's P V (`_overlapped_block`, opt-in
-at head_dim 64 until it has run on a GPU).
+runs.
 """
 
 from triton.experimental import gluon
@@ -43,9 +42,9 @@ ACROSS = gl.constexpr(2)  # ... some within it, some not
 
 @aggregate
 class Role:
-    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics and
-    steps; the received pass's LOOP). A worker partition's arguments are flattened to values, and only constexpr
-    objects survive that as constants."""
+    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics; the
+    received pass's GROUP). A worker partition's arguments are flattened to values, and only constexpr objects
+    survive that as constants."""
     WG: gl.constexpr
     FLAGS: gl.constexpr
 
@@ -69,41 +68,45 @@ def _mma_layout(n):
 
 
 @gluon.jit
-def _block_argmax(qk, qk_max, cols, n0, block_max, m_i, arg_i):
-    """Each row's first position at its block maximum (qk_max) among keys n0.., where its maximum rises (block_max,
-    the block maximum in base-2 units, above the running m_i), else its argmax arg_i as it was."""
-    BLOCK_N: gl.constexpr = qk.type.shape[1]
-    pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
-    return gl.where(block_max > m_i, n0 + pos, arg_i)
-
-
-@gluon.jit
-def _softmax(qk, rows, cols, n0, post, cap, m_i, l_i, t_i, w_i, arg_i, FLAGS: gl.constexpr, DIAGONAL: gl.constexpr,
-             CAPPED: gl.constexpr):
-    """The scores qk [64, BLOCK_N] of keys n0.. through the online softmax with the statistics: the probabilities p
-    against the new maximum, the factor alpha that rescales what was summed before, and the rows' new state.
+def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
+           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
+    """One key block of a consumer: its scores, the online softmax with the statistics, its share of the output.
     DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
     take no mask and no branch. CAPPED: WITHIN, BEYOND or ACROSS, where the block's keys lie from the distance
     cap `cap` (tokens, float32) of the consumer's rows."""
+    STAGES: gl.constexpr = k_smem.type.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
+    ENTROPY: gl.constexpr = _has(FLAGS, "entropy")
     MAX: gl.constexpr = _has(FLAGS, "max_prob")
+    DISTANCE: gl.constexpr = _has(FLAGS, "window_distance")
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    s = j % STAGES
+    phase = (j // STAGES) & 1
+    n0 = j * BLOCK_N
+    mbarrier.wait(k_ready.index(s), phase)
+    k = k_smem.index(s)
+    qk = warpgroup_mma(q, k.permute((1, 0)), gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), use_acc=False,
+                       is_async=True)
+    qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k))
     if DIAGONAL:  # keys after a row are masked
         qk = gl.where(cols[None, :] + n0 <= rows[:, None], qk, MASKED)
     qk_max = gl.max(qk, 1)
     block_max = qk_max * post
     m_new = gl.maximum(m_i, block_max)
     if MAX:  # each row's first position at its block maximum, kept where the row's maximum rises
-        if _has(FLAGS, "lazy_argmax"):  # only in the blocks where some row's maximum rises
-            if gl.max((block_max > m_i).to(gl.int32), 0) > 0:
-                arg_i = _block_argmax(qk, qk_max, cols, n0, block_max, m_i, arg_i)
-        else:
-            arg_i = _block_argmax(qk, qk_max, cols, n0, block_max, m_i, arg_i)
+        pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
+        arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
     x = qk * post - m_new[:, None]
     p = gl.exp2(x)
     alpha = gl.exp2(m_i - m_new)
     row_sum = gl.sum(p, 1)
-    if _has(FLAGS, "entropy"):
+    if ENTROPY:
         t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
-    if _has(FLAGS, "window_distance"):
+    if DISTANCE:
         if CAPPED == WITHIN:  # sum_c p (i - n0 - c), one multiply-add a score: p is 0 for the keys after a row
             w_i = w_i * alpha + (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
         elif CAPPED == BEYOND:
@@ -112,107 +115,14 @@ def _softmax(qk, rows, cols, n0, post, cap, m_i, l_i, t_i, w_i, arg_i, FLAGS: gl
             distance = gl.minimum((rows[:, None] - (cols[None, :] + n0)).to(gl.float32), cap)
             w_i = w_i * alpha + gl.sum(p * distance, 1)
     l_i = l_i * alpha + row_sum
-    return p, alpha, m_new, l_i, t_i, w_i, arg_i
-
-
-@gluon.jit
-def _scores(q, k_smem, k_ready, j):
-    """Key block j's scores q K^T, issued to the tensor cores once its keys have landed (not waited for)."""
-    STAGES: gl.constexpr = k_smem.type.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
-    s = j % STAGES
-    mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
-    return warpgroup_mma(q, k_smem.index(s).permute((1, 0)), gl.zeros([ROWS, BLOCK_N], gl.float32,
-                         layout=_mma_layout(BLOCK_N)), use_acc=False, is_async=True)
-
-
-@gluon.jit
-def _p_operand(p, q, HEAD_DIM: gl.constexpr):
-    """A block's probabilities p (float32, in the scores' layout) in q's dtype as the A operand of its P V."""
-    return gl.convert_layout(p.to(q.dtype), gl.DotOperandLayout(operand_index=0, parent=_mma_layout(HEAD_DIM),
-                                                                 k_width=2))
-
-
-@gluon.jit
-def _serial_block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i,
-                  acc, FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
-    """Key block j of a consumer, one step after the other: its scores, the online softmax with the statistics
-    (`_softmax`), its share of the output with P in registers."""
-    STAGES: gl.constexpr = k_smem.type.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
-    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
-    s = j % STAGES
-    qk = _scores(q, k_smem, k_ready, j)
-    qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k_smem.index(s)))
-    p, alpha, m_i, l_i, t_i, w_i, arg_i = _softmax(qk, rows, cols, j * BLOCK_N, post, cap, m_i, l_i, t_i, w_i, arg_i,
-                                                   FLAGS, DIAGONAL, CAPPED)
-    p16 = _p_operand(p, q, HEAD_DIM)
-    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-    mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
+    p16 = gl.convert_layout(p.to(q.dtype), p_layout)
+    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+    mbarrier.wait(v_ready.index(s), phase)
     v = v_smem.index(s)
     acc = warpgroup_mma(p16, v, acc, is_async=True)
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
     mbarrier.arrive(kv_empty.index(s), count=1)
-    return m_i, l_i, t_i, w_i, arg_i, acc
-
-
-@gluon.jit
-def _overlapped_block(q, p_prev, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i,
-                      w_i, arg_i, acc, FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
-    """Key block j of a consumer with the previous block's P V on the tensor cores under its softmax
-    (FlashAttention-3's intra-warpgroup overlap): block j's scores are issued, then block j - 1's P V (p_prev:
-    that block's probabilities, zero for block 0, whose P V then adds nothing), the softmax runs once the scores
-    are in, and the output is rescaled once the P V is done. Nothing is in flight across blocks
-    (ptxas serializes every wgmma of a kernel whose accumulator is in flight across a loop's back edge), and P
-    is converted to 16 bits at the start of the next block, so that the new P does not take the registers that
-    the P V in flight reads. Returns block j's probabilities, for the next block or `_last_p_v`."""
-    STAGES: gl.constexpr = k_smem.type.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
-    p16 = _p_operand(p_prev, q, HEAD_DIM)
-    qk = _scores(q, k_smem, k_ready, j)
-    before = gl.maximum(j - 1, 0)  # block j - 1, or block 0 for block 0's empty P V
-    mbarrier.wait(v_ready.index(before % STAGES), (before // STAGES) & 1)
-    acc = warpgroup_mma(p16, v_smem.index(before % STAGES), acc, is_async=True)
-    qk = warpgroup_mma_wait(1, deps=(qk, ))  # the scores; the P V runs on
-    p, alpha, m_i, l_i, t_i, w_i, arg_i = _softmax(qk, rows, cols, j * BLOCK_N, post, cap, m_i, l_i, t_i, w_i, arg_i,
-                                                   FLAGS, DIAGONAL, CAPPED)
-    acc, _ = warpgroup_mma_wait(0, deps=(acc, p16))
-    if j > 0:
-        mbarrier.arrive(kv_empty.index(before % STAGES), count=1)  # block j - 1's keys and values are read
-    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, _mma_layout(HEAD_DIM)))[:, None]
-    return p, m_i, l_i, t_i, w_i, arg_i, acc
-
-
-@gluon.jit
-def _last_p_v(p, q, v_smem, v_ready, kv_empty, j, acc):
-    """The overlapped loop's last P V, of block j with its probabilities p, waited for."""
-    STAGES: gl.constexpr = v_smem.type.shape[0]
-    HEAD_DIM: gl.constexpr = v_smem.type.shape[2]
-    s = j % STAGES
-    p16 = _p_operand(p, q, HEAD_DIM)
-    mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
-    acc = warpgroup_mma(p16, v_smem.index(s), acc, is_async=True)
-    acc, _ = warpgroup_mma_wait(0, deps=(acc, p16))
-    mbarrier.arrive(kv_empty.index(s), count=1)
-    return acc
-
-
-@gluon.jit
-def _block(q, p, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
-           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
-    """Key block j of a consumer, overlapped (FLAGS' overlap: p is the previous block's P, and this block's comes
-    back) or one step after the other (p is passed through)."""
-    if _has(FLAGS, "overlap"):
-        p, m_i, l_i, t_i, w_i, arg_i, acc = _overlapped_block(q, p, k_smem, v_smem, k_ready, v_ready, kv_empty, j,
-                                                              rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
-                                                              FLAGS, DIAGONAL, CAPPED)
-    else:
-        m_i, l_i, t_i, w_i, arg_i, acc = _serial_block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols,
-                                                       post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, DIAGONAL,
-                                                       CAPPED)
-    return p, m_i, l_i, t_i, w_i, arg_i, acc
+    return m_new, l_i, t_i, w_i, arg_i, acc
 
 
 ROW_LAYOUT = gl.constexpr(gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))  # [64, head_dim] rows, for _key_logits
@@ -234,8 +144,7 @@ def _key_logits(q, k_ptr, k_row_stride, key_rows, post):
 def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr,
               max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_ptr, k_row_stride,
               out_row_stride, row_base, m0, n_blocks, post, cap, cap_keys, role):
-    """Rows m0 + 64 role.WG .. of the program: the key loop, then the output rows and the statistics. FLAGS' overlap
-    takes the overlapped key loop."""
+    """Rows m0 + 64 role.WG .. of the program: the key loop, then the output rows and the statistics."""
     WG: gl.constexpr = role.WG
     FLAGS: gl.constexpr = role.FLAGS
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
@@ -271,22 +180,18 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         n_beyond = gl.minimum(gl.where(far >= 0, far // BLOCK_N + 1, 0), n_blocks - 1)
         near = q_first + ROWS - cap_keys  # the first key within the cap of the consumer's last row
         n_across = gl.minimum(gl.maximum(gl.where(near > 0, gl.cdiv(near, BLOCK_N), 0), n_beyond), n_blocks - 1)
-    # the overlapped loop's probabilities of the block before (zero before block 0); passed through by the serial one
-    p = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
     for j in range(n_beyond):
-        p, m_i, l_i, t_i, w_i, arg_i, acc = _block(q, p, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols,
-                                                   post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, BEYOND)
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, BEYOND)
     for j in range(n_beyond, n_across):
-        p, m_i, l_i, t_i, w_i, arg_i, acc = _block(q, p, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols,
-                                                   post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, ACROSS)
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, ACROSS)
     for j in range(n_across, n_blocks - 1):
-        p, m_i, l_i, t_i, w_i, arg_i, acc = _block(q, p, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols,
-                                                   post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, WITHIN)
-    p, m_i, l_i, t_i, w_i, arg_i, acc = _block(q, p, k_smem, v_smem, k_ready, v_ready, kv_empty, n_blocks - 1, rows,
-                                               cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True,
-                                               ACROSS if CAP else WITHIN)
-    if _has(FLAGS, "overlap"):
-        acc = _last_p_v(p, q, v_smem, v_ready, kv_empty, n_blocks - 1, acc)
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, WITHIN)
+    m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, n_blocks - 1, rows, cols,
+                                            post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True,
+                                            ACROSS if CAP else WITHIN)
 
     out = acc / gl.convert_layout(l_i, row_o)[:, None]
     offs_m = q_first + gl.arange(0, ROWS, layout=row_o)
@@ -401,14 +306,12 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         (_producer, pargs)], [4, 1], [232, 40])
 
 
-FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap",
-             "overlap", "lazy_argmax")
+FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap")
 SINK_SHIFT = gl.constexpr(len(FLAG_BITS))  # the number of sink keys sits above the flags
 
 
 def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
-    norm: the received pass follows; distance_cap: window_distance is capped; overlap: the overlapped key loop;
-    lazy_argmax: the argmax only in the blocks where some row's maximum rises),
-    and the number of sink keys above them."""
+    norm: the received pass follows; distance_cap: window_distance is capped), and the number of sink keys
+    above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << SINK_SHIFT.value)

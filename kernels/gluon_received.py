@@ -10,16 +10,15 @@ cores (wgmma, the keys as M, so that each key's sum over the queries runs along 
 a thread and a quad), the exponentials and the row sums, and free a stage once both have read it. Only the first
 query block (the diagonal) is masked. FlashAttention-3's producer/consumer split (Shah et al., 2024).
 
-Each consumer issues a block's K Q^T before it takes the exponentials of the block before, so that the tensor
-cores and the special function units work at once (FlashAttention-3's intra-warpgroup overlap); the pass has no
-P V, so two score tiles fit in a consumer's registers. On an H200 at 32k it takes 6.5 ms (32 / 8 heads x 64)
-and 10.4 ms (32 x 128) where the Triton pass takes 7.7 and 11.7, about 11 scores a clock a multiprocessor at
-head_dim 64, 0.7 of the exponentials' rate (benchmarks/NOTES.md, change 17). But ptxas serializes that loop's
-wgmma (its note C7514: a K Q^T in flight across the loop's back edge), so each consumer in fact waits for each
-K Q^T and the overlap comes from the two consumers alone. The loop over groups of G blocks (LOOP = G >= 2),
-unrolled within a group, keeps nothing in flight across the back edge, so ptxas leaves its wgmma asynchronous
-and all but one of a group's exponentials run under a K Q^T; it is opt-in (WORKBENCH_GLUON_RECEIVED_GROUP=G)
-until it has run on a GPU (change 18).
+The query blocks go in groups of G (the kernel's GROUP, 2 by default), unrolled: each K Q^T of a group but the
+first is issued before the exponentials of the block before it, so that the tensor cores and the special
+function units work at once within a consumer (FlashAttention-3's intra-warpgroup overlap; the pass has no P V,
+so two score tiles fit in a consumer's registers), and none is in flight across the loop's back edge: ptxas
+serializes every wgmma of a loop that carries one across it (its note C7514), as it did for this pass's first,
+software-pipelined loop. On an H100 at 32k, 32 heads x 128, the forward with this pass took 25.3-26.9 ms over
+four runs, with the Triton pass 27.8-32.5, and 26.9 against 28.4 for the pipelined loop in the run that timed
+both; at 32 / 8 heads x 64 every Gluon loop takes about 19.5 ms, since there the two consumers already overlapped
+each other (benchmarks/NOTES.md, change 19).
 """
 
 from triton.experimental import gluon
@@ -71,42 +70,29 @@ def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: g
 @gluon.jit
 def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0, n_blocks, post, role):
     """Keys n0 + 64 role.WG .. of the program: their sums over every query block, stored as `received`. The
-    diagonal block first, alone; then each block's K Q^T is issued before the previous block's exponentials, or,
-    with role.FLAGS = G >= 2, the blocks go in groups of G, each K Q^T of a group but the first issued before the
-    exponentials of the block before it, so that no K Q^T is in flight across the loop's back edge (ptxas
-    serializes the wgmma of the first loop, see the module's docstring)."""
+    diagonal block first, alone, then the blocks that fill no group of role.FLAGS (the kernel's GROUP), each
+    alone, then the groups: each K Q^T of a group but the first is issued before the exponentials of the block
+    before it, and the group's last is waited for within it."""
     WG: gl.constexpr = role.WG
     GROUP: gl.constexpr = role.FLAGS
-    STAGES: gl.constexpr = q_smem.type.shape[0]
     layout: gl.constexpr = gl.SliceLayout(1, _mma_layout(BLOCK_M))
     keys = n0 + WG * ROWS + gl.arange(0, ROWS, layout=layout)
     k = k_smem.index(WG)
     mbarrier.wait(k_bar, 0)
     qk, c = _issue(k, q_smem, c_smem, q_ready, 0)
     total = _taken(qk, c, 0, n0, keys, post, q_empty, 0, True)
-    if GROUP > 1:
-        first = 1 + (n_blocks - 1) % GROUP
-        for j in range(1, first):  # the blocks after the diagonal that fill no group, each alone
-            qk, c = _issue(k, q_smem, c_smem, q_ready, j)
-            total += _taken(qk, c, j, 0, keys, post, q_empty, 0, False)
-        for j in range(first, n_blocks, GROUP):
-            qk, c = _issue(k, q_smem, c_smem, q_ready, j)
-            for i in gl.static_range(1, GROUP):  # block j + i's K Q^T runs under block j + i - 1's exponentials
-                qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + i)
-                total += _taken(qk, c, j + i - 1, 0, keys, post, q_empty, 1, False)
-                qk = qk_next
-                c = c_next
-            total += _taken(qk, c, j + GROUP - 1, 0, keys, post, q_empty, 0, False)
-    elif n_blocks > 1:
-        qk, c = _issue(k, q_smem, c_smem, q_ready, 1)
-        for j in range(2, n_blocks):
-            qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j)
-            total += _taken(qk, c, j - 1, 0, keys, post, q_empty, 1, False)  # block j - 1's, while block j's runs
+    first = 1 + (n_blocks - 1) % GROUP
+    for j in range(1, first):
+        qk, c = _issue(k, q_smem, c_smem, q_ready, j)
+        total += _taken(qk, c, j, 0, keys, post, q_empty, 0, False)
+    for j in range(first, n_blocks, GROUP):
+        qk, c = _issue(k, q_smem, c_smem, q_ready, j)
+        for i in gl.static_range(1, GROUP):  # block j + i's K Q^T runs under block j + i - 1's exponentials
+            qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + i)
+            total += _taken(qk, c, j + i - 1, 0, keys, post, q_empty, 1, False)
             qk = qk_next
             c = c_next
-        scores, _ = warpgroup_mma_wait(0, deps=(qk, k))
-        mbarrier.arrive(q_empty.index((n_blocks - 1) % STAGES), count=1)
-        total += _row_sums(scores, c, 0, keys, post, False)
+        total += _taken(qk, c, j + GROUP - 1, 0, keys, post, q_empty, 0, False)
     gl.store(received_ptr + keys, total)
 
 
@@ -127,15 +113,14 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
 @gluon.jit
 def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
                         q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols, post,
-                        STAGES: gl.constexpr, LOOP: gl.constexpr):
+                        STAGES: gl.constexpr, GROUP: gl.constexpr):
     """received [batch, heads, length] of 128 keys of one (batch, query head) under causal self-attention; grid
     (length / 128, batch x heads), the keys that most queries see first.
 
     q_desc ([128, head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D views of
     `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc ([128] tiles) sees each
-    query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale. LOOP: 0 for
-    the loop that issues each block's K Q^T before the previous block's exponentials, G >= 2 for the loop over
-    groups of G blocks (`_consumer`).
+    query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale. GROUP: the
+    query blocks of a group of the consumers' loop (`_consumer`), 2 or more.
     """
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     pid_n = gl.program_id(0)
@@ -160,5 +145,5 @@ def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, le
     pargs = (q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_empty,
              b * q_batch_rows + head * q_head_rows + n0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows + n0, kv_head * kv_head_cols, row_base + n0, n_blocks)
-    gl.warp_specialize([(_consumer, cargs + (Role(0, LOOP), )), (_consumer, cargs + (Role(1, LOOP), )),
+    gl.warp_specialize([(_consumer, cargs + (Role(0, GROUP), )), (_consumer, cargs + (Role(1, GROUP), )),
                         (_producer, pargs)], [4, 1], [232, 40])

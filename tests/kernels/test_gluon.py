@@ -26,7 +26,7 @@ from workbench.kernels import triton_attention  # noqa: E402
 GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
        and torch.cuda.get_device_capability() == (9, 0))
 NO_BLOCKS = tuple(name for name in ALL_STATS if name not in BLOCK_STATS)  # `received` from the Gluon pass
-GROUPS = (0, 2, 4)  # the received pass's loops compiled: the pipelined one, over groups of 2 and of 4 blocks
+GROUPS = (2, 4)  # the received pass's groups of query blocks compiled
 # Compiles the Gluon kernels for sm_90 without a GPU, in a process of its own: the suite runs Triton's interpreter,
 # whose decorators (Triton's own reductions included, made when Triton is first imported) give functions that do
 # not compile. Prints each kernel's warps, whether it uses wgmma, its count of ex2 instructions, and whether ptxas
@@ -44,7 +44,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from workbench.kernels import gluon_attention, gluon_forward, gluon_received
 
-kernel_name, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's loops, as 0,2,4
+kernel_name, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's groups, as 2,4
 desc = {rows: f"tensordesc<bf16[{rows}, {head_dim}],"
               f"{gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl.bfloat16)!r}>" for rows in (64, 128)}
 if kernel_name == "forward":
@@ -52,17 +52,12 @@ if kernel_name == "forward":
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-    every = set(gluon_forward.FLAG_BITS) - {"overlap", "lazy_argmax"}
-    variants = [{"FLAGS": gluon_forward.flags(every | extra, 2), "STAGES": gluon_attention.STAGES}
-                for extra in (set(), {"lazy_argmax"})]
-    if head_dim == 64:  # the overlapped key loop
-        variants.append({"FLAGS": gluon_forward.flags(every | {"overlap"}, 2),
-                         "STAGES": gluon_attention.OVERLAP_STAGES})
+    variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": gluon_attention.STAGES}]
 else:
     kernel = gluon_received.gluon_received_pass
-    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", LOOP="constexpr",
+    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
                  c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "LOOP": int(loop)} for loop in sys.argv[3].split(",")]
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
@@ -92,31 +87,26 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; the argmax in
-    # every block and only where a maximum rises; at head_dim 64 the overlapped key loop too
-    lines = compile_for_hopper("forward", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * (3 if head_dim == 64 else 2)
-    # neither key loop keeps a wgmma in flight across blocks, so ptxas keeps them asynchronous
-    assert [serialized for *_, serialized in lines] == ["False"] * len(lines)
+    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
+    [(warps, wgmma, _, serialized)] = compile_for_hopper("forward", head_dim)
+    assert (warps, wgmma) == ("12", "True")
+    assert serialized == "False"  # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
     lines = compile_for_hopper("received", head_dim)
     assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
-    # the pipelined loop's K Q^T in flight across its back edge is serialized, the groups' are not
-    assert [serialized for *_, serialized in lines] == ["True"] + ["False"] * (len(GROUPS) - 1)
-    # 64 exponentials a thread for each of a consumer's copies of a block: more than two in the pipelined loop
-    # (the diagonal, the loop's, the last); more than G + 1 in groups of G (the diagonal, the one alone, the group's)
-    assert int(lines[0][2]) > 2 * 2 * 64
-    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines[1:], GROUPS[1:]))
+    # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
+    assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
+    # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
+    # diagonal, the one alone, the group's)
+    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS))
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 1024  # one sink key, above the ten flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 256  # one sink key, above the eight flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
-    assert gluon_forward.flags({"overlap"}, 0) == 1 << 8
-    assert gluon_forward.flags({"lazy_argmax"}, 0) == 1 << 9
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
@@ -151,7 +141,8 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,group", [(2, 0), (3, 0), (3, 2), (3, 4)], ids=["2", "3", "3-pairs", "3-fours"])
+@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)],
+                         ids=["2-fours", "3-fours", "4-fours", "3-pairs"])
 def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
     """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
     (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
@@ -169,12 +160,10 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
-@pytest.mark.parametrize("lazy", [False, True], ids=["argmax", "lazy_argmax"])
-def test_gpu_uncapped_distance_and_long_rows(stats, lazy, monkeypatch):
-    """Peaked rows of 1,024 keys: many p far below 2^-126; the argmax in every block or only where it may move."""
+def test_gpu_uncapped_distance_and_long_rows(stats, monkeypatch):
+    """Peaked rows of 1,024 keys: many p far below 2^-126."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "LAZY_ARGMAX", lazy)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
 
@@ -199,32 +188,11 @@ def test_gpu_capped_distance(length, head_dim, cap, monkeypatch):
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("length,cap", [(128, None), (1024, None), (2048, 128)])
-def test_gpu_overlapped_key_loop(dtype, transposed, length, cap, monkeypatch):
-    """The key loop with each block's softmax over the previous block's P V (head_dim 64): the diagonal block
-    alone (block 0's empty P V, then the last P V), many blocks, and the capped loops."""
-    q, k, v = matrix.inputs(B=2, H=4, Hkv=2, Lq=length, head_dim=64, seed=length + 1, device="cuda")
-    if transposed:
-        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "OVERLAP_ALLOWED", True)
-    matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3), distance_cap=cap)
-    overlap = 1 << gluon_forward.FLAG_BITS.index("overlap")
-    assert any(key[0] == "forward" and key[1] & overlap and ok for key, ok in gluon_attention._COMPILES.items())
-
-
-@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("overlap,lazy", [(False, False), (True, False), (False, True)],
-                         ids=["serial", "overlapped", "lazy_argmax"])
-def test_gpu_real_attention_inputs_in_bf16(overlap, lazy, monkeypatch):
+def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
     """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force,
-    with `received` from either pass, either key loop, and the argmax in every block or only where it may move."""
+    with `received` from either pass."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "OVERLAP_ALLOWED", overlap)
-    monkeypatch.setattr(gluon_attention, "LAZY_ARGMAX", lazy)
     for q, k, v in matrix.real_attention_inputs("cuda"):
         assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True,
                                        inputs_interpreted=False)
