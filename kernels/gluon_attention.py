@@ -31,14 +31,25 @@ try:  # Gluon, Triton's explicit layout and warp-specialization language (checke
 except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton kernels run everywhere
     gluon_stats_forward = gluon_received_pass = None
 
+
+def _count_setting(variable: str, default: int, least: int) -> int:
+    """The whole number in the environment variable `variable` (default when unset), at least `least`; a
+    ValueError naming the variable and its value otherwise, at import, before any kernel is compiled."""
+    text = os.environ.get(variable, str(default))
+    if not text.strip().isdigit() or int(text) < least:
+        raise ValueError(f"{variable}={text!r}: expected a whole number, at least {least}")
+    return int(text)
+
+
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") != "0"
 BLOCK_N = 128
 STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
-# as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19)
-RECEIVED_STAGES = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_STAGES", "3"))
-RECEIVED_GROUP = int(os.environ.get("WORKBENCH_GLUON_RECEIVED_GROUP", "2"))
+# as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
+# consumer holds two blocks' stages at once, so one stage would never free the next block's
+RECEIVED_STAGES = _count_setting("WORKBENCH_GLUON_RECEIVED_STAGES", 3, least=2)
+RECEIVED_GROUP = _count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 

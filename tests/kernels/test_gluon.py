@@ -110,6 +110,21 @@ def test_flags_name_every_statistic_once():
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
+def test_received_pass_settings_are_checked(monkeypatch):
+    """The received pass's stages and groups from the environment: whole numbers, and at least two stages (a
+    consumer holds two blocks' stages at once), refused with the variable and its value."""
+    monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "4")
+    assert gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1) == 4
+    monkeypatch.delenv("WORKBENCH_GLUON_RECEIVED_GROUP")
+    assert gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1) == 2
+    monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_STAGES", "1")
+    with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_STAGES='1': expected a whole number, at least 2"):
+        gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_STAGES", 3, least=2)
+    monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "two")
+    with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_GROUP='two'"):
+        gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
+
+
 def test_layouts_the_forward_reads():
     q = torch.randn(2, 4, 256, 64)
     assert gluon_attention._rows_and_columns(q)[1:] == (4 * 256, 256, 0)
