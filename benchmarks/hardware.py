@@ -29,3 +29,18 @@ def device_name() -> str:
 def slug(text: str) -> str:
     """`text` as part of a file name: lower case, every run of other characters one '-'."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def write_results(out: Path, name: str, rows: list[dict], markdown: str) -> None:
+    """`rows` as out/<name>_<gpu>.json (with the GPU's, torch's and Triton's versions) and `markdown` as
+    out/<name>_<gpu>.md, where <gpu> is the GPU's name as `slug` writes it; the table is printed too."""
+    import json
+
+    import triton
+
+    gpu = torch.cuda.get_device_name()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}_{slug(gpu)}.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__,
+                                                              "triton": triton.__version__, "rows": rows}, indent=1))
+    (out / f"{name}_{slug(gpu)}.md").write_text(markdown)
+    print(markdown)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import triton
 from attention_stats import anchors, bf16_inputs
-from hardware import slug
+from hardware import write_results
 
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
@@ -98,14 +98,8 @@ def main() -> None:
         for length in lengths:
             rows.append(row(shape, length))
             print(json.dumps(rows[-1]), flush=True)
-    gpu = torch.cuda.get_device_name()
-    name = "received_pass" + (f"_{args.tag}" if args.tag else "") + f"_{slug(gpu)}"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__,
-                                                  "triton": triton.__version__, "rows": rows}, indent=1))
-    (out / f"{name}.md").write_text(markdown(gpu, rows))
-    print(markdown(gpu, rows))
+    name = "received_pass" + (f"_{args.tag}" if args.tag else "")
+    write_results(Path(args.out), name, rows, markdown(torch.cuda.get_device_name(), rows))
 
 
 if __name__ == "__main__":
