@@ -32,26 +32,19 @@ except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Trit
     gluon_stats_forward = gluon_received_pass = None
 
 
-def _count_setting(variable: str, default: int, least: int, most: int | None = None) -> int:
-    """The whole number in the environment variable `variable` (default when unset), at least `least` and at most
-    `most` (when given); a ValueError naming the variable and its value otherwise, at import, before any kernel is
-    compiled."""
+def _count_setting(variable: str, default: int, least: int) -> int:
+    """The whole number in the environment variable `variable` (default when unset), at least `least`; a
+    ValueError naming the variable and its value otherwise, at import, before any kernel is compiled."""
     text = os.environ.get(variable, str(default))
-    if not text.strip().isdigit() or int(text) < least or (most is not None and int(text) > most):
-        bounds = f"at least {least}" + (f" and at most {most}" if most is not None else "")
-        raise ValueError(f"{variable}={text!r}: expected a whole number, {bounds}")
+    if not text.strip().isdigit() or int(text) < least:
+        raise ValueError(f"{variable}={text!r}: expected a whole number, at least {least}")
     return int(text)
 
 
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") != "0"
-# the forward's tile at each head_dim: (consumer warpgroups, keys of a block, stages). Two consumers take 128 rows
-# with 128-key blocks in 2 stages (of 2 and 3, 2 measured best; benchmarks/NOTES.md, change 14). At head_dim 64,
-# WORKBENCH_GLUON_CONSUMERS_64=3 gives three on 192 rows with 64-key blocks (FlashAttention-3's 192-row tile, more
-# warps to hide the softmax's latencies; 128-key blocks spill in the 160 registers a thread three consumers leave):
-# measured no faster with the statistics on an H100 (benchmarks/NOTES.md, change 20)
-CONSUMERS_64 = _count_setting("WORKBENCH_GLUON_CONSUMERS_64", 2, least=2, most=3)
-TILES = {64: (3, 64, 3) if CONSUMERS_64 == 3 else (2, 128, 2), 128: (2, 128, 2)}
+BLOCK_N = 128
+STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOTES.md, change 14)
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
@@ -139,21 +132,20 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     wanted = set(res) | ({"norm"} if norm is not None else set())
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
-    consumers, block_n, stages = TILES[dim]
-    key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim, consumers, block_n, stages)
+    key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
 
     def launch() -> None:
         if "learned_sink_mass" in res:  # no learned sink on this path
             res["learned_sink_mass"].zero_()
-        gluon_stats_forward[(triton.cdiv(length, 64 * consumers), batch * heads)](
-            _descriptor(q2, 64, dim), _descriptor(k2, block_n, dim), _descriptor(v2, block_n, dim), out,
+        gluon_stats_forward[(length // 128, batch * heads)](
+            _descriptor(q2, 64, dim), _descriptor(k2, BLOCK_N, dim), _descriptor(v2, BLOCK_N, dim), out,
             *(res.get(name, dummy) for name in (
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
             kc, out.stride(0), out.stride(1), out.stride(2), scale * LOG2E, float(distance_cap or 0),
-            distance_cap or 0, FLAGS=key[1], STAGES=stages, CONSUMERS=consumers, num_warps=4)
+            distance_cap or 0, FLAGS=key[1], STAGES=STAGES, num_warps=4)
 
     return _launch(key, launch)
 

@@ -143,30 +143,8 @@ def _key_logits(q, k_ptr, k_row_stride, key_rows, post):
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr,
               max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_ptr, k_row_stride,
-              out_row_stride, row_base, m0, n_blocks, length, post, cap, cap_keys, role):
-    """Rows m0 + 64 role.WG .. of the program: the key loop over the blocks up to their diagonal, then the output
-    rows and the statistics. A consumer past the end of the rows (the last program, where the length is not a
-    multiple of the program's rows) only releases each of the program's blocks once it has landed, so that the
-    others' stages free; a consumer whose diagonal comes before the program's last block (64-key blocks) needs no
-    release of the later ones, since the producer never waits for a stage after the program's last block."""
-    q_first = m0 + role.WG * ROWS
-    if q_first < length:
-        _rows(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, lse_ptr, entropy_ptr,
-              sink_mass_ptr, max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr,
-              k_ptr, k_row_stride, out_row_stride, row_base, q_first, post, cap, cap_keys, role)
-    else:
-        STAGES: gl.constexpr = k_smem.type.shape[0]
-        for j in range(n_blocks):
-            mbarrier.wait(k_ready.index(j % STAGES), (j // STAGES) & 1)
-            mbarrier.arrive(kv_empty.index(j % STAGES), count=1)
-
-
-@gluon.jit
-def _rows(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, lse_ptr, entropy_ptr, sink_mass_ptr,
-          max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_ptr, k_row_stride,
-          out_row_stride, row_base, q_first, post, cap, cap_keys, role):
-    """A consumer's 64 rows from q_first: the key loop over blocks 0 .. its diagonal, then the output rows and the
-    statistics."""
+              out_row_stride, row_base, m0, n_blocks, post, cap, cap_keys, role):
+    """Rows m0 + 64 role.WG .. of the program: the key loop, then the output rows and the statistics."""
     WG: gl.constexpr = role.WG
     FLAGS: gl.constexpr = role.FLAGS
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
@@ -184,7 +162,7 @@ def _rows(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, ls
     o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    n_blocks = gl.cdiv(q_first + ROWS, BLOCK_N)
+    q_first = m0 + WG * ROWS
     rows = q_first + gl.arange(0, ROWS, layout=row_s)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     m_i = gl.full([ROWS], MASKED, gl.float32, layout=row_s)
@@ -250,23 +228,21 @@ def _rows(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr, ls
 
 
 @gluon.jit
-def _tiles(desc, row, col, bar, smem):
-    """A program's resident operand, one tile of 64 rows from row (at column col) for each consumer, into smem[0],
-    smem[1] .. on one barrier: the forward's queries, the received pass's keys. Rows past the end of the tensor
-    load as zeros (a last program's consumer past the end of the rows reads none of its tile)."""
-    TILES: gl.constexpr = smem.type.shape[0]
-    mbarrier.expect(bar, TILES * desc.block_type.nbytes)
-    for i in gl.static_range(TILES):
-        TMA_LOAD(desc, [row + i * ROWS, col], bar, smem.index(i))
+def _two_tiles(desc, row, col, bar, smem):
+    """A program's resident operand, two tiles of 64 rows from row (at column col), into smem[0] and smem[1] on
+    one barrier: the forward's queries, the received pass's keys."""
+    mbarrier.expect(bar, 2 * desc.block_type.nbytes)
+    TMA_LOAD(desc, [row, col], bar, smem.index(0))
+    TMA_LOAD(desc, [row + ROWS, col], bar, smem.index(1))
 
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, q_row, q_col,
               kv_row, kv_col, n_blocks):
-    """One warp: the program's query tiles, then each key and value block once a stage is free."""
+    """One warp: the program's two query tiles, then each key and value block once a stage is free."""
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
-    _tiles(q_desc, q_row, q_col, q_bar, q_smem)
+    _two_tiles(q_desc, q_row, q_col, q_bar, q_smem)
     for j in range(n_blocks):
         s = j % STAGES
         phase = (j // STAGES) & 1
@@ -283,21 +259,18 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         group, length,
                         q_batch_rows, q_head_rows, q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols,
                         out_batch_stride, out_head_stride, out_row_stride, post, cap, cap_keys,
-                        FLAGS: gl.constexpr, STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
-    """Output rows and statistics of 64 CONSUMERS query rows of one (batch, query head); grid
-    (cdiv(length, 64 CONSUMERS), batch x heads), the longest rows first.
+                        FLAGS: gl.constexpr, STAGES: gl.constexpr):
+    """Output rows and statistics of 128 query rows of one (batch, query head); grid (length / 128, batch x heads),
+    the longest rows first.
 
-    CONSUMERS: 2 (128 rows, with 128-key blocks), or 3 (192 rows, FlashAttention-3's tile at head_dim 64, with
-    64-key blocks, so that each consumer's rows end at a block of their own and its score tile fits the 160
-    registers a thread that three consumer warpgroups leave). The descriptors see q, k and v as 2-D [rows, columns]
-    tensors (`workbench.kernels.gluon_attention`): query l of (batch b, head h) is row b q_batch_rows + h
-    q_head_rows + l, its features start at column h q_head_cols (and likewise for the key-value heads), which
-    covers [batch, heads, length, dim] and [batch, length, heads, dim] memory alike; k_ptr is the key view's first
-    element and k_row_stride its row stride, for the sink and self keys' logits. The statistics are [batch, heads,
-    length], contiguous. cap: the window distance's cap in tokens (FLAGS' distance_cap), cap_keys: the same cap as
-    an integer.
+    The descriptors see q, k and v as 2-D [rows, columns] tensors (`workbench.kernels.gluon_attention`): query l of
+    (batch b, head h) is row b q_batch_rows + h q_head_rows + l, its features start at column h q_head_cols (and
+    likewise for the key-value heads), which covers [batch, heads, length, dim] and [batch, length, heads, dim]
+    memory alike; k_ptr is the key view's first element and k_row_stride its row stride, for the sink and self
+    keys' logits. The statistics are [batch, heads, length], contiguous. cap: the window distance's cap in tokens
+    (FLAGS' distance_cap), cap_keys: the same cap as an integer.
     """
-    BLOCK_M: gl.constexpr = CONSUMERS * ROWS
+    BLOCK_M: gl.constexpr = 2 * ROWS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
@@ -306,8 +279,8 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     head = bh % n_heads
     kv_head = head // group
     m0 = pid_m * BLOCK_M
-    n_blocks = gl.cdiv(gl.minimum(m0 + BLOCK_M, length), BLOCK_N)
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS, ROWS, HEAD_DIM], q_desc.layout)
+    n_blocks = gl.cdiv(m0 + BLOCK_M, BLOCK_N)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, ROWS, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -318,23 +291,19 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=CONSUMERS)  # every consumer releases a stage
+        mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
     row_base = bh * length
     out_rows = out_ptr + b.to(gl.int64) * out_batch_stride + head.to(gl.int64) * out_head_stride
     k_rows = (k_ptr + (b * kv_batch_rows + kv_head * kv_head_rows).to(gl.int64) * k_row_stride
               + kv_head * kv_head_cols)  # key 0 of this program's key-value head
     cargs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_rows, lse_ptr, entropy_ptr, sink_mass_ptr,
              max_prob_ptr, argmax_ptr, distance_ptr, self_ptr, row_max_ptr, row_sum_ptr, sink_ptr, k_rows,
-             k_row_stride, out_row_stride, row_base, m0, n_blocks, length, post, cap, cap_keys)
+             k_row_stride, out_row_stride, row_base, m0, n_blocks, post, cap, cap_keys)
     pargs = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
              b * q_batch_rows + head * q_head_rows + m0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows, kv_head * kv_head_cols, n_blocks)
-    if CONSUMERS == 2:
-        gl.warp_specialize([(_consumer, cargs + (Role(0, FLAGS), )), (_consumer, cargs + (Role(1, FLAGS), )),
-                            (_producer, pargs)], [4, 1], [232, 40])
-    else:  # the producer's warp takes a warpgroup's registers: 16 warps, 128 registers a thread at launch
-        gl.warp_specialize([(_consumer, cargs + (Role(0, FLAGS), )), (_consumer, cargs + (Role(1, FLAGS), )),
-                            (_consumer, cargs + (Role(2, FLAGS), )), (_producer, pargs)], [4, 4, 1], [160, 160, 24])
+    gl.warp_specialize([(_consumer, cargs + (Role(0, FLAGS), )), (_consumer, cargs + (Role(1, FLAGS), )),
+                        (_producer, pargs)], [4, 1], [232, 40])
 
 
 FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap")

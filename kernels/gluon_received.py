@@ -25,7 +25,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from workbench.kernels.gluon_forward import MASKED, ROWS, TMA_LOAD, Role, _mma_layout, _tiles
+from workbench.kernels.gluon_forward import MASKED, ROWS, TMA_LOAD, Role, _mma_layout, _two_tiles
 
 BLOCK_M = gl.constexpr(128)  # queries of a block, the N of the consumers' wgmma
 C_LAYOUT = gl.NVMMASharedLayout(0, 32, rank=1)  # a block's normalisers c, [128] float32, unswizzled
@@ -101,7 +101,7 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
               c_row, n_blocks):
     """One warp: the program's keys, then each query block and its normalisers once a stage is free."""
     STAGES: gl.constexpr = q_smem.type.shape[0]
-    _tiles(k_desc, kv_row, kv_col, k_bar, k_smem)
+    _two_tiles(k_desc, kv_row, kv_col, k_bar, k_smem)
     for j in range(n_blocks):
         s = j % STAGES
         mbarrier.wait(q_empty.index(s), ((j // STAGES) & 1) ^ 1)  # a fresh barrier passes the wait on phase 1

@@ -47,23 +47,20 @@ from workbench.kernels import gluon_attention, gluon_forward, gluon_received
 kernel_name, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's groups, as 2,4
 desc = {rows: f"tensordesc<bf16[{rows}, {head_dim}],"
               f"{gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl.bfloat16)!r}>" for rows in (64, 128)}
-if kernel_name == "forward":  # every tile the forward takes at this head_dim: two consumers, and three at 64
+if kernel_name == "forward":
     kernel = gluon_forward.gluon_stats_forward
-    tiles = {(2, 128, 2)} | ({(3, 64, 3)} if head_dim == 64 else set())
-    variants = [(dict(q_desc=desc[64], k_desc=desc[block_n], v_desc=desc[block_n], out_ptr="*bf16",
-                      argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32", FLAGS="constexpr",
-                      STAGES="constexpr", CONSUMERS="constexpr"),
-                 {"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": stages,
-                  "CONSUMERS": consumers}) for consumers, block_n, stages in sorted(tiles)]
+    types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
+                 out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
+                 FLAGS="constexpr", STAGES="constexpr")
+    variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": gluon_attention.STAGES}]
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
                  c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [(types, {"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)})
-                for group in sys.argv[3].split(",")]
-for types, constexprs in variants:
-    signature = {name: "i32" for name in kernel.arg_names}
-    signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
+signature = {name: "i32" for name in kernel.arg_names}
+signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
+for constexprs in variants:
     source = GluonASTSource(kernel, signature, constexprs=constexprs)
     compiled = triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     with tempfile.TemporaryDirectory() as folder:
@@ -75,7 +72,7 @@ for types, constexprs in variants:
                               text=True)
     assert done.returncode == 0 and "Used" in done.stderr, done.stderr  # ptxas ran and reported
     print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("ex2.approx"),
-          "C7514" in done.stderr, " 0 bytes spill stores" not in done.stderr)
+          "C7514" in done.stderr)
 """
 
 
@@ -85,31 +82,26 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
     done = subprocess.run([sys.executable, "-c", COMPILE, kernel, str(head_dim), ",".join(map(str, GROUPS))],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["12"], ["16"])]
+    return [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["12"]]
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    # two consumer warpgroups (three at head_dim 64) and the producer's, whose one warp takes a warpgroup's registers
-    lines = compile_for_hopper("forward", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, *_ in lines] == [("12", "True")] + ([("16", "True")] if head_dim == 64
-                                                                                  else [])
-    # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
-    assert [serialized for *_, serialized, _ in lines] == ["False"] * len(lines)
-    # three consumers fit in the 160 registers a thread they are left, with every statistic and the capped distance
-    # (two at head_dim 128 spill 24 bytes with the cap, in 232)
-    assert [spilled for warps, *_, spilled in lines if warps == "16"] == (["False"] if head_dim == 64 else [])
+    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
+    [(warps, wgmma, _, serialized)] = compile_for_hopper("forward", head_dim)
+    assert (warps, wgmma) == ("12", "True")
+    assert serialized == "False"  # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
     lines = compile_for_hopper("received", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, *_ in lines] == [("12", "True")] * len(GROUPS)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
     # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
-    assert [serialized for *_, serialized, _ in lines] == ["False"] * len(GROUPS)
+    assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
     # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
     # diagonal, the one alone, the group's)
-    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _, _), group in zip(lines, GROUPS))
+    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS))
 
 
 def test_flags_name_every_statistic_once():
@@ -118,10 +110,9 @@ def test_flags_name_every_statistic_once():
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
-def test_settings_are_checked(monkeypatch):
-    """The received pass's stages and groups and the forward's consumers at head_dim 64 from the environment: whole
-    numbers, at least two stages (a consumer holds two blocks' stages at once), two or three consumers, refused
-    with the variable and its value."""
+def test_received_pass_settings_are_checked(monkeypatch):
+    """The received pass's stages and groups from the environment: whole numbers, and at least two stages (a
+    consumer holds two blocks' stages at once), refused with the variable and its value."""
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "4")
     assert gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1) == 4
     monkeypatch.delenv("WORKBENCH_GLUON_RECEIVED_GROUP")
@@ -132,10 +123,6 @@ def test_settings_are_checked(monkeypatch):
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "two")
     with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_GROUP='two'"):
         gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
-    monkeypatch.setenv("WORKBENCH_GLUON_CONSUMERS_64", "4")  # two or three consumer warpgroups at head_dim 64
-    with pytest.raises(ValueError, match="WORKBENCH_GLUON_CONSUMERS_64='4': expected a whole number, at least 2 "
-                                         "and at most 3"):
-        gluon_attention._count_setting("WORKBENCH_GLUON_CONSUMERS_64", 2, least=2, most=3)
 
 
 def test_layouts_the_forward_reads():
@@ -163,24 +150,6 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
     low = tuple(t.to(dtype) for t in (q, k, v))
     assert gluon_attention.applies(*low, causal=True, plain=True, inputs_interpreted=False)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3))
-
-
-@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("tile", [(3, 64, 3), (3, 64, 2), (2, 128, 2)], ids=["3x64-3", "3x64-2", "2x128-2"])
-@pytest.mark.parametrize("length", [128, 256, 384, 512, 1152])
-def test_gpu_head_dim_64_tiles_at_every_length(tile, length, monkeypatch):
-    """Head_dim 64's tiles at lengths that leave the last program of 192 rows with one, two or three consumers of
-    rows (a length mod 192 of 64, 128 or 0), every statistic against the reference."""
-    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
-    monkeypatch.setitem(gluon_attention.TILES, 64, tile)
-    monkeypatch.setattr(gluon_attention, "_COMPILES", {})
-    q, k, v = matrix.inputs(B=2, H=4, Hkv=2, Lq=length, head_dim=64, seed=length, device="cuda")
-    for stats in (ALL_STATS, NO_BLOCKS):
-        matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True,
-                     sink_keys=(0, 3))
-    # the Gluon forward ran with this tile (not the Triton one after a failed compile)
-    assert {key[-3:]: ran for key, ran in gluon_attention._COMPILES.items() if key[0] == "forward"} == {tile: True}
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon kernels run on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
