@@ -42,16 +42,18 @@ ACROSS = gl.constexpr(2)  # ... some within it, some not
 
 @aggregate
 class Role:
-    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics; the
-    received pass's GROUP). A worker partition's arguments are flattened to values, and only constexpr objects
-    survive that as constants."""
+    """A consumer's compile-time arguments: which warpgroup, the kernel's FLAGS (the forward's statistics; the
+    received pass's GROUP) and SHARE (the received pass's FMA_SHARE). A worker partition's arguments are flattened
+    to values, and only constexpr objects survive that as constants."""
     WG: gl.constexpr
     FLAGS: gl.constexpr
+    SHARE: gl.constexpr
 
     @gluon.constexpr_function
-    def __init__(self, wg, flags):
+    def __init__(self, wg, flags, share=0):
         self.WG = gl.constexpr(wg)
         self.FLAGS = gl.constexpr(flags)
+        self.SHARE = gl.constexpr(share)
 
 
 @gluon.constexpr_function

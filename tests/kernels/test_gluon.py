@@ -56,8 +56,9 @@ if kernel_name == "forward":
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
-                 c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
+                 FMA_SHARE="constexpr", c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group), "FMA_SHARE": share}
+                for group in sys.argv[3].split(",") for share in (0, 4)]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
@@ -95,13 +96,17 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    lines = compile_for_hopper("received", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
+    lines = compile_for_hopper("received", head_dim)  # each group with all exponentials on ex2, then a quarter on FMA
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * 2 * len(GROUPS)
     # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
-    assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
-    # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
-    # diagonal, the one alone, the group's)
-    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS))
+    assert [serialized for *_, serialized in lines] == ["False"] * 2 * len(GROUPS)
+    special = [int(count) for _, _, count, _ in lines]
+    for group, on_ex2, shared in zip(GROUPS, special[::2], special[1::2]):
+        # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
+        # diagonal, the one alone, the group's)
+        assert on_ex2 > 2 * (group + 1) * 64
+        # one group of 8 columns in 4 on the FMA units, chosen at compile time (to the few ex2 the compiler merges)
+        assert abs(shared - on_ex2 * 3 / 4) < 4
 
 
 def test_flags_name_every_statistic_once():
@@ -123,6 +128,9 @@ def test_received_pass_settings_are_checked(monkeypatch):
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "two")
     with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_GROUP='two'"):
         gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
+    monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", "-1")  # 0 (none on the FMA units) or one group in k
+    with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_FMA_SHARE='-1': expected a whole number"):
+        gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", 0, least=0)
 
 
 def test_layouts_the_forward_reads():
@@ -156,11 +164,12 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)],
-                         ids=["2-fours", "3-fours", "4-fours", "3-pairs"])
-def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
+@pytest.mark.parametrize("stages,group,share", [(2, 4, 0), (3, 4, 0), (4, 4, 0), (3, 2, 0), (3, 2, 4), (3, 2, 2)],
+                         ids=["2-fours", "3-fours", "4-fours", "3-pairs", "3-pairs-fma4", "3-pairs-fma2"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, share, monkeypatch):
     """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
-    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
+    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them), with a share of the
+    exponentials on the FMA units or none."""
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=1024, head_dim=head_dim, seed=head_dim + 3,
                             device="cuda")
     if transposed:
@@ -169,8 +178,9 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_STAGES", stages)
     monkeypatch.setattr(gluon_attention, "RECEIVED_GROUP", group)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_FMA_SHARE", share)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
-    assert gluon_attention._COMPILES[("received pass", stages, group, dtype, head_dim)] is True
+    assert gluon_attention._COMPILES[("received pass", stages, group, share, dtype, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
