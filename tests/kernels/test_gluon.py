@@ -184,11 +184,14 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
-def test_gpu_uncapped_distance_and_long_rows(stats, monkeypatch):
-    """Peaked rows of 1,024 keys: many p far below 2^-126."""
+@pytest.mark.parametrize("stats,share", [(ALL_STATS, 0), (NO_BLOCKS, 0), (NO_BLOCKS, 4)],
+                         ids=["every", "no_blocks", "no_blocks-fma4"])
+def test_gpu_uncapped_distance_and_long_rows(stats, share, monkeypatch):
+    """Peaked rows of 1,024 keys: many p far below 2^-126 (which the received pass's polynomial exponential, with a
+    share on the FMA units, clamps)."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_FMA_SHARE", share)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
 
