@@ -111,7 +111,7 @@ def main() -> None:
         child(shapes, [int(x) for x in args.lengths.split(",")], args.anchor)
         return
     import torch
-    from hardware import slug
+    from hardware import write_results
 
     loads = {"pointers": False, "descriptors": True}
     unknown = [x for x in args.loads.split(",") if x not in loads]
@@ -124,15 +124,10 @@ def main() -> None:
     for i, (config, tma) in enumerate(variants):
         rows += run_variant(config, tma, args, args.lengths, anchor=i == 0)
         print(f"timed {config} {'descriptors' if tma else 'pointers'}", flush=True)
-    gpu = torch.cuda.get_device_name()
-    name = "kernel_variants_" + (f"{args.tag}_" if args.tag else "") + slug(gpu)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
     shown = [f"--{k} '{v}'" for k, v in vars(args).items() if k in ("configs", "shapes", "lengths", "loads", "tag")]
     command = "python benchmarks/kernel_variants.py " + " ".join(shown)
-    (out / f"{name}.md").write_text(table(rows, gpu, command))
-    print(table(rows, gpu, command))
+    name = "kernel_variants" + (f"_{args.tag}" if args.tag else "")
+    write_results(Path(args.out), name, rows, table(rows, torch.cuda.get_device_name(), command))
 
 
 if __name__ == "__main__":

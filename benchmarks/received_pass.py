@@ -6,8 +6,8 @@ on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): th
 forward with `received` from the Triton pass and from the Gluon pass with 3 query blocks in flight in groups of 4
 and of 2 blocks, and in groups of 2 with one group of 8 query columns in 4, 3 or 2 taking its exponentials on the
 FMA units (WORKBENCH_GLUON_RECEIVED_STAGES, _GROUP and _FMA_SHARE). A pass's time is the difference to the forward
-alone. The anchor is the fastest attention of the run (FlashAttention-4 where it is
-installed, else cuDNN SDPA), timed on the same inputs.
+alone. The anchor is the fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA),
+timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
   [--out benchmarks/results]

@@ -116,8 +116,8 @@ def test_flags_name_every_statistic_once():
 
 
 def test_received_pass_settings_are_checked(monkeypatch):
-    """The received pass's stages and groups from the environment: whole numbers, and at least two stages (a
-    consumer holds two blocks' stages at once), refused with the variable and its value."""
+    """The received pass's stages, groups and FMA share from the environment: whole numbers, and at least two
+    stages (a consumer holds two blocks' stages at once), refused with the variable and its value."""
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "4")
     assert gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1) == 4
     monkeypatch.delenv("WORKBENCH_GLUON_RECEIVED_GROUP")
