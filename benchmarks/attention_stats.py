@@ -33,7 +33,8 @@ configuration (WORKBENCH_TRITON_CONFIG pins it), into Triton's disk cache: the a
 Usage: python benchmarks/attention_stats.py [--lengths 8192,...] [--shapes 32,32,128;32,8,64] [--breakdown]
   [--block-mass 128,...] [--block-keep 0.5,...] [--distance-cap 128]
   [--model-lengths 4096,...] [--model-configs llama-1.1b,...] [--out DIR] [--tag NAME]
-Writes attention_stats_{kernel,model}[_<tag>]_<gpu>.json and .md into --out (default benchmarks/results).
+Writes attention_stats_kernel[_<shape>][_<tag>]_<gpu> (the shape, as 32-8-64, unless it is 32,32,128) and
+attention_stats_model_<config>[_<tag>]_<gpu>, .json and .md, into --out (default benchmarks/results).
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ RECEIVED_GROUP = _count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
 # on the special function units, the pass's busiest pipe at head_dim 64; 0, the default: all on the special function
 # units. Compiled and checked for sm_90, not yet run on a GPU (benchmarks/NOTES.md, change 21)
 RECEIVED_FMA_SHARE = _count_setting("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", 0, least=0)
+# 1: the forward's argmax in the scores' last bits and its running sums per thread (gluon_forward's `packed`), 17%
+# fewer instructions a key block at head_dim 64; 0, the default: the search for the first position at the maximum.
+# Compiled and checked for sm_90, not yet run on a GPU (benchmarks/NOTES.md, change 22)
+FORWARD_PACKED = _count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0) > 0
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -136,6 +140,8 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     wanted = set(res) | ({"norm"} if norm is not None else set())
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
+    if FORWARD_PACKED:
+        wanted.add("packed")
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)

@@ -2,11 +2,12 @@
 causal self-attention takes on Hopper (unless WORKBENCH_GLUON=0, or WORKBENCH_GLUON_RECEIVED=0 for the received pass).
 
 Triton's CPU interpreter does not run Gluon, so on the CPU the kernels are compiled for sm_90 (the forward with
-every statistic, and the received pass: their layouts, partitions and barriers must lower), and the dispatch rules
-are checked on tensors' layouts. On a Hopper GPU (WORKBENCH_GPU_TESTS=1) `triton_attention.attention` takes them,
-and the output and every statistic are held to the reference within the tolerance of tests/kernels/matrix.py, in
-bf16 and fp16, for both memory layouts a model's projections give: with the block statistics (the Triton received
-pass computes `received` then) and without them (the Gluon received pass does).
+every statistic, its argmax searched and packed, and the received pass: their layouts, partitions and barriers must
+lower), and the dispatch rules are checked on tensors' layouts. On a Hopper GPU (WORKBENCH_GPU_TESTS=1)
+`triton_attention.attention` takes them, and the output and every statistic are held to the reference within the
+tolerance of tests/kernels/matrix.py, in bf16 and fp16, for both memory layouts a model's projections give: with the
+block statistics (the Triton received pass computes `received` then) and without them (the Gluon received pass
+does).
 """
 
 import os
@@ -52,7 +53,9 @@ if kernel_name == "forward":
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-    variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": gluon_attention.STAGES}]
+    every = set(gluon_forward.FLAG_BITS) - {"packed"}  # every statistic, then with the argmax and sums packed
+    variants = [{"FLAGS": gluon_forward.flags(flags, 2), "STAGES": gluon_attention.STAGES}
+                for flags in (every, every | {"packed"})]
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
@@ -88,10 +91,12 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
-    [(warps, wgmma, _, serialized)] = compile_for_hopper("forward", head_dim)
-    assert (warps, wgmma) == ("12", "True")
-    assert serialized == "False"  # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
+    lines = compile_for_hopper("forward", head_dim)  # the argmax searched, then packed
+    assert len(lines) == 2
+    for warps, wgmma, _, serialized in lines:
+        # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
+        assert (warps, wgmma) == ("12", "True")
+        assert serialized == "False"  # no wgmma in flight across the key loop's back edge: ptxas keeps them async
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
@@ -110,7 +115,7 @@ def test_received_pass_compiles_for_hopper(head_dim):
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 256  # one sink key, above the eight flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 512  # one sink key, above the nine flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
@@ -149,12 +154,14 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
+def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, packed, monkeypatch):
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=256, head_dim=head_dim, seed=head_dim + heads,
                             device="cuda")
     if transposed:
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
     low = tuple(t.to(dtype) for t in (q, k, v))
     assert gluon_attention.applies(*low, causal=True, plain=True, inputs_interpreted=False)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3))
@@ -206,20 +213,44 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
-def test_gpu_capped_distance(length, head_dim, cap, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
+def test_gpu_capped_distance(length, head_dim, cap, packed, monkeypatch):
     """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
     consumers (caps below, at and above a block of 128 keys)."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=length, head_dim=head_dim, seed=length + head_dim, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True, sink_keys=(0, 3),
                  distance_cap=cap)
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
+@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
+def test_gpu_argmax_takes_the_first_of_tied_keys(packed, monkeypatch):
+    """Exact ties go to the first key, as in the reference, also where the argmax rides in the scores' last bits:
+    a head whose queries are 0 (every score 0), and one whose queries all point at key 5, repeated at key 20 (the
+    same key block) and key 300 (a later one)."""
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
+    q, k, v = (t.bfloat16() for t in matrix.inputs(B=1, H=2, Hkv=2, Lq=512, head_dim=64, seed=9, device="cuda"))
+    k[:, 1, [20, 300]] = k[:, 1, 5]
+    q[:, 0] = 0
+    q[:, 1] = 2 * k[:, 1, 5]
+    assert gluon_attention.applies(q, k, v, causal=True, plain=True, inputs_interpreted=False)
+    _, stats = triton_attention.attention(q, k, v, causal=True, stats=("max_prob", "argmax_key"))
+    rows = torch.arange(512, device="cuda")
+    assert torch.equal(stats["argmax_key"][0, 0], torch.zeros_like(rows))
+    torch.testing.assert_close(stats["max_prob"][0, 0], 1 / (rows + 1.0))
+    assert torch.equal(stats["argmax_key"][0, 1, 5:], torch.full_like(rows[5:], 5))
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
+def test_gpu_real_attention_inputs_in_bf16(packed, monkeypatch):
     """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force,
     with `received` from either pass."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     for q, k, v in matrix.real_attention_inputs("cuda"):
         assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True,
