@@ -32,12 +32,14 @@ except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Trit
     gluon_stats_forward = gluon_received_pass = None
 
 
-def _count_setting(variable: str, default: int, least: int) -> int:
-    """The whole number in the environment variable `variable` (default when unset), at least `least`; a
-    ValueError naming the variable and its value otherwise, at import, before any kernel is compiled."""
+def _count_setting(variable: str, default: int, least: int, most: int | None = None) -> int:
+    """The whole number in the environment variable `variable` (default when unset), at least `least` and at most
+    `most` where given; a ValueError naming the variable and its value otherwise, at import, before any kernel is
+    compiled."""
     text = os.environ.get(variable, str(default))
-    if not text.strip().isdigit() or int(text) < least:
-        raise ValueError(f"{variable}={text!r}: expected a whole number, at least {least}")
+    if not text.strip().isdigit() or int(text) < least or (most is not None and int(text) > most):
+        bound = f"from {least} to {most}" if most is not None else f"at least {least}"
+        raise ValueError(f"{variable}={text!r}: expected a whole number, {bound}")
     return int(text)
 
 
@@ -57,7 +59,7 @@ RECEIVED_FMA_SHARE = _count_setting("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", 0, lea
 # 1: the forward's argmax in the scores' last bits and its running sums per thread (gluon_forward's `packed`), 17%
 # fewer instructions a key block at head_dim 64; 0, the default: the search for the first position at the maximum.
 # Compiled and checked for sm_90, not yet run on a GPU (benchmarks/NOTES.md, change 22)
-FORWARD_PACKED = _count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0) > 0
+FORWARD_PACKED = _count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0, most=1) == 1
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 

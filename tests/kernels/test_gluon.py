@@ -120,9 +120,10 @@ def test_flags_name_every_statistic_once():
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
-def test_received_pass_settings_are_checked(monkeypatch):
-    """The received pass's stages, groups and FMA share from the environment: whole numbers, and at least two
-    stages (a consumer holds two blocks' stages at once), refused with the variable and its value."""
+def test_gluon_settings_are_checked(monkeypatch):
+    """The received pass's stages, groups and FMA share and the forward's packed switch from the environment: whole
+    numbers, at least two stages (a consumer holds two blocks' stages at once), the switch 0 or 1; refused with the
+    variable and its value."""
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "4")
     assert gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1) == 4
     monkeypatch.delenv("WORKBENCH_GLUON_RECEIVED_GROUP")
@@ -136,6 +137,11 @@ def test_received_pass_settings_are_checked(monkeypatch):
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", "-1")  # 0 (none on the FMA units) or one group in k
     with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_FMA_SHARE='-1': expected a whole number"):
         gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", 0, least=0)
+    monkeypatch.setenv("WORKBENCH_GLUON_FORWARD_PACKED", "2")  # a switch: 0 or 1
+    with pytest.raises(ValueError, match="WORKBENCH_GLUON_FORWARD_PACKED='2': expected a whole number, from 0 to 1"):
+        gluon_attention._count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0, most=1)
+    monkeypatch.setenv("WORKBENCH_GLUON_FORWARD_PACKED", "1")
+    assert gluon_attention._count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0, most=1) == 1
 
 
 def test_layouts_the_forward_reads():
