@@ -3,11 +3,10 @@
 `received` (the attention each key receives) needs each query's final log-sum-exp, so it takes a second pass
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
-forward with `received` from the Triton pass and from the Gluon pass with 3 query blocks in flight in groups of 4
-and of 2 blocks, and in groups of 2 with one group of 8 query columns in 4, 3 or 2 taking its exponentials on the
-FMA units (WORKBENCH_GLUON_RECEIVED_STAGES, _GROUP and _FMA_SHARE). A pass's time is the difference to the forward
-alone. The anchor is the fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA),
-timed on the same inputs.
+forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, in
+groups of 4 blocks, and with 3 in groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES and _GROUP). A pass's time is the
+difference to the forward alone. The anchor is the fastest attention of the run (FlashAttention-4 where it is
+installed, else cuDNN SDPA), timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
   [--out benchmarks/results]
@@ -24,10 +23,8 @@ from hardware import gluon_shapes_main
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# query blocks in flight, the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs), and
-# the share of the exponentials on the FMA units (one group of 8 columns in FMA_SHARE; 0 none)
-VARIANTS = {"gluon_3": (3, 4, 0), "gluon_3_pairs": (3, 2, 0), "pairs_fma_4": (3, 2, 4), "pairs_fma_3": (3, 2, 3),
-            "pairs_fma_2": (3, 2, 2)}
+# query blocks in flight, and the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs)
+VARIANTS = {"gluon_2": (2, 4), "gluon_3": (3, 4), "gluon_4": (4, 4), "gluon_3_pairs": (3, 2)}
 
 
 def bench(fn) -> float:
@@ -55,10 +52,9 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
     reference = attention(q, k, v, stats=every)[1]["received"]
     gluon_attention.RECEIVED_ALLOWED = True
-    for name, (stages, group, share) in VARIANTS.items():
+    for name, (stages, group) in VARIANTS.items():
         gluon_attention.RECEIVED_STAGES = stages
         gluon_attention.RECEIVED_GROUP = group
-        gluon_attention.RECEIVED_FMA_SHARE = share
         got = attention(q, k, v, stats=every)[1]["received"]
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))

@@ -32,14 +32,12 @@ except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Trit
     gluon_stats_forward = gluon_received_pass = None
 
 
-def _count_setting(variable: str, default: int, least: int, most: int | None = None) -> int:
-    """The whole number in the environment variable `variable` (default when unset), at least `least` and at most
-    `most` where given; a ValueError naming the variable and its value otherwise, at import, before any kernel is
-    compiled."""
+def _count_setting(variable: str, default: int, least: int) -> int:
+    """The whole number in the environment variable `variable` (default when unset), at least `least`; a
+    ValueError naming the variable and its value otherwise, at import, before any kernel is compiled."""
     text = os.environ.get(variable, str(default))
-    if not text.strip().isdigit() or int(text) < least or (most is not None and int(text) > most):
-        bound = f"from {least} to {most}" if most is not None else f"at least {least}"
-        raise ValueError(f"{variable}={text!r}: expected a whole number, {bound}")
+    if not text.strip().isdigit() or int(text) < least:
+        raise ValueError(f"{variable}={text!r}: expected a whole number, at least {least}")
     return int(text)
 
 
@@ -52,14 +50,6 @@ STAGES = 2  # of 2 and 3, 2 measured best at head_dim 64 and 128 (benchmarks/NOT
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
 RECEIVED_STAGES = _count_setting("WORKBENCH_GLUON_RECEIVED_STAGES", 3, least=2)
 RECEIVED_GROUP = _count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
-# one group of 8 query columns in RECEIVED_FMA_SHARE takes its exponentials on the FMA units (a polynomial), the rest
-# on the special function units, the pass's busiest pipe at head_dim 64; 0, the default: all on the special function
-# units. Compiled and checked for sm_90, not yet run on a GPU (benchmarks/NOTES.md, change 21)
-RECEIVED_FMA_SHARE = _count_setting("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", 0, least=0)
-# 1: the forward's argmax in the scores' last bits and its running sums per thread (gluon_forward's `packed`), 17%
-# fewer instructions a key block at head_dim 64; 0, the default: the search for the first position at the maximum.
-# Compiled and checked for sm_90, not yet run on a GPU (benchmarks/NOTES.md, change 22)
-FORWARD_PACKED = _count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0, most=1) == 1
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -142,8 +132,6 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     wanted = set(res) | ({"norm"} if norm is not None else set())
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
-    if FORWARD_PACKED:
-        wanted.add("packed")
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
@@ -171,14 +159,13 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
         return False
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
-    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, RECEIVED_FMA_SHARE, q2.dtype, dim)
+    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, q2.dtype, dim)
 
     def launch() -> None:
         lse2 = (norm[0] + norm[1]).view(-1)  # each query's base-2 log normaliser
         lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
             _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
-            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP,
-            FMA_SHARE=RECEIVED_FMA_SHARE, num_warps=4)
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, num_warps=4)
 
     return _launch(key, launch)

@@ -16,22 +16,13 @@ tiles into full and diagonal blocks of FlashAttention-2 (Dao, 2023). Every key a
 a block of keys n0.. adds (i - n0) sum p - sum_c p c to the window distance (one multiply-add a score). Under a
 cap W on the distance, the loop is split the same way by what the cap does to each block of a consumer's rows:
 a block wholly W or more behind every row adds W sum p (no work a score), one that every row sees within W
-the uncapped sum, and only the few that straddle the cap take min(i - j, W) a score. Each row's first
-position at its block maximum replaces its argmax where its maximum rises (a row-wise test: no reduction across
-the warpgroup's warps in the loop). The sink and self masses are not carried through the loop: after it, each
-row's logit with each sink key and with its own key is recomputed in float32 from q and k, and exp2(u - m) / l
-is its probability. Rows are every query of a causal self-attention (no padding, no window, no edit), so every
-row sees its own key and no row is empty. `workbench.kernels.gluon_attention` says when it runs.
-
-FLAGS' `packed` (WORKBENCH_GLUON_FORWARD_PACKED=1; compiled for sm_90, not yet run on a GPU: benchmarks/NOTES.md,
-change 22) takes 17% of the loop's instructions at head_dim 64 away. The argmax rides in the scores: the last 7
-bits of each float32 score q.k hold 127 - its column (one LOP3 a score), so the row maximum the softmax takes
-anyway also names its column, where the search for the first position took 2.6 instructions a score. Every
-statistic and the output then see scores changed by less than 2^-16 of their size (127 float32 ulps), where
-rounding q and k to bf16 moves each by up to 2^-8 of theirs; among scores that close, the argmax takes a block's
-lowest column where they are >= 0 and its highest where they are < 0. And the running sums l, t and w stay as
-each thread's part of its rows through the key loop, the 4 threads of a row meeting once, before the diagonal
-block (as FlashAttention-3 keeps l).
+the uncapped sum, and only the few that straddle the cap take min(i - j, W) a score. Each row's
+first position at its block maximum replaces its argmax where its maximum rises (a row-wise test: no
+reduction across the warpgroup's warps in the loop). The sink and self masses are not carried through the
+loop: after it, each row's logit with each sink key and with its own key is recomputed in float32 from q and k,
+and exp2(u - m) / l is its probability. Rows are every query of a causal self-attention (no padding, no window,
+no edit), so every row sees its own key and no row is empty. `workbench.kernels.gluon_attention` says when it
+runs.
 """
 
 from triton.experimental import gluon
@@ -51,18 +42,16 @@ ACROSS = gl.constexpr(2)  # ... some within it, some not
 
 @aggregate
 class Role:
-    """A consumer's compile-time arguments: which warpgroup, the kernel's FLAGS (the forward's statistics; the
-    received pass's GROUP) and SHARE (the received pass's FMA_SHARE). A worker partition's arguments are flattened
-    to values, and only constexpr objects survive that as constants."""
+    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics; the
+    received pass's GROUP). A worker partition's arguments are flattened to values, and only constexpr objects
+    survive that as constants."""
     WG: gl.constexpr
     FLAGS: gl.constexpr
-    SHARE: gl.constexpr
 
     @gluon.constexpr_function
-    def __init__(self, wg, flags, share=0):
+    def __init__(self, wg, flags):
         self.WG = gl.constexpr(wg)
         self.FLAGS = gl.constexpr(flags)
-        self.SHARE = gl.constexpr(share)
 
 
 @gluon.constexpr_function
@@ -79,8 +68,8 @@ def _mma_layout(n):
 
 
 @gluon.jit
-def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, code, post, cap, m_i, l_i, t_i, w_i, arg_i,
-           acc, FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
+def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
+           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
     """One key block of a consumer: its scores, the online softmax with the statistics, its share of the output.
     DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
     take no mask and no branch. CAPPED: WITHIN, BEYOND or ACROSS, where the block's keys lie from the distance
@@ -91,8 +80,6 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, code, p
     ENTROPY: gl.constexpr = _has(FLAGS, "entropy")
     MAX: gl.constexpr = _has(FLAGS, "max_prob")
     DISTANCE: gl.constexpr = _has(FLAGS, "window_distance")
-    PACKED: gl.constexpr = _has(FLAGS, "packed")
-    WHOLE: gl.constexpr = DIAGONAL or not PACKED  # the running sums are whole rows, else each thread's parts
     s_layout: gl.constexpr = _mma_layout(BLOCK_N)
     o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -107,37 +94,27 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, code, p
     qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k))
     if DIAGONAL:  # keys after a row are masked
         qk = gl.where(cols[None, :] + n0 <= rows[:, None], qk, MASKED)
-    if MAX and PACKED:  # each score's last 7 bits become `code` (BLOCK_N - 1 - its column): (bits & -128) | code
-        gl.static_assert(BLOCK_N == 128, "the argmax's code takes a score's last 7 bits")
-        qk = gl.inline_asm_elementwise("lop3.b32 $0, $1, 0xffffff80, $2, 0xea;", "=r,r,r",
-                                       [qk, gl.broadcast(code[None, :], qk)[0]], dtype=gl.float32, is_pure=True,
-                                       pack=1)
     qk_max = gl.max(qk, 1)
     block_max = qk_max * post
     m_new = gl.maximum(m_i, block_max)
-    if MAX:  # the block maximum's position, kept where the row's maximum rises
-        if PACKED:
-            pos = BLOCK_N - 1 - (qk_max.to(gl.int32, bitcast=True) & (BLOCK_N - 1))
-        else:  # its first position
-            pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
+    if MAX:  # each row's first position at its block maximum, kept where the row's maximum rises
+        pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
         arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
     x = qk * post - m_new[:, None]
     p = gl.exp2(x)
     alpha = gl.exp2(m_i - m_new)
-    row_sum = _sums(p, WHOLE)
-    alpha_t = _like(alpha, row_sum, WHOLE)
+    row_sum = gl.sum(p, 1)
     if ENTROPY:
-        t_i = alpha_t * (t_i + _like(m_i - m_new, row_sum, WHOLE) * l_i) + _sums(p * x, WHOLE)
+        t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
     if DISTANCE:
         if CAPPED == WITHIN:  # sum_c p (i - n0 - c), one multiply-add a score: p is 0 for the keys after a row
-            w_i = (w_i * alpha_t + _like((rows - n0).to(gl.float32), row_sum, WHOLE) * row_sum
-                   - _sums(p * cols.to(gl.float32)[None, :], WHOLE))
+            w_i = w_i * alpha + (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
         elif CAPPED == BEYOND:
-            w_i = w_i * alpha_t + cap * row_sum
+            w_i = w_i * alpha + cap * row_sum
         else:
             distance = gl.minimum((rows[:, None] - (cols[None, :] + n0)).to(gl.float32), cap)
-            w_i = w_i * alpha_t + _sums(p * distance, WHOLE)
-    l_i = l_i * alpha_t + row_sum
+            w_i = w_i * alpha + gl.sum(p * distance, 1)
+    l_i = l_i * alpha + row_sum
     p16 = gl.convert_layout(p.to(q.dtype), p_layout)
     acc = acc * gl.convert_layout(alpha, row_o)[:, None]
     mbarrier.wait(v_ready.index(s), phase)
@@ -146,31 +123,6 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, code, p
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
     mbarrier.arrive(kv_empty.index(s), count=1)
     return m_new, l_i, t_i, w_i, arg_i, acc
-
-
-@gluon.jit
-def _sums(x, WHOLE: gl.constexpr):
-    """Each row's sum of x ([64, BLOCK_N] in the wgmma layout), [64]; or, unless WHOLE, each thread's part of it,
-    [64, 4]: a row's columns lie with the 4 threads of a quad, and meeting once after the key loop takes the
-    shuffles out of it (as FlashAttention-3 keeps its sum)."""
-    BLOCK_N: gl.constexpr = x.type.shape[1]
-    if WHOLE:
-        sums = gl.sum(x, 1)
-    else:
-        by_thread = gl.permute(gl.reshape(x, [ROWS, BLOCK_N // 8, 4, 2]), (0, 2, 1, 3))
-        sums = gl.sum(gl.reshape(by_thread, [ROWS, 4, BLOCK_N // 4]), 2)
-    return sums
-
-
-@gluon.jit
-def _like(row_values, sums, WHOLE: gl.constexpr):
-    """[64] per-row values shaped to combine with `sums` (of `_sums`): as they are, or as [64, 1] in the layout
-    of the threads' parts, which holds each row in the same threads (no data moves)."""
-    if WHOLE:
-        shaped = row_values
-    else:
-        shaped = gl.convert_layout(row_values, gl.SliceLayout(1, sums.type.layout), assert_trivial=True)[:, None]
-    return shaped
 
 
 ROW_LAYOUT = gl.constexpr(gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))  # [64, head_dim] rows, for _key_logits
@@ -205,7 +157,6 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     SELF: gl.constexpr = _has(FLAGS, "self_mass")
     NORM: gl.constexpr = _has(FLAGS, "norm")
     CAP: gl.constexpr = _has(FLAGS, "distance_cap")
-    PACKED: gl.constexpr = _has(FLAGS, "packed")
     N_SINK: gl.constexpr = FLAGS >> SINK_SHIFT
     s_layout: gl.constexpr = _mma_layout(BLOCK_N)
     o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
@@ -214,11 +165,10 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     q_first = m0 + WG * ROWS
     rows = q_first + gl.arange(0, ROWS, layout=row_s)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    code = BLOCK_N - 1 - cols  # what the argmax writes into each column's scores (`_block`)
     m_i = gl.full([ROWS], MASKED, gl.float32, layout=row_s)
-    l_i = _sums(gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), not PACKED)
-    t_i = l_i
-    w_i = l_i
+    l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+    t_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+    w_i = gl.zeros([ROWS], gl.float32, layout=row_s)
     arg_i = gl.zeros([ROWS], gl.int32, layout=row_s)
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
     q = q_smem.index(WG)
@@ -231,21 +181,18 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         near = q_first + ROWS - cap_keys  # the first key within the cap of the consumer's last row
         n_across = gl.minimum(gl.maximum(gl.where(near > 0, gl.cdiv(near, BLOCK_N), 0), n_beyond), n_blocks - 1)
     for j in range(n_beyond):
-        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, code,
-                                                post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, BEYOND)
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, BEYOND)
     for j in range(n_beyond, n_across):
-        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, code,
-                                                post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, ACROSS)
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, ACROSS)
     for j in range(n_across, n_blocks - 1):
-        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, code,
-                                                post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, WITHIN)
-    if PACKED:  # the threads' parts of the running sums meet
-        l_i = gl.convert_layout(gl.sum(l_i, 1), row_s, assert_trivial=True)
-        t_i = gl.convert_layout(gl.sum(t_i, 1), row_s, assert_trivial=True)
-        w_i = gl.convert_layout(gl.sum(w_i, 1), row_s, assert_trivial=True)
+        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
+                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, WITHIN)
     m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, n_blocks - 1, rows, cols,
-                                            code, post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True,
+                                            post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True,
                                             ACROSS if CAP else WITHIN)
+
     out = acc / gl.convert_layout(l_i, row_o)[:, None]
     offs_m = q_first + gl.arange(0, ROWS, layout=row_o)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
@@ -359,13 +306,12 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         (_producer, pargs)], [4, 1], [232, 40])
 
 
-FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap",
-             "packed")
+FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap")
 SINK_SHIFT = gl.constexpr(len(FLAG_BITS))  # the number of sink keys sits above the flags
 
 
 def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
-    norm: the received pass follows; distance_cap: window_distance is capped; packed: the argmax in the scores'
-    last bits and the sums per thread), and the number of sink keys above them."""
+    norm: the received pass follows; distance_cap: window_distance is capped), and the number of sink keys
+    above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << SINK_SHIFT.value)

@@ -21,12 +21,9 @@ both; at 32 / 8 heads x 64 every Gluon loop takes about 19.5 ms, since there the
 each other (benchmarks/NOTES.md, change 19).
 
 At head_dim 64 the special function units' 16 exponentials a clock are the pass's floor (K Q^T alone would take
-about 33 scores a clock). FMA_SHARE > 0 moves one group of 8 query columns in FMA_SHARE onto the FMA units, where
-2^x is a polynomial of degree 5 and an exponent shift (FlashAttention-4's partial emulation of the exponential):
-ten instructions there against one ex2, on units that otherwise idle. The columns are chosen at compile time, so
-no tile is split and no instruction is spent on the choice. Off by default until measured on a GPU (change 21;
-change 17's first version, which gave some queries a K Q^T of their own for it, was slower while the pass was
-bound by latency).
+about 33 scores a clock). Moving a share of the exponentials onto the idle FMA units as a polynomial
+(FlashAttention-4's partial emulation of the exponential) did not lift it: one group of 8 query columns in 4, 3
+or 2 so made the pass alone 10-41% slower on an H100 at 8k and 32k (change 21).
 """
 
 from triton.experimental import gluon
@@ -54,56 +51,25 @@ def _issue(k, q_smem, c_smem, q_ready, j):
 
 
 @gluon.jit
-def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr, SHARE: gl.constexpr):
+def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
     """Each key's sum of p over the block's queries m0 .. (scores qk [64 keys, 128 queries], their normalisers c);
-    DIAGONAL: the queries before a key are masked. SHARE: as `_exp2_shared`."""
+    DIAGONAL: the queries before a key are masked."""
     x = qk * post - c[None, :]
     if DIAGONAL:
         layout: gl.constexpr = qk.type.layout
         cols = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout))
         x = gl.where(cols[None, :] >= gl.convert_layout(keys, gl.SliceLayout(1, layout))[:, None], x, MASKED)
-    return gl.convert_layout(gl.sum(_exp2_shared(x, SHARE), 1), keys.type.layout)
+    return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
 
 
 @gluon.jit
-def _exp2_fma(x):
-    """2^x on the FMA and integer units: x = j + f, j the nearest integer, 2^f by a polynomial of degree 5 on
-    [-1/2, 1/2] (its own relative error 7.5e-8; 2.3e-7 with float32 rounding, about ex2.approx's), and j added to
-    its exponent field. x is clamped at -126, so the masked scores give at most 2^-125.5 instead of 0.
-    FlashAttention-4's partial exponential emulation."""
-    x = gl.maximum(x, -126.0)
-    t = x + 12582912.0  # 1.5 2^23: the sum rounds x to the nearest integer, held in its low mantissa bits
-    f = x - (t - 12582912.0)
-    p = f * 0.0013276404 + 0.0096755405
-    p = p * f + 0.05550713
-    p = p * f + 0.2402212
-    p = p * f + 0.69314697
-    p = p * f + 1.0000001
-    bits = p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
-    return bits.to(gl.float32, bitcast=True)
-
-
-@gluon.jit
-def _exp2_shared(x, SHARE: gl.constexpr):
-    """2^x of a score tile: one group of 8 columns in SHARE (a thread of the wgmma accumulator holds each group's
-    columns in registers of their own, so the choice is made at compile time) on the FMA units by `_exp2_fma`, the
-    rest on the special function units (ex2), where the pass's exponentials make them its busiest pipe and the FMA
-    units idle beside them; SHARE 0: all on the special function units."""
-    if SHARE == 0:
-        return gl.exp2(x)
-    layout: gl.constexpr = x.type.layout
-    cols = gl.arange(0, x.type.shape[1], layout=gl.SliceLayout(0, layout))
-    return gl.where(((cols // 8) % SHARE == 0)[None, :], _exp2_fma(x), gl.exp2(x))
-
-
-@gluon.jit
-def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: gl.constexpr, SHARE: gl.constexpr):
+def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: gl.constexpr):
     """Query block j's row sums (`_row_sums`) once its K Q^T (qk) is in, with PENDING later ones left running, and
     its stage released."""
     STAGES: gl.constexpr = q_empty.type.shape[0]
     scores = warpgroup_mma_wait(PENDING, deps=(qk, ))
     mbarrier.arrive(q_empty.index(j % STAGES), count=1)
-    return _row_sums(scores, c, m0, keys, post, DIAGONAL, SHARE)
+    return _row_sums(scores, c, m0, keys, post, DIAGONAL)
 
 
 @gluon.jit
@@ -114,25 +80,24 @@ def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0,
     before it, and the group's last is waited for within it."""
     WG: gl.constexpr = role.WG
     GROUP: gl.constexpr = role.FLAGS
-    SHARE: gl.constexpr = role.SHARE
     layout: gl.constexpr = gl.SliceLayout(1, _mma_layout(BLOCK_M))
     keys = n0 + WG * ROWS + gl.arange(0, ROWS, layout=layout)
     k = k_smem.index(WG)
     mbarrier.wait(k_bar, 0)
     qk, c = _issue(k, q_smem, c_smem, q_ready, 0)
-    total = _taken(qk, c, 0, n0, keys, post, q_empty, 0, True, SHARE)
+    total = _taken(qk, c, 0, n0, keys, post, q_empty, 0, True)
     first = 1 + (n_blocks - 1) % GROUP
     for j in range(1, first):
         qk, c = _issue(k, q_smem, c_smem, q_ready, j)
-        total += _taken(qk, c, j, 0, keys, post, q_empty, 0, False, SHARE)
+        total += _taken(qk, c, j, 0, keys, post, q_empty, 0, False)
     for j in range(first, n_blocks, GROUP):
         qk, c = _issue(k, q_smem, c_smem, q_ready, j)
         for i in gl.static_range(1, GROUP):  # block j + i's K Q^T runs under block j + i - 1's exponentials
             qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + i)
-            total += _taken(qk, c, j + i - 1, 0, keys, post, q_empty, 1, False, SHARE)
+            total += _taken(qk, c, j + i - 1, 0, keys, post, q_empty, 1, False)
             qk = qk_next
             c = c_next
-        total += _taken(qk, c, j + GROUP - 1, 0, keys, post, q_empty, 0, False, SHARE)
+        total += _taken(qk, c, j + GROUP - 1, 0, keys, post, q_empty, 0, False)
     gl.store(received_ptr + keys, total)
 
 
@@ -153,15 +118,14 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
 @gluon.jit
 def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
                         q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols, post,
-                        STAGES: gl.constexpr, GROUP: gl.constexpr, FMA_SHARE: gl.constexpr):
+                        STAGES: gl.constexpr, GROUP: gl.constexpr):
     """received [batch, heads, length] of 128 keys of one (batch, query head) under causal self-attention; grid
     (length / 128, batch x heads), the keys that most queries see first.
 
     q_desc ([128, head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D views of
     `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc ([128] tiles) sees each
     query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale. GROUP: the
-    query blocks of a group of the consumers' loop (`_consumer`), 2 or more. FMA_SHARE: one group of 8 query columns
-    in FMA_SHARE takes its exponentials on the FMA units (`_exp2_shared`), 0 none.
+    query blocks of a group of the consumers' loop (`_consumer`), 2 or more.
     """
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     pid_n = gl.program_id(0)
@@ -186,6 +150,5 @@ def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, le
     pargs = (q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_empty,
              b * q_batch_rows + head * q_head_rows + n0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows + n0, kv_head * kv_head_cols, row_base + n0, n_blocks)
-    gl.warp_specialize([(_consumer, cargs + (Role(0, GROUP, FMA_SHARE), )),
-                        (_consumer, cargs + (Role(1, GROUP, FMA_SHARE), )),
+    gl.warp_specialize([(_consumer, cargs + (Role(0, GROUP), )), (_consumer, cargs + (Role(1, GROUP), )),
                         (_producer, pargs)], [4, 1], [232, 40])

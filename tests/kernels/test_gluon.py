@@ -2,12 +2,11 @@
 causal self-attention takes on Hopper (unless WORKBENCH_GLUON=0, or WORKBENCH_GLUON_RECEIVED=0 for the received pass).
 
 Triton's CPU interpreter does not run Gluon, so on the CPU the kernels are compiled for sm_90 (the forward with
-every statistic, its argmax searched and packed, and the received pass: their layouts, partitions and barriers must
-lower), and the dispatch rules are checked on tensors' layouts. On a Hopper GPU (WORKBENCH_GPU_TESTS=1)
-`triton_attention.attention` takes them, and the output and every statistic are held to the reference within the
-tolerance of tests/kernels/matrix.py, in bf16 and fp16, for both memory layouts a model's projections give: with the
-block statistics (the Triton received pass computes `received` then) and without them (the Gluon received pass
-does).
+every statistic, and the received pass: their layouts, partitions and barriers must lower), and the dispatch rules
+are checked on tensors' layouts. On a Hopper GPU (WORKBENCH_GPU_TESTS=1) `triton_attention.attention` takes them,
+and the output and every statistic are held to the reference within the tolerance of tests/kernels/matrix.py, in
+bf16 and fp16, for both memory layouts a model's projections give: with the block statistics (the Triton received
+pass computes `received` then) and without them (the Gluon received pass does).
 """
 
 import os
@@ -53,15 +52,12 @@ if kernel_name == "forward":
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-    every = set(gluon_forward.FLAG_BITS) - {"packed"}  # every statistic, then with the argmax and sums packed
-    variants = [{"FLAGS": gluon_forward.flags(flags, 2), "STAGES": gluon_attention.STAGES}
-                for flags in (every, every | {"packed"})]
+    variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2), "STAGES": gluon_attention.STAGES}]
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
-                 FMA_SHARE="constexpr", c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group), "FMA_SHARE": share}
-                for group in sys.argv[3].split(",") for share in (0, 4)]
+                 c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
@@ -91,39 +87,32 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    lines = compile_for_hopper("forward", head_dim)  # the argmax searched, then packed
-    assert len(lines) == 2
-    for warps, wgmma, _, serialized in lines:
-        # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
-        assert (warps, wgmma) == ("12", "True")
-        assert serialized == "False"  # no wgmma in flight across the key loop's back edge: ptxas keeps them async
+    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
+    [(warps, wgmma, _, serialized)] = compile_for_hopper("forward", head_dim)
+    assert (warps, wgmma) == ("12", "True")
+    assert serialized == "False"  # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    lines = compile_for_hopper("received", head_dim)  # each group with all exponentials on ex2, then a quarter on FMA
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * 2 * len(GROUPS)
+    lines = compile_for_hopper("received", head_dim)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
     # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
-    assert [serialized for *_, serialized in lines] == ["False"] * 2 * len(GROUPS)
-    special = [int(count) for _, _, count, _ in lines]
-    for group, on_ex2, shared in zip(GROUPS, special[::2], special[1::2]):
-        # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
-        # diagonal, the one alone, the group's)
-        assert on_ex2 > 2 * (group + 1) * 64
-        # one group of 8 columns in 4 on the FMA units, chosen at compile time (to the few ex2 the compiler merges)
-        assert abs(shared - on_ex2 * 3 / 4) < 4
+    assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
+    # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
+    # diagonal, the one alone, the group's)
+    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS))
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 512  # one sink key, above the nine flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 256  # one sink key, above the eight flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
 
-def test_gluon_settings_are_checked(monkeypatch):
-    """The received pass's stages, groups and FMA share and the forward's packed switch from the environment: whole
-    numbers, at least two stages (a consumer holds two blocks' stages at once), the switch 0 or 1; refused with the
-    variable and its value."""
+def test_received_pass_settings_are_checked(monkeypatch):
+    """The received pass's stages and groups from the environment: whole numbers, and at least two stages (a
+    consumer holds two blocks' stages at once), refused with the variable and its value."""
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "4")
     assert gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1) == 4
     monkeypatch.delenv("WORKBENCH_GLUON_RECEIVED_GROUP")
@@ -134,14 +123,6 @@ def test_gluon_settings_are_checked(monkeypatch):
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "two")
     with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_GROUP='two'"):
         gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
-    monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", "-1")  # 0 (none on the FMA units) or one group in k
-    with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_FMA_SHARE='-1': expected a whole number"):
-        gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_FMA_SHARE", 0, least=0)
-    monkeypatch.setenv("WORKBENCH_GLUON_FORWARD_PACKED", "2")  # a switch: 0 or 1
-    with pytest.raises(ValueError, match="WORKBENCH_GLUON_FORWARD_PACKED='2': expected a whole number, from 0 to 1"):
-        gluon_attention._count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0, most=1)
-    monkeypatch.setenv("WORKBENCH_GLUON_FORWARD_PACKED", "1")
-    assert gluon_attention._count_setting("WORKBENCH_GLUON_FORWARD_PACKED", 0, least=0, most=1) == 1
 
 
 def test_layouts_the_forward_reads():
@@ -160,14 +141,12 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
-def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, packed, monkeypatch):
+def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, monkeypatch):
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=256, head_dim=head_dim, seed=head_dim + heads,
                             device="cuda")
     if transposed:
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
     low = tuple(t.to(dtype) for t in (q, k, v))
     assert gluon_attention.applies(*low, causal=True, plain=True, inputs_interpreted=False)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, causal=True, sink_keys=(0, 3))
@@ -177,12 +156,11 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, pac
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,group,share", [(2, 4, 0), (3, 4, 0), (4, 4, 0), (3, 2, 0), (3, 2, 4), (3, 2, 2)],
-                         ids=["2-fours", "3-fours", "4-fours", "3-pairs", "3-pairs-fma4", "3-pairs-fma2"])
-def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, share, monkeypatch):
+@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)],
+                         ids=["2-fours", "3-fours", "4-fours", "3-pairs"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
     """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
-    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them), with a share of the
-    exponentials on the FMA units or none."""
+    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=1024, head_dim=head_dim, seed=head_dim + 3,
                             device="cuda")
     if transposed:
@@ -191,20 +169,16 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_STAGES", stages)
     monkeypatch.setattr(gluon_attention, "RECEIVED_GROUP", group)
-    monkeypatch.setattr(gluon_attention, "RECEIVED_FMA_SHARE", share)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
-    assert gluon_attention._COMPILES[("received pass", stages, group, share, dtype, head_dim)] is True
+    assert gluon_attention._COMPILES[("received pass", stages, group, dtype, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("stats,share", [(ALL_STATS, 0), (NO_BLOCKS, 0), (NO_BLOCKS, 4)],
-                         ids=["every", "no_blocks", "no_blocks-fma4"])
-def test_gpu_uncapped_distance_and_long_rows(stats, share, monkeypatch):
-    """Peaked rows of 1,024 keys: many p far below 2^-126 (which the received pass's polynomial exponential, with a
-    share on the FMA units, clamps)."""
+@pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
+def test_gpu_uncapped_distance_and_long_rows(stats, monkeypatch):
+    """Peaked rows of 1,024 keys: many p far below 2^-126."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "RECEIVED_FMA_SHARE", share)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
 
@@ -219,27 +193,22 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
-@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
-def test_gpu_capped_distance(length, head_dim, cap, packed, monkeypatch):
+def test_gpu_capped_distance(length, head_dim, cap, monkeypatch):
     """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
     consumers (caps below, at and above a block of 128 keys)."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=length, head_dim=head_dim, seed=length + head_dim, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True, sink_keys=(0, 3),
                  distance_cap=cap)
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
-def test_gpu_argmax_takes_the_first_of_tied_keys(packed, monkeypatch):
-    """Exact ties go to the first key, as in the reference, also where the argmax rides in the scores' last bits:
-    a head whose queries are 0 (every score 0), and one whose queries all point at key 5, repeated at key 20 (the
-    same key block) and key 300 (a later one)."""
+def test_gpu_argmax_takes_the_first_of_tied_keys(monkeypatch):
+    """Exact ties go to the first key, as in the reference: a head whose queries are 0 (every score 0), and one
+    whose queries all point at key 5, repeated at key 20 (the same key block) and key 300 (a later one)."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
     q, k, v = (t.bfloat16() for t in matrix.inputs(B=1, H=2, Hkv=2, Lq=512, head_dim=64, seed=9, device="cuda"))
-    k[:, 1, [20, 300]] = k[:, 1, 5]
+    k[:, 1, [20, 300]] = k[:, 1, 5].clone()
     q[:, 0] = 0
     q[:, 1] = 2 * k[:, 1, 5]
     assert gluon_attention.applies(q, k, v, causal=True, plain=True, inputs_interpreted=False)
@@ -251,12 +220,10 @@ def test_gpu_argmax_takes_the_first_of_tied_keys(packed, monkeypatch):
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-@pytest.mark.parametrize("packed", [False, True], ids=["searched", "packed"])
-def test_gpu_real_attention_inputs_in_bf16(packed, monkeypatch):
+def test_gpu_real_attention_inputs_in_bf16(monkeypatch):
     """q, k, v captured from a trained model (1,024 tokens, head_dim 64), in bf16, against the float64 brute force,
     with `received` from either pass."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "FORWARD_PACKED", packed)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     for q, k, v in matrix.real_attention_inputs("cuda"):
         assert gluon_attention.applies(*(t.bfloat16() for t in (q, k, v)), causal=True, plain=True,
