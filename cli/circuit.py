@@ -15,8 +15,8 @@ from workbench.cli.common import (
     MaxMemoryOption,
     ModelOption,
     NoStoreOption,
-    OverwriteOption,
     OffloadOption,
+    OverwriteOption,
     StoreOption,
     console,
     default_out,
@@ -52,10 +52,10 @@ def circuit_command(
 
     Under `accelerate launch` or `torchrun`, patching splits its runs across the processes; the first writes."""
     from workbench import parallel
+    from workbench.atomic import output_folder
     from workbench.probes.circuits.circuit import save
     from workbench.probes.circuits.discover import find_circuit
     from workbench.probes.tasks import load_task
-    from workbench.atomic import output_folder
 
     out = out or default_out("circuits")
     try:

@@ -11,14 +11,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.probes.result import LAYER_LEVEL, Result
+from workbench import parallel
+from workbench.atomic import check_output, output_folder
 from workbench.cli.common import (
+    INTERRUPTED,
     DeviceMapOption,
     DeviceOption,
     FileOption,
-    ModelOption,
-    INTERRUPTED,
     MaxMemoryOption,
+    ModelOption,
     NoStoreOption,
     OffloadOption,
     OutOption,
@@ -35,9 +36,8 @@ from workbench.cli.common import (
     read_text,
     store_run,
 )
-from workbench import parallel
-from workbench.atomic import check_output, output_folder
 from workbench.errors import WorkbenchError
+from workbench.probes.result import LAYER_LEVEL, Result
 
 app = typer.Typer(no_args_is_help=True, help="Run a probe and report the heads it finds.")
 
@@ -114,8 +114,8 @@ def sinks(model: ModelOption = None, text: TextOption = None, file: FileOption =
           device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
           offload_folder: OffloadOption = None) -> None:
     """First-token sink scores and Sink^eps, secondary sinks with their levels, massive activations."""
-    from workbench.probes.sinks import massive_activations, secondary_sinks, sink_scores
     from workbench import trace
+    from workbench.probes.sinks import massive_activations, secondary_sinks, sink_scores
 
     source = _text(text, file)
 
@@ -136,8 +136,8 @@ def entropy(model: ModelOption = None, text: TextOption = None, file: FileOption
             device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
           offload_folder: OffloadOption = None) -> None:
     """Entropy per head, layer and position; local versus global heads; future attention influence."""
-    from workbench.probes.entropy import entropy_profile, future_attention_influence, local_global
     from workbench import trace
+    from workbench.probes.entropy import entropy_profile, future_attention_influence, local_global
 
     source = _text(text, file)
 
@@ -158,8 +158,8 @@ def erank(model: ModelOption = None, text: TextOption = None, file: FileOption =
           device: DeviceOption = None, device_map: DeviceMapOption = None, max_memory: MaxMemoryOption = None,
           offload_folder: OffloadOption = None) -> None:
     """Effective rank of the hidden states per layer and of each head's output."""
-    from workbench.probes.erank import head_output_erank, hidden_state_erank
     from workbench import trace
+    from workbench.probes.erank import head_output_erank, hidden_state_erank
 
     source = _text(text, file)
 

@@ -18,8 +18,17 @@ import time
 from pathlib import Path
 
 from workbench.dashboards.app import create_app
-from workbench.dashboards.browser import (choose, chromium, click, click_point, graph_data, served, text, wait,
-                                          wait_graph)
+from workbench.dashboards.browser import (
+    choose,
+    chromium,
+    click,
+    click_point,
+    graph_data,
+    served,
+    text,
+    wait,
+    wait_graph,
+)
 from workbench.dashboards.circuits import circuit_runs
 from workbench.dashboards.layout import head_source
 

@@ -23,6 +23,9 @@ import pandas as pd
 import torch
 
 import workbench
+from workbench import zoo
+from workbench.dashboards.jobs import Job
+from workbench.errors import WorkbenchError
 from workbench.interventions import ablate, calibrate, scale, scale_initial
 from workbench.interventions.masking import logits_and_loss
 from workbench.probes.entropy import entropy_profile
@@ -31,12 +34,9 @@ from workbench.probes.result import Result
 from workbench.probes.retrieval import retrieval_heads
 from workbench.probes.sinks import sink_scores
 from workbench.probes.windows import layer_inputs, query_window
-from workbench import zoo
 from workbench.samples import SAMPLE_TEXT
-from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.tracer import AttentionInputs, capture
-from workbench.dashboards.jobs import Job
 from workbench.zoo import tasks
 
 WINDOW = 48  # the most positions a head's attention map is drawn over (the app never draws an L x L map)

@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from workbench.errors import WorkbenchError
 from workbench.interventions.select import Head, check_heads, key_bias_edits
 from workbench.interventions.zerotuning import answer_ids, sequence_logprob
 from workbench.kernels import HeadEdits
 from workbench.probes.result import LAYER_LEVEL, Result
 from workbench.probes.sinks import secondary_sinks
-from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.tracer import capture, trace
 

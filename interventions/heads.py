@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.interventions.select import Head, check_heads
 from workbench.errors import WorkbenchError
 from workbench.head_outputs import head_output_hook, record_head_outputs
+from workbench.interventions.select import Head, check_heads
 from workbench.subject import Subject
 
 MODES = ("zero", "mean", "resample")

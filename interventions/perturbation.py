@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 
-from workbench.interventions.select import Head, check_heads, per_head_edits
 from workbench.errors import WorkbenchError
+from workbench.interventions.select import Head, check_heads, per_head_edits
 from workbench.subject import Subject
 from workbench.tracer import capture
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.interventions.select import Head, check_heads
 from workbench.kernels import HeadEdits
-from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 from workbench.tracer import capture
 

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from workbench import parallel
+from workbench.errors import WorkbenchError
 from workbench.interventions.heads import MODES, ablate, record_reference
 from workbench.interventions.select import Head, check_heads
 from workbench.probes.result import Result
 from workbench.probes.tasks import Task, evaluate
-from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import pandas as pd
 import torch
 
-from workbench.interventions.select import Head, check_heads, key_bias_edits
 from workbench.errors import WorkbenchError
+from workbench.interventions.select import Head, check_heads, key_bias_edits
 from workbench.subject import Subject
 from workbench.tracer import capture
 

@@ -21,6 +21,7 @@ import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from workbench.kernels import gluon_attention
 from workbench.kernels.contract import (
     BLOCK_STATS,
     DEFAULT_BLOCK_SIZE,
@@ -32,7 +33,6 @@ from workbench.kernels.contract import (
     n_blocks,
     sink_logits,
 )
-from workbench.kernels import gluon_attention
 from workbench.kernels.triton_forward import stats_forward
 from workbench.kernels.triton_received import received_pass
 

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.probes.result import LAYER_LEVEL, Result, head_rows, layer_rows
 from workbench.probes.sinks import uniform_received
-from workbench.errors import WorkbenchError
 from workbench.trace import Trace, normalized_entropy
 
 

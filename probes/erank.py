@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.probes.result import Result, head_rows, layer_rows
 from workbench.errors import WorkbenchError
 from workbench.head_outputs import record_head_outputs
+from workbench.probes.result import Result, head_rows, layer_rows
 from workbench.subject import Subject
 from workbench.trace import Trace
 

@@ -24,6 +24,9 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
+from workbench import registry, zoo
+from workbench.errors import WorkbenchError
+from workbench.kernels import check_block_size
 from workbench.probes.entropy import entropy_profile, future_attention_influence
 from workbench.probes.erank import head_output_erank, hidden_state_erank
 from workbench.probes.haystack import stdlib_prose
@@ -32,9 +35,6 @@ from workbench.probes.result import Result
 from workbench.probes.retrieval import retrieval_heads
 from workbench.probes.sinks import secondary_sinks, sink_scores
 from workbench.probes.sparsity import coverage, head_groups, layer_similarity
-from workbench import registry, zoo
-from workbench.errors import WorkbenchError
-from workbench.kernels import check_block_size
 from workbench.subject import Subject
 from workbench.tracer import trace
 from workbench.zoo.organism import ioi_scores

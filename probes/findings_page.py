@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench.probes.findings import Findings, findings_json, retrieval_scores
-from workbench.probes.result import LAYER_LEVEL
 from workbench.atomic import check_output, output_folder, replace_file
 from workbench.errors import WorkbenchError
+from workbench.probes.findings import Findings, findings_json, retrieval_scores
+from workbench.probes.result import LAYER_LEVEL
 
 TOP = 10
 

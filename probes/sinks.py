@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.probes.result import LAYER_LEVEL, Result, head_rows, layer_rows
 from workbench.errors import WorkbenchError
+from workbench.probes.result import LAYER_LEVEL, Result, head_rows, layer_rows
 from workbench.trace import Trace
 
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from workbench import zoo
-from workbench.samples import SAMPLE_TEXT
-from workbench.textfile import json_lines
 from workbench.errors import WorkbenchError
+from workbench.samples import SAMPLE_TEXT
 from workbench.subject import Subject
+from workbench.textfile import json_lines
 from workbench.zoo import tasks as templates
 
 BUILTIN = ("loss", "ioi", "needle", "induction")

@@ -11,7 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "0" if os.environ.get("WORKBENCH_GPU_T
 
 # Run from the checkout, its folder kernels/ would hide Hugging Face's `kernels` from transformers: importing
 # workbench first hands that name to the installed package (workbench.checkout).
-import workbench  # noqa: E402,F401
+import workbench  # noqa: E402,F401,I001
 from platformdirs import user_cache_dir  # noqa: E402
 
 # Named models convert once into a cache of the test suite's own (kept between runs), apart from the user's.

@@ -23,8 +23,8 @@ from transformers.masking_utils import AttentionMaskInterface
 from workbench import context_parallel as cp
 from workbench import kernels
 from workbench.bridge import hf_attention
-from workbench.kernels import HeadEdits
 from workbench.errors import WorkbenchError
+from workbench.kernels import HeadEdits
 from workbench.subject import Subject
 from workbench.trace import Trace
 

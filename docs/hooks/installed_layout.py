@@ -13,10 +13,9 @@ Markdown needs a blank line there, so the extension adds one when it reads a doc
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
-
-import re
 
 import griffe
 

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
+from workbench.head_outputs import head_output_hook
 from workbench.probes.circuits.graph import head_nodes, mlp_output, sites, with_mlp_output
 from workbench.probes.tasks import Task, evaluate
-from workbench.head_outputs import head_output_hook
 from workbench.subject import Subject
 
 if TYPE_CHECKING:

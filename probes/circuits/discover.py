@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workbench.errors import WorkbenchError
 from workbench.probes.circuits.circuit import Circuit, faithfulness, select
 from workbench.probes.circuits.eap import attribution_scores, node_scores
 from workbench.probes.circuits.graph import edge_test, receivers, senders
 from workbench.probes.circuits.patching import patch_heads
 from workbench.probes.circuits.path_patching import path_patch
 from workbench.probes.tasks import Task
-from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 
 METHODS = ("eap", "eap-ig", "patching")

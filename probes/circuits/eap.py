@@ -19,10 +19,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.probes.circuits.graph import (ReceiverDeltas, edge_test, receivers, record, senders, sites,
-                                            split_receivers)
-from workbench.probes.tasks import Task, encode, score_logits
 from workbench.errors import WorkbenchError
+from workbench.probes.circuits.graph import (
+    ReceiverDeltas,
+    edge_test,
+    receivers,
+    record,
+    senders,
+    sites,
+    split_receivers,
+)
+from workbench.probes.tasks import Task, encode, score_logits
 from workbench.subject import Subject
 
 METHODS = ("eap", "eap-ig")

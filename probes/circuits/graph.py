@@ -30,6 +30,7 @@ from workbench.errors import WorkbenchError
 from workbench.head_outputs import head_output_hook
 from workbench.subject import Subject
 
+
 class Layout(NamedTuple):
     """Where an architecture reads and writes the residual stream; paths relative to base_model / a layer."""
 

@@ -23,11 +23,11 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from workbench import parallel
+from workbench.errors import WorkbenchError
+from workbench.head_outputs import head_output_hook, record_head_outputs
 from workbench.probes.circuits.graph import sites
 from workbench.probes.result import Result
 from workbench.probes.tasks import Task, evaluate, normalized
-from workbench.errors import WorkbenchError
-from workbench.head_outputs import head_output_hook, record_head_outputs
 from workbench.subject import Subject
 
 PATTERN_IMPLEMENTATION = "workbench_pattern_patch"

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 
 from workbench import parallel
+from workbench.errors import WorkbenchError
 from workbench.probes.circuits.graph import ReceiverDeltas, edge_test, record, split_receivers
 from workbench.probes.tasks import Task, encode, evaluate, normalized, score_logits
-from workbench.errors import WorkbenchError
 from workbench.subject import Subject
 
 

@@ -18,17 +18,27 @@ import pytest
 import torch
 
 import workbench
+from workbench import zoo
 from workbench.dashboards import browser
 from workbench.dashboards.app import session_app
-from workbench.dashboards.browser import (choose, click, click_point, graph_note, selected_tab, server_errors, text,
-                                          type_text, wait, wait_graph)
+from workbench.dashboards.browser import (
+    choose,
+    click,
+    click_point,
+    graph_note,
+    selected_tab,
+    server_errors,
+    text,
+    type_text,
+    wait,
+    wait_graph,
+)
 from workbench.dashboards.session import Session
 from workbench.interventions import ablate
 from workbench.interventions.masking import document_loss
 from workbench.probes.entropy import entropy_profile
 from workbench.probes.heads import head_types
 from workbench.probes.sinks import sink_scores
-from workbench import zoo
 from workbench.samples import SAMPLE_TEXT
 from workbench.zoo import tasks
 

@@ -13,9 +13,9 @@ import torch
 
 import workbench
 from workbench.dashboards.session import Session
+from workbench.errors import HeadNotFoundError, WorkbenchError
 from workbench.interventions import ablate, calibrate, scale, scale_initial
 from workbench.interventions.calibration import find_hidden_sinks
-from workbench.errors import HeadNotFoundError, WorkbenchError
 
 
 def _free_port() -> int:

@@ -8,6 +8,7 @@ import torch
 from tiny_models import build, token_ids, tokenizer
 
 import workbench
+from workbench.head_outputs import record_head_outputs
 from workbench.interventions import (
     ablate,
     attention_influence,
@@ -21,7 +22,6 @@ from workbench.interventions import (
 )
 from workbench.interventions.calibration import search_heads
 from workbench.interventions.zerotuning import answer_ids, answer_logprob
-from workbench.head_outputs import record_head_outputs
 
 DH, H, G = 8, 4, 2  # tiny llama: head_dim, query heads, query heads per kv head
 IDS = token_ids(2, 12, seed=5)

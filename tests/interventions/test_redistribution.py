@@ -9,8 +9,8 @@ from test_edits import IDS, eager_heads, logits
 from tiny_models import build
 
 import workbench
-from workbench.interventions import redistribute, scale_initial
 from workbench.head_outputs import record_head_outputs
+from workbench.interventions import redistribute, scale_initial
 from workbench.tracer import capture
 
 SINKS, TARGETS = [0, 1], [4, 6]

@@ -20,8 +20,13 @@ pytest.importorskip("triton.experimental.gluon")
 
 import matrix  # noqa: E402
 
-from workbench.kernels import ALL_STATS, BLOCK_STATS, gluon_attention, gluon_forward  # noqa: E402
-from workbench.kernels import triton_attention  # noqa: E402
+from workbench.kernels import (  # noqa: E402
+    ALL_STATS,
+    BLOCK_STATS,
+    gluon_attention,
+    gluon_forward,
+    triton_attention,
+)
 
 GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
        and torch.cuda.get_device_capability() == (9, 0))

@@ -11,10 +11,10 @@ from tiny_models import build, tokenizer
 from transformers import AttentionInterface
 
 import workbench
+from workbench.errors import WorkbenchError
 from workbench.head_outputs import head_output_hook
 from workbench.interventions.components import project_out, remove_components
 from workbench.probes import tasks as T
-from workbench.errors import WorkbenchError
 from workbench.probes.circuits.graph import on_input, sites
 from workbench.probes.composition import KINDS, carrying_components, composition_scores, ov_directions
 from workbench.probes.weights import PROJECTIONS, head_weights, rope_matrices

@@ -14,6 +14,7 @@ import workbench.probes.findings
 import workbench.probes.findings_page
 from workbench import probes
 from workbench.atomic import OutputExistsError
+from workbench.cli import app
 from workbench.probes.entropy import entropy_profile
 from workbench.probes.erank import head_output_erank, hidden_state_erank
 from workbench.probes.findings import prose_inputs
@@ -21,7 +22,6 @@ from workbench.probes.heads import head_types
 from workbench.probes.retrieval import retrieval_heads
 from workbench.probes.sinks import secondary_sinks, sink_scores
 from workbench.probes.sparsity import coverage
-from workbench.cli import app
 from workbench.zoo.organism import ioi_scores
 
 runner = CliRunner()

@@ -9,11 +9,11 @@ import torch
 from tiny_models import build, token_ids
 
 import workbench
+from workbench.head_outputs import record_head_outputs
 from workbench.probes.entropy import entropy_profile, future_attention_influence, local_global
 from workbench.probes.erank import effective_rank, head_output_erank, hidden_state_erank
 from workbench.probes.heads import head_similarity, head_types, type_scores
 from workbench.probes.sinks import massive_activations, secondary_sinks, sink_scores
-from workbench.head_outputs import record_head_outputs
 
 ATOL = 1e-5  # float32 statistics against float64 brute force
 

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 import workbench
-from workbench.probes.heads import head_types
 from workbench.cli import app
+from workbench.probes.heads import head_types
 
 runner = CliRunner()
 SHORT = "He wound the clockwork and trimmed the wick. He wound the clockwork again."

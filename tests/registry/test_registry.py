@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 import workbench
 from workbench import registry
+from workbench.cli.models import app
 from workbench.errors import UnknownModelError, WorkbenchError
 from workbench.registry import convert
-from workbench.cli.models import app
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 KNOWN = "known: smollm2-135m, gemma3-270m, minilm"

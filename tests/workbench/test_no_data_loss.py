@@ -304,8 +304,8 @@ def test_a_busy_store_gives_a_clear_error_after_the_bounded_wait(tmp_path):
 
 
 def test_the_apps_runs_tab_answers_while_a_writer_holds_the_store(tmp_path, monkeypatch):
-    from filelock import FileLock
     from dash import no_update
+    from filelock import FileLock
 
     from workbench.dashboards import session as session_module
     from workbench.dashboards.callbacks import run_options

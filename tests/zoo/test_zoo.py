@@ -13,11 +13,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import workbench
+from workbench import zoo
 from workbench.interventions import ablate
 from workbench.probes.heads import head_types, repeated_random_tokens
 from workbench.probes.retrieval import retrieval_heads
 from workbench.probes.sinks import sink_scores
-from workbench import zoo
 from workbench.zoo import organism, tasks
 
 

@@ -8,13 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 import workbench
+from workbench.cli import app
 from workbench.probes import tasks as T
 from workbench.probes.circuits.circuit import Circuit, circuit_figure, overlap
 from workbench.probes.circuits.discover import find_circuit
 from workbench.probes.circuits.eap import attribution_scores, node_scores, spearman
 from workbench.probes.circuits.patching import patch_heads
 from workbench.probes.circuits.path_patching import path_patch
-from workbench.cli import app
 
 INDUCTION = {(0, 1), (1, 0), (1, 1), (1, 2), (1, 3)}  # model card: previous-token head L0.H1, induction heads L1.*
 

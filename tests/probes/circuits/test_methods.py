@@ -8,15 +8,15 @@ import torch
 from tiny_models import CONFIGS, build, token_ids, tokenizer
 
 import workbench
+from workbench.head_outputs import head_output_hook, record_head_outputs
 from workbench.interventions import ablate
 from workbench.probes import tasks as T
 from workbench.probes.circuits.circuit import circuit_metric, faithfulness
-from workbench.probes.circuits.eap import attribution_scores
 from workbench.probes.circuits.discover import find_circuit
+from workbench.probes.circuits.eap import attribution_scores
 from workbench.probes.circuits.graph import SITES, ReceiverDeltas, record, senders, sites, split_receivers
 from workbench.probes.circuits.patching import patch_heads, patch_patterns, patch_residual, pattern_patching
 from workbench.probes.circuits.path_patching import path_patch
-from workbench.head_outputs import head_output_hook, record_head_outputs
 
 
 def tiny(name="llama", double=False):
