@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import platform
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,33 +44,3 @@ def write_results(out: Path, name: str, rows: list[dict], markdown: str) -> None
                                                               "triton": triton.__version__, "rows": rows}, indent=1))
     (out / f"{name}_{slug(gpu)}.md").write_text(markdown)
     print(markdown)
-
-
-def gluon_shapes_main(doc: str, name: str, row: Callable[[tuple[int, int, int], int], dict],
-                      markdown: Callable[[str, list[dict]], str], head_dims: tuple[int, ...]) -> None:
-    """The command line of a benchmark of the Gluon kernels (its module docstring `doc`): `row(shape, length)` for
-    each of --shapes (heads,kv_heads,head_dim, head_dim in head_dims) and --lengths (multiples of 128), each row
-    printed as it comes, then `write_results` as <name>[_<tag>] in --out; bad shapes or lengths are refused before
-    any is timed."""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--shapes", default="32,8,64;32,32,128", help="heads,kv_heads,head_dim; several with ';'")
-    parser.add_argument("--lengths", default="8192,32768")
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
-    lengths = [int(x) for x in args.lengths.split(",")]
-    bad = [s for s in shapes if len(s) != 3 or s[2] not in head_dims] + [n for n in lengths if n % 128]
-    if bad:
-        parser.error(f"{bad}: shapes are heads,kv_heads,head_dim with head_dim in {head_dims}, lengths multiples "
-                     "of 128")
-    rows = []
-    for shape in shapes:
-        for length in lengths:
-            rows.append(row(shape, length))
-            print(json.dumps(rows[-1]), flush=True)
-    write_results(Path(args.out), name + (f"_{args.tag}" if args.tag else ""), rows,
-                  markdown(torch.cuda.get_device_name(), rows))

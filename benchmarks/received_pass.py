@@ -15,10 +15,14 @@ Writes received_pass[_<tag>]_<gpu>.json and .md into --out.
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import torch
 import triton
 from attention_stats import anchors, bf16_inputs
-from hardware import gluon_shapes_main
+from hardware import write_results
 
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
@@ -31,21 +35,14 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def anchored_inputs(shape: tuple[int, int, int], length: int) -> tuple[tuple[torch.Tensor, ...], dict]:
-    """bf16 q, k, v of `shape` (heads, kv_heads, head_dim) and `length`, and a row of results that starts with
-    them and the anchors' milliseconds on them: cuDNN SDPA's, and FlashAttention-4's where it is installed."""
+def row(shape: tuple[int, int, int], length: int) -> dict:
+    """Milliseconds of the anchors, the forward alone and the forward with each received pass; each pass's time."""
     q, k, v = bf16_inputs(length, shape)
     out = {"shape": "x".join(map(str, shape)), "L": length}
     cases = anchors(q, k, v)
     out["cudnn"] = bench(cases["sdpa_cudnn"])
     if "fa4" in cases:
         out["fa4"] = bench(cases["fa4"])
-    return (q, k, v), out
-
-
-def row(shape: tuple[int, int, int], length: int) -> dict:
-    """Milliseconds of the anchors, the forward alone and the forward with each received pass; each pass's time."""
-    (q, k, v), out = anchored_inputs(shape, length)
     out["forward"] = bench(lambda: attention(q, k, v, stats=QUERY_STATS))
     every = QUERY_STATS + KEY_STATS
     gluon_attention.RECEIVED_ALLOWED = False  # the Triton pass
@@ -84,7 +81,25 @@ def markdown(gpu: str, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    gluon_shapes_main(__doc__, "received_pass", row, markdown, gluon_attention.HEAD_DIMS)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="32,8,64;32,32,128", help="heads,kv_heads,head_dim; several with ';'")
+    parser.add_argument("--lengths", default="8192,32768")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
+    lengths = [int(x) for x in args.lengths.split(",")]
+    bad = [s for s in shapes if len(s) != 3 or s[2] not in gluon_attention.HEAD_DIMS] + [
+        n for n in lengths if n % 128]
+    if bad:
+        parser.error(f"{bad}: shapes are heads,kv_heads,head_dim with head_dim 64 or 128, lengths multiples of 128")
+    rows = []
+    for shape in shapes:
+        for length in lengths:
+            rows.append(row(shape, length))
+            print(json.dumps(rows[-1]), flush=True)
+    name = "received_pass" + (f"_{args.tag}" if args.tag else "")
+    write_results(Path(args.out), name, rows, markdown(torch.cuda.get_device_name(), rows))
 
 
 if __name__ == "__main__":
