@@ -44,12 +44,11 @@ def _count_setting(variable: str, default: int, least: int) -> int:
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") != "0"
 BLOCK_N = 128
-# per head_dim, the forward's key/value stages and the key blocks whose stages its consumers release at once: at 64,
-# 4 stages released in pairs halve the warpgroup barriers that each release costs, 3-6% off the one-pass
-# statistics on an H100; at 128, where 4 stages do not fit in shared memory, 2 released one by one (3 measured no
-# faster; benchmarks/NOTES.md, changes 14 and 23)
-STAGES = {64: 4, 128: 2}
-RELEASE = {64: 2, 128: 1}
+# the forward's key/value stages per head_dim: at 64, 3 took 1-4% off the one-pass statistics against 2 in three
+# processes of four on two H100s (as fast in the fourth bar 8k), about what one process differs from the next; 4
+# were as fast there but slower on the lse alone, 4 freed two blocks at a time slower with a capped distance. At 128,
+# 3 no faster than 2; 4 do not fit in shared memory (benchmarks/forward_stages.py; NOTES.md, changes 14, 23, 24)
+STAGES = {64: 3, 128: 2}
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
@@ -150,7 +149,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
                 "lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")),
             row_max, row_sum, sink_positions, k2, k2.stride(0), heads, heads // kv_heads, length, qb, qh, qc, kb, kh,
             kc, out.stride(0), out.stride(1), out.stride(2), scale * LOG2E, float(distance_cap or 0),
-            distance_cap or 0, FLAGS=key[1], STAGES=STAGES[dim], RELEASE=RELEASE[dim], num_warps=4)
+            distance_cap or 0, FLAGS=key[1], STAGES=STAGES[dim], num_warps=4)
 
     return _launch(key, launch)
 

@@ -8,11 +8,6 @@ with the statistics, and the output, and free a stage once both have read it. Ea
 own barriers, so one's softmax runs while the other's matrix products do, and no CTA-wide barrier stands in the
 key loop. Triton 3.6 does not derive this split by itself on Hopper (benchmarks/NOTES.md, change 11).
 
-A consumer frees stages with one thread's arrival on an mbarrier, which Gluon precedes with a barrier of the
-warpgroup's 4 warps (the compiled loop holds a second before the next block's wait): the largest stall ncu
-reads in the key loop. With RELEASE = 2 (and 4 stages, at head_dim 64) the consumers free two blocks' stages at
-once, after the second, so half the blocks pay the first barrier (change 23).
-
 The recurrence and the statistics are those of `workbench.kernels.triton_forward` (its docstring): base-2
 logits u = log2(e) * scale * q.k, the running maximum m, sum l, the entropy's t, the argmax and the window
 distance, each rescaled by alpha = exp2(m - m'). Every block but a program's last is wholly before its rows, so
@@ -126,12 +121,7 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, c
     v = v_smem.index(s)
     acc = warpgroup_mma(p16, v, acc, is_async=True)
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
-    RELEASE: gl.constexpr = STAGES // kv_empty.type.shape[0]
-    if RELEASE == 1:
-        mbarrier.arrive(kv_empty.index(s), count=1)
-    else:  # one arrival (and the warpgroup's barrier before it) for RELEASE blocks' stages
-        if j % RELEASE == RELEASE - 1:
-            mbarrier.arrive(kv_empty.index((j // RELEASE) % kv_empty.type.shape[0]), count=1)
+    mbarrier.arrive(kv_empty.index(s), count=1)
     return m_new, l_i, t_i, w_i, arg_i, acc
 
 
@@ -253,12 +243,10 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     _two_tiles(q_desc, q_row, q_col, q_bar, q_smem)
-    GROUPS: gl.constexpr = kv_empty.type.shape[0]
-    RELEASE: gl.constexpr = STAGES // GROUPS
     for j in range(n_blocks):
         s = j % STAGES
-        if j % RELEASE == 0:  # a fresh barrier passes the wait on phase 1
-            mbarrier.wait(kv_empty.index((j // RELEASE) % GROUPS), ((j // RELEASE // GROUPS) & 1) ^ 1)
+        phase = (j // STAGES) & 1
+        mbarrier.wait(kv_empty.index(s), phase ^ 1)  # a fresh barrier passes the wait on phase 1
         mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
         TMA_LOAD(k_desc, [kv_row + j * BLOCK_N, kv_col], k_ready.index(s), k_smem.index(s))
         mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
@@ -271,7 +259,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         group, length,
                         q_batch_rows, q_head_rows, q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols,
                         out_batch_stride, out_head_stride, out_row_stride, post, cap, cap_keys,
-                        FLAGS: gl.constexpr, STAGES: gl.constexpr, RELEASE: gl.constexpr):
+                        FLAGS: gl.constexpr, STAGES: gl.constexpr):
     """Output rows and statistics of 128 query rows of one (batch, query head); grid (length / 128, batch x heads),
     the longest rows first.
 
@@ -280,8 +268,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     likewise for the key-value heads), which covers [batch, heads, length, dim] and [batch, length, heads, dim]
     memory alike; k_ptr is the key view's first element and k_row_stride its row stride, for the sink and self
     keys' logits. The statistics are [batch, heads, length], contiguous. cap: the window distance's cap in tokens
-    (FLAGS' distance_cap), cap_keys: the same cap as an integer. STAGES: key/value blocks in shared memory;
-    RELEASE: blocks whose stages the consumers free at once (dividing STAGES).
+    (FLAGS' distance_cap), cap_keys: the same cap as an integer.
     """
     BLOCK_M: gl.constexpr = 2 * ROWS
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -299,13 +286,12 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES // RELEASE, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-    for i in gl.static_range(STAGES // RELEASE):
-        mbarrier.init(kv_empty.index(i), count=2)  # both consumers release RELEASE stages at once
+        mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
     row_base = bh * length
     out_rows = out_ptr + b.to(gl.int64) * out_batch_stride + head.to(gl.int64) * out_head_stride
     k_rows = (k_ptr + (b * kv_batch_rows + kv_head * kv_head_rows).to(gl.int64) * k_row_stride

@@ -56,9 +56,9 @@ if kernel_name == "forward":
     kernel = gluon_forward.gluon_stats_forward
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
-                 FLAGS="constexpr", STAGES="constexpr", RELEASE="constexpr")
+                 FLAGS="constexpr", STAGES="constexpr")
     variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2),
-                 "STAGES": gluon_attention.STAGES[head_dim], "RELEASE": gluon_attention.RELEASE[head_dim]}]
+                 "STAGES": gluon_attention.STAGES[head_dim]}]
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
