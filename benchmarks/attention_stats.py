@@ -147,6 +147,9 @@ class Extra(NamedTuple):
                 + (["--distance-cap", str(self.distance_cap)] if self.distance_cap is not None else []))
 
 
+NO_EXTRA = Extra()  # the defaults: no block statistics, no block-sparse edit, window_distance uncapped
+
+
 def random_block_keep(heads: int, L: int, fraction: float, size: int = 128) -> torch.Tensor:
     """A block_keep mask [heads, 1, n, n] of blocks of `size` keeping, per head and query block, a random
     `fraction` of the key blocks a causal row sees, and always the first and the diagonal block."""
@@ -158,7 +161,7 @@ def random_block_keep(heads: int, L: int, fraction: float, size: int = 128) -> t
     return keep & torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
 
 
-def our_variants(q, k, v, extra: Extra = Extra()) -> dict:
+def our_variants(q, k, v, extra: Extra = NO_EXTRA) -> dict:
     """(b), (c) and (d): our kernel without statistics, with the one-pass statistics, and with `received`; then
     with `block_mass` (and `block_max`) beside `received` in blocks of each of `extra.block_sizes`, and the
     one-pass statistics under the block-sparse edit at each of `extra.keep_fractions`."""
@@ -181,7 +184,7 @@ def our_variants(q, k, v, extra: Extra = Extra()) -> dict:
     return variants
 
 
-def precompile(shapes: list[tuple[int, int, int]], extra: Extra = Extra()) -> float:
+def precompile(shapes: list[tuple[int, int, int]], extra: Extra = NO_EXTRA) -> float:
     """Compile every configuration of CONFIGS for our variants at `shapes`, one process per configuration, in
     parallel; return the seconds it took. The processes run 256-token inputs: the compiled kernels are the
     same (lengths only enter as integers divisible by 16), and Triton's disk cache hands them to the
@@ -199,7 +202,7 @@ def precompile(shapes: list[tuple[int, int, int]], extra: Extra = Extra()) -> fl
     return time.time() - start
 
 
-def compile_only(shapes: list[tuple[int, int, int]], extra: Extra = Extra()) -> None:
+def compile_only(shapes: list[tuple[int, int, int]], extra: Extra = NO_EXTRA) -> None:
     """Run each of our variants once at 256 tokens for every shape (in a process that pins one configuration)."""
     for shape in shapes:
         for fn in our_variants(*bf16_inputs(256, shape), extra).values():
@@ -242,7 +245,7 @@ def anchors(q, k, v) -> dict:
 
 
 def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown: bool = False,
-               extra: Extra = Extra()) -> dict:
+               extra: Extra = NO_EXTRA) -> dict:
     """Time and memory of every anchor and variant at context length L, for (query heads, kv heads, head_dim)."""
     heads, kv_heads, head_dim = shape
     q, k, v = bf16_inputs(L, shape)
@@ -263,7 +266,7 @@ def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown:
     row.setdefault("eager_entropy", {"error": "OOM at a shorter length"})
     timed_anchors = {name: row[name]["ms"] for name in ANCHORS if "ms" in row.get(name, {})}
     row["fastest"] = min(timed_anchors, key=timed_anchors.get)
-    for name, entry in row.items():
+    for entry in row.values():
         if isinstance(entry, dict) and "ms" in entry:
             entry["vs_fastest"] = entry["ms"] / timed_anchors[row["fastest"]]
             if "sdpa_cudnn" in timed_anchors:
@@ -272,7 +275,7 @@ def kernel_row(L: int, with_eager: bool, shape: tuple[int, int, int], breakdown:
 
 
 def kernel_level(lengths: list[int], shape: tuple[int, int, int] = DEFAULT_SHAPE,
-                 breakdown: bool = False, extra: Extra = Extra()) -> list[dict]:
+                 breakdown: bool = False, extra: Extra = NO_EXTRA) -> list[dict]:
     rows, with_eager = [], True
     for L in lengths:
         rows.append({**kernel_row(L, with_eager, shape, breakdown, extra), "shape": list(shape)})

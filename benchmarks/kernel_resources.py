@@ -109,7 +109,8 @@ def main() -> None:
             for kernel in kernels:
                 r = resources(kernel, config, head_dim, args.arch, args.maxnreg)
                 print(f"head_dim {head_dim:>3}  {','.join(map(str, config)):<12} {kernel:<9} "
-                      f"registers {r['registers']:>3}  spilled {r['stack']:>4} B  shared {r['shared'] / 1024:6.1f} KiB  "
+                      f"registers {r['registers']:>3}  spilled {r['stack']:>4} B  "
+                      f"shared {r['shared'] / 1024:6.1f} KiB  "
                       f"programs per SM {programs_per_sm(r, config[2])}")
 
 

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 RUNS = ("plain", "one_pass", "all")
@@ -48,15 +49,14 @@ def child(shapes: list[tuple[int, int, int]], lengths: list[int], anchor: bool) 
             row = {"shape": f"{heads}x{kv_heads}x{head_dim}", "L": length}
             for name in RUNS:
                 try:
-                    row[name] = triton.testing.do_bench(
-                        lambda: attention(q, k, v, causal=True, stats=stats[name]), warmup=25, rep=150,
-                        return_mode="median")
+                    row[name] = triton.testing.do_bench(partial(attention, q, k, v, causal=True, stats=stats[name]),
+                                                        warmup=25, rep=150, return_mode="median")
                 except Exception as err:  # a configuration that does not fit (shared memory, registers)
                     row[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
             if anchor:
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     row["cudnn"] = triton.testing.do_bench(
-                        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                        partial(F.scaled_dot_product_attention, q, k, v, is_causal=True, enable_gqa=True),
                         warmup=25, rep=150, return_mode="median")
             print(json.dumps(row), flush=True)
 

@@ -10,6 +10,7 @@ copy of a figure reads back as the same numbers.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import cycle
 
 import numpy as np
 import pandas as pd
@@ -206,7 +207,7 @@ def sequence_figure(series: Mapping[str, Mapping[str, np.ndarray]], tokens: Sequ
     fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.04,
                         subplot_titles=[SEQUENCE_TITLES.get(n, n) for n in names])
     positions = list(range(len(tokens)))
-    colors = dict(zip(dict.fromkeys(h for by_head in series.values() for h in by_head), HEAD_COLORS * 10))
+    colors = dict(zip(dict.fromkeys(h for by_head in series.values() for h in by_head), cycle(HEAD_COLORS)))
     for row, name in enumerate(names, start=1):
         for head, values in series[name].items():
             values = np.asarray(values, dtype=float)

@@ -51,7 +51,7 @@ def _table(subject: Subject, task: Task, target: str, units: list[tuple], run: C
     corrupted = float(evaluate(subject, task, "corrupted")[task.metric].mean())
     base = clean if target == "clean" else corrupted
     rows = []
-    for unit, patched in zip(units, parallel.map_items(run, units, desc=f"patching {name}", unit="run")):
+    for unit, patched in zip(units, parallel.map_items(run, units, desc=f"patching {name}", unit="run"), strict=True):
         for metric, value in (("patched", patched), ("effect", patched - base),
                               ("normalized", normalized(patched, clean, corrupted))):
             rows.append((*unit, metric, value))

@@ -107,7 +107,7 @@ def test_received_pass_compiles_for_hopper(head_dim):
     assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
     # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
     # diagonal, the one alone, the group's)
-    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS))
+    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS, strict=True))
 
 
 def test_flags_name_every_statistic_once():

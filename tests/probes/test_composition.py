@@ -93,7 +93,8 @@ def test_head_weights_and_rope_are_the_models_attention(name):
             z[:, head] = torch.randn(5, a.head_dim, dtype=dtype)
             proj = a.out_projections[layer]
             torch.testing.assert_close(proj(z.reshape(5, -1)) - proj(torch.zeros_like(z.reshape(5, -1))),
-                                       z[:, head] @ w.W_O[layer, head].to(dtype), rtol=0, atol=1e-10 if tol < 1e-5 else tol)
+                                       z[:, head] @ w.W_O[layer, head].to(dtype), rtol=0,
+                                       atol=1e-10 if tol < 1e-5 else tol)
     assert (rope_matrices(subject, DISTANCES) is None) == (name == "gpt2")
     if name == "gemma3_text":  # its last layer is global: RoPE at another frequency than the local layers'
         assert not torch.allclose(rope_matrices(subject, DISTANCES, 0), rope_matrices(subject, DISTANCES, 5))

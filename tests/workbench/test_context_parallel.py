@@ -147,14 +147,16 @@ BLOCK_CASES = {  # name -> (model, inputs): right padding, and left padding of o
 
 def _block_trace(case: str) -> workbench.Trace:
     name, inputs = BLOCK_CASES[case]
-    subject = workbench.load(build(name, max_position_embeddings=320), tokenizer=_left_padding_tokenizer(), device="cpu")
+    subject = workbench.load(build(name, max_position_embeddings=320), tokenizer=_left_padding_tokenizer(),
+                             device="cpu")
     return workbench.trace(subject, inputs, stats=PARALLEL_STATS + BLOCK_STATS, block_size=BLOCK,
                            context_parallel=torch.distributed.is_initialized())
 
 
 def _block_ranks() -> tuple[dict[str, workbench.Trace], str]:
     """Each rank: the block cases, and the error for left padding that is not whole blocks."""
-    subject = workbench.load(build("llama", max_position_embeddings=320), tokenizer=_left_padding_tokenizer(), device="cpu")
+    subject = workbench.load(build("llama", max_position_embeddings=320), tokenizer=_left_padding_tokenizer(),
+                             device="cpu")
     try:
         workbench.trace(subject, ["the code " * 75, "the code " * 50], stats=BLOCK_STATS, block_size=BLOCK,
                         context_parallel=True)
