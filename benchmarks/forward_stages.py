@@ -17,14 +17,12 @@ Writes forward_stages[_<tag>]_<gpu>.json and .md into --out, rewritten after eac
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 import triton
 from attention_stats import anchors, bf16_inputs
-from hardware import write_results
+from hardware import gluon_command_line, write_rows
 
 from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
@@ -57,18 +55,20 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
            "anchor_ms": bench(cases[anchor])}
     use(head_dim, default)
     reference = {name: attention(q, k, v, **kw) for name, kw in PATHS.items()}
-    counts = []
+    ran = {default: all(gluon_attention._COMPILES.values())}  # else it did not compile and the Triton forward ran
     for stages in COUNTS[head_dim]:
+        if stages == default:
+            continue
         use(head_dim, stages)
         got = {name: attention(q, k, v, **kw) for name, kw in PATHS.items()}
-        ran = all(gluon_attention._COMPILES.values())
-        out[f"{stages}_ran"] = ran
-        if not ran:  # did not compile (shared memory): the Triton forward ran instead
-            continue
-        out[f"{stages}_same"] = all(torch.equal(got[n][0], reference[n][0]) and all(
-            torch.equal(got[n][1][s], reference[n][1][s]) for s in reference[n][1]) for n in PATHS)
-        counts.append(stages)
-    del reference, got
+        ran[stages] = all(gluon_attention._COMPILES.values())
+        if ran[stages]:
+            out[f"{stages}_same"] = all(torch.equal(got[n][0], reference[n][0]) and all(
+                torch.equal(got[n][1][s], reference[n][1][s]) for s in reference[n][1]) for n in PATHS)
+        del got
+    del reference
+    out.update({f"{stages}_ran": compiled for stages, compiled in ran.items()})
+    counts = [stages for stages in COUNTS[head_dim] if ran[stages]]
     times: dict[str, list[float]] = {}
     for r in range(rounds):
         for stages in (counts if r % 2 == 0 else counts[::-1]):
@@ -84,7 +84,7 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
 def markdown(gpu: str, rows: list[dict]) -> str:
     lines = [f"# The Gluon forward's key/value stages, {gpu}", "",
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
-             "at 128 tokens. Same: output and statistics bit for bit those of the default count.", "",
+             "at 128 tokens. Same: output and statistics bit for bit those of the default count (the reference).", "",
              "| shape | L | anchor | stages | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
         for stages in COUNTS[int(r["shape"].split("x")[2])]:
@@ -94,33 +94,22 @@ def markdown(gpu: str, rows: list[dict]) -> str:
                 continue
             cells = [f"{r[f'{stages}_{p}_ms']:.2f} ({r[f'{stages}_{p}_ms'] / r['anchor_ms']:.2f}x)" for p in PATHS]
             lines.append(f"| {r['shape']} | {r['L']} | {r['anchor']} {r['anchor_ms']:.2f} | {stages}{mark} | "
-                         + " | ".join(cells) + f" | {r[f'{stages}_same']} |")
+                         + " | ".join(cells) + f" | {'reference' if mark else r[f'{stages}_same']} |")
     return "\n".join(lines) + "\n"
 
 
+def at_least_one(text: str) -> int:
+    """--rounds: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of rounds, at least 1")
+    return int(text)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default="32,8,64;32,32,128", help="heads,kv_heads,head_dim; several with ';'")
-    parser.add_argument("--lengths", default="8192,32768")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
-    lengths = [int(x) for x in args.lengths.split(",")]
-    bad = [s for s in shapes if len(s) != 3 or s[2] not in COUNTS] + [n for n in lengths if n % 128 or n < 128]
-    if bad or args.rounds < 1:
-        parser.error(f"{bad or args.rounds}: shapes are heads,kv_heads,head_dim with head_dim 64 or 128, lengths "
-                     "positive multiples of 128, rounds at least 1")
-    if not torch.cuda.is_available():
-        parser.error("the Gluon forward runs on a CUDA GPU (Hopper); none is available")
-    name = "forward_stages" + (f"_{args.tag}" if args.tag else "")
-    rows = []
-    for shape in shapes:
-        for length in lengths:
-            rows.append(row(shape, length, args.rounds))
-            print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_rounds")}), flush=True)
-            write_results(Path(args.out), name, rows, markdown(torch.cuda.get_device_name(), rows))  # so far
+    args, shapes, lengths = gluon_command_line(
+        __doc__, COUNTS, lambda parser: parser.add_argument("--rounds", type=at_least_one, default=3))
+    write_rows(args, "forward_stages", shapes, lengths, lambda shape, length: row(shape, length, args.rounds),
+               markdown)
 
 
 if __name__ == "__main__":

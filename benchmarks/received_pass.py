@@ -10,19 +10,14 @@ installed, else cuDNN SDPA), timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
   [--out benchmarks/results]
-Writes received_pass[_<tag>]_<gpu>.json and .md into --out.
+Writes received_pass[_<tag>]_<gpu>.json and .md into --out, rewritten after each row.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
-import torch
 import triton
 from attention_stats import anchors, bf16_inputs
-from hardware import write_results
+from hardware import gluon_command_line, write_rows
 
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
@@ -81,25 +76,8 @@ def markdown(gpu: str, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default="32,8,64;32,32,128", help="heads,kv_heads,head_dim; several with ';'")
-    parser.add_argument("--lengths", default="8192,32768")
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
-    lengths = [int(x) for x in args.lengths.split(",")]
-    bad = [s for s in shapes if len(s) != 3 or s[2] not in gluon_attention.HEAD_DIMS] + [
-        n for n in lengths if n % 128]
-    if bad:
-        parser.error(f"{bad}: shapes are heads,kv_heads,head_dim with head_dim 64 or 128, lengths multiples of 128")
-    rows = []
-    for shape in shapes:
-        for length in lengths:
-            rows.append(row(shape, length))
-            print(json.dumps(rows[-1]), flush=True)
-    name = "received_pass" + (f"_{args.tag}" if args.tag else "")
-    write_results(Path(args.out), name, rows, markdown(torch.cuda.get_device_name(), rows))
+    args, shapes, lengths = gluon_command_line(__doc__, gluon_attention.HEAD_DIMS)
+    write_rows(args, "received_pass", shapes, lengths, row, markdown)
 
 
 if __name__ == "__main__":
