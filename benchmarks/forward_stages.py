@@ -1,13 +1,16 @@
-"""The Gluon forward's key/value stages: each count against the others, on a GPU, in one process.
+"""The Gluon forward's key/value stages and who releases them: each variant against the others, on a GPU, in one
+process.
 
 The warp-specialized forward keeps STAGES key and value blocks in shared memory, so the producer warp loads
 ahead while the consumers compute; more stages hide more of a load's latency but take shared memory (4 do not
-fit beside the query tile at head_dim 128). Which count is fastest depends on what the consumers compute a
-block, so each is timed on three paths the default serves: the one-pass statistics with the window distance
-uncapped (as `workbench.trace` computes it) and capped at 128 tokens, and the log-sum-exp alone. Rounds run the
-counts in alternating order (`triton.testing.do_bench` median, `rep` long enough for at least 8 runs; batch 1,
-causal, bf16), and every count's output and statistics are compared bit for bit with the default's. The anchor
-is the fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), same inputs.
+fit beside the query tile at head_dim 128). A consumer frees a stage by an arrival on its barrier: one thread's,
+after a barrier across the warpgroup, or each thread's own, with no such barrier but 128 arrivals
+(`gluon_attention.RELEASE`). Which variant is fastest depends on what the consumers compute a block, so each is
+timed on three paths the default serves: the one-pass statistics with the window distance uncapped (as
+`workbench.trace` computes it) and capped at 128 tokens, and the log-sum-exp alone. Rounds run the variants in
+alternating order (`triton.testing.do_bench` median, `rep` long enough for at least 8 runs; batch 1, causal,
+bf16), and every variant's output and statistics are compared bit for bit with the default's. The anchor is the
+fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), same inputs.
 
 Usage: python benchmarks/forward_stages.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--rounds 3]
   [--tag NAME] [--out benchmarks/results]
@@ -27,22 +30,39 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-COUNTS = {64: (2, 3, 4), 128: (2, 3)}  # stage counts tried per head_dim
+# (stages, who releases a stage) tried per head_dim: one thread after a warpgroup barrier, or every thread
+VARIANTS = {64: ((2, "warpgroup"), (3, "warpgroup"), (4, "warpgroup"), (3, "thread"), (4, "thread")),
+            128: ((2, "warpgroup"), (3, "warpgroup"), (2, "thread"), (3, "thread"))}
 PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, distance_cap=128),
          "lse": dict(stats=("lse",))}
 
 
-def use(head_dim: int, stages: int) -> None:
-    """Make the forward compile with `stages` at head_dim (the compiled kernels are forgotten)."""
+def use(head_dim: int, stages: int, release: str) -> None:
+    """Make the forward compile with `stages` at head_dim and `release` ("measured": the default's choice); the
+    compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
+    gluon_attention.RELEASE = release
     gluon_attention._COMPILES.clear()
 
 
+def name(variant: tuple[int, str]) -> str:
+    return f"{variant[0]}_{variant[1]}"
+
+
+def defaults(head_dim: int) -> dict[str, tuple[int, str]]:
+    """The variant the default runs on each path: its stage count, and who releases a stage there."""
+    wanted = {path: set(kw["stats"]) | ({"distance_cap"} if "distance_cap" in kw else set())
+              for path, kw in PATHS.items()}
+    return {path: (gluon_attention.STAGES[head_dim],
+                   "thread" if gluon_attention._thread_release(head_dim, wanted[path]) else "warpgroup")
+            for path in PATHS}
+
+
 def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
-    """Per stage count: whether the Gluon forward ran and matched the default bit for bit, and the median ms of
-    each path over `rounds`."""
+    """Per variant: whether the Gluon forward ran and matched the default bit for bit on every path, and the
+    median ms of each path over `rounds`."""
     head_dim = shape[2]
-    default = gluon_attention.STAGES[head_dim]
+    stages, release = gluon_attention.STAGES[head_dim], gluon_attention.RELEASE
     q, k, v = bf16_inputs(length, shape)
     cases = anchors(q, k, v)
     anchor = "fa4" if "fa4" in cases else "sdpa_cudnn"
@@ -51,50 +71,53 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
     def bench(fn) -> float:
         return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
 
-    out = {"shape": "x".join(map(str, shape)), "L": length, "default": default, "anchor": anchor,
-           "anchor_ms": bench(cases[anchor])}
-    use(head_dim, default)
-    reference = {name: attention(q, k, v, **kw) for name, kw in PATHS.items()}
-    ran = {default: all(gluon_attention._COMPILES.values())}  # else it did not compile and the Triton forward ran
-    for stages in COUNTS[head_dim]:
-        if stages == default:
-            continue
-        use(head_dim, stages)
-        got = {name: attention(q, k, v, **kw) for name, kw in PATHS.items()}
-        ran[stages] = all(gluon_attention._COMPILES.values())
-        if ran[stages]:
-            out[f"{stages}_same"] = all(torch.equal(got[n][0], reference[n][0]) and all(
-                torch.equal(got[n][1][s], reference[n][1][s]) for s in reference[n][1]) for n in PATHS)
+    out = {"shape": "x".join(map(str, shape)), "L": length, "anchor": anchor, "anchor_ms": bench(cases[anchor]),
+           "defaults": {path: name(variant) for path, variant in defaults(head_dim).items()}}
+    reference = {path: attention(q, k, v, **kw) for path, kw in PATHS.items()}
+    ran = []
+    for variant in VARIANTS[head_dim]:
+        use(head_dim, *variant)
+        got = {path: attention(q, k, v, **kw) for path, kw in PATHS.items()}
+        out[f"{name(variant)}_ran"] = all(gluon_attention._COMPILES.values())  # else the Triton forward ran
+        if out[f"{name(variant)}_ran"]:
+            ran.append(variant)
+            out[f"{name(variant)}_same"] = all(torch.equal(got[p][0], reference[p][0]) and all(
+                torch.equal(got[p][1][s], reference[p][1][s]) for s in reference[p][1]) for p in PATHS)
         del got
     del reference
-    out.update({f"{stages}_ran": compiled for stages, compiled in ran.items()})
-    counts = [stages for stages in COUNTS[head_dim] if ran[stages]]
     times: dict[str, list[float]] = {}
     for r in range(rounds):
-        for stages in (counts if r % 2 == 0 else counts[::-1]):
-            use(head_dim, stages)
-            for name, kw in PATHS.items():
-                times.setdefault(f"{stages}_{name}", []).append(bench(lambda kw=kw: attention(q, k, v, **kw)))
-    use(head_dim, default)
+        for variant in (ran if r % 2 == 0 else ran[::-1]):
+            use(head_dim, *variant)
+            for path, kw in PATHS.items():
+                times.setdefault(f"{name(variant)}_{path}", []).append(
+                    bench(lambda kw=kw: attention(q, k, v, **kw)))
+    use(head_dim, stages, release)
     out.update({f"{key}_ms": statistics.median(values) for key, values in times.items()})
     out.update({f"{key}_rounds": values for key, values in times.items()})
     return out
 
 
 def markdown(gpu: str, rows: list[dict]) -> str:
-    lines = [f"# The Gluon forward's key/value stages, {gpu}", "",
+    lines = [f"# The Gluon forward's key/value stages and their release, {gpu}", "",
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
-             "at 128 tokens. Same: output and statistics bit for bit those of the default count (the reference).", "",
-             "| shape | L | anchor | stages | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
+             "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own. "
+             "A star marks the variant the default runs on that path; same: output and statistics bit for bit "
+             "those of the default on every path.", "",
+             "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
-        for stages in COUNTS[int(r["shape"].split("x")[2])]:
-            mark = " (default)" if stages == r["default"] else ""
-            if not r[f"{stages}_ran"]:
-                lines.append(f"| {r['shape']} | {r['L']} | | {stages}{mark} | does not compile | | | |")
+        for variant in VARIANTS[int(r["shape"].split("x")[2])]:
+            label = f"{variant[0]}, {variant[1]}"
+            if not r[f"{name(variant)}_ran"]:
+                lines.append(f"| {r['shape']} | {r['L']} | | {label} | does not compile | | | |")
                 continue
-            cells = [f"{r[f'{stages}_{p}_ms']:.2f} ({r[f'{stages}_{p}_ms'] / r['anchor_ms']:.2f}x)" for p in PATHS]
-            lines.append(f"| {r['shape']} | {r['L']} | {r['anchor']} {r['anchor_ms']:.2f} | {stages}{mark} | "
-                         + " | ".join(cells) + f" | {'reference' if mark else r[f'{stages}_same']} |")
+            cells = []
+            for path in PATHS:
+                ms = r[f"{name(variant)}_{path}_ms"]
+                star = "*" if r["defaults"][path] == name(variant) else ""
+                cells.append(f"{ms:.2f}{star} ({ms / r['anchor_ms']:.2f}x)")
+            lines.append(f"| {r['shape']} | {r['L']} | {r['anchor']} {r['anchor_ms']:.2f} | {label} | "
+                         + " | ".join(cells) + f" | {r[f'{name(variant)}_same']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +130,7 @@ def at_least_one(text: str) -> int:
 
 def main() -> None:
     args, shapes, lengths = gluon_command_line(
-        __doc__, COUNTS, lambda parser: parser.add_argument("--rounds", type=at_least_one, default=3))
+        __doc__, VARIANTS, lambda parser: parser.add_argument("--rounds", type=at_least_one, default=3))
     write_rows(args, "forward_stages", shapes, lengths, lambda shape, length: row(shape, length, args.rounds),
                markdown)
 

@@ -49,11 +49,18 @@ BLOCK_N = 128
 # were as fast there but slower on the lse alone, 4 freed two blocks at a time slower with a capped distance. At 128,
 # 3 no faster than 2; 4 do not fit in shared memory (benchmarks/forward_stages.py; NOTES.md, changes 14, 23, 24)
 STAGES = {64: 3, 128: 2}
+# who frees a key/value stage of the forward: every consumer thread on its own (2 x 128 arrivals, no barrier) or one
+# thread after a barrier across its warpgroup. Per thread took 1-5% off at head_dim 128 and 1-1.5% off the capped
+# distance at 64, as fast on the lse alone there, but cost 2-3% where head_dim 64's key loop takes the uncapped
+# distance on every block (an H100, two processes; NOTES.md, change 25). "measured" chooses so; "thread" or
+# "warpgroup" everywhere, for benchmarks/forward_stages.py
+RELEASE = "measured"
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
 RECEIVED_STAGES = _count_setting("WORKBENCH_GLUON_RECEIVED_STAGES", 3, least=2)
 RECEIVED_GROUP = _count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
+RECEIVED_RELEASE = "warpgroup"  # or "thread": who frees a stage of the received pass, as RELEASE
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -124,6 +131,14 @@ def _descriptor(t: torch.Tensor, rows: int, dim: int) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [rows, dim], layout)
 
 
+def _thread_release(dim: int, wanted: set[str]) -> bool:
+    """Whether every consumer thread of the forward frees its key/value stages (RELEASE) at head_dim `dim`, for
+    the flags `wanted`."""
+    if RELEASE != "measured":
+        return RELEASE == "thread"
+    return dim != 64 or "window_distance" not in wanted or "distance_cap" in wanted
+
+
 def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, res: dict[str, torch.Tensor],
             norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor,
             distance_cap: int | None) -> bool:
@@ -136,6 +151,8 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     wanted = set(res) | ({"norm"} if norm is not None else set())
     if distance_cap is not None and "window_distance" in res:
         wanted.add("distance_cap")
+    if _thread_release(dim, wanted):
+        wanted.add("thread_release")
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
@@ -163,13 +180,15 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
         return False
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
-    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, q2.dtype, dim)
+    release = flags({"thread_release"} if RECEIVED_RELEASE == "thread" else set(), 0)
+    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, release, q2.dtype, dim)
 
     def launch() -> None:
         lse2 = (norm[0] + norm[1]).view(-1)  # each query's base-2 log normaliser
         lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
             _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
-            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, num_warps=4)
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, FLAGS=release,
+            num_warps=4)
 
     return _launch(key, launch)

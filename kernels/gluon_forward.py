@@ -27,6 +27,7 @@ runs.
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.language.core import _aggregate as aggregate
 
@@ -42,16 +43,18 @@ ACROSS = gl.constexpr(2)  # ... some within it, some not
 
 @aggregate
 class Role:
-    """A consumer's compile-time arguments: which warpgroup, and the kernel's FLAGS (the forward's statistics; the
-    received pass's GROUP). A worker partition's arguments are flattened to values, and only constexpr objects
-    survive that as constants."""
+    """A consumer's compile-time arguments: which warpgroup, the kernel's FLAGS (`flags`: the forward's statistics,
+    the received pass's thread_release alone) and the received pass's GROUP. A worker partition's arguments are
+    flattened to values, and only constexpr objects survive that as constants."""
     WG: gl.constexpr
     FLAGS: gl.constexpr
+    GROUP: gl.constexpr
 
     @gluon.constexpr_function
-    def __init__(self, wg, flags):
+    def __init__(self, wg, flags, group=1):
         self.WG = gl.constexpr(wg)
         self.FLAGS = gl.constexpr(flags)
+        self.GROUP = gl.constexpr(group)
 
 
 @gluon.constexpr_function
@@ -121,8 +124,26 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, c
     v = v_smem.index(s)
     acc = warpgroup_mma(p16, v, acc, is_async=True)
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
-    mbarrier.arrive(kv_empty.index(s), count=1)
+    _release(kv_empty.index(s), FLAGS)
     return m_new, l_i, t_i, w_i, arg_i, acc
+
+
+@gluon.jit
+def _release(empty, FLAGS: gl.constexpr):
+    """A consumer is done with a stage: its arrival on the stage's `empty` barrier. With FLAGS' thread_release
+    every thread arrives on its own once its own reads are done (PTX cp.async.mbarrier.arrive.noinc, through Gluon's
+    Ampere async_copy; the barrier counts all threads of both consumers), else one thread arrives after a barrier
+    across the warpgroup, which `mbarrier.arrive` puts before it."""
+    if _has(FLAGS, "thread_release"):
+        async_copy.mbarrier_arrive(empty, increment_count=False)
+    else:
+        mbarrier.arrive(empty, count=1)
+
+
+@gluon.constexpr_function
+def release_count(flags):
+    """The arrivals that free a stage: both consumers', one each, or each of their 2 x 128 threads."""
+    return 2 * 128 if _has(flags, "thread_release") else 2
 
 
 ROW_LAYOUT = gl.constexpr(gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))  # [64, head_dim] rows, for _key_logits
@@ -291,7 +312,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
+        mbarrier.init(kv_empty.index(i), count=release_count(FLAGS))  # both consumers release a stage
     row_base = bh * length
     out_rows = out_ptr + b.to(gl.int64) * out_batch_stride + head.to(gl.int64) * out_head_stride
     k_rows = (k_ptr + (b * kv_batch_rows + kv_head * kv_head_rows).to(gl.int64) * k_row_stride
@@ -306,12 +327,13 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
                         (_producer, pargs)], [4, 1], [232, 40])
 
 
-FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap")
+FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap",
+             "thread_release")
 SINK_SHIFT = gl.constexpr(len(FLAG_BITS))  # the number of sink keys sits above the flags
 
 
 def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
-    norm: the received pass follows; distance_cap: window_distance is capped), and the number of sink keys
-    above them."""
+    norm: the received pass follows; distance_cap: window_distance is capped; thread_release: every consumer
+    thread releases a stage, `_release`), and the number of sink keys above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << SINK_SHIFT.value)

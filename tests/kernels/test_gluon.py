@@ -57,13 +57,16 @@ if kernel_name == "forward":
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-    variants = [{"FLAGS": gluon_forward.flags(set(gluon_forward.FLAG_BITS), 2),
-                 "STAGES": gluon_attention.STAGES[head_dim]}]
+    every = set(gluon_forward.FLAG_BITS)  # every statistic, a stage released by every thread and by one
+    variants = [{"FLAGS": gluon_forward.flags(wanted, 2), "STAGES": gluon_attention.STAGES[head_dim]}
+                for wanted in (every, every - {"thread_release"})]
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
-                 c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
+                 FLAGS="constexpr", c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group),
+                 "FLAGS": gluon_forward.flags(wanted, 0)}
+                for group in sys.argv[3].split(",") for wanted in ({"thread_release"}, set())]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
@@ -93,25 +96,28 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
-    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers
-    [(warps, wgmma, _, serialized)] = compile_for_hopper("forward", head_dim)
-    assert (warps, wgmma) == ("12", "True")
-    assert serialized == "False"  # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
+    # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; stages released by
+    # every thread and by one
+    lines = compile_for_hopper("forward", head_dim)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * 2
+    # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
+    assert [serialized for *_, serialized in lines] == ["False"] * 2
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    lines = compile_for_hopper("received", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
+    lines = compile_for_hopper("received", head_dim)  # each group, its stages released by every thread and by one
+    groups = [group for group in GROUPS for _ in range(2)]
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(groups)
     # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
-    assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
+    assert [serialized for *_, serialized in lines] == ["False"] * len(groups)
     # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
     # diagonal, the one alone, the group's)
-    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS, strict=True))
+    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, groups, strict=True))
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 256  # one sink key, above the eight flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 512  # one sink key, above the nine flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
@@ -147,7 +153,10 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, monkeypatch):
+@pytest.mark.parametrize("release", ["thread", "warpgroup"])
+def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, release, monkeypatch):
+    """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier)."""
+    monkeypatch.setattr(gluon_attention, "RELEASE", release)
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=256, head_dim=head_dim, seed=head_dim + heads,
                             device="cuda")
     if transposed:
@@ -162,11 +171,13 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, mon
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)],
-                         ids=["2-fours", "3-fours", "4-fours", "3-pairs"])
-def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
+@pytest.mark.parametrize("stages,group,release", [(2, 4, "warpgroup"), (3, 4, "warpgroup"), (4, 4, "warpgroup"),
+                                                  (3, 2, "warpgroup"), (3, 2, "thread")],
+                         ids=["2-fours", "3-fours", "4-fours", "3-pairs", "3-pairs-thread"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, release, monkeypatch):
     """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
-    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
+    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them); its stages released by one
+    thread after a warpgroup barrier or by every thread."""
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=1024, head_dim=head_dim, seed=head_dim + 3,
                             device="cuda")
     if transposed:
@@ -175,8 +186,10 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_STAGES", stages)
     monkeypatch.setattr(gluon_attention, "RECEIVED_GROUP", group)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_RELEASE", release)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
-    assert gluon_attention._COMPILES[("received pass", stages, group, dtype, head_dim)] is True
+    release_flags = gluon_forward.flags({"thread_release"} if release == "thread" else set(), 0)
+    assert gluon_attention._COMPILES[("received pass", stages, group, release_flags, dtype, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
@@ -199,10 +212,12 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
-def test_gpu_capped_distance(length, head_dim, cap, monkeypatch):
+@pytest.mark.parametrize("release", ["thread", "warpgroup"])
+def test_gpu_capped_distance(length, head_dim, cap, release, monkeypatch):
     """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
-    consumers (caps below, at and above a block of 128 keys)."""
+    consumers (caps below, at and above a block of 128 keys), stages released either way."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    monkeypatch.setattr(gluon_attention, "RELEASE", release)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=length, head_dim=head_dim, seed=length + head_dim, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True, sink_keys=(0, 3),
                  distance_cap=cap)
