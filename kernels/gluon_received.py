@@ -60,25 +60,26 @@ def _issue(k, q_smem, c_smem, q_ready, j):
 
 
 @gluon.jit
-def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
-    """Each key's sum of p over the block's queries m0 .. (scores qk [64 keys, 128 queries], their normalisers c);
-    DIAGONAL: the queries before a key are masked."""
+def _logits(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
+    """u - c of the block's queries m0 .. (scores qk [64 keys, 128 queries], their normalisers c), so that
+    exp2 of it is p; DIAGONAL: the queries before a key are masked."""
     x = qk * post - c[None, :]
     if DIAGONAL:
         layout: gl.constexpr = qk.type.layout
         cols = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout))
         x = gl.where(cols[None, :] >= gl.convert_layout(keys, gl.SliceLayout(1, layout))[:, None], x, MASKED)
-    return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
+    return x
 
 
 @gluon.jit
 def _taken(qk, c, j, m0, keys, post, q_empty, FLAGS: gl.constexpr, PENDING: gl.constexpr, DIAGONAL: gl.constexpr):
-    """Query block j's row sums (`_row_sums`) once its K Q^T (qk) is in, with PENDING later ones left running, and
-    its stage released (`_release`)."""
+    """Query block j's sum of p for each key once its K Q^T (qk) is in, with PENDING later ones left running; its
+    stage is released (`_release`) once the thread has used all it read from it, the normalisers c included."""
     STAGES: gl.constexpr = q_empty.type.shape[0]
     scores = warpgroup_mma_wait(PENDING, deps=(qk, ))
+    x = _logits(scores, c, m0, keys, post, DIAGONAL)
     _release(q_empty.index(j % STAGES), FLAGS)
-    return _row_sums(scores, c, m0, keys, post, DIAGONAL)
+    return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
 
 
 @gluon.jit
