@@ -35,6 +35,7 @@ from workbench.kernels.gluon_forward import (
     ROWS,
     TMA_LOAD,
     Role,
+    _has,
     _mma_layout,
     _release,
     _two_tiles,
@@ -73,12 +74,17 @@ def _logits(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
 
 @gluon.jit
 def _taken(qk, c, j, m0, keys, post, q_empty, FLAGS: gl.constexpr, PENDING: gl.constexpr, DIAGONAL: gl.constexpr):
-    """Query block j's sum of p for each key once its K Q^T (qk) is in, with PENDING later ones left running; its
-    stage is released (`_release`) once the thread has used all it read from it, the normalisers c included."""
+    """Query block j's sum of p for each key once its K Q^T (qk) is in, with PENDING later ones left running, and
+    its stage released (`_release`): at once after a warpgroup barrier, which orders the thread's earlier loads, or
+    when every thread arrives on its own (FLAGS' thread_release), which orders none, once the thread has used all
+    it read from the stage, the normalisers c included."""
     STAGES: gl.constexpr = q_empty.type.shape[0]
     scores = warpgroup_mma_wait(PENDING, deps=(qk, ))
+    if not _has(FLAGS, "thread_release"):
+        _release(q_empty.index(j % STAGES), FLAGS)
     x = _logits(scores, c, m0, keys, post, DIAGONAL)
-    _release(q_empty.index(j % STAGES), FLAGS)
+    if _has(FLAGS, "thread_release"):
+        _release(q_empty.index(j % STAGES), FLAGS)
     return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
 
 
