@@ -51,11 +51,9 @@ def name(variant: tuple[int, str]) -> str:
 
 def defaults(head_dim: int) -> dict[str, tuple[int, str]]:
     """The variant the default runs on each path: its stage count, and who releases a stage there."""
-    wanted = {path: set(kw["stats"]) | ({"distance_cap"} if "distance_cap" in kw else set())
-              for path, kw in PATHS.items()}
-    return {path: (gluon_attention.STAGES[head_dim],
-                   "thread" if gluon_attention._thread_release(head_dim, wanted[path]) else "warpgroup")
-            for path in PATHS}
+    return {path: (gluon_attention.STAGES[head_dim], "thread" if "thread_release" in gluon_attention.forward_flags(
+        kw["stats"], head_dim, norm=False, distance_cap=kw.get("distance_cap")) else "warpgroup")
+            for path, kw in PATHS.items()}
 
 
 def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:

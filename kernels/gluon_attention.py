@@ -17,7 +17,7 @@ block statistics in.
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 import triton
@@ -139,6 +139,18 @@ def _thread_release(dim: int, wanted: set[str]) -> bool:
     return dim != 64 or "window_distance" not in wanted or "distance_cap" in wanted
 
 
+def forward_flags(names: Collection[str], dim: int, *, norm: bool, distance_cap: int | None) -> set[str]:
+    """The names of the forward's FLAGS (`flags`) for the statistics `names` at head_dim `dim`: those, norm where
+    the received pass follows, distance_cap where window_distance is capped, and thread_release where every
+    consumer thread frees its stages (`_thread_release`)."""
+    wanted = set(names) | ({"norm"} if norm else set())
+    if distance_cap is not None and "window_distance" in names:
+        wanted.add("distance_cap")
+    if _thread_release(dim, wanted):
+        wanted.add("thread_release")
+    return wanted
+
+
 def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, res: dict[str, torch.Tensor],
             norm: tuple[torch.Tensor, torch.Tensor] | None, *, scale: float, sink_positions: torch.Tensor,
             distance_cap: int | None) -> bool:
@@ -148,11 +160,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     this Triton cannot compile or load the forward (`_launch`)."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
-    wanted = set(res) | ({"norm"} if norm is not None else set())
-    if distance_cap is not None and "window_distance" in res:
-        wanted.add("distance_cap")
-    if _thread_release(dim, wanted):
-        wanted.add("thread_release")
+    wanted = forward_flags(res, dim, norm=norm is not None, distance_cap=distance_cap)
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
