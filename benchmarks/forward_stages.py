@@ -38,7 +38,7 @@ PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, 
 
 
 def use(head_dim: int, stages: int, release: str) -> None:
-    """Make the forward compile with `stages` at head_dim and `release` ("measured": the default's choice); the
+    """Make the forward compile with `stages` at head_dim and `release` ("thread" or "warpgroup"); the
     compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
     gluon_attention.RELEASE = release
@@ -52,7 +52,7 @@ def name(variant: tuple[int, str]) -> str:
 def defaults(head_dim: int) -> dict[str, tuple[int, str]]:
     """The variant the default runs on each path: its stage count, and who releases a stage there."""
     return {path: (gluon_attention.STAGES[head_dim], "thread" if "thread_release" in gluon_attention.forward_flags(
-        kw["stats"], head_dim, norm=False, distance_cap=kw.get("distance_cap")) else "warpgroup")
+        kw["stats"], norm=False, distance_cap=kw.get("distance_cap")) else "warpgroup")
             for path, kw in PATHS.items()}
 
 

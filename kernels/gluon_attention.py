@@ -44,23 +44,22 @@ def _count_setting(variable: str, default: int, least: int) -> int:
 ALLOWED = os.environ.get("WORKBENCH_GLUON", "1") != "0"
 RECEIVED_ALLOWED = ALLOWED and os.environ.get("WORKBENCH_GLUON_RECEIVED", "1") != "0"
 BLOCK_N = 128
-# the forward's key/value stages per head_dim: at 64, 3 took 1-4% off the one-pass statistics against 2 in three
-# processes of four on two H100s (as fast in the fourth bar 8k), about what one process differs from the next; 4
-# were as fast there but slower on the lse alone, 4 freed two blocks at a time slower with a capped distance. At 128,
-# 3 no faster than 2; 4 do not fit in shared memory (benchmarks/forward_stages.py; NOTES.md, changes 14, 23, 24)
-STAGES = {64: 3, 128: 2}
-# who frees a key/value stage of the forward: every consumer thread on its own (2 x 128 arrivals, no barrier) or one
-# thread after a barrier across its warpgroup. Per thread took 1-5% off at head_dim 128 and 1-1.5% off the capped
-# distance at 64, as fast on the lse alone there, but cost 2-3% where head_dim 64's key loop takes the uncapped
-# distance on every block (an H100, two processes; NOTES.md, change 25). "measured" chooses so; "thread" or
-# "warpgroup" everywhere, for benchmarks/forward_stages.py
-RELEASE = "measured"
+# the forward's key/value stages per head_dim, and who frees a stage: every consumer thread on its own (2 x 128
+# arrivals, no barrier) or one thread after a barrier across its warpgroup. At 64, four stages freed by every thread
+# took 3-7% off the uncapped one-pass statistics against three freed after the barrier, and were as fast capped and
+# on the lse alone (an H100, three processes); with three stages every thread's release cost 2-3% there. At 128 it
+# took 1-5% off; 3 stages were no faster than 2, 4 do not fit in shared memory (benchmarks/forward_stages.py;
+# NOTES.md, changes 14, 23-26). RELEASE "warpgroup" is for benchmarks/forward_stages.py
+STAGES = {64: 4, 128: 2}
+RELEASE = "thread"
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
 RECEIVED_STAGES = _count_setting("WORKBENCH_GLUON_RECEIVED_STAGES", 3, least=2)
 RECEIVED_GROUP = _count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
-RECEIVED_RELEASE = "warpgroup"  # or "thread": who frees a stage of the received pass, as RELEASE
+# who frees a stage of the received pass, as RELEASE: every thread was 1-3% slower on an H100 (8k and 32k, head_dim
+# 64 and 128; benchmarks/received_pass.py, NOTES.md change 26)
+RECEIVED_RELEASE = "warpgroup"
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -131,22 +130,14 @@ def _descriptor(t: torch.Tensor, rows: int, dim: int) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [rows, dim], layout)
 
 
-def _thread_release(dim: int, wanted: set[str]) -> bool:
-    """Whether every consumer thread of the forward frees its key/value stages (RELEASE) at head_dim `dim`, for
-    the flags `wanted`."""
-    if RELEASE != "measured":
-        return RELEASE == "thread"
-    return dim != 64 or "window_distance" not in wanted or "distance_cap" in wanted
-
-
-def forward_flags(names: Collection[str], dim: int, *, norm: bool, distance_cap: int | None) -> set[str]:
-    """The names of the forward's FLAGS (`flags`) for the statistics `names` at head_dim `dim`: those, norm where
+def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | None) -> set[str]:
+    """The names of the forward's FLAGS (`flags`) for the statistics `names`: those, norm where
     the received pass follows, distance_cap where window_distance is capped, and thread_release where every
-    consumer thread frees its stages (`_thread_release`)."""
+    consumer thread frees its stages (RELEASE)."""
     wanted = set(names) | ({"norm"} if norm else set())
     if distance_cap is not None and "window_distance" in names:
         wanted.add("distance_cap")
-    if _thread_release(dim, wanted):
+    if RELEASE == "thread":
         wanted.add("thread_release")
     return wanted
 
@@ -160,7 +151,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     this Triton cannot compile or load the forward (`_launch`)."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
-    wanted = forward_flags(res, dim, norm=norm is not None, distance_cap=distance_cap)
+    wanted = forward_flags(res, norm=norm is not None, distance_cap=distance_cap)
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)
