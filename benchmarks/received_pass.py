@@ -4,8 +4,7 @@
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
 forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, in
-groups of 4 blocks, and with 3 in groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES and _GROUP), that last with a
-stage freed by one thread after a barrier across its warpgroup and by every thread on its own (RECEIVED_RELEASE).
+groups of 4 blocks, and with 3 in groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES and _GROUP).
 A pass's time is the difference to the forward alone. The anchor is the fastest attention of the run
 (FlashAttention-4 where it is installed, else cuDNN SDPA), timed on the same inputs.
 
@@ -23,10 +22,8 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# query blocks in flight, the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs) and
-# who frees a stage
-VARIANTS = {"gluon_2": (2, 4, "warpgroup"), "gluon_3": (3, 4, "warpgroup"), "gluon_4": (4, 4, "warpgroup"),
-            "gluon_3_pairs": (3, 2, "warpgroup"), "gluon_3_pairs_thread": (3, 2, "thread")}
+# query blocks in flight and the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs)
+VARIANTS = {"gluon_2": (2, 4), "gluon_3": (3, 4), "gluon_4": (4, 4), "gluon_3_pairs": (3, 2)}
 
 
 def bench(fn) -> float:
@@ -47,15 +44,14 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
     reference = attention(q, k, v, stats=every)[1]["received"]
     gluon_attention.RECEIVED_ALLOWED = True
-    default = (gluon_attention.RECEIVED_STAGES, gluon_attention.RECEIVED_GROUP, gluon_attention.RECEIVED_RELEASE)
-    for name, (stages, group, release) in VARIANTS.items():
+    default = (gluon_attention.RECEIVED_STAGES, gluon_attention.RECEIVED_GROUP)
+    for name, (stages, group) in VARIANTS.items():
         gluon_attention.RECEIVED_STAGES = stages
         gluon_attention.RECEIVED_GROUP = group
-        gluon_attention.RECEIVED_RELEASE = release
         got = attention(q, k, v, stats=every)[1]["received"]
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))
-    gluon_attention.RECEIVED_STAGES, gluon_attention.RECEIVED_GROUP, gluon_attention.RECEIVED_RELEASE = default
+    gluon_attention.RECEIVED_STAGES, gluon_attention.RECEIVED_GROUP = default
     anchor = out.get("fa4", out["cudnn"])
     out["forward_vs_anchor"] = out["forward"] / anchor
     for name in ("triton", *VARIANTS):

@@ -57,9 +57,6 @@ RELEASE = "thread"
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
 RECEIVED_STAGES = _count_setting("WORKBENCH_GLUON_RECEIVED_STAGES", 3, least=2)
 RECEIVED_GROUP = _count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
-# who frees a stage of the received pass, as RELEASE: every thread was 1-3% slower on an H100 (8k and 32k, head_dim
-# 64 and 128; benchmarks/received_pass.py, NOTES.md change 26)
-RECEIVED_RELEASE = "warpgroup"
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -179,15 +176,13 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
         return False
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
-    release = flags({"thread_release"} if RECEIVED_RELEASE == "thread" else set(), 0)
-    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, release, q2.dtype, dim)
+    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, q2.dtype, dim)
 
     def launch() -> None:
         lse2 = (norm[0] + norm[1]).view(-1)  # each query's base-2 log normaliser
         lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
             _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
-            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, FLAGS=release,
-            num_warps=4)
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, num_warps=4)
 
     return _launch(key, launch)

@@ -35,11 +35,8 @@ from workbench.kernels.gluon_forward import (
     ROWS,
     TMA_LOAD,
     Role,
-    _has,
     _mma_layout,
-    _release,
     _two_tiles,
-    release_count,
 )
 
 BLOCK_M = gl.constexpr(128)  # queries of a block, the N of the consumers' wgmma
@@ -73,48 +70,44 @@ def _logits(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
 
 
 @gluon.jit
-def _taken(qk, c, j, m0, keys, post, q_empty, FLAGS: gl.constexpr, PENDING: gl.constexpr, DIAGONAL: gl.constexpr):
+def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: gl.constexpr):
     """Query block j's sum of p for each key once its K Q^T (qk) is in, with PENDING later ones left running, and
-    its stage released (`_release`): at once after a warpgroup barrier, which orders the thread's earlier loads, or
-    when every thread arrives on its own (FLAGS' thread_release), which orders none, once the thread has used all
-    it read from the stage, the normalisers c included."""
+    its stage released at once: `mbarrier.arrive` puts a barrier across the warpgroup before its one thread's
+    arrival, which orders every thread's earlier loads of the stage, the normalisers c included. (Every thread
+    arriving on its own, as the forward frees its stages, was 1-2% slower here; benchmarks/NOTES.md, change 26.)"""
     STAGES: gl.constexpr = q_empty.type.shape[0]
     scores = warpgroup_mma_wait(PENDING, deps=(qk, ))
-    if not _has(FLAGS, "thread_release"):
-        _release(q_empty.index(j % STAGES), FLAGS)
+    mbarrier.arrive(q_empty.index(j % STAGES), count=1)
     x = _logits(scores, c, m0, keys, post, DIAGONAL)
-    if _has(FLAGS, "thread_release"):
-        _release(q_empty.index(j % STAGES), FLAGS)
     return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
 
 
 @gluon.jit
 def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0, n_blocks, post, role):
     """Keys n0 + 64 role.WG .. of the program: their sums over every query block, stored as `received`. The
-    diagonal block first, alone, then the blocks that fill no group of role.FLAGS (the kernel's GROUP), each
+    diagonal block first, alone, then the blocks that fill no group of role.GROUP (the kernel's GROUP), each
     alone, then the groups: each K Q^T of a group but the first is issued before the exponentials of the block
     before it, and the group's last is waited for within it."""
     WG: gl.constexpr = role.WG
-    FLAGS: gl.constexpr = role.FLAGS
     GROUP: gl.constexpr = role.GROUP
     layout: gl.constexpr = gl.SliceLayout(1, _mma_layout(BLOCK_M))
     keys = n0 + WG * ROWS + gl.arange(0, ROWS, layout=layout)
     k = k_smem.index(WG)
     mbarrier.wait(k_bar, 0)
     qk, c = _issue(k, q_smem, c_smem, q_ready, 0)
-    total = _taken(qk, c, 0, n0, keys, post, q_empty, FLAGS, 0, True)
+    total = _taken(qk, c, 0, n0, keys, post, q_empty, 0, True)
     first = 1 + (n_blocks - 1) % GROUP
     for j in range(1, first):
         qk, c = _issue(k, q_smem, c_smem, q_ready, j)
-        total += _taken(qk, c, j, 0, keys, post, q_empty, FLAGS, 0, False)
+        total += _taken(qk, c, j, 0, keys, post, q_empty, 0, False)
     for j in range(first, n_blocks, GROUP):
         qk, c = _issue(k, q_smem, c_smem, q_ready, j)
         for i in gl.static_range(1, GROUP):  # block j + i's K Q^T runs under block j + i - 1's exponentials
             qk_next, c_next = _issue(k, q_smem, c_smem, q_ready, j + i)
-            total += _taken(qk, c, j + i - 1, 0, keys, post, q_empty, FLAGS, 1, False)
+            total += _taken(qk, c, j + i - 1, 0, keys, post, q_empty, 1, False)
             qk = qk_next
             c = c_next
-        total += _taken(qk, c, j + GROUP - 1, 0, keys, post, q_empty, FLAGS, 0, False)
+        total += _taken(qk, c, j + GROUP - 1, 0, keys, post, q_empty, 0, False)
     gl.store(received_ptr + keys, total)
 
 
@@ -135,15 +128,14 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
 @gluon.jit
 def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
                         q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols, post,
-                        STAGES: gl.constexpr, GROUP: gl.constexpr, FLAGS: gl.constexpr):
+                        STAGES: gl.constexpr, GROUP: gl.constexpr):
     """received [batch, heads, length] of 128 keys of one (batch, query head) under causal self-attention; grid
     (length / 128, batch x heads), the keys that most queries see first.
 
     q_desc ([128, head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D views of
     `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc ([128] tiles) sees each
     query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale. GROUP: the
-    query blocks of a group of the consumers' loop (`_consumer`), 2 or more; FLAGS: `flags` of thread_release or
-    of nothing (who releases a stage, `_release`).
+    query blocks of a group of the consumers' loop (`_consumer`), 2 or more.
     """
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     pid_n = gl.program_id(0)
@@ -162,11 +154,11 @@ def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, le
     mbarrier.init(k_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(q_empty.index(i), count=release_count(FLAGS))  # both consumers release a stage
+        mbarrier.init(q_empty.index(i), count=2)  # both consumers release a stage
     row_base = bh * length
     cargs = (k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr + row_base, n0, n_blocks, post)
     pargs = (q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_empty,
              b * q_batch_rows + head * q_head_rows + n0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows + n0, kv_head * kv_head_cols, row_base + n0, n_blocks)
-    gl.warp_specialize([(_consumer, cargs + (Role(0, FLAGS, GROUP), )), (_consumer, cargs + (Role(1, FLAGS, GROUP), )),
+    gl.warp_specialize([(_consumer, cargs + (Role(0, 0, GROUP), )), (_consumer, cargs + (Role(1, 0, GROUP), )),
                         (_producer, pargs)], [4, 1], [232, 40])

@@ -63,10 +63,8 @@ if kernel_name == "forward":
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
-                 FLAGS="constexpr", c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group),
-                 "FLAGS": gluon_forward.flags(wanted, 0)}
-                for group in sys.argv[3].split(",") for wanted in ({"thread_release"}, set())]
+                 c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
+    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
 signature = {name: "i32" for name in kernel.arg_names}
 signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
@@ -106,8 +104,8 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    lines = compile_for_hopper("received", head_dim)  # each group, its stages released by every thread and by one
-    groups = [group for group in GROUPS for _ in range(2)]
+    lines = compile_for_hopper("received", head_dim)  # each group
+    groups = list(GROUPS)
     assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(groups)
     # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
     assert [serialized for *_, serialized in lines] == ["False"] * len(groups)
@@ -171,13 +169,11 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, rel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,group,release", [(2, 4, "warpgroup"), (3, 4, "warpgroup"), (4, 4, "warpgroup"),
-                                                  (3, 2, "warpgroup"), (3, 2, "thread")],
-                         ids=["2-fours", "3-fours", "4-fours", "3-pairs", "3-pairs-thread"])
-def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, release, monkeypatch):
+@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)], ids=["2-fours", "3-fours", "4-fours",
+                                                                              "3-pairs"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
     """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
-    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them); its stages released by one
-    thread after a warpgroup barrier or by every thread."""
+    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=1024, head_dim=head_dim, seed=head_dim + 3,
                             device="cuda")
     if transposed:
@@ -186,10 +182,8 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_STAGES", stages)
     monkeypatch.setattr(gluon_attention, "RECEIVED_GROUP", group)
-    monkeypatch.setattr(gluon_attention, "RECEIVED_RELEASE", release)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
-    release_flags = gluon_forward.flags({"thread_release"} if release == "thread" else set(), 0)
-    assert gluon_attention._COMPILES[("received pass", stages, group, release_flags, dtype, head_dim)] is True
+    assert gluon_attention._COMPILES[("received pass", stages, group, dtype, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
