@@ -44,8 +44,8 @@ ACROSS = gl.constexpr(2)  # ... some within it, some not
 @aggregate
 class Role:
     """A consumer's compile-time arguments: which warpgroup, the forward's FLAGS (`flags`; 0 in the received pass)
-    and the received pass's GROUP. A worker partition's arguments are
-    flattened to values, and only constexpr objects survive that as constants."""
+    and the received pass's GROUP. A worker partition's arguments are flattened to values, and only constexpr
+    objects survive that as constants."""
     WG: gl.constexpr
     FLAGS: gl.constexpr
     GROUP: gl.constexpr
