@@ -2,10 +2,10 @@
 its Triton ones (WORKBENCH_GLUON=0 keeps the Triton ones): the forward (`workbench.kernels.gluon_forward`) and,
 after it, the `received` pass (`workbench.kernels.gluon_received`; WORKBENCH_GLUON_RECEIVED=0 keeps the Triton one).
 
-On the H200 the forward takes the one-pass statistics, at 32k and head_dim 64 / 128, 1.34x / 1.21x cuDNN SDPA's
-time with the window distance uncapped and 1.16x / 1.16x with it capped at 128 tokens, where the Triton forward
-takes 1.46x / 1.72x (capped; benchmarks/NOTES.md, change 16). On an H100, at 32k, the forward with the Gluon
-received pass takes about 19.5 / 25.5 ms, with the Triton pass 20.7 / 29.6 (medians of four runs, change 19).
+What the forward costs against FlashAttention-4 and cuDNN SDPA on an H100 is the README's kernel table
+(benchmarks/attention_stats.py; benchmarks/NOTES.md says what limits it). On an H100, at 32k and head_dim 64 / 128,
+the forward with the Gluon received pass takes about 19.5 / 25.5 ms, with the Triton pass 20.7 / 29.6 (medians of
+four runs, NOTES.md change 19).
 The forward takes the calls of a traced causal self-attention on a Hopper GPU (compute capability 9.0): bf16 or
 fp16, head_dim 64 or 128, as many queries as keys and a multiple of 128 of them, no key padding, window, softcap,
 learned sink or edit, and q, k, v each laid out as [batch, heads, length, dim] or [batch, length, heads, dim] (what
