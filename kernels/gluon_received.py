@@ -30,14 +30,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from workbench.kernels.gluon_forward import (
-    MASKED,
-    ROWS,
-    TMA_LOAD,
-    Role,
-    _mma_layout,
-    _two_tiles,
-)
+from workbench.kernels.gluon_forward import MASKED, ROWS, TMA_LOAD, Role, _mma_layout, _two_tiles
 
 BLOCK_M = gl.constexpr(128)  # queries of a block, the N of the consumers' wgmma
 C_LAYOUT = gl.NVMMASharedLayout(0, 32, rank=1)  # a block's normalisers c, [128] float32, unswizzled
@@ -58,28 +51,27 @@ def _issue(k, q_smem, c_smem, q_ready, j):
 
 
 @gluon.jit
-def _logits(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
-    """u - c of the block's queries m0 .. (scores qk [64 keys, 128 queries], their normalisers c), so that
-    exp2 of it is p; DIAGONAL: the queries before a key are masked."""
+def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
+    """Each key's sum of p over the block's queries m0 .. (scores qk [64 keys, 128 queries], their normalisers c);
+    DIAGONAL: the queries before a key are masked."""
     x = qk * post - c[None, :]
     if DIAGONAL:
         layout: gl.constexpr = qk.type.layout
         cols = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout))
         x = gl.where(cols[None, :] >= gl.convert_layout(keys, gl.SliceLayout(1, layout))[:, None], x, MASKED)
-    return x
+    return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
 
 
 @gluon.jit
 def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: gl.constexpr):
-    """Query block j's sum of p for each key once its K Q^T (qk) is in, with PENDING later ones left running, and
+    """Query block j's row sums (`_row_sums`) once its K Q^T (qk) is in, with PENDING later ones left running, and
     its stage released at once: `mbarrier.arrive` puts a barrier across the warpgroup before its one thread's
     arrival, which orders every thread's earlier loads of the stage, the normalisers c included. (Every thread
     arriving on its own, as the forward frees its stages, was 1-2% slower here; benchmarks/NOTES.md, change 26.)"""
     STAGES: gl.constexpr = q_empty.type.shape[0]
     scores = warpgroup_mma_wait(PENDING, deps=(qk, ))
     mbarrier.arrive(q_empty.index(j % STAGES), count=1)
-    x = _logits(scores, c, m0, keys, post, DIAGONAL)
-    return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
+    return _row_sums(scores, c, m0, keys, post, DIAGONAL)
 
 
 @gluon.jit
