@@ -49,18 +49,11 @@ def name(variant: tuple[int, str]) -> str:
     return f"{variant[0]}_{variant[1]}"
 
 
-def defaults(head_dim: int) -> dict[str, tuple[int, str]]:
-    """The variant the default runs on each path: its stage count, and who releases a stage there."""
-    return {path: (gluon_attention.STAGES[head_dim], "thread" if "thread_release" in gluon_attention.forward_flags(
-        kw["stats"], norm=False, distance_cap=kw.get("distance_cap")) else "warpgroup")
-            for path, kw in PATHS.items()}
-
-
 def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
     """Per variant: whether the Gluon forward ran and matched the default bit for bit on every path, and the
     median ms of each path over `rounds`."""
     head_dim = shape[2]
-    stages, release = gluon_attention.STAGES[head_dim], gluon_attention.RELEASE
+    default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE)  # what every path runs by default
     q, k, v = bf16_inputs(length, shape)
     cases = anchors(q, k, v)
     anchor = "fa4" if "fa4" in cases else "sdpa_cudnn"
@@ -70,7 +63,7 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
         return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
 
     out = {"shape": "x".join(map(str, shape)), "L": length, "anchor": anchor, "anchor_ms": bench(cases[anchor]),
-           "defaults": {path: name(variant) for path, variant in defaults(head_dim).items()}}
+           "default": name(default)}
     reference = {path: attention(q, k, v, **kw) for path, kw in PATHS.items()}
     ran = []
     for variant in VARIANTS[head_dim]:
@@ -90,7 +83,7 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
             for path, kw in PATHS.items():
                 times.setdefault(f"{name(variant)}_{path}", []).append(
                     bench(lambda kw=kw: attention(q, k, v, **kw)))
-    use(head_dim, stages, release)
+    use(head_dim, *default)
     out.update({f"{key}_ms": statistics.median(values) for key, values in times.items()})
     out.update({f"{key}_rounds": values for key, values in times.items()})
     return out
@@ -100,8 +93,8 @@ def markdown(gpu: str, rows: list[dict]) -> str:
     lines = [f"# The Gluon forward's key/value stages and their release, {gpu}", "",
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
              "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own. "
-             "A star marks the variant the default runs on that path; same: output and statistics bit for bit "
-             "those of the default on every path.", "",
+             "A star marks the variant the default runs; same: output and statistics bit for bit those of the "
+             "default on every path.", "",
              "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
         for variant in VARIANTS[int(r["shape"].split("x")[2])]:
@@ -109,11 +102,9 @@ def markdown(gpu: str, rows: list[dict]) -> str:
             if not r[f"{name(variant)}_ran"]:
                 lines.append(f"| {r['shape']} | {r['L']} | | {label} | does not compile | | | |")
                 continue
-            cells = []
-            for path in PATHS:
-                ms = r[f"{name(variant)}_{path}_ms"]
-                star = "*" if r["defaults"][path] == name(variant) else ""
-                cells.append(f"{ms:.2f}{star} ({ms / r['anchor_ms']:.2f}x)")
+            star = "*" if r["default"] == name(variant) else ""
+            cells = [f"{ms:.2f}{star} ({ms / r['anchor_ms']:.2f}x)"
+                     for ms in (r[f"{name(variant)}_{path}_ms"] for path in PATHS)]
             lines.append(f"| {r['shape']} | {r['L']} | {r['anchor']} {r['anchor_ms']:.2f} | {label} | "
                          + " | ".join(cells) + f" | {r[f'{name(variant)}_same']} |")
     return "\n".join(lines) + "\n"

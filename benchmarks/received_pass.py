@@ -4,9 +4,9 @@
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
 forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, in
-groups of 4 blocks, and with 3 in groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES and _GROUP).
-A pass's time is the difference to the forward alone. The anchor is the fastest attention of the run
-(FlashAttention-4 where it is installed, else cuDNN SDPA), timed on the same inputs.
+groups of 4 blocks, and with 3 in groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES and _GROUP). A pass's time is the
+difference to the forward alone. The anchor is the fastest attention of the run (FlashAttention-4 where it is
+installed, else cuDNN SDPA), timed on the same inputs.
 
 Usage: python benchmarks/received_pass.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--tag NAME]
   [--out benchmarks/results]
@@ -22,7 +22,7 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# query blocks in flight and the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs)
+# query blocks in flight, and the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs)
 VARIANTS = {"gluon_2": (2, 4), "gluon_3": (3, 4), "gluon_4": (4, 4), "gluon_3_pairs": (3, 2)}
 
 

@@ -104,14 +104,13 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
-    lines = compile_for_hopper("received", head_dim)  # each group
-    groups = list(GROUPS)
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(groups)
+    lines = compile_for_hopper("received", head_dim)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
     # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
-    assert [serialized for *_, serialized in lines] == ["False"] * len(groups)
+    assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
     # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
     # diagonal, the one alone, the group's)
-    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, groups, strict=True))
+    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS, strict=True))
 
 
 def test_flags_name_every_statistic_once():
@@ -169,8 +168,8 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, rel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)], ids=["2-fours", "3-fours", "4-fours",
-                                                                              "3-pairs"])
+@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)],
+                         ids=["2-fours", "3-fours", "4-fours", "3-pairs"])
 def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
     """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
     (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
