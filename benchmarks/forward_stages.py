@@ -5,12 +5,15 @@ The warp-specialized forward keeps STAGES key and value blocks in shared memory,
 ahead while the consumers compute; more stages hide more of a load's latency but take shared memory (4 do not
 fit beside the query tile at head_dim 128). A consumer frees a stage by an arrival on its barrier: one thread's,
 after a barrier across the warpgroup, or each thread's own, with no such barrier but 128 arrivals
-(`gluon_attention.RELEASE`). Which variant is fastest depends on what the consumers compute a block, so each is
-timed on three paths the default serves: the one-pass statistics with the window distance uncapped (as
-`workbench.trace` computes it) and capped at 128 tokens, and the log-sum-exp alone. Rounds run the variants in
-alternating order (`triton.testing.do_bench` median, `rep` long enough for at least 8 runs; batch 1, causal,
-bf16), and every variant's output and statistics are compared bit for bit with the default's. The anchor is the
-fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), same inputs.
+(`gluon_attention.RELEASE`). With the stages' barriers in two arrays, the even stages' and the odd ones', and
+the key loop taken two blocks at a time (`gluon_attention.STAGE_PAIRS`), the barrier Triton puts across a
+warpgroup before each stage's wait falls every other block. Which variant is fastest depends on what the
+consumers compute a block, so each is timed on three paths the default serves: the one-pass statistics with the
+window distance uncapped (as `workbench.trace` computes it) and capped at 128 tokens, and the log-sum-exp alone.
+Rounds run the variants in alternating order (`triton.testing.do_bench` median, `rep` long enough for at least
+8 runs; batch 1, causal, bf16), and every variant's output and statistics are compared bit for bit with the
+default's. The anchor is the fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN
+SDPA), same inputs.
 
 Usage: python benchmarks/forward_stages.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--rounds 3]
   [--tag NAME] [--out benchmarks/results]
@@ -30,30 +33,34 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# (stages, who releases a stage) tried per head_dim: one thread after a warpgroup barrier, or every thread
-VARIANTS = {64: ((2, "warpgroup"), (3, "warpgroup"), (4, "warpgroup"), (3, "thread"), (4, "thread")),
-            128: ((2, "warpgroup"), (3, "warpgroup"), (2, "thread"), (3, "thread"))}
+# (stages, who releases a stage, barriers in pairs) tried per head_dim: one thread after a warpgroup barrier, or
+# every thread; the pairs at head_dim 64 alone (at 128 they spill with the statistics, benchmarks/NOTES.md change 27)
+VARIANTS = {64: ((2, "warpgroup", False), (3, "warpgroup", False), (4, "warpgroup", False), (3, "thread", False),
+                 (4, "thread", False), (4, "thread", True)),
+            128: ((2, "warpgroup", False), (3, "warpgroup", False), (2, "thread", False), (3, "thread", False))}
 PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, distance_cap=128),
          "lse": dict(stats=("lse",))}
 
 
-def use(head_dim: int, stages: int, release: str) -> None:
-    """Make the forward compile with `stages` at head_dim and `release` ("thread" or "warpgroup"); the
-    compiled kernels are forgotten."""
+def use(head_dim: int, stages: int, release: str, pairs: bool) -> None:
+    """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup") and the stages'
+    barriers in pairs or not; the compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
     gluon_attention.RELEASE = release
+    gluon_attention.STAGE_PAIRS = {**gluon_attention.STAGE_PAIRS, head_dim: pairs}
     gluon_attention._COMPILES.clear()
 
 
-def name(variant: tuple[int, str]) -> str:
-    return f"{variant[0]}_{variant[1]}"
+def name(variant: tuple[int, str, bool]) -> str:
+    return f"{variant[0]}_{variant[1]}" + ("_pairs" if variant[2] else "")
 
 
 def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
     """Per variant: whether the Gluon forward ran and matched the default bit for bit on every path, and the
     median ms of each path over `rounds`."""
     head_dim = shape[2]
-    default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE)  # what every path runs by default
+    default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE,
+               gluon_attention.STAGE_PAIRS[head_dim])  # what every path runs by default
     q, k, v = bf16_inputs(length, shape)
     cases = anchors(q, k, v)
     anchor = "fa4" if "fa4" in cases else "sdpa_cudnn"
@@ -92,13 +99,14 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
 def markdown(gpu: str, rows: list[dict]) -> str:
     lines = [f"# The Gluon forward's key/value stages and their release, {gpu}", "",
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
-             "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own. "
+             "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own; "
+             "pairs: the stages' barriers in two arrays, the key loop two blocks at a time. "
              "A star marks the variant the default runs; same: output and statistics bit for bit those of the "
              "default on every path.", "",
              "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
         for variant in VARIANTS[int(r["shape"].split("x")[2])]:
-            label = f"{variant[0]}, {variant[1]}"
+            label = f"{variant[0]}, {variant[1]}" + (", pairs" if variant[2] else "")
             if not r[f"{name(variant)}_ran"]:
                 lines.append(f"| {r['shape']} | {r['L']} | | {label} | does not compile | | | |")
                 continue

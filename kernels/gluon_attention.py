@@ -52,6 +52,11 @@ BLOCK_N = 128
 # NOTES.md, changes 14, 23-26). RELEASE "warpgroup" is for benchmarks/forward_stages.py
 STAGES = {64: 4, 128: 2}
 RELEASE = "thread"
+# per head_dim, the stages' barriers in two arrays (even and odd stages) with the key loop taken two blocks at a
+# time, so that the barrier Triton puts across the warpgroup before a stage's wait falls every other block instead
+# of every block (`gluon_forward._stage_barriers`). It compiles at 64 without spilling in the key loop (it spills at
+# 128 with the statistics); not yet timed, so off: for benchmarks/forward_stages.py (benchmarks/NOTES.md, change 27)
+STAGE_PAIRS = {64: False, 128: False}
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
@@ -127,15 +132,20 @@ def _descriptor(t: torch.Tensor, rows: int, dim: int) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [rows, dim], layout)
 
 
-def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | None) -> set[str]:
+def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | None, head_dim: int) -> set[str]:
     """The names of the forward's FLAGS (`flags`) for the statistics `names`: those, norm where
-    the received pass follows, distance_cap where window_distance is capped, and thread_release where every
-    consumer thread frees its stages (RELEASE)."""
+    the received pass follows, distance_cap where window_distance is capped, thread_release where every
+    consumer thread frees its stages (RELEASE) and stage_pairs where STAGE_PAIRS asks for it at head_dim."""
     wanted = set(names) | ({"norm"} if norm else set())
     if distance_cap is not None and "window_distance" in names:
         wanted.add("distance_cap")
     if RELEASE == "thread":
         wanted.add("thread_release")
+    if STAGE_PAIRS[head_dim]:
+        if STAGES[head_dim] % 2:
+            raise ValueError(f"STAGE_PAIRS at head_dim {head_dim} needs an even number of stages, not "
+                             f"STAGES[{head_dim}]={STAGES[head_dim]}")
+        wanted.add("stage_pairs")
     return wanted
 
 
@@ -148,7 +158,7 @@ def forward(views: Views, shape: torch.Size, kv_heads: int, out: torch.Tensor, r
     this Triton cannot compile or load the forward (`_launch`)."""
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), (v2, _, _, _) = views
-    wanted = forward_flags(res, norm=norm is not None, distance_cap=distance_cap)
+    wanted = forward_flags(res, norm=norm is not None, distance_cap=distance_cap, head_dim=dim)
     key = ("forward", flags(wanted, sink_positions.numel()), q2.dtype, dim)
     dummy = sink_positions
     row_max, row_sum = norm if norm is not None else (dummy, dummy)

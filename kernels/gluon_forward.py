@@ -65,18 +65,50 @@ def _has(flags, name):
 
 
 @gluon.constexpr_function
+def _parity(j, pairs):
+    """A compile-time block or stage j's PARITY for `_stage`: j % 2 where the barriers come in a pair, else -1."""
+    return j % 2 if pairs else -1
+
+
+@gluon.jit
+def _stage_barriers(STAGES: gl.constexpr, PAIRS: gl.constexpr):
+    """An mbarrier a stage: one array of them or, with PAIRS, two, the even stages' and the odd stages'. Triton
+    3.6's shared-memory analysis puts a barrier across the warpgroup between two waits on one array (it tells
+    allocations apart, not indices of one), so the key loop meets it every block; with a pair, taken two blocks
+    at a time, every other block (benchmarks/NOTES.md, change 27). It is not needed there: a stage's barrier
+    cannot move on to a later phase before every consumer thread has passed its wait, since a stage is freed only
+    after each consumer's own wait and reads."""
+    if PAIRS:
+        return (gl.allocate_shared_memory(gl.int64, [STAGES // 2, 1], mbarrier.MBarrierLayout()),
+                gl.allocate_shared_memory(gl.int64, [STAGES // 2, 1], mbarrier.MBarrierLayout()))
+    else:
+        return gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+
+
+@gluon.jit
+def _stage(bars, s, PARITY: gl.constexpr):
+    """Stage s's barrier in `bars` (`_stage_barriers`): PARITY -1 for one array, else s % 2, the array of the
+    pair that holds it, at index s // 2."""
+    if PARITY < 0:
+        return bars.index(s)
+    else:
+        return bars[PARITY].index(s // 2)
+
+
+@gluon.constexpr_function
 def _mma_layout(n):
     """The register layout of a consumer's [64, n] wgmma accumulator (its 4 warps along the rows)."""
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
 
 
 @gluon.jit
-def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
-           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr):
+def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
+           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr, PARITY: gl.constexpr):
     """One key block of a consumer: its scores, the online softmax with the statistics, its share of the output.
     DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
     take no mask and no branch. CAPPED: WITHIN, BEYOND or ACROSS, where the block's keys lie from the distance
-    cap `cap` (tokens, float32) of the consumer's rows."""
+    cap `cap` (tokens, float32) of the consumer's rows. PARITY: j % 2, which picks the block's barriers under
+    FLAGS' stage_pairs (`_stage`)."""
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
@@ -90,7 +122,7 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, c
     s = j % STAGES
     phase = (j // STAGES) & 1
     n0 = j * BLOCK_N
-    mbarrier.wait(k_ready.index(s), phase)
+    mbarrier.wait(_stage(k_ready, s, PARITY), phase)
     k = k_smem.index(s)
     qk = warpgroup_mma(q, k.permute((1, 0)), gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), use_acc=False,
                        is_async=True)
@@ -120,11 +152,11 @@ def _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post, c
     l_i = l_i * alpha + row_sum
     p16 = gl.convert_layout(p.to(q.dtype), p_layout)
     acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-    mbarrier.wait(v_ready.index(s), phase)
+    mbarrier.wait(_stage(v_ready, s, PARITY), phase)
     v = v_smem.index(s)
     acc = warpgroup_mma(p16, v, acc, is_async=True)
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
-    _release(kv_empty.index(s), FLAGS)
+    _release(_stage(kv_empty, s, PARITY), FLAGS)
     return m_new, l_i, t_i, w_i, arg_i, acc
 
 
@@ -138,6 +170,27 @@ def _release(empty, FLAGS: gl.constexpr):
         async_copy.mbarrier_arrive(empty, increment_count=False)
     else:
         mbarrier.arrive(empty, count=1)
+
+
+@gluon.jit
+def _blocks(j0, j1, ops, state, FLAGS: gl.constexpr, CAPPED: gl.constexpr):
+    """A consumer's key blocks j0 .. j1 - 1, none the diagonal (`_block`, with its operands `ops` and its carried
+    `state`, which it returns): one at a time or, under FLAGS' stage_pairs, two at a time from an even block, so
+    that each block's parity, and with it the array of its barriers (`_stage_barriers`), is known at compile time;
+    an odd first and an even last block go alone."""
+    if _has(FLAGS, "stage_pairs"):
+        start = j0 + j0 % 2
+        if (j0 % 2 == 1) & (j0 < j1):
+            state = _block(j0, *ops, *state, FLAGS, False, CAPPED, 1)
+        for j in range(start, j1 - 1, 2):
+            for i in gl.static_range(2):
+                state = _block(j + i, *ops, *state, FLAGS, False, CAPPED, i)
+        if (start < j1) & ((j1 - start) % 2 == 1):
+            state = _block(j1 - 1, *ops, *state, FLAGS, False, CAPPED, 0)
+    else:
+        for j in range(j0, j1):
+            state = _block(j, *ops, *state, FLAGS, False, CAPPED, -1)
+    return state
 
 
 @gluon.constexpr_function
@@ -201,18 +254,19 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         n_beyond = gl.minimum(gl.where(far >= 0, far // BLOCK_N + 1, 0), n_blocks - 1)
         near = q_first + ROWS - cap_keys  # the first key within the cap of the consumer's last row
         n_across = gl.minimum(gl.maximum(gl.where(near > 0, gl.cdiv(near, BLOCK_N), 0), n_beyond), n_blocks - 1)
-    for j in range(n_beyond):
-        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
-                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, BEYOND)
-    for j in range(n_beyond, n_across):
-        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
-                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, ACROSS)
-    for j in range(n_across, n_blocks - 1):
-        m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, j, rows, cols, post,
-                                                cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, False, WITHIN)
-    m_i, l_i, t_i, w_i, arg_i, acc = _block(q, k_smem, v_smem, k_ready, v_ready, kv_empty, n_blocks - 1, rows, cols,
-                                            post, cap, m_i, l_i, t_i, w_i, arg_i, acc, FLAGS, True,
-                                            ACROSS if CAP else WITHIN)
+    ops = (q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, cap)
+    state = (m_i, l_i, t_i, w_i, arg_i, acc)
+    state = _blocks(0, n_beyond, ops, state, FLAGS, BEYOND)
+    state = _blocks(n_beyond, n_across, ops, state, FLAGS, ACROSS)
+    state = _blocks(n_across, n_blocks - 1, ops, state, FLAGS, WITHIN)
+    last = n_blocks - 1  # the diagonal, its parity known only at run time under stage_pairs
+    if not _has(FLAGS, "stage_pairs"):
+        state = _block(last, *ops, *state, FLAGS, True, ACROSS if CAP else WITHIN, -1)
+    elif last % 2 == 0:
+        state = _block(last, *ops, *state, FLAGS, True, ACROSS if CAP else WITHIN, 0)
+    else:
+        state = _block(last, *ops, *state, FLAGS, True, ACROSS if CAP else WITHIN, 1)
+    m_i, l_i, t_i, w_i, arg_i, acc = state
 
     out = acc / gl.convert_layout(l_i, row_o)[:, None]
     offs_m = q_first + gl.arange(0, ROWS, layout=row_o)
@@ -258,20 +312,35 @@ def _two_tiles(desc, row, col, bar, smem):
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, q_row, q_col,
-              kv_row, kv_col, n_blocks):
-    """One warp: the program's two query tiles, then each key and value block once a stage is free."""
+def _load(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, kv_row, kv_col, j, PARITY: gl.constexpr):
+    """Key and value block j, into its stage once the stage is free (PARITY: as `_stage`'s, j % 2 or -1)."""
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
+    s = j % STAGES
+    phase = (j // STAGES) & 1
+    mbarrier.wait(_stage(kv_empty, s, PARITY), phase ^ 1)  # a fresh barrier passes the wait on phase 1
+    mbarrier.expect(_stage(k_ready, s, PARITY), k_desc.block_type.nbytes)
+    TMA_LOAD(k_desc, [kv_row + j * BLOCK_N, kv_col], _stage(k_ready, s, PARITY), k_smem.index(s))
+    mbarrier.expect(_stage(v_ready, s, PARITY), v_desc.block_type.nbytes)
+    TMA_LOAD(v_desc, [kv_row + j * BLOCK_N, kv_col], _stage(v_ready, s, PARITY), v_smem.index(s))
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, q_row, q_col,
+              kv_row, kv_col, n_blocks, role):
+    """One warp: the program's two query tiles, then each key and value block once a stage is free, two at a
+    time under role.FLAGS' stage_pairs (the stages' barriers in two arrays, `_stage_barriers`)."""
     _two_tiles(q_desc, q_row, q_col, q_bar, q_smem)
-    for j in range(n_blocks):
-        s = j % STAGES
-        phase = (j // STAGES) & 1
-        mbarrier.wait(kv_empty.index(s), phase ^ 1)  # a fresh barrier passes the wait on phase 1
-        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-        TMA_LOAD(k_desc, [kv_row + j * BLOCK_N, kv_col], k_ready.index(s), k_smem.index(s))
-        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-        TMA_LOAD(v_desc, [kv_row + j * BLOCK_N, kv_col], v_ready.index(s), v_smem.index(s))
+    loads = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, kv_row, kv_col)
+    if _has(role.FLAGS, "stage_pairs"):
+        for j in range(0, n_blocks - 1, 2):
+            for i in gl.static_range(2):
+                _load(*loads, j + i, i)
+        if n_blocks % 2 == 1:
+            _load(*loads, n_blocks - 1, 0)
+    else:
+        for j in range(n_blocks):
+            _load(*loads, j, -1)
 
 
 @gluon.jit
@@ -305,14 +374,15 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    PAIRS: gl.constexpr = _has(FLAGS, "stage_pairs")
+    k_ready = _stage_barriers(STAGES, PAIRS)
+    v_ready = _stage_barriers(STAGES, PAIRS)
+    kv_empty = _stage_barriers(STAGES, PAIRS)
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=release_count(FLAGS))  # both consumers release a stage
+        mbarrier.init(_stage(k_ready, i, _parity(i, PAIRS)), count=1)
+        mbarrier.init(_stage(v_ready, i, _parity(i, PAIRS)), count=1)
+        mbarrier.init(_stage(kv_empty, i, _parity(i, PAIRS)), count=release_count(FLAGS))  # both consumers
     row_base = bh * length
     out_rows = out_ptr + b.to(gl.int64) * out_batch_stride + head.to(gl.int64) * out_head_stride
     k_rows = (k_ptr + (b * kv_batch_rows + kv_head * kv_head_rows).to(gl.int64) * k_row_stride
@@ -322,18 +392,19 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
              k_row_stride, out_row_stride, row_base, m0, n_blocks, post, cap, cap_keys)
     pargs = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
              b * q_batch_rows + head * q_head_rows + m0, head * q_head_cols,
-             b * kv_batch_rows + kv_head * kv_head_rows, kv_head * kv_head_cols, n_blocks)
+             b * kv_batch_rows + kv_head * kv_head_rows, kv_head * kv_head_cols, n_blocks, Role(0, FLAGS))
     gl.warp_specialize([(_consumer, cargs + (Role(0, FLAGS), )), (_consumer, cargs + (Role(1, FLAGS), )),
                         (_producer, pargs)], [4, 1], [232, 40])
 
 
 FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap",
-             "thread_release")
+             "thread_release", "stage_pairs")
 SINK_SHIFT = gl.constexpr(len(FLAG_BITS))  # the number of sink keys sits above the flags
 
 
 def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
     norm: the received pass follows; distance_cap: window_distance is capped; thread_release: every consumer
-    thread releases a stage, `_release`), and the number of sink keys above them."""
+    thread releases a stage, `_release`; stage_pairs: the stages' barriers in two arrays, `_stage_barriers`, for
+    an even number of stages), and the number of sink keys above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << SINK_SHIFT.value)

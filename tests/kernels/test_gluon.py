@@ -57,9 +57,10 @@ if kernel_name == "forward":
     types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
-    every = set(gluon_forward.FLAG_BITS)  # every statistic, a stage released by every thread and by one
+    every = set(gluon_forward.FLAG_BITS) - {"stage_pairs"}  # every statistic, stages freed by every thread, by one
+    kinds = (every, every - {"thread_release"}) + ((every | {"stage_pairs"}, ) if head_dim == 64 else ())
     variants = [{"FLAGS": gluon_forward.flags(wanted, 2), "STAGES": gluon_attention.STAGES[head_dim]}
-                for wanted in (every, every - {"thread_release"})]
+                for wanted in kinds]
 else:
     kernel = gluon_received.gluon_received_pass
     types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
@@ -83,6 +84,13 @@ for constexprs in variants:
 """
 
 
+def use_variant(monkeypatch, variant: str) -> None:
+    """The forward's stages freed by every thread ("thread"), by one after a warpgroup barrier ("warpgroup"), or
+    by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks ("pairs")."""
+    monkeypatch.setattr(gluon_attention, "RELEASE", "warpgroup" if variant == "warpgroup" else "thread")
+    monkeypatch.setattr(gluon_attention, "STAGE_PAIRS", dict.fromkeys(gluon_attention.HEAD_DIMS, variant == "pairs"))
+
+
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
     """COMPILE's lines for the Gluon `kernel` ("forward" or "received") at head_dim, split into words."""
     env = dict(os.environ, TRITON_INTERPRET="0")
@@ -95,11 +103,12 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
     # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; stages released by
-    # every thread and by one
+    # every thread and by one, and at head_dim 64 the stages' barriers in pairs too
     lines = compile_for_hopper("forward", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * 2
+    variants = 3 if head_dim == 64 else 2
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * variants
     # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
-    assert [serialized for *_, serialized in lines] == ["False"] * 2
+    assert [serialized for *_, serialized in lines] == ["False"] * variants
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
@@ -114,7 +123,7 @@ def test_received_pass_compiles_for_hopper(head_dim):
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 512  # one sink key, above the nine flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 1024  # one sink key, above the ten flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
@@ -150,10 +159,11 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("release", ["thread", "warpgroup"])
-def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, release, monkeypatch):
-    """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier)."""
-    monkeypatch.setattr(gluon_attention, "RELEASE", release)
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
+def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, variant, monkeypatch):
+    """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier), and the stages'
+    barriers in pairs (`use_variant`)."""
+    use_variant(monkeypatch, variant)
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=256, head_dim=head_dim, seed=head_dim + heads,
                             device="cuda")
     if transposed:
@@ -187,9 +197,12 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
-def test_gpu_uncapped_distance_and_long_rows(stats, monkeypatch):
-    """Peaked rows of 1,024 keys: many p far below 2^-126."""
+@pytest.mark.parametrize("variant", ["thread", "pairs"])
+def test_gpu_uncapped_distance_and_long_rows(stats, variant, monkeypatch):
+    """Peaked rows of 1,024 keys: many p far below 2^-126; with the stages' barriers in pairs, programs of 2 to 8
+    key blocks take pairs and an even last block alone before the diagonal."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    use_variant(monkeypatch, variant)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
@@ -205,12 +218,13 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
-@pytest.mark.parametrize("release", ["thread", "warpgroup"])
-def test_gpu_capped_distance(length, head_dim, cap, release, monkeypatch):
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
+def test_gpu_capped_distance(length, head_dim, cap, variant, monkeypatch):
     """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
-    consumers (caps below, at and above a block of 128 keys), stages released either way."""
+    consumers (caps below, at and above a block of 128 keys), stages released either way or their barriers in
+    pairs (whose loops take a range's odd first block and even last one alone)."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
-    monkeypatch.setattr(gluon_attention, "RELEASE", release)
+    use_variant(monkeypatch, variant)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=length, head_dim=head_dim, seed=length + head_dim, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, causal=True, sink_keys=(0, 3),
                  distance_cap=cap)
