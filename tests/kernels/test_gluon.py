@@ -199,8 +199,8 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 @pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
 @pytest.mark.parametrize("variant", ["thread", "pairs"])
 def test_gpu_uncapped_distance_and_long_rows(stats, variant, monkeypatch):
-    """Peaked rows of 1,024 keys: many p far below 2^-126; with the stages' barriers in pairs, programs of 2 to 8
-    key blocks take pairs and an even last block alone before the diagonal."""
+    """Peaked rows of 1,024 keys: many p far below 2^-126; with the stages' barriers in pairs, programs of 1 to 8
+    key blocks (diagonals of both parities) take pairs, and an even last block alone where one is left."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     use_variant(monkeypatch, variant)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
