@@ -260,12 +260,13 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
     state = _blocks(n_beyond, n_across, ops, state, FLAGS, ACROSS)
     state = _blocks(n_across, n_blocks - 1, ops, state, FLAGS, WITHIN)
     last = n_blocks - 1  # the diagonal, its parity known only at run time under stage_pairs
+    LAST_CAPPED: gl.constexpr = ACROSS if CAP else WITHIN
     if not _has(FLAGS, "stage_pairs"):
-        state = _block(last, *ops, *state, FLAGS, True, ACROSS if CAP else WITHIN, -1)
+        state = _block(last, *ops, *state, FLAGS, True, LAST_CAPPED, -1)
     elif last % 2 == 0:
-        state = _block(last, *ops, *state, FLAGS, True, ACROSS if CAP else WITHIN, 0)
+        state = _block(last, *ops, *state, FLAGS, True, LAST_CAPPED, 0)
     else:
-        state = _block(last, *ops, *state, FLAGS, True, ACROSS if CAP else WITHIN, 1)
+        state = _block(last, *ops, *state, FLAGS, True, LAST_CAPPED, 1)
     m_i, l_i, t_i, w_i, arg_i, acc = state
 
     out = acc / gl.convert_layout(l_i, row_o)[:, None]
