@@ -6,14 +6,15 @@ ahead while the consumers compute; more stages hide more of a load's latency but
 fit beside the query tile at head_dim 128). A consumer frees a stage by an arrival on its barrier: one thread's,
 after a barrier across the warpgroup, or each thread's own, with no such barrier but 128 arrivals
 (`gluon_attention.RELEASE`). With the stages' barriers in two arrays, the even stages' and the odd ones', and
-the key loop taken two blocks at a time (`gluon_attention.STAGE_PAIRS`), the barrier Triton puts across a
-warpgroup before each stage's wait falls every other block. Which variant is fastest depends on what the
-consumers compute a block, so each is timed on three paths the default serves: the one-pass statistics with the
-window distance uncapped (as `workbench.trace` computes it) and capped at 128 tokens, and the log-sum-exp alone.
-Rounds run the variants in alternating order (`triton.testing.do_bench` median, `rep` long enough for at least
-8 runs; batch 1, causal, bf16), and every variant's output and statistics are compared bit for bit with the
-default's. The anchor is the fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN
-SDPA), same inputs.
+the key loop taken two blocks at a time (`gluon_attention.STAGE_PAIRS`: always, never, or for the forwards that
+compute no statistic but the log-sum-exp), the barrier Triton puts across a warpgroup before each stage's wait
+falls every other block. Which variant is fastest depends on what the consumers compute a block, so each is timed
+on three paths the default serves: the one-pass statistics with the window distance uncapped (as
+`workbench.trace` computes it) and capped at 128 tokens, and the log-sum-exp alone. Rounds run the variants in
+alternating order (`triton.testing.do_bench` median, `rep` long enough for at least 8 runs; batch 1, causal,
+bf16), and each variant's output and statistics are compared bit for bit with the default's on each path (the
+barriers in pairs compile to another instruction schedule, which need not round alike). The anchor is the
+fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), same inputs.
 
 Usage: python benchmarks/forward_stages.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--rounds 3]
   [--tag NAME] [--out benchmarks/results]
@@ -33,30 +34,34 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# (stages, who releases a stage, barriers in pairs) tried per head_dim: one thread after a warpgroup barrier, or
-# every thread; the pairs at head_dim 64 alone (at 128 they spill with the statistics, benchmarks/NOTES.md change 27)
-VARIANTS = {64: ((2, "warpgroup", False), (3, "warpgroup", False), (4, "warpgroup", False), (3, "thread", False),
-                 (4, "thread", False), (4, "thread", True)),
-            128: ((2, "warpgroup", False), (3, "warpgroup", False), (2, "thread", False), (3, "thread", False))}
+# (stages, who releases a stage, which forwards take the barriers in pairs) tried per head_dim: one thread after a
+# warpgroup barrier, or every thread; the pairs at head_dim 64 alone (at 128 they spill with the statistics,
+# benchmarks/NOTES.md change 27)
+VARIANTS = {64: ((2, "warpgroup", "never"), (3, "warpgroup", "never"), (4, "warpgroup", "never"),
+                 (3, "thread", "never"), (4, "thread", "never"), (4, "thread", "lse"), (4, "thread", "always")),
+            128: ((2, "warpgroup", "never"), (3, "warpgroup", "never"), (2, "thread", "never"),
+                  (3, "thread", "never"))}
+PAIRS_NAMES = {"never": "", "always": "_pairs", "lse": "_pairs_lse"}
+PAIRS_LABELS = {"never": "", "always": ", pairs", "lse": ", pairs on the lse alone"}
 PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, distance_cap=128),
          "lse": dict(stats=("lse",))}
 
 
-def use(head_dim: int, stages: int, release: str, pairs: bool) -> None:
+def use(head_dim: int, stages: int, release: str, pairs: str) -> None:
     """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup") and the stages'
-    barriers in pairs or not; the compiled kernels are forgotten."""
+    barriers in pairs where `pairs` says (a `gluon_attention.PAIRS_MODES`); the compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
     gluon_attention.RELEASE = release
     gluon_attention.STAGE_PAIRS = {**gluon_attention.STAGE_PAIRS, head_dim: pairs}
     gluon_attention._COMPILES.clear()
 
 
-def name(variant: tuple[int, str, bool]) -> str:
-    return f"{variant[0]}_{variant[1]}" + ("_pairs" if variant[2] else "")
+def name(variant: tuple[int, str, str]) -> str:
+    return f"{variant[0]}_{variant[1]}{PAIRS_NAMES[variant[2]]}"
 
 
 def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
-    """Per variant: whether the Gluon forward ran and matched the default bit for bit on every path, and the
+    """Per variant: whether the Gluon forward ran, the paths on which it matched the default bit for bit, and the
     median ms of each path over `rounds`."""
     head_dim = shape[2]
     default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE,
@@ -79,8 +84,8 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
         out[f"{name(variant)}_ran"] = all(gluon_attention._COMPILES.values())  # else the Triton forward ran
         if out[f"{name(variant)}_ran"]:
             ran.append(variant)
-            out[f"{name(variant)}_same"] = all(torch.equal(got[p][0], reference[p][0]) and all(
-                torch.equal(got[p][1][s], reference[p][1][s]) for s in reference[p][1]) for p in PATHS)
+            out[f"{name(variant)}_same"] = [p for p in PATHS if torch.equal(got[p][0], reference[p][0]) and all(
+                torch.equal(got[p][1][s], reference[p][1][s]) for s in reference[p][1])]
         del got
     del reference
     times: dict[str, list[float]] = {}
@@ -101,12 +106,12 @@ def markdown(gpu: str, rows: list[dict]) -> str:
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
              "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own; "
              "pairs: the stages' barriers in two arrays, the key loop two blocks at a time. "
-             "A star marks the variant the default runs; same: output and statistics bit for bit those of the "
-             "default on every path.", "",
+             "A star marks the variant the default runs; same: the paths whose output and statistics are bit for "
+             "bit the default's.", "",
              "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
         for variant in VARIANTS[int(r["shape"].split("x")[2])]:
-            label = f"{variant[0]}, {variant[1]}" + (", pairs" if variant[2] else "")
+            label = f"{variant[0]}, {variant[1]}{PAIRS_LABELS[variant[2]]}"
             if not r[f"{name(variant)}_ran"]:
                 lines.append(f"| {r['shape']} | {r['L']} | | {label} | does not compile | | | |")
                 continue
@@ -114,7 +119,7 @@ def markdown(gpu: str, rows: list[dict]) -> str:
             cells = [f"{ms:.2f}{star} ({ms / r['anchor_ms']:.2f}x)"
                      for ms in (r[f"{name(variant)}_{path}_ms"] for path in PATHS)]
             lines.append(f"| {r['shape']} | {r['L']} | {r['anchor']} {r['anchor_ms']:.2f} | {label} | "
-                         + " | ".join(cells) + f" | {r[f'{name(variant)}_same']} |")
+                         + " | ".join(cells) + f" | {', '.join(r[f'{name(variant)}_same']) or 'none'} |")
     return "\n".join(lines) + "\n"
 
 

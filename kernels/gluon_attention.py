@@ -52,11 +52,13 @@ BLOCK_N = 128
 # NOTES.md, changes 14, 23-26). RELEASE "warpgroup" is for benchmarks/forward_stages.py
 STAGES = {64: 4, 128: 2}
 RELEASE = "thread"
-# per head_dim, the stages' barriers in two arrays (even and odd stages) with the key loop taken two blocks at a
-# time, so that the barrier Triton puts across the warpgroup before a stage's wait falls every other block instead
-# of every block (`gluon_forward._stage_barriers`). It compiles at 64 without spilling in the key loop (it spills at
-# 128 with the statistics); not yet timed, so off: for benchmarks/forward_stages.py (benchmarks/NOTES.md, change 27)
-STAGE_PAIRS = {64: False, 128: False}
+# per head_dim, which forwards take the stages' barriers in two arrays (even and odd stages) with the key loop two
+# blocks at a time, so that the barrier Triton puts across the warpgroup before a stage's wait falls every other
+# block (`gluon_forward._stage_barriers`): "lse" those that compute no statistic but the log-sum-exp, "always" or
+# "never". At 64 it took 7% off the lse alone and made the one-pass statistics 25-48% slower (an H100, one
+# process); at 128 it spills with the statistics (benchmarks/forward_stages.py; NOTES.md, changes 27-28)
+STAGE_PAIRS = {64: "lse", 128: "never"}
+PAIRS_MODES = ("lse", "always", "never")
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
@@ -139,13 +141,16 @@ def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | Non
     wanted = set(names) | ({"norm"} if norm else set())
     if distance_cap is not None and "window_distance" in names:
         wanted.add("distance_cap")
-    if RELEASE == "thread":
-        wanted.add("thread_release")
-    if STAGE_PAIRS[head_dim]:
+    pairs = STAGE_PAIRS[head_dim]
+    if pairs not in PAIRS_MODES:
+        raise ValueError(f"STAGE_PAIRS[{head_dim}]={pairs!r}: expected one of {PAIRS_MODES}")
+    if pairs == "always" or (pairs == "lse" and wanted <= {"lse"}):
         if STAGES[head_dim] % 2:
-            raise ValueError(f"STAGE_PAIRS at head_dim {head_dim} needs an even number of stages, not "
+            raise ValueError(f"STAGE_PAIRS[{head_dim}]={pairs!r} needs an even number of stages, not "
                              f"STAGES[{head_dim}]={STAGES[head_dim]}")
         wanted.add("stage_pairs")
+    if RELEASE == "thread":
+        wanted.add("thread_release")
     return wanted
 
 

@@ -58,7 +58,8 @@ if kernel_name == "forward":
                  out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
                  FLAGS="constexpr", STAGES="constexpr")
     every = set(gluon_forward.FLAG_BITS) - {"stage_pairs"}  # every statistic, stages freed by every thread, by one
-    kinds = (every, every - {"thread_release"}) + ((every | {"stage_pairs"}, ) if head_dim == 64 else ())
+    pairs = (every | {"stage_pairs"}, {"lse", "thread_release", "stage_pairs"})  # the barriers in pairs: at 64
+    kinds = (every, every - {"thread_release"}) + (pairs if head_dim == 64 else ())
     variants = [{"FLAGS": gluon_forward.flags(wanted, 2), "STAGES": gluon_attention.STAGES[head_dim]}
                 for wanted in kinds]
 else:
@@ -86,9 +87,11 @@ for constexprs in variants:
 
 def use_variant(monkeypatch, variant: str) -> None:
     """The forward's stages freed by every thread ("thread"), by one after a warpgroup barrier ("warpgroup"), or
-    by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks ("pairs")."""
+    by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks ("pairs"), whatever
+    the statistics."""
     monkeypatch.setattr(gluon_attention, "RELEASE", "warpgroup" if variant == "warpgroup" else "thread")
-    monkeypatch.setattr(gluon_attention, "STAGE_PAIRS", dict.fromkeys(gluon_attention.HEAD_DIMS, variant == "pairs"))
+    monkeypatch.setattr(gluon_attention, "STAGE_PAIRS",
+                        dict.fromkeys(gluon_attention.HEAD_DIMS, "always" if variant == "pairs" else "never"))
 
 
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
@@ -105,7 +108,7 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
     # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; stages released by
     # every thread and by one, and at head_dim 64 the stages' barriers in pairs too
     lines = compile_for_hopper("forward", head_dim)
-    variants = 3 if head_dim == 64 else 2
+    variants = 4 if head_dim == 64 else 2
     assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * variants
     # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
     assert [serialized for *_, serialized in lines] == ["False"] * variants
@@ -126,6 +129,26 @@ def test_flags_name_every_statistic_once():
     assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 1024  # one sink key, above the ten flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
+
+
+def test_stage_pairs_where_no_statistic_but_the_lse(monkeypatch):
+    """By default the barriers go in pairs at head_dim 64 for the forwards that compute nothing but the output
+    and the log-sum-exp; STAGE_PAIRS is checked, with its value named, before anything compiles."""
+    def pairs(names, norm=False, head_dim=64):
+        wanted = gluon_attention.forward_flags(names, norm=norm, distance_cap=None, head_dim=head_dim)
+        return "stage_pairs" in wanted
+
+    assert pairs(()) and pairs(("lse",))
+    assert not pairs(("lse", "entropy")) and not pairs(("max_prob", "argmax_key")) and not pairs(("lse",), norm=True)
+    assert not pairs((), head_dim=128)
+    monkeypatch.setitem(gluon_attention.STAGE_PAIRS, 64, "always")
+    assert pairs(("entropy", "window_distance"))
+    monkeypatch.setitem(gluon_attention.STAGES, 64, 3)
+    with pytest.raises(ValueError, match=r"STAGE_PAIRS\[64\]='always' needs an even number of stages"):
+        pairs(())
+    monkeypatch.setitem(gluon_attention.STAGE_PAIRS, 64, "often")
+    with pytest.raises(ValueError, match=r"STAGE_PAIRS\[64\]='often': expected one of"):
+        pairs(())
 
 
 def test_received_pass_settings_are_checked(monkeypatch):
@@ -206,6 +229,20 @@ def test_gpu_uncapped_distance_and_long_rows(stats, variant, monkeypatch):
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     q, k, v = matrix.inputs(B=1, H=2, Hkv=1, Lq=1024, head_dim=64, seed=5, peak=4.0, device="cuda")
     matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
+
+
+@pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
+@pytest.mark.parametrize("stats", [(), ("lse",)], ids=["none", "lse"])
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
+def test_gpu_output_and_lse_alone(stats, head_dim, heads, kv_heads, monkeypatch):
+    """The forwards that compute nothing but the output and the log-sum-exp, as the defaults run them (the
+    barriers in pairs at head_dim 64), over programs of 1 to 8 key blocks."""
+    monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    q, k, v = matrix.inputs(B=1, H=heads, Hkv=kv_heads, Lq=1024, head_dim=head_dim, seed=11, device="cuda")
+    matrix.check(triton_attention.attention, q, k, v, dtype=torch.bfloat16, stats=stats, causal=True)
+    wanted = gluon_attention.forward_flags(stats, norm=False, distance_cap=None, head_dim=head_dim)
+    assert ("stage_pairs" in wanted) == (head_dim == 64)
+    assert gluon_attention._COMPILES[("forward", gluon_forward.flags(wanted, 1), torch.bfloat16, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
