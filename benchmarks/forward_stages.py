@@ -49,7 +49,7 @@ PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, 
 
 def use(head_dim: int, stages: int, release: str, pairs: str) -> None:
     """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup") and the stages'
-    barriers in pairs where `pairs` says (a `gluon_attention.PAIRS_MODES`); the compiled kernels are forgotten."""
+    barriers in pairs where `pairs` says (one of `gluon_attention.PAIRS_MODES`); the compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
     gluon_attention.RELEASE = release
     gluon_attention.STAGE_PAIRS = {**gluon_attention.STAGE_PAIRS, head_dim: pairs}
