@@ -32,66 +32,42 @@ GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available(
        and torch.cuda.get_device_capability() == (9, 0))
 NO_BLOCKS = tuple(name for name in ALL_STATS if name not in BLOCK_STATS)  # `received` from the Gluon pass
 GROUPS = (2, 4)  # the received pass's groups of query blocks compiled
-# Compiles the Gluon kernels for sm_90 without a GPU, in a process of its own: the suite runs Triton's interpreter,
-# whose decorators (Triton's own reductions included, made when Triton is first imported) give functions that do
-# not compile. Prints each kernel's warps, whether it uses wgmma, its count of ex2 instructions, and whether ptxas
-# (the one Triton compiles sm_90 with) serializes its wgmma (note C7514: an accumulator read while its wgmma may be
-# in flight).
+# Compiles the Gluon kernels for sm_90 without a GPU (`gluon_sources`), in a process of its own: the suite runs
+# Triton's interpreter, whose decorators (Triton's own reductions included, made when Triton is first imported) give
+# functions that do not compile. Prints each kernel's warps, whether it uses wgmma, its count of ex2 instructions,
+# and whether ptxas (the one Triton compiles sm_90 with) serializes its wgmma (note C7514: an accumulator read
+# while its wgmma may be in flight).
 COMPILE = """
-import os
-import subprocess
 import sys
-import tempfile
-from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas
-from triton.compiler import compile as triton_compile
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
-from workbench.kernels import gluon_attention, gluon_forward, gluon_received
+from workbench.kernels import gluon_attention, gluon_forward, gluon_sources
 
-kernel_name, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's groups, as 2,4
-desc = {rows: f"tensordesc<bf16[{rows}, {head_dim}],"
-              f"{gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl.bfloat16)!r}>" for rows in (64, 128)}
-if kernel_name == "forward":
-    kernel = gluon_forward.gluon_stats_forward
-    types = dict(q_desc=desc[64], k_desc=desc[gluon_attention.BLOCK_N], v_desc=desc[gluon_attention.BLOCK_N],
-                 out_ptr="*bf16", argmax_ptr="*i64", sink_ptr="*i32", k_ptr="*bf16", post="fp32", cap="fp32",
-                 FLAGS="constexpr", STAGES="constexpr")
-    every = set(gluon_forward.FLAG_BITS) - {"stage_pairs"}  # every statistic, stages freed by every thread, by one
-    pairs = (every | {"stage_pairs"}, {"lse", "thread_release", "stage_pairs"})  # the barriers in pairs: at 64
+kernel, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's groups, as 2,4
+if kernel == "forward":
+    every = set(gluon_forward.FLAG_BITS) - {"stage_pairs", "pair_loop"}  # every statistic, stages freed by
+    # every thread, by one; at head_dim 64 the barriers in pairs, each pair's blocks unrolled or in a loop
+    pairs = (every | {"stage_pairs"}, every | {"stage_pairs", "pair_loop"}, {"lse", "thread_release", "stage_pairs"},
+             {"lse", "thread_release", "stage_pairs", "pair_loop"})
     kinds = (every, every - {"thread_release"}) + (pairs if head_dim == 64 else ())
     variants = [{"FLAGS": gluon_forward.flags(wanted, 2), "STAGES": gluon_attention.STAGES[head_dim]}
                 for wanted in kinds]
 else:
-    kernel = gluon_received.gluon_received_pass
-    types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
-                 c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
     variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
-signature = {name: "i32" for name in kernel.arg_names}
-signature.update({name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}, **types)
 for constexprs in variants:
-    source = GluonASTSource(kernel, signature, constexprs=constexprs)
-    compiled = triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    with tempfile.TemporaryDirectory() as folder:
-        ptx = os.path.join(folder, "kernel.ptx")
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        cubin = os.path.join(folder, "kernel.cubin")
-        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", ptx, "-o", cubin], capture_output=True,
-                              text=True)
-    assert done.returncode == 0 and "Used" in done.stderr, done.stderr  # ptxas ran and reported
-    print(compiled.metadata.num_warps, "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("ex2.approx"),
-          "C7514" in done.stderr)
+    compiled = gluon_sources.compile_for_hopper(kernel, head_dim, constexprs)
+    ptx = compiled.asm["ptx"]
+    print(compiled.metadata.num_warps, "wgmma" in ptx, ptx.count("ex2.approx"),
+          "C7514" in gluon_sources.ptxas_report(ptx))
 """
 
 
 def use_variant(monkeypatch, variant: str) -> None:
     """The forward's stages freed by every thread ("thread"), by one after a warpgroup barrier ("warpgroup"), or
-    by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks ("pairs"), whatever
-    the statistics."""
+    by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks, the two blocks'
+    code one after the other ("pairs") or in a loop after the pair's waits ("loop"), whatever the statistics."""
     monkeypatch.setattr(gluon_attention, "RELEASE", "warpgroup" if variant == "warpgroup" else "thread")
-    monkeypatch.setattr(gluon_attention, "STAGE_PAIRS",
-                        dict.fromkeys(gluon_attention.HEAD_DIMS, "always" if variant == "pairs" else "never"))
+    monkeypatch.setattr(gluon_attention, "STAGE_PAIRS", dict.fromkeys(
+        gluon_attention.HEAD_DIMS, "always" if variant in ("pairs", "loop") else "never"))
+    monkeypatch.setattr(gluon_attention, "PAIR_LOOP", variant == "loop")
 
 
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
@@ -108,7 +84,7 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
     # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; stages released by
     # every thread and by one, and at head_dim 64 the stages' barriers in pairs too
     lines = compile_for_hopper("forward", head_dim)
-    variants = 4 if head_dim == 64 else 2
+    variants = 6 if head_dim == 64 else 2
     assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * variants
     # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
     assert [serialized for *_, serialized in lines] == ["False"] * variants
@@ -126,7 +102,7 @@ def test_received_pass_compiles_for_hopper(head_dim):
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 1024  # one sink key, above the ten flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 2048  # one sink key, above the eleven flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
@@ -182,7 +158,7 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs", "loop"])
 def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, variant, monkeypatch):
     """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier), and the stages'
     barriers in pairs (`use_variant`)."""
@@ -220,10 +196,11 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
-@pytest.mark.parametrize("variant", ["thread", "pairs"])
+@pytest.mark.parametrize("variant", ["thread", "pairs", "loop"])
 def test_gpu_uncapped_distance_and_long_rows(stats, variant, monkeypatch):
     """Peaked rows of 1,024 keys: many p far below 2^-126; with the stages' barriers in pairs, programs of 1 to 8
-    key blocks (diagonals of both parities) take pairs, and an even last block alone where one is left."""
+    key blocks (diagonals of both parities) take pairs, and an even last block alone where one is left (in a loop
+    of one under "loop")."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     use_variant(monkeypatch, variant)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
@@ -255,7 +232,7 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
-@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs", "loop"])
 def test_gpu_capped_distance(length, head_dim, cap, variant, monkeypatch):
     """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
     consumers (caps below, at and above a block of 128 keys), stages released either way or their barriers in

@@ -1,0 +1,144 @@
+"""The Gluon forward's compiled key loops, per statistics path and barrier variant, for Hopper, without a GPU.
+
+What the timings of `forward_stages.py` are read against (benchmarks/NOTES.md, changes 27-29): Triton's
+shared-memory analysis puts a barrier across the consumer warpgroup (SASS `BAR.SYNC 0x2, 0x80`) between two waits
+on one array of mbarriers, and the variants trade those barriers against the loop's code size. Each kernel is
+compiled for sm_90a by Triton's own ptxas (`workbench.kernels.gluon_sources`; use the Triton version of the GPU
+machine, since the code differs between versions), its SASS read by Triton's cuobjdump. A loop is a conditional
+backward branch; the key loop is the first innermost loop that holds the most wgmma (HGMMA): the first consumer's
+loop over its full key blocks (under a distance cap, over those beyond the cap), and "around" the loop that holds
+it and no other wgmma (the pair loop of `gluon_forward._pair`). Nothing is timed.
+
+Usage: python benchmarks/gluon_code.py [--head-dims 64] [--paths none,lse,one_pass,capped]
+  [--variants block,pairs,pair_loop] [--out benchmarks/results]
+Writes gluon_code_sm90a_triton-<version>.json and .md into --out (the version's dots as dashes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import triton
+from hardware import slug
+
+from workbench.atomic import replace_file
+from workbench.kernels import QUERY_STATS, gluon_attention, gluon_forward, gluon_sources
+
+PATHS = {"none": set(), "lse": {"lse"}, "one_pass": set(QUERY_STATS) - {"argmax_key"},
+         "capped": set(QUERY_STATS) - {"argmax_key"} | {"distance_cap"}}
+VARIANTS = {"block": set(), "pairs": {"stage_pairs"}, "pair_loop": {"stage_pairs", "pair_loop"}}
+WARPGROUP_BARRIER = re.compile(r"BAR\.SYNC\S* 0x[0-9a-f]+, 0x80\b")  # a named barrier of 128 threads
+
+
+@dataclass
+class Loop:
+    start: int
+    end: int  # the backward branch's address
+    instructions: int
+    hgmma: int
+    barriers: int
+
+    @property
+    def kib(self) -> float:
+        return (self.end - self.start + 16) / 1024
+
+
+def loops(sass: str) -> list[Loop]:
+    """Every conditional backward branch of `sass` as a loop from its target to the branch. (The unconditional
+    ones return from a wait's retry, which ptxas places after the kernel's code, or to the partitions' dispatch.)"""
+    code = [(int(a, 16), text) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    found = []
+    for address, text in code:
+        target = re.search(r"^@!?U?P\d+\s+BRA\b.*?0x([0-9a-f]+)", text.strip())
+        if target and int(target.group(1), 16) < address:
+            start = int(target.group(1), 16)
+            body = [t for a, t in code if start <= a <= address]
+            found.append(Loop(start, address, len(body), sum("HGMMA" in t for t in body),
+                              sum(bool(WARPGROUP_BARRIER.search(t)) for t in body)))
+    return found
+
+
+def key_loops(found: list[Loop]) -> tuple[Loop | None, Loop | None]:
+    """The key loop (the module's docstring) and the loop around it that holds no other wgmma, if any."""
+    inner = [lp for lp in found if lp.hgmma and not any(
+        o is not lp and o.hgmma and lp.start <= o.start and o.end <= lp.end for o in found)]
+    if not inner:
+        return None, None
+    key = max(inner, key=lambda lp: (lp.hgmma, -lp.start))
+    around = [lp for lp in found if lp.start <= key.start and key.end <= lp.end and lp is not key]
+    outer = min(around, key=lambda lp: lp.end - lp.start, default=None)
+    return key, (outer if outer and outer.hgmma == key.hgmma else None)
+
+
+def measure(head_dim: int, path: str, variant: str) -> dict:
+    """Registers, spilled bytes and the key loops of the forward at head_dim on `path` with `variant`, its stages
+    freed by every thread (the default)."""
+    wanted = PATHS[path] | VARIANTS[variant] | {"thread_release"}
+    compiled = gluon_sources.compile_for_hopper(
+        "forward", head_dim, {"FLAGS": gluon_forward.flags(wanted, 1), "STAGES": gluon_attention.STAGES[head_dim]})
+    report = gluon_sources.ptxas_report(compiled.asm["ptx"])
+    spilled = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", report))
+    registers = max(int(n) for n in re.findall(r"Used (\d+) registers", report))
+    key, outer = key_loops(loops(gluon_sources.sass(compiled.asm["cubin"])))
+    described = {name: loop and {**asdict(loop), "kib": loop.kib}
+                 for name, loop in (("key_loop", key), ("around", outer))}
+    return {"head_dim": head_dim, "path": path, "variant": variant, "registers": registers, "spill_bytes": spilled,
+            **described}
+
+
+def loop_cell(loop: dict | None) -> str:
+    if loop is None:
+        return "-"
+    barriers = f"{loop['barriers']} barrier" + ("" if loop["barriers"] == 1 else "s")
+    return f"{loop['instructions']} ({loop['kib']:.1f} KiB), {loop['hgmma']} wgmma, {barriers}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [f"# The Gluon forward's key loops, sm_90a, Triton {triton.__version__}", "",
+             "Compiled without a GPU (`python benchmarks/gluon_code.py`); stages freed by every thread. block: one "
+             "key block an iteration; pairs: the stages' barriers in two arrays, two blocks an iteration, unrolled; "
+             "pair_loop: the same pairs, each pair's blocks in a loop after its waits. Key loop: instructions (code "
+             "size), wgmma, warpgroup barriers; around: the pair loop that holds it.", "",
+             "| head_dim | path | variant | registers | spilled | key loop | around |", "|---" * 7 + "|"]
+    for r in rows:
+        lines.append(f"| {r['head_dim']} | {r['path']} | {r['variant']} | {r['registers']} | {r['spill_bytes']} B | "
+                     f"{loop_cell(r['key_loop'])} | {loop_cell(r['around'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def names(text: str, known: dict | tuple, option: str) -> list[str]:
+    """A comma-separated list of names from `known`, or argparse's error naming the unknown ones."""
+    chosen = [x for x in text.split(",") if x]
+    unknown = [x for x in chosen if x not in known]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{option}: unknown {unknown or text!r}; known: {', '.join(known)}")
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head-dims", type=lambda t: [int(x) for x in names(t, ("64", "128"), "--head-dims")],
+                        default=[64])
+    parser.add_argument("--paths", type=lambda t: names(t, PATHS, "--paths"), default=list(PATHS))
+    parser.add_argument("--variants", type=lambda t: names(t, VARIANTS, "--variants"), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    rows = []
+    for head_dim in args.head_dims:
+        for path in args.paths:
+            for variant in args.variants:
+                rows.append(measure(head_dim, path, variant))
+                print(json.dumps(rows[-1]), flush=True)
+    stem = f"gluon_code_sm90a_{slug('triton ' + triton.__version__)}"
+    replace_file(args.out / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=1) + "\n"))
+    replace_file(args.out / f"{stem}.md", lambda tmp: tmp.write_text(markdown(rows)))
+    print(markdown(rows))
+    print(f"wrote {args.out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
