@@ -23,8 +23,8 @@ of causal and sliding-window maps is skipped, not masked. Per chunk, in float32:
 Steps 1 and 3 are the two matmuls PyTorch's own fused attention does, with the same float32 accumulation, so the
 output equals `torch.nn.functional.scaled_dot_product_attention`'s to float rounding and the model's logits stay
 its own; the statistics come out of the same probabilities. The row pass works on one row at a time in the
-core's L1/L2 cache, and so reads the chunk once; the chunk size (CHUNK_ELEMENTS scores) trades the matmuls'
-efficiency, which grows with the rows per chunk, against the chunk's place in the cache hierarchy.
+core's L1/L2 cache, and so reads the chunk once; the chunk size (`chunk_elements`, from the last-level cache) trades
+the matmuls' efficiency, which grows with the rows per chunk, against the chunk's place in the cache hierarchy.
 
 Inputs in bfloat16 / float16 are computed in float32 (the CPU's matmuls of low-precision inputs round their
 output, the logits, to the input precision, which the statistics cannot afford), the output cast back.
@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -52,7 +53,49 @@ from workbench.kernels.contract import (
 from workbench.kernels.cpu_build import Chunk, library
 
 _THREAD = threading.local()  # the chunk buffer of each thread, see _workspace
-CHUNK_ELEMENTS = 1 << 23  # scores per chunk (32 MiB in float32): the fastest of 2^19-2^25 on 2 cores at 2k-8k tokens
+
+
+def _last_level_cache(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """Bytes of the largest data cache that Linux lists for the first CPU, or None where it lists none."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for index in root.glob("index*"):
+        try:
+            kind, size = ((index / name).read_text().strip() for name in ("type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction" and size:
+            sizes.append(int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size))
+    return max(sizes, default=None)
+
+
+def chunk_elements(cache_bytes: int | None) -> int:
+    """Scores a chunk takes for a last-level cache of cache_bytes (None: unknown): its float32 scores in a quarter
+    of the cache, from 2^20 to MAX_CHUNK_ELEMENTS (that where the cache is unknown). The row pass and then p V read
+    a chunk's scores again after the matmul that wrote them, from cache where they fit; `_chunk_queries` gives the
+    chunk at least MIN_CHUNK_QUERIES queries, for the matmuls' efficiency."""
+    if not cache_bytes:
+        return MAX_CHUNK_ELEMENTS
+    return min(MAX_CHUNK_ELEMENTS, max(1 << 20, cache_bytes // 16))
+
+
+# Measured on SmolLM2-135M's trace against its sdpa forward, 2 cores (benchmarks/NOTES.md, "The CPU path's
+# chunks"): on an Intel Xeon, 2^23 scores a chunk were the fastest of 2^19-2^25 at 2k-8k tokens; on an AMD EPYC
+# with 32 MiB of L3, 2^23 took 1.29x at 2k and 1.36x at 8k, a quarter of the L3 (2^21) 1.02x at 2k, and 2^22
+# (56 queries) 1.18x at 8k, where 2^21 gives 28 queries and took 1.30x.
+MAX_CHUNK_ELEMENTS = 1 << 23
+MIN_CHUNK_QUERIES = 64
+CHUNK_ELEMENTS = chunk_elements(_last_level_cache())
+
+
+def _chunk_queries(n_queries: int, scores_per_query: int) -> int:
+    """Queries a chunk takes: CHUNK_ELEMENTS scores' worth, raised to MIN_CHUNK_QUERIES where that stays within
+    MAX_CHUNK_ELEMENTS scores, at least 1 and at most n_queries."""
+    fits = CHUNK_ELEMENTS // scores_per_query
+    floor = min(MIN_CHUNK_QUERIES, MAX_CHUNK_ELEMENTS // scores_per_query)
+    return max(1, min(n_queries, max(fits, floor)))
+
+
 _PER_QUERY = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "learned_sink_mass")
 
 
@@ -79,7 +122,7 @@ def attention(
     q: [B, Hq, Lq, D]; k: [B, Hkv, Lk, D]; v: [B, Hkv, Lk, Dv] (Hq a multiple of Hkv). Returns out
     [B, Hq, Lq, Dv] in q's dtype and a dict: query statistics [B, Hq, Lq] float32 (argmax_key int64) and
     `received` [B, Hq, Lk] float32, the block statistics [B, Hq, ceil(Lq / block_size), ceil(Lk / block_size)]
-    float32. chunk_size: queries per chunk (default: CHUNK_ELEMENTS scores per chunk).
+    float32. chunk_size: queries per chunk (default: `_chunk_queries`).
     """
     stats = check_stats(stats)
     block_size = check_block_size(block_size)
@@ -135,7 +178,7 @@ def _attention(q, k, v, *, causal, scale, softcap, window, key_padding, stats, s
     out = torch.empty(batch, kv_heads, group, lq, v.shape[-1], **f32)
 
     span = lk if window is None else min(lk, (1 if causal else 2) * window)  # widest key range of a query
-    chunk = chunk_size or max(1, min(lq, CHUNK_ELEMENTS // max(1, batch * heads * span)))
+    chunk = chunk_size or _chunk_queries(lq, max(1, batch * heads * span))
     buffer = _workspace(batch * heads * chunk * min(lk, span + chunk))
     args = Chunk(heads=heads, n_keys=lk, causal=int(causal), window=window or 0,
                  valid=_pointer(valid), start=start.data_ptr(), inv_temperature=_pointer(inv_temperature),

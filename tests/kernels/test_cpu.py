@@ -120,6 +120,26 @@ def test_output_equals_torch_sdpa():
     torch.testing.assert_close(cpu.attention(q, k, v, stats=("entropy",))[0], want, atol=1e-6, rtol=1e-5)
 
 
+def test_chunks_follow_the_last_level_cache(tmp_path, monkeypatch):
+    """A quarter of the largest data cache Linux lists, from 2^20 to 2^23 scores (2^23 where none is listed), and
+    at least 64 queries a chunk while those stay within 2^23 scores."""
+    for index, (kind, size) in enumerate([("Data", "48K"), ("Instruction", "32K"), ("Unified", "1024K"),
+                                          ("Unified", "32768K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "type").write_text(kind + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert cpu._last_level_cache(tmp_path) == 32 << 20
+    assert cpu._last_level_cache(tmp_path / "absent") is None
+    assert cpu.chunk_elements(32 << 20) == 1 << 21
+    assert cpu.chunk_elements(None) == cpu.chunk_elements(1 << 30) == 1 << 23
+    assert cpu.chunk_elements(1 << 20) == 1 << 20
+    monkeypatch.setattr(cpu, "CHUNK_ELEMENTS", 1 << 21)
+    assert cpu._chunk_queries(2048, 9 * 2048) == (1 << 21) // (9 * 2048)  # the cache's share: 113 queries
+    assert cpu._chunk_queries(8192, 9 * 8192) == 64  # raised to 64 queries
+    assert cpu._chunk_queries(131072, 32 * 131072) == 2  # 64 would take 2^28 scores
+    assert cpu._chunk_queries(10, 9 * 10) == 10
+
+
 def test_backend_selection():
     assert resolve_backend(torch.device("cpu")) == "cpu"
     assert resolve_backend(torch.device("cpu"), "reference") == "reference"
