@@ -8,15 +8,13 @@ after a barrier across the warpgroup, or each thread's own, with no such barrier
 (`gluon_attention.RELEASE`). With the stages' barriers in two arrays, the even stages' and the odd ones', and
 the key loop taken two blocks at a time (`gluon_attention.STAGE_PAIRS`: always, never, or for the forwards that
 compute no statistic but the log-sum-exp), the barrier Triton puts across a warpgroup before each stage's wait
-falls every other block; a pair's two blocks either unrolled or in a loop after the pair's four waits
-(`gluon_attention.PAIR_LOOP`), which keeps one block's code in the loop. Which variant is fastest depends on
-what the consumers compute a block, so each is timed on three paths the default serves: the one-pass statistics
-with the window distance uncapped (as `workbench.trace` computes it) and capped at 128 tokens, and the
-log-sum-exp alone. Rounds run the variants in alternating order (`triton.testing.do_bench` median, `rep` long
-enough for at least 8 runs; batch 1, causal, bf16), and each variant's output and statistics are compared bit
-for bit with the default's on each path (the barriers in pairs compile to another instruction schedule, which
-need not round alike). The anchor is the fastest attention of the run (FlashAttention-4 where it is installed,
-else cuDNN SDPA), same inputs.
+falls every other block. Which variant is fastest depends on what the consumers compute a block, so each is timed
+on three paths the default serves: the one-pass statistics with the window distance uncapped (as
+`workbench.trace` computes it) and capped at 128 tokens, and the log-sum-exp alone. Rounds run the variants in
+alternating order (`triton.testing.do_bench` median, `rep` long enough for at least 8 runs; batch 1, causal,
+bf16), and each variant's output and statistics are compared bit for bit with the default's on each path (the
+barriers in pairs compile to another instruction schedule, which need not round alike). The anchor is the
+fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), same inputs.
 
 Usage: python benchmarks/forward_stages.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--rounds 3]
   [--tag NAME] [--out benchmarks/results]
@@ -36,47 +34,38 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# (stages, who releases a stage, which forwards take the barriers in pairs, whether a pair's blocks run in a loop)
-# tried per head_dim: one thread after a warpgroup barrier, or every thread; a pair's two blocks in a loop after
-# their waits, or their code unrolled; pairs at 64 alone (unrolled at 128 they spill with the statistics, and in a
-# loop a pair holds both of its two stages; benchmarks/NOTES.md changes 27 and 29)
-VARIANTS = {64: ((4, "warpgroup", "never", False), (4, "thread", "never", False), (4, "thread", "always", False),
-                 (4, "thread", "always", True), (4, "thread", "lse", False), (4, "thread", "lse", True)),
-            128: ((2, "warpgroup", "never", False), (3, "warpgroup", "never", False), (2, "thread", "never", False),
-                  (3, "thread", "never", False))}
+# (stages, who releases a stage, which forwards take the barriers in pairs) tried per head_dim: one thread after a
+# warpgroup barrier, or every thread; the pairs at head_dim 64 alone (at 128 they spill with the statistics,
+# benchmarks/NOTES.md change 27)
+VARIANTS = {64: ((2, "warpgroup", "never"), (3, "warpgroup", "never"), (4, "warpgroup", "never"),
+                 (3, "thread", "never"), (4, "thread", "never"), (4, "thread", "lse"), (4, "thread", "always")),
+            128: ((2, "warpgroup", "never"), (3, "warpgroup", "never"), (2, "thread", "never"),
+                  (3, "thread", "never"))}
 PAIRS_NAMES = {"never": "", "always": "_pairs", "lse": "_pairs_lse"}
 PAIRS_LABELS = {"never": "", "always": ", pairs", "lse": ", pairs on the lse alone"}
 PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, distance_cap=128),
          "lse": dict(stats=("lse",))}
 
 
-def use(head_dim: int, stages: int, release: str, pairs: str, loop: bool) -> None:
-    """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup"), the stages'
-    barriers in pairs where `pairs` says (one of `gluon_attention.PAIRS_MODES`) and a pair's blocks in a loop
-    where `loop`; the compiled kernels are forgotten."""
+def use(head_dim: int, stages: int, release: str, pairs: str) -> None:
+    """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup") and the stages'
+    barriers in pairs where `pairs` says (one of `gluon_attention.PAIRS_MODES`); the compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
     gluon_attention.RELEASE = release
     gluon_attention.STAGE_PAIRS = {**gluon_attention.STAGE_PAIRS, head_dim: pairs}
-    gluon_attention.PAIR_LOOP = loop
     gluon_attention._COMPILES.clear()
 
 
-def name(variant: tuple[int, str, str, bool]) -> str:
-    unrolled = "_unrolled" if variant[2] != "never" and not variant[3] else ""
-    return f"{variant[0]}_{variant[1]}{PAIRS_NAMES[variant[2]]}{unrolled}"
-
-
-def label(variant: tuple[int, str, str, bool]) -> str:
-    unrolled = ", unrolled" if variant[2] != "never" and not variant[3] else ""
-    return f"{variant[0]}, {variant[1]}{PAIRS_LABELS[variant[2]]}{unrolled}"
+def name(variant: tuple[int, str, str]) -> str:
+    return f"{variant[0]}_{variant[1]}{PAIRS_NAMES[variant[2]]}"
 
 
 def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
     """Per variant: whether the Gluon forward ran, the paths on which it matched the default bit for bit, and the
     median ms of each path over `rounds`."""
     head_dim = shape[2]
-    default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE, gluon_attention.STAGE_PAIRS[head_dim],
-               gluon_attention.PAIR_LOOP)  # what every path runs by default
+    default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE,
+               gluon_attention.STAGE_PAIRS[head_dim])  # what every path runs by default
     q, k, v = bf16_inputs(length, shape)
     cases = anchors(q, k, v)
     anchor = "fa4" if "fa4" in cases else "sdpa_cudnn"
@@ -116,20 +105,20 @@ def markdown(gpu: str, rows: list[dict]) -> str:
     lines = [f"# The Gluon forward's key/value stages and their release, {gpu}", "",
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
              "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own; "
-             "pairs: the stages' barriers in two arrays, the key loop two blocks at a time (each pair's blocks in a "
-             "loop after their waits, or unrolled). "
+             "pairs: the stages' barriers in two arrays, the key loop two blocks at a time. "
              "A star marks the variant the default runs; same: the paths whose output and statistics are bit for "
              "bit the default's.", "",
              "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
         for variant in VARIANTS[int(r["shape"].split("x")[2])]:
+            label = f"{variant[0]}, {variant[1]}{PAIRS_LABELS[variant[2]]}"
             if not r[f"{name(variant)}_ran"]:
-                lines.append(f"| {r['shape']} | {r['L']} | | {label(variant)} | does not compile | | | |")
+                lines.append(f"| {r['shape']} | {r['L']} | | {label} | does not compile | | | |")
                 continue
             star = "*" if r["default"] == name(variant) else ""
             cells = [f"{ms:.2f}{star} ({ms / r['anchor_ms']:.2f}x)"
                      for ms in (r[f"{name(variant)}_{path}_ms"] for path in PATHS)]
-            lines.append(f"| {r['shape']} | {r['L']} | {r['anchor']} {r['anchor_ms']:.2f} | {label(variant)} | "
+            lines.append(f"| {r['shape']} | {r['L']} | {r['anchor']} {r['anchor_ms']:.2f} | {label} | "
                          + " | ".join(cells) + f" | {', '.join(r[f'{name(variant)}_same']) or 'none'} |")
     return "\n".join(lines) + "\n"
 

@@ -6,11 +6,10 @@ on one array of mbarriers, and the variants trade those barriers against the loo
 compiled for sm_90a by Triton's own ptxas (`workbench.kernels.gluon_sources`; use the Triton version of the GPU
 machine, since the code differs between versions), its SASS read by Triton's cuobjdump. A loop is a conditional
 backward branch; the key loop is the first innermost loop that holds the most wgmma (HGMMA): the first consumer's
-loop over its full key blocks (under a distance cap, over those beyond the cap), and "around" the loop that holds
-it and no other wgmma (the pair loop of `gluon_forward._pair`). Nothing is timed.
+loop over its full key blocks (under a distance cap, over those beyond the cap). Nothing is timed.
 
 Usage: python benchmarks/gluon_code.py [--head-dims 64] [--paths none,lse,one_pass,capped]
-  [--variants block,pairs,pair_loop] [--out benchmarks/results]
+  [--variants block,pairs] [--out benchmarks/results]
 Writes gluon_code_sm90a_triton-<version>.json and .md into --out (the version's dots as dashes).
 """
 
@@ -30,7 +29,7 @@ from workbench.kernels import QUERY_STATS, gluon_attention, gluon_forward, gluon
 
 PATHS = {"none": set(), "lse": {"lse"}, "one_pass": set(QUERY_STATS) - {"argmax_key"},
          "capped": set(QUERY_STATS) - {"argmax_key"} | {"distance_cap"}}
-VARIANTS = {"block": set(), "pairs": {"stage_pairs"}, "pair_loop": {"stage_pairs", "pair_loop"}}
+VARIANTS = {"block": set(), "pairs": {"stage_pairs"}}
 WARPGROUP_BARRIER = re.compile(r"BAR\.SYNC\S* 0x[0-9a-f]+, 0x80\b")  # a named barrier of 128 threads
 
 
@@ -62,20 +61,15 @@ def loops(sass: str) -> list[Loop]:
     return found
 
 
-def key_loops(found: list[Loop]) -> tuple[Loop | None, Loop | None]:
-    """The key loop (the module's docstring) and the loop around it that holds no other wgmma, if any."""
+def key_loop(found: list[Loop]) -> Loop | None:
+    """The key loop (the module's docstring) of `loops`, or None where no loop holds a wgmma."""
     inner = [lp for lp in found if lp.hgmma and not any(
         o is not lp and o.hgmma and lp.start <= o.start and o.end <= lp.end for o in found)]
-    if not inner:
-        return None, None
-    key = max(inner, key=lambda lp: (lp.hgmma, -lp.start))
-    around = [lp for lp in found if lp.start <= key.start and key.end <= lp.end and lp is not key]
-    outer = min(around, key=lambda lp: lp.end - lp.start, default=None)
-    return key, (outer if outer and outer.hgmma == key.hgmma else None)
+    return max(inner, key=lambda lp: (lp.hgmma, -lp.start), default=None)
 
 
 def measure(head_dim: int, path: str, variant: str) -> dict:
-    """Registers, spilled bytes and the key loops of the forward at head_dim on `path` with `variant`, its stages
+    """Registers, spilled bytes and the key loop of the forward at head_dim on `path` with `variant`, its stages
     freed by every thread (the default)."""
     wanted = PATHS[path] | VARIANTS[variant] | {"thread_release"}
     compiled = gluon_sources.compile_for_hopper(
@@ -83,11 +77,9 @@ def measure(head_dim: int, path: str, variant: str) -> dict:
     report = gluon_sources.ptxas_report(compiled.asm["ptx"])
     spilled = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", report))
     registers = max(int(n) for n in re.findall(r"Used (\d+) registers", report))
-    key, outer = key_loops(loops(gluon_sources.sass(compiled.asm["cubin"])))
-    described = {name: loop and {**asdict(loop), "kib": loop.kib}
-                 for name, loop in (("key_loop", key), ("around", outer))}
+    key = key_loop(loops(gluon_sources.sass(compiled.asm["cubin"])))
     return {"head_dim": head_dim, "path": path, "variant": variant, "registers": registers, "spill_bytes": spilled,
-            **described}
+            "key_loop": key and {**asdict(key), "kib": key.kib}}
 
 
 def loop_cell(loop: dict | None) -> str:
@@ -100,13 +92,12 @@ def loop_cell(loop: dict | None) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [f"# The Gluon forward's key loops, sm_90a, Triton {triton.__version__}", "",
              "Compiled without a GPU (`python benchmarks/gluon_code.py`); stages freed by every thread. block: one "
-             "key block an iteration; pairs: the stages' barriers in two arrays, two blocks an iteration, unrolled; "
-             "pair_loop: the same pairs, each pair's blocks in a loop after its waits. Key loop: instructions (code "
-             "size), wgmma, warpgroup barriers; around: the pair loop that holds it.", "",
-             "| head_dim | path | variant | registers | spilled | key loop | around |", "|---" * 7 + "|"]
+             "key block an iteration; pairs: the stages' barriers in two arrays, two blocks an iteration. Key loop: "
+             "instructions (code size), wgmma, warpgroup barriers.", "",
+             "| head_dim | path | variant | registers | spilled | key loop |", "|---" * 6 + "|"]
     for r in rows:
         lines.append(f"| {r['head_dim']} | {r['path']} | {r['variant']} | {r['registers']} | {r['spill_bytes']} B | "
-                     f"{loop_cell(r['key_loop'])} | {loop_cell(r['around'])} |")
+                     f"{loop_cell(r['key_loop'])} |")
     return "\n".join(lines) + "\n"
 
 

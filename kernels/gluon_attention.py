@@ -59,10 +59,6 @@ RELEASE = "thread"
 # process); at 128 it spills with the statistics (benchmarks/forward_stages.py; NOTES.md, changes 27-28)
 STAGE_PAIRS = {64: "lse", 128: "never"}
 PAIRS_MODES = ("lse", "always", "never")
-# where the barriers go in pairs, a pair's four waits first and its two blocks in a loop (`gluon_forward._pair`):
-# one barrier a pair as unrolled, with one block's code in the loop instead of two (benchmarks/NOTES.md, change
-# 29); compiled, not yet timed, so the pairs stay unrolled by default
-PAIR_LOOP = False
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
@@ -141,8 +137,7 @@ def _descriptor(t: torch.Tensor, rows: int, dim: int) -> TensorDescriptor:
 def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | None, head_dim: int) -> set[str]:
     """The names of the forward's FLAGS (`flags`) for the statistics `names`: those, norm where
     the received pass follows, distance_cap where window_distance is capped, thread_release where every
-    consumer thread frees its stages (RELEASE), stage_pairs where STAGE_PAIRS asks for it at head_dim, with
-    pair_loop where PAIR_LOOP."""
+    consumer thread frees its stages (RELEASE) and stage_pairs where STAGE_PAIRS asks for it at head_dim."""
     wanted = set(names) | ({"norm"} if norm else set())
     if distance_cap is not None and "window_distance" in names:
         wanted.add("distance_cap")
@@ -154,8 +149,6 @@ def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | Non
             raise ValueError(f"STAGE_PAIRS[{head_dim}]={pairs!r} needs an even number of stages, not "
                              f"STAGES[{head_dim}]={STAGES[head_dim]}")
         wanted.add("stage_pairs")
-        if PAIR_LOOP:
-            wanted.add("pair_loop")
     if RELEASE == "thread":
         wanted.add("thread_release")
     return wanted

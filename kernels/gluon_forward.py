@@ -103,14 +103,12 @@ def _mma_layout(n):
 
 @gluon.jit
 def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
-           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr, PARITY: gl.constexpr,
-           WAITS: gl.constexpr = True):
+           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr, PARITY: gl.constexpr):
     """One key block of a consumer: its scores, the online softmax with the statistics, its share of the output.
     DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
     take no mask and no branch. CAPPED: WITHIN, BEYOND or ACROSS, where the block's keys lie from the distance
     cap `cap` (tokens, float32) of the consumer's rows. PARITY: j % 2, which picks the block's barriers under
-    FLAGS' stage_pairs (`_stage`). WAITS: the block waits for its stage and frees it, else its caller does both
-    (`_pair`)."""
+    FLAGS' stage_pairs (`_stage`)."""
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
@@ -124,8 +122,7 @@ def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, c
     s = j % STAGES
     phase = (j // STAGES) & 1
     n0 = j * BLOCK_N
-    if WAITS:
-        mbarrier.wait(_stage(k_ready, s, PARITY), phase)
+    mbarrier.wait(_stage(k_ready, s, PARITY), phase)
     k = k_smem.index(s)
     qk = warpgroup_mma(q, k.permute((1, 0)), gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), use_acc=False,
                        is_async=True)
@@ -155,13 +152,11 @@ def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, c
     l_i = l_i * alpha + row_sum
     p16 = gl.convert_layout(p.to(q.dtype), p_layout)
     acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-    if WAITS:
-        mbarrier.wait(_stage(v_ready, s, PARITY), phase)
+    mbarrier.wait(_stage(v_ready, s, PARITY), phase)
     v = v_smem.index(s)
     acc = warpgroup_mma(p16, v, acc, is_async=True)
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
-    if WAITS:
-        _release(_stage(kv_empty, s, PARITY), FLAGS)
+    _release(_stage(kv_empty, s, PARITY), FLAGS)
     return m_new, l_i, t_i, w_i, arg_i, acc
 
 
@@ -181,51 +176,20 @@ def _release(empty, FLAGS: gl.constexpr):
 def _blocks(j0, j1, ops, state, FLAGS: gl.constexpr, CAPPED: gl.constexpr):
     """A consumer's key blocks j0 .. j1 - 1, none the diagonal (`_block`, with its operands `ops` and its carried
     `state`, which it returns): one at a time or, under FLAGS' stage_pairs, two at a time from an even block, so
-    that each block's parity, and with it the array of its barriers (`_stage_barriers`), is known at compile time:
-    an odd first block alone, then the pairs, unrolled or, under FLAGS' pair_loop, each in a loop (`_pair`), and an
-    even last block alone (in a loop of one under pair_loop)."""
+    that each block's parity, and with it the array of its barriers (`_stage_barriers`), is known at compile time;
+    an odd first and an even last block go alone."""
     if _has(FLAGS, "stage_pairs"):
         start = j0 + j0 % 2
         if (j0 % 2 == 1) & (j0 < j1):
             state = _block(j0, *ops, *state, FLAGS, False, CAPPED, 1)
-        if _has(FLAGS, "pair_loop"):
-            for j in range(start, j1, 2):
-                state = _pair(j, gl.minimum(j + 2, j1), ops, state, FLAGS, CAPPED)
-        else:
-            for j in range(start, j1 - 1, 2):
-                for i in gl.static_range(2):
-                    state = _block(j + i, *ops, *state, FLAGS, False, CAPPED, i)
-            if (start < j1) & ((j1 - start) % 2 == 1):
-                state = _block(j1 - 1, *ops, *state, FLAGS, False, CAPPED, 0)
+        for j in range(start, j1 - 1, 2):
+            for i in gl.static_range(2):
+                state = _block(j + i, *ops, *state, FLAGS, False, CAPPED, i)
+        if (start < j1) & ((j1 - start) % 2 == 1):
+            state = _block(j1 - 1, *ops, *state, FLAGS, False, CAPPED, 0)
     else:
         for j in range(j0, j1):
             state = _block(j, *ops, *state, FLAGS, False, CAPPED, -1)
-    return state
-
-
-@gluon.jit
-def _pair(j, end, ops, state, FLAGS: gl.constexpr, CAPPED: gl.constexpr):
-    """Key blocks j (even) .. end - 1, one or two, under FLAGS' stage_pairs and pair_loop: the waits for both
-    blocks' keys and values first, then the blocks in a loop (`_block`, waiting for nothing and freeing nothing),
-    then both stages freed. The waits fall on four allocations (`_stage_barriers`), so Triton's analysis puts its
-    barrier across the warpgroup once a pair, before the first, as with the pair unrolled, while the loop holds
-    one block's code, not two. (A block freeing its own stage in the loop, the array picked by its parity at run
-    time, brings a barrier before each arrival: two arrivals on one array.) A pair holds two stages until both
-    blocks are done, so the producer runs at most STAGES - 2 blocks ahead."""
-    k_smem, k_ready, v_ready, kv_empty = ops[1], ops[3], ops[4], ops[5]
-    STAGES: gl.constexpr = k_smem.type.shape[0]
-    s = j % STAGES
-    phase = (j // STAGES) & 1
-    mbarrier.wait(_stage(k_ready, s, 0), phase)
-    mbarrier.wait(_stage(v_ready, s, 0), phase)
-    if end - j == 2:
-        mbarrier.wait(_stage(k_ready, s + 1, 1), phase)
-        mbarrier.wait(_stage(v_ready, s + 1, 1), phase)
-    for i in range(j, end):
-        state = _block(i, *ops, *state, FLAGS, False, CAPPED, -1, False)
-    _release(_stage(kv_empty, s, 0), FLAGS)
-    if end - j == 2:
-        _release(_stage(kv_empty, s + 1, 1), FLAGS)
     return state
 
 
@@ -435,7 +399,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
 
 
 FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap",
-             "thread_release", "stage_pairs", "pair_loop")
+             "thread_release", "stage_pairs")
 SINK_SHIFT = gl.constexpr(len(FLAG_BITS))  # the number of sink keys sits above the flags
 
 
@@ -443,6 +407,5 @@ def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
     norm: the received pass follows; distance_cap: window_distance is capped; thread_release: every consumer
     thread releases a stage, `_release`; stage_pairs: the stages' barriers in two arrays, `_stage_barriers`, for
-    an even number of stages; pair_loop: with stage_pairs, each pair's blocks in a loop after its waits, `_pair`),
-    and the number of sink keys above them."""
+    an even number of stages), and the number of sink keys above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << SINK_SHIFT.value)

@@ -43,10 +43,8 @@ from workbench.kernels import gluon_attention, gluon_forward, gluon_sources
 
 kernel, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's groups, as 2,4
 if kernel == "forward":
-    every = set(gluon_forward.FLAG_BITS) - {"stage_pairs", "pair_loop"}  # every statistic, stages freed by
-    # every thread, by one; at head_dim 64 the barriers in pairs, each pair's blocks unrolled or in a loop
-    pairs = (every | {"stage_pairs"}, every | {"stage_pairs", "pair_loop"}, {"lse", "thread_release", "stage_pairs"},
-             {"lse", "thread_release", "stage_pairs", "pair_loop"})
+    every = set(gluon_forward.FLAG_BITS) - {"stage_pairs"}  # every statistic, stages freed by every thread, by one
+    pairs = (every | {"stage_pairs"}, {"lse", "thread_release", "stage_pairs"})  # the barriers in pairs: at 64
     kinds = (every, every - {"thread_release"}) + (pairs if head_dim == 64 else ())
     variants = [{"FLAGS": gluon_forward.flags(wanted, 2), "STAGES": gluon_attention.STAGES[head_dim]}
                 for wanted in kinds]
@@ -62,12 +60,11 @@ for constexprs in variants:
 
 def use_variant(monkeypatch, variant: str) -> None:
     """The forward's stages freed by every thread ("thread"), by one after a warpgroup barrier ("warpgroup"), or
-    by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks, the two blocks'
-    code one after the other ("pairs") or in a loop after the pair's waits ("loop"), whatever the statistics."""
+    by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks ("pairs"), whatever
+    the statistics."""
     monkeypatch.setattr(gluon_attention, "RELEASE", "warpgroup" if variant == "warpgroup" else "thread")
-    monkeypatch.setattr(gluon_attention, "STAGE_PAIRS", dict.fromkeys(
-        gluon_attention.HEAD_DIMS, "always" if variant in ("pairs", "loop") else "never"))
-    monkeypatch.setattr(gluon_attention, "PAIR_LOOP", variant == "loop")
+    monkeypatch.setattr(gluon_attention, "STAGE_PAIRS",
+                        dict.fromkeys(gluon_attention.HEAD_DIMS, "always" if variant == "pairs" else "never"))
 
 
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
@@ -84,7 +81,7 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
     # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; stages released by
     # every thread and by one, and at head_dim 64 the stages' barriers in pairs too
     lines = compile_for_hopper("forward", head_dim)
-    variants = 6 if head_dim == 64 else 2
+    variants = 4 if head_dim == 64 else 2
     assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * variants
     # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
     assert [serialized for *_, serialized in lines] == ["False"] * variants
@@ -102,7 +99,7 @@ def test_received_pass_compiles_for_hopper(head_dim):
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 2048  # one sink key, above the eleven flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 1024  # one sink key, above the ten flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
@@ -158,7 +155,7 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs", "loop"])
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
 def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, variant, monkeypatch):
     """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier), and the stages'
     barriers in pairs (`use_variant`)."""
@@ -196,11 +193,10 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
-@pytest.mark.parametrize("variant", ["thread", "pairs", "loop"])
+@pytest.mark.parametrize("variant", ["thread", "pairs"])
 def test_gpu_uncapped_distance_and_long_rows(stats, variant, monkeypatch):
     """Peaked rows of 1,024 keys: many p far below 2^-126; with the stages' barriers in pairs, programs of 1 to 8
-    key blocks (diagonals of both parities) take pairs, and an even last block alone where one is left (in a loop
-    of one under "loop")."""
+    key blocks (diagonals of both parities) take pairs, and an even last block alone where one is left."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
     use_variant(monkeypatch, variant)
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
@@ -232,7 +228,7 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
-@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs", "loop"])
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
 def test_gpu_capped_distance(length, head_dim, cap, variant, monkeypatch):
     """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
     consumers (caps below, at and above a block of 128 keys), stages released either way or their barriers in
