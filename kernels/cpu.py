@@ -81,7 +81,7 @@ def chunk_elements(cache_bytes: int | None) -> int:
 
 # Measured on SmolLM2-135M's trace against its sdpa forward, 2 cores (benchmarks/NOTES.md, "The CPU path's
 # chunks"): on an Intel Xeon, 2^23 scores a chunk were the fastest of 2^19-2^25 at 2k-8k tokens; on an AMD EPYC
-# with 32 MiB of L3, 2^23 took 1.29x at 2k and 1.36x at 8k, a quarter of the L3 (2^21) 1.02x at 2k, and 2^22
+# with 32 MiB of L3, 2^23 took 1.29x at 2k and 1.35x at 8k, a quarter of the L3 (2^21) 1.02x at 2k, and 2^22
 # (56 queries) 1.18x at 8k, where 2^21 gives 28 queries and took 1.30x.
 MAX_CHUNK_ELEMENTS = 1 << 23
 MIN_CHUNK_QUERIES = 64
