@@ -4,9 +4,10 @@ What the timings of `forward_stages.py` are read against (benchmarks/NOTES.md, c
 shared-memory analysis puts a barrier across the consumer warpgroup (SASS `BAR.SYNC 0x2, 0x80`) between two waits
 on one array of mbarriers, and the variants trade those barriers against the loop's code size. Each kernel is
 compiled for sm_90a by Triton's own ptxas (`workbench.kernels.gluon_sources`; use the Triton version of the GPU
-machine, since the code differs between versions), its SASS read by Triton's cuobjdump. A loop is a conditional
-backward branch; the key loop is the first innermost loop that holds the most wgmma (HGMMA): the first consumer's
-loop over its full key blocks (under a distance cap, over those beyond the cap). Nothing is timed.
+machine, since the code differs between versions), its SASS read by Triton's cuobjdump (`hardware.cuobjdump`).
+A loop is a conditional backward branch; the key loop is the first innermost loop that holds the most wgmma
+(HGMMA): the first consumer's loop over its full key blocks (under a distance cap, over those beyond the cap).
+Nothing is timed.
 
 Usage: python benchmarks/gluon_code.py [--head-dims 64] [--paths none,lse,one_pass,capped]
   [--variants block,pairs] [--out benchmarks/results]
@@ -22,13 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import triton
-from hardware import slug
+from hardware import cuobjdump, slug
 
 from workbench.atomic import replace_file
 from workbench.kernels import QUERY_STATS, gluon_attention, gluon_forward, gluon_sources
 
-PATHS = {"none": set(), "lse": {"lse"}, "one_pass": set(QUERY_STATS) - {"argmax_key"},
-         "capped": set(QUERY_STATS) - {"argmax_key"} | {"distance_cap"}}
+PATHS = {"none": set(), "lse": {"lse"}, "one_pass": set(QUERY_STATS), "capped": set(QUERY_STATS) | {"distance_cap"}}
 VARIANTS = {"block": set(), "pairs": {"stage_pairs"}}
 WARPGROUP_BARRIER = re.compile(r"BAR\.SYNC\S* 0x[0-9a-f]+, 0x80\b")  # a named barrier of 128 threads
 
@@ -77,7 +77,7 @@ def measure(head_dim: int, path: str, variant: str) -> dict:
     report = gluon_sources.ptxas_report(compiled.asm["ptx"])
     spilled = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", report))
     registers = max(int(n) for n in re.findall(r"Used (\d+) registers", report))
-    key = key_loop(loops(gluon_sources.sass(compiled.asm["cubin"])))
+    key = key_loop(loops(cuobjdump(compiled.asm["cubin"], "-sass")))
     return {"head_dim": head_dim, "path": path, "variant": variant, "registers": registers, "spill_bytes": spilled,
             "key_loop": key and {**asdict(key), "kib": key.kib}}
 

@@ -1,5 +1,6 @@
 """The machine a benchmark ran on, as its result files name it: the GPU's or the CPU's model name, and the
-file-name form of a name; and the command line and row loop the benchmarks of the Gluon kernels share. Imported by
+file-name form of a name; what Triton's cuobjdump reads off a compiled kernel; and the command line and row loop
+the benchmarks of the Gluon kernels share. Imported by
 the benchmark scripts (run as `python benchmarks/NAME.py`, which puts this folder on the import path)."""
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ import argparse
 import json
 import platform
 import re
+import subprocess
+import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -27,6 +30,17 @@ def cpu_name() -> str:
 def device_name() -> str:
     """The GPU's name where CUDA is available, else the CPU's."""
     return torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+
+
+def cuobjdump(cubin: bytes, option: str) -> str:
+    """What Triton's own cuobjdump prints for `cubin` with `option` ("-sass", "-res-usage"), on any machine."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(tool), option, f.name], capture_output=True, text=True, check=True).stdout
 
 
 def slug(text: str) -> str:

@@ -14,12 +14,10 @@ Prints one line per kernel, configuration and head_dim.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
-import tempfile
 
 import triton
+from hardware import cuobjdump
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -71,11 +69,7 @@ def resources(kernel: str, config: tuple[int, int, int, int], head_dim: int, arc
     source = ASTSource(fn, signature(fn, constants, block_m, block_n, constants["BLOCK_D"]), constexprs=constants)
     options = dict(num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        usage = subprocess.run([tool, "-res-usage", cubin.name], capture_output=True, text=True, check=True).stdout
+    usage = cuobjdump(compiled.asm["cubin"], "-res-usage")
     read = lambda key: int(re.search(rf"{key}:(\d+)", usage).group(1))  # noqa: E731
     return {"registers": read("REG"), "stack": read("STACK"), "shared": compiled.metadata.shared}
 

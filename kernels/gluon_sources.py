@@ -64,11 +64,3 @@ def ptxas_report(ptx: str) -> str:
         raise RuntimeError(f"ptxas failed: {done.stderr[-2000:]}")
     return done.stderr
 
-
-def sass(cubin: bytes) -> str:
-    """The SASS of a cubin, by Triton's cuobjdump."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
