@@ -56,16 +56,17 @@ _THREAD = threading.local()  # the chunk buffer of each thread, see _workspace
 
 
 def _last_level_cache(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
-    """Bytes of the largest data cache that Linux lists for the first CPU, or None where it lists none."""
+    """Bytes of the largest data cache that Linux lists for the first CPU, or None where it lists none (an entry
+    that cannot be read or parsed is skipped: this runs at import)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     sizes = []
     for index in root.glob("index*"):
         try:
             kind, size = ((index / name).read_text().strip() for name in ("type", "size"))
-        except OSError:
+            if kind != "Instruction":
+                sizes.append(int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size))
+        except (OSError, ValueError):
             continue
-        if kind != "Instruction" and size:
-            sizes.append(int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size))
     return max(sizes, default=None)
 
 

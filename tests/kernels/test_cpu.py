@@ -124,7 +124,7 @@ def test_chunks_follow_the_last_level_cache(tmp_path, monkeypatch):
     """A quarter of the largest data cache Linux lists, from 2^20 to 2^23 scores (2^23 where none is listed), and
     at least 64 queries a chunk while those stay within 2^23 scores."""
     for index, (kind, size) in enumerate([("Data", "48K"), ("Instruction", "32K"), ("Unified", "1024K"),
-                                          ("Unified", "32768K")]):
+                                          ("Unified", "32768K"), ("Unified", "1.5M"), ("Unified", "")]):
         (tmp_path / f"index{index}").mkdir()
         (tmp_path / f"index{index}" / "type").write_text(kind + "\n")
         (tmp_path / f"index{index}" / "size").write_text(size + "\n")
