@@ -17,7 +17,7 @@ barriers in pairs compile to another instruction schedule, which need not round 
 fastest attention of the run (FlashAttention-4 where it is installed, else cuDNN SDPA), same inputs.
 
 Usage: python benchmarks/forward_stages.py [--shapes 32,8,64;32,32,128] [--lengths 8192,32768] [--rounds 3]
-  [--tag NAME] [--out benchmarks/results]
+  [--variants 4_thread_pairs_lse,...] [--tag NAME] [--out benchmarks/results]
 Writes forward_stages[_<tag>]_<gpu>.json and .md into --out, rewritten after each row.
 """
 
@@ -37,35 +37,38 @@ from workbench.kernels.triton_attention import attention
 # (stages, who releases a stage, which forwards take the barriers in pairs) tried per head_dim: one thread after a
 # warpgroup barrier, or every thread; the pairs at head_dim 64 alone (at 128 they spill with the statistics,
 # benchmarks/NOTES.md change 27)
-VARIANTS = {64: ((2, "warpgroup", "never"), (3, "warpgroup", "never"), (4, "warpgroup", "never"),
-                 (3, "thread", "never"), (4, "thread", "never"), (4, "thread", "lse"), (4, "thread", "always")),
-            128: ((2, "warpgroup", "never"), (3, "warpgroup", "never"), (2, "thread", "never"),
-                  (3, "thread", "never"))}
+VARIANTS = {64: ((2, "warpgroup", "never", False), (3, "warpgroup", "never", False), (4, "warpgroup", "never", False),
+                 (3, "thread", "never", False), (4, "thread", "never", False), (4, "thread", "lse", False),
+                 (4, "thread", "always", False), (4, "thread", "lse", True)),
+            128: ((2, "warpgroup", "never", False), (3, "warpgroup", "never", False), (2, "thread", "never", False),
+                  (3, "thread", "never", False), (2, "thread", "never", True))}
 PAIRS_NAMES = {"never": "", "always": "_pairs", "lse": "_pairs_lse"}
 PAIRS_LABELS = {"never": "", "always": ", pairs", "lse": ", pairs on the lse alone"}
 PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, distance_cap=128),
          "lse": dict(stats=("lse",))}
 
 
-def use(head_dim: int, stages: int, release: str, pairs: str) -> None:
-    """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup") and the stages'
-    barriers in pairs where `pairs` says (one of `gluon_attention.PAIRS_MODES`); the compiled kernels are forgotten."""
+def use(head_dim: int, stages: int, release: str, pairs: str, thread_sums: bool) -> None:
+    """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup"), the stages'
+    barriers in pairs where `pairs` says (one of `gluon_attention.PAIRS_MODES`) and the running sums kept per
+    thread or not (`gluon_attention.THREAD_SUMS`); the compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
     gluon_attention.RELEASE = release
     gluon_attention.STAGE_PAIRS = {**gluon_attention.STAGE_PAIRS, head_dim: pairs}
+    gluon_attention.THREAD_SUMS = {**gluon_attention.THREAD_SUMS, head_dim: thread_sums}
     gluon_attention._COMPILES.clear()
 
 
-def name(variant: tuple[int, str, str]) -> str:
-    return f"{variant[0]}_{variant[1]}{PAIRS_NAMES[variant[2]]}"
+def name(variant: tuple[int, str, str, bool]) -> str:
+    return f"{variant[0]}_{variant[1]}{PAIRS_NAMES[variant[2]]}" + ("_thread_sums" if variant[3] else "")
 
 
-def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
-    """Per variant: whether the Gluon forward ran, the paths on which it matched the default bit for bit, and the
-    median ms of each path over `rounds`."""
+def row(shape: tuple[int, int, int], length: int, rounds: int, only: set[str]) -> dict:
+    """Per variant (those named in `only`, or all where it is empty): whether the Gluon forward ran, the paths on
+    which it matched the default bit for bit, and the median ms of each path over `rounds`."""
     head_dim = shape[2]
-    default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE,
-               gluon_attention.STAGE_PAIRS[head_dim])  # what every path runs by default
+    default = (gluon_attention.STAGES[head_dim], gluon_attention.RELEASE, gluon_attention.STAGE_PAIRS[head_dim],
+               gluon_attention.THREAD_SUMS[head_dim])  # what every path runs by default
     q, k, v = bf16_inputs(length, shape)
     cases = anchors(q, k, v)
     anchor = "fa4" if "fa4" in cases else "sdpa_cudnn"
@@ -78,7 +81,7 @@ def row(shape: tuple[int, int, int], length: int, rounds: int) -> dict:
            "default": name(default)}
     reference = {path: attention(q, k, v, **kw) for path, kw in PATHS.items()}
     ran = []
-    for variant in VARIANTS[head_dim]:
+    for variant in (v for v in VARIANTS[head_dim] if not only or name(v) in only):
         use(head_dim, *variant)
         got = {path: attention(q, k, v, **kw) for path, kw in PATHS.items()}
         out[f"{name(variant)}_ran"] = all(gluon_attention._COMPILES.values())  # else the Triton forward ran
@@ -110,8 +113,8 @@ def markdown(gpu: str, rows: list[dict]) -> str:
              "bit the default's.", "",
              "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
-        for variant in VARIANTS[int(r["shape"].split("x")[2])]:
-            label = f"{variant[0]}, {variant[1]}{PAIRS_LABELS[variant[2]]}"
+        for variant in (v for v in VARIANTS[int(r["shape"].split("x")[2])] if f"{name(v)}_ran" in r):
+            label = f"{variant[0]}, {variant[1]}{PAIRS_LABELS[variant[2]]}" + (", sums by thread" if variant[3] else "")
             if not r[f"{name(variant)}_ran"]:
                 lines.append(f"| {r['shape']} | {r['L']} | | {label} | does not compile | | | |")
                 continue
@@ -130,10 +133,19 @@ def at_least_one(text: str) -> int:
     return int(text)
 
 
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=at_least_one, default=3)
+    parser.add_argument("--variants", default="", help="the variants to time, by name (as 4_thread_pairs_lse), "
+                        "comma-separated; all by default")
+
+
 def main() -> None:
-    args, shapes, lengths = gluon_command_line(
-        __doc__, VARIANTS, lambda parser: parser.add_argument("--rounds", type=at_least_one, default=3))
-    write_rows(args, "forward_stages", shapes, lengths, lambda shape, length: row(shape, length, args.rounds),
+    args, shapes, lengths = gluon_command_line(__doc__, VARIANTS, options)
+    only = {v for v in args.variants.split(",") if v}
+    known = {name(v) for variants in VARIANTS.values() for v in variants}
+    if only - known:
+        raise SystemExit(f"--variants {args.variants!r}: {sorted(only - known)} unknown; known: {sorted(known)}")
+    write_rows(args, "forward_stages", shapes, lengths, lambda shape, length: row(shape, length, args.rounds, only),
                markdown)
 
 

@@ -59,6 +59,10 @@ RELEASE = "thread"
 # process); at 128 it spills with the statistics (benchmarks/forward_stages.py; NOTES.md, changes 27-28)
 STAGE_PAIRS = {64: "lse", 128: "never"}
 PAIRS_MODES = ("lse", "always", "never")
+# per head_dim, whether the forward's consumers keep each thread's part of the running sums, the argmax and its
+# maximum through the key loop, joined once before the diagonal block (`gluon_forward._meet`), instead of whole
+# rows each block: no shuffles across a quad for them in the loop (FlashAttention-3 keeps its row sum so)
+THREAD_SUMS = {64: False, 128: False}
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
@@ -137,7 +141,8 @@ def _descriptor(t: torch.Tensor, rows: int, dim: int) -> TensorDescriptor:
 def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | None, head_dim: int) -> set[str]:
     """The names of the forward's FLAGS (`flags`) for the statistics `names`: those, norm where
     the received pass follows, distance_cap where window_distance is capped, thread_release where every
-    consumer thread frees its stages (RELEASE) and stage_pairs where STAGE_PAIRS asks for it at head_dim."""
+    consumer thread frees its stages (RELEASE), stage_pairs where STAGE_PAIRS asks for it at head_dim and
+    thread_sums where THREAD_SUMS does."""
     wanted = set(names) | ({"norm"} if norm else set())
     if distance_cap is not None and "window_distance" in names:
         wanted.add("distance_cap")
@@ -151,6 +156,8 @@ def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | Non
         wanted.add("stage_pairs")
     if RELEASE == "thread":
         wanted.add("thread_release")
+    if THREAD_SUMS[head_dim]:
+        wanted.add("thread_sums")
     return wanted
 
 

@@ -102,19 +102,21 @@ def _mma_layout(n):
 
 
 @gluon.jit
-def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, acc,
-           FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr, PARITY: gl.constexpr):
+def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, cap, m_i, l_i, t_i, w_i, arg_i, r_i,
+           acc, FLAGS: gl.constexpr, DIAGONAL: gl.constexpr, CAPPED: gl.constexpr, PARITY: gl.constexpr):
     """One key block of a consumer: its scores, the online softmax with the statistics, its share of the output.
     DIAGONAL: the block holds keys after some of the rows (the program's last), which are masked; the others
     take no mask and no branch. CAPPED: WITHIN, BEYOND or ACROSS, where the block's keys lie from the distance
     cap `cap` (tokens, float32) of the consumer's rows. PARITY: j % 2, which picks the block's barriers under
-    FLAGS' stage_pairs (`_stage`)."""
+    FLAGS' stage_pairs (`_stage`). Under FLAGS' thread_sums a block but the diagonal keeps l_i, t_i, w_i, the
+    argmax arg_i and its maximum r_i as each thread's parts (`_parts`), which `_meet` joins before the diagonal."""
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[1]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
     ENTROPY: gl.constexpr = _has(FLAGS, "entropy")
     MAX: gl.constexpr = _has(FLAGS, "max_prob")
     DISTANCE: gl.constexpr = _has(FLAGS, "window_distance")
+    WHOLE: gl.constexpr = DIAGONAL or not _has(FLAGS, "thread_sums")
     s_layout: gl.constexpr = _mma_layout(BLOCK_N)
     o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -129,27 +131,39 @@ def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, c
     qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q, k))
     if DIAGONAL:  # keys after a row are masked
         qk = gl.where(cols[None, :] + n0 <= rows[:, None], qk, MASKED)
-    qk_max = gl.max(qk, 1)
+    if WHOLE:
+        qk_max = gl.max(qk, 1)
+    else:  # each thread's maximum, then the row's
+        part_max = gl.max(_parts(qk), 2)
+        qk_max = gl.convert_layout(gl.max(part_max, 1), gl.SliceLayout(1, s_layout), assert_trivial=True)
     block_max = qk_max * post
     m_new = gl.maximum(m_i, block_max)
-    if MAX:  # each row's first position at its block maximum, kept where the row's maximum rises
-        pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
-        arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
+    if MAX:  # each row's (or thread's) first position at its block maximum, kept where its maximum rises
+        if WHOLE:
+            pos = gl.min(gl.where(qk == qk_max[:, None], cols[None, :], BLOCK_N), 1)
+            arg_i = gl.where(block_max > m_i, n0 + pos, arg_i)
+        else:
+            at = _parts(gl.broadcast(cols[None, :], qk)[0])
+            pos = gl.min(gl.where(_parts(qk) == part_max[:, :, None], at, BLOCK_N), 2)
+            arg_i = gl.where(part_max * post > r_i, n0 + pos, arg_i)
+            r_i = gl.maximum(r_i, part_max * post)
     x = qk * post - m_new[:, None]
     p = gl.exp2(x)
     alpha = gl.exp2(m_i - m_new)
-    row_sum = gl.sum(p, 1)
+    row_sum = _sums(p, WHOLE)
+    alpha_t = _like(alpha, row_sum, WHOLE)
     if ENTROPY:
-        t_i = alpha * (t_i + (m_i - m_new) * l_i) + gl.sum(p * x, 1)
+        t_i = alpha_t * (t_i + _like(m_i - m_new, row_sum, WHOLE) * l_i) + _sums(p * x, WHOLE)
     if DISTANCE:
         if CAPPED == WITHIN:  # sum_c p (i - n0 - c), one multiply-add a score: p is 0 for the keys after a row
-            w_i = w_i * alpha + (rows - n0).to(gl.float32) * row_sum - gl.sum(p * cols.to(gl.float32)[None, :], 1)
+            w_i = (w_i * alpha_t + _like((rows - n0).to(gl.float32), row_sum, WHOLE) * row_sum
+                   - _sums(p * cols.to(gl.float32)[None, :], WHOLE))
         elif CAPPED == BEYOND:
-            w_i = w_i * alpha + cap * row_sum
+            w_i = w_i * alpha_t + cap * row_sum
         else:
             distance = gl.minimum((rows[:, None] - (cols[None, :] + n0)).to(gl.float32), cap)
-            w_i = w_i * alpha + gl.sum(p * distance, 1)
-    l_i = l_i * alpha + row_sum
+            w_i = w_i * alpha_t + _sums(p * distance, WHOLE)
+    l_i = l_i * alpha_t + row_sum
     p16 = gl.convert_layout(p.to(q.dtype), p_layout)
     acc = acc * gl.convert_layout(alpha, row_o)[:, None]
     mbarrier.wait(_stage(v_ready, s, PARITY), phase)
@@ -157,7 +171,50 @@ def _block(j, q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, c
     acc = warpgroup_mma(p16, v, acc, is_async=True)
     acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
     _release(_stage(kv_empty, s, PARITY), FLAGS)
-    return m_new, l_i, t_i, w_i, arg_i, acc
+    return m_new, l_i, t_i, w_i, arg_i, r_i, acc
+
+
+@gluon.jit
+def _parts(x):
+    """x ([64, n] in the wgmma layout) as [64, 4, n / 4]: a row's columns lie with the 4 threads of a quad, axis 1
+    the thread, axis 2 its columns in order (no data moves)."""
+    BLOCK_N: gl.constexpr = x.type.shape[1]
+    return gl.reshape(gl.permute(gl.reshape(x, [ROWS, BLOCK_N // 8, 4, 2]), (0, 2, 1, 3)), [ROWS, 4, BLOCK_N // 4])
+
+
+@gluon.jit
+def _sums(x, WHOLE: gl.constexpr):
+    """Each row's sum of x ([64, n] in the wgmma layout), [64]; or, unless WHOLE, each thread's part of it,
+    [64, 4], which leaves the shuffles across the quad out of the key loop (as FlashAttention-3 keeps its sum)."""
+    if WHOLE:
+        sums = gl.sum(x, 1)
+    else:
+        sums = gl.sum(_parts(x), 2)
+    return sums
+
+
+@gluon.jit
+def _like(row_values, parts, WHOLE: gl.constexpr):
+    """[64] per-row values shaped to combine with `parts` (of `_sums`): as they are, or as [64, 1] in the layout
+    of the threads' parts, which holds each row in the same threads (no data moves)."""
+    if WHOLE:
+        shaped = row_values
+    else:
+        shaped = gl.convert_layout(row_values, gl.SliceLayout(1, parts.type.layout), assert_trivial=True)[:, None]
+    return shaped
+
+
+@gluon.jit
+def _meet(state, row_layout: gl.constexpr):
+    """The threads' parts of `_block`'s state joined into rows (`row_layout`): the sums added, the argmax the
+    first position among the parts that hold the row's maximum m_i (the largest of r_i)."""
+    m_i, l_i, t_i, w_i, arg_i, r_i, acc = state
+    l_i = gl.convert_layout(gl.sum(l_i, 1), row_layout, assert_trivial=True)
+    t_i = gl.convert_layout(gl.sum(t_i, 1), row_layout, assert_trivial=True)
+    w_i = gl.convert_layout(gl.sum(w_i, 1), row_layout, assert_trivial=True)
+    top = r_i == _like(m_i, r_i, False)
+    arg_i = gl.convert_layout(gl.min(gl.where(top, arg_i, 2147483647), 1), row_layout, assert_trivial=True)
+    return m_i, l_i, t_i, w_i, arg_i, m_i, acc
 
 
 @gluon.jit
@@ -255,10 +312,16 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         near = q_first + ROWS - cap_keys  # the first key within the cap of the consumer's last row
         n_across = gl.minimum(gl.maximum(gl.where(near > 0, gl.cdiv(near, BLOCK_N), 0), n_beyond), n_blocks - 1)
     ops = (q, k_smem, v_smem, k_ready, v_ready, kv_empty, rows, cols, post, cap)
-    state = (m_i, l_i, t_i, w_i, arg_i, acc)
+    if _has(FLAGS, "thread_sums"):
+        parts = _sums(gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), False)
+        state = (m_i, parts, parts, parts, parts.to(gl.int32), parts + MASKED, acc)
+    else:
+        state = (m_i, l_i, t_i, w_i, arg_i, m_i, acc)
     state = _blocks(0, n_beyond, ops, state, FLAGS, BEYOND)
     state = _blocks(n_beyond, n_across, ops, state, FLAGS, ACROSS)
     state = _blocks(n_across, n_blocks - 1, ops, state, FLAGS, WITHIN)
+    if _has(FLAGS, "thread_sums"):
+        state = _meet(state, row_s)
     last = n_blocks - 1  # the diagonal, its parity known only at run time under stage_pairs
     LAST_CAPPED: gl.constexpr = ACROSS if CAP else WITHIN
     if not _has(FLAGS, "stage_pairs"):
@@ -267,7 +330,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, out_ptr
         state = _block(last, *ops, *state, FLAGS, True, LAST_CAPPED, 0)
     else:
         state = _block(last, *ops, *state, FLAGS, True, LAST_CAPPED, 1)
-    m_i, l_i, t_i, w_i, arg_i, acc = state
+    m_i, l_i, t_i, w_i, arg_i, _, acc = state
 
     out = acc / gl.convert_layout(l_i, row_o)[:, None]
     offs_m = q_first + gl.arange(0, ROWS, layout=row_o)
@@ -399,7 +462,7 @@ def gluon_stats_forward(q_desc, k_desc, v_desc, out_ptr, lse_ptr, entropy_ptr, s
 
 
 FLAG_BITS = ("lse", "entropy", "sink_mass", "max_prob", "window_distance", "self_mass", "norm", "distance_cap",
-             "thread_release", "stage_pairs")
+             "thread_release", "stage_pairs", "thread_sums")
 SINK_SHIFT = gl.constexpr(len(FLAG_BITS))  # the number of sink keys sits above the flags
 
 
@@ -407,5 +470,6 @@ def flags(wanted: set[str], n_sink: int) -> int:
     """The kernel's FLAGS: one bit per name of FLAG_BITS in `wanted` (max_prob stands for it and argmax_key;
     norm: the received pass follows; distance_cap: window_distance is capped; thread_release: every consumer
     thread releases a stage, `_release`; stage_pairs: the stages' barriers in two arrays, `_stage_barriers`, for
-    an even number of stages), and the number of sink keys above them."""
+    an even number of stages; thread_sums: the running sums and the argmax kept per thread, `_meet`), and the
+    number of sink keys above them."""
     return sum(1 << i for i, name in enumerate(FLAG_BITS) if name in wanted) | (n_sink << SINK_SHIFT.value)

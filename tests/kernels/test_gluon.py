@@ -43,9 +43,9 @@ from workbench.kernels import gluon_attention, gluon_forward, gluon_sources
 
 kernel, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's groups, as 2,4
 if kernel == "forward":
-    every = set(gluon_forward.FLAG_BITS) - {"stage_pairs"}  # every statistic, stages freed by every thread, by one
-    pairs = (every | {"stage_pairs"}, {"lse", "thread_release", "stage_pairs"})  # the barriers in pairs: at 64
-    kinds = (every, every - {"thread_release"}) + (pairs if head_dim == 64 else ())
+    every = set(gluon_forward.FLAG_BITS) - {"stage_pairs", "thread_sums"}  # every statistic, stages freed by every
+    pairs = (every | {"stage_pairs"}, {"lse", "thread_release", "stage_pairs"})  # thread, by one; the barriers in
+    kinds = (every, every - {"thread_release"}, every | {"thread_sums"}) + (pairs if head_dim == 64 else ())  # pairs
     variants = [{"FLAGS": gluon_forward.flags(wanted, 2), "STAGES": gluon_attention.STAGES[head_dim]}
                 for wanted in kinds]
 else:
@@ -61,10 +61,11 @@ for constexprs in variants:
 def use_variant(monkeypatch, variant: str) -> None:
     """The forward's stages freed by every thread ("thread"), by one after a warpgroup barrier ("warpgroup"), or
     by every thread with the stages' barriers in two arrays and the key loop in pairs of blocks ("pairs"), whatever
-    the statistics."""
+    the statistics; or freed by every thread with the running sums and the argmax kept per thread ("sums")."""
     monkeypatch.setattr(gluon_attention, "RELEASE", "warpgroup" if variant == "warpgroup" else "thread")
     monkeypatch.setattr(gluon_attention, "STAGE_PAIRS",
                         dict.fromkeys(gluon_attention.HEAD_DIMS, "always" if variant == "pairs" else "never"))
+    monkeypatch.setattr(gluon_attention, "THREAD_SUMS", dict.fromkeys(gluon_attention.HEAD_DIMS, variant == "sums"))
 
 
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
@@ -79,9 +80,9 @@ def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiles_for_hopper_with_every_statistic(head_dim):
     # two consumer warpgroups and the producer's, whose one warp takes a warpgroup's registers; stages released by
-    # every thread and by one, and at head_dim 64 the stages' barriers in pairs too
+    # every thread and by one, with the sums kept per thread, and at head_dim 64 the stages' barriers in pairs too
     lines = compile_for_hopper("forward", head_dim)
-    variants = 4 if head_dim == 64 else 2
+    variants = 5 if head_dim == 64 else 3
     assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * variants
     # no wgmma in flight across the key loop's back edge, so ptxas keeps them async
     assert [serialized for *_, serialized in lines] == ["False"] * variants
@@ -99,7 +100,7 @@ def test_received_pass_compiles_for_hopper(head_dim):
 
 
 def test_flags_name_every_statistic_once():
-    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 1024  # one sink key, above the ten flags
+    assert gluon_forward.flags({"lse", "max_prob"}, 1) == 1 | 8 | 2048  # one sink key, above the eleven flags
     assert gluon_forward.flags(set(), 3) >> gluon_forward.SINK_SHIFT.value == 3
     assert gluon_forward.flags({"window_distance", "distance_cap"}, 0) == 16 | 128
 
@@ -155,7 +156,7 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs", "sums"])
 def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, variant, monkeypatch):
     """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier), and the stages'
     barriers in pairs (`use_variant`)."""
@@ -193,7 +194,7 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("stats", [ALL_STATS, NO_BLOCKS], ids=["every", "no_blocks"])
-@pytest.mark.parametrize("variant", ["thread", "pairs"])
+@pytest.mark.parametrize("variant", ["thread", "pairs", "sums"])
 def test_gpu_uncapped_distance_and_long_rows(stats, variant, monkeypatch):
     """Peaked rows of 1,024 keys: many p far below 2^-126; with the stages' barriers in pairs, programs of 1 to 8
     key blocks (diagonals of both parities) take pairs, and an even last block alone where one is left."""
@@ -228,7 +229,7 @@ def test_gpu_head_dim_128_far_keys_and_a_late_sink(monkeypatch):
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
 @pytest.mark.parametrize("length,head_dim,cap", [(256, 64, 100), (2048, 64, 128), (2048, 128, 300), (4096, 64, 1000)])
-@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs"])
+@pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs", "sums"])
 def test_gpu_capped_distance(length, head_dim, cap, variant, monkeypatch):
     """A capped window distance: key blocks wholly beyond the cap, across it and within it, for rows of both
     consumers (caps below, at and above a block of 128 keys), stages released either way or their barriers in
@@ -241,12 +242,15 @@ def test_gpu_capped_distance(length, head_dim, cap, variant, monkeypatch):
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
-def test_gpu_argmax_takes_the_first_of_tied_keys(monkeypatch):
+@pytest.mark.parametrize("variant", ["thread", "sums"])
+def test_gpu_argmax_takes_the_first_of_tied_keys(variant, monkeypatch):
     """Exact ties go to the first key, as in the reference: a head whose queries are 0 (every score 0), and one
-    whose queries all point at key 5, repeated at key 20 (the same key block) and key 300 (a later one)."""
+    whose queries all point at key 5, repeated at key 9 (another thread's column of the same block), key 20 (the
+    same thread's) and key 300 (a later block)."""
     monkeypatch.setattr(gluon_attention, "ALLOWED", True)
+    use_variant(monkeypatch, variant)
     q, k, v = (t.bfloat16() for t in matrix.inputs(B=1, H=2, Hkv=2, Lq=512, head_dim=64, seed=9, device="cuda"))
-    k[:, 1, [20, 300]] = k[:, 1, 5].clone()
+    k[:, 1, [9, 20, 300]] = k[:, 1, 5].clone()
     q[:, 0] = 0
     q[:, 1] = 2 * k[:, 1, 5]
     assert gluon_attention.applies(q, k, v, causal=True, plain=True, inputs_interpreted=False)
