@@ -7,10 +7,13 @@ compiled for sm_90a by Triton's own ptxas (`workbench.kernels.gluon_sources`; us
 machine, since the code differs between versions), its SASS read by Triton's cuobjdump (`hardware.cuobjdump`).
 A loop is a conditional backward branch; the key loop is the first innermost loop that holds the most wgmma
 (HGMMA): the first consumer's loop over its full key blocks (under a distance cap, over those beyond the cap).
-Nothing is timed.
+Its cycles are the sum of the stall counts ptxas writes into each instruction's control bits (bits 105-108 of
+the 128-bit word on Volta to Hopper): how long one warp alone waits between issues where ptxas knows the wait
+(fixed latencies and its model of the pipes' rates), not the waits on variable-latency results (wgmma,
+exponentials, shuffles, memory) or on other warps. Nothing is timed.
 
 Usage: python benchmarks/gluon_code.py [--head-dims 64] [--paths none,lse,one_pass,capped]
-  [--variants block,pairs] [--out benchmarks/results]
+  [--variants block,pairs,thread_sums] [--out benchmarks/results]
 Writes gluon_code_sm90a_triton-<version>.json and .md into --out (the version's dots as dashes).
 """
 
@@ -29,7 +32,7 @@ from workbench.atomic import replace_file
 from workbench.kernels import QUERY_STATS, gluon_attention, gluon_forward, gluon_sources
 
 PATHS = {"none": set(), "lse": {"lse"}, "one_pass": set(QUERY_STATS), "capped": set(QUERY_STATS) | {"distance_cap"}}
-VARIANTS = {"block": set(), "pairs": {"stage_pairs"}}
+VARIANTS = {"block": set(), "pairs": {"stage_pairs"}, "thread_sums": {"thread_sums"}}
 WARPGROUP_BARRIER = re.compile(r"BAR\.SYNC\S* 0x[0-9a-f]+, 0x80\b")  # a named barrier of 128 threads
 
 
@@ -40,6 +43,8 @@ class Loop:
     instructions: int
     hgmma: int
     barriers: int
+    cycles: int  # ptxas's stall counts, summed
+    shuffles: int
 
     @property
     def kib(self) -> float:
@@ -49,15 +54,17 @@ class Loop:
 def loops(sass: str) -> list[Loop]:
     """Every conditional backward branch of `sass` as a loop from its target to the branch. (The unconditional
     ones return from a wait's retry, which ptxas places after the kernel's code, or to the partitions' dispatch.)"""
-    code = [(int(a, 16), text) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    code = [(int(a, 16), text, (int(high, 16) >> 41) & 0xF) for a, text, high in re.findall(
+        r"/\*([0-9a-f]{4,})\*/\s+([^;]*);\s*/\* 0x[0-9a-f]{16} \*/\s*/\* (0x[0-9a-f]{16}) \*/", sass)]
     found = []
-    for address, text in code:
+    for address, text, _ in code:
         target = re.search(r"^@!?U?P\d+\s+BRA\b.*?0x([0-9a-f]+)", text.strip())
         if target and int(target.group(1), 16) < address:
             start = int(target.group(1), 16)
-            body = [t for a, t in code if start <= a <= address]
-            found.append(Loop(start, address, len(body), sum("HGMMA" in t for t in body),
-                              sum(bool(WARPGROUP_BARRIER.search(t)) for t in body)))
+            body = [(t, stall) for a, t, stall in code if start <= a <= address]
+            found.append(Loop(start, address, len(body), sum("HGMMA" in t for t, _ in body),
+                              sum(bool(WARPGROUP_BARRIER.search(t)) for t, _ in body),
+                              sum(stall for _, stall in body), sum("SHFL" in t for t, _ in body)))
     return found
 
 
@@ -86,14 +93,17 @@ def loop_cell(loop: dict | None) -> str:
     if loop is None:
         return "-"
     barriers = f"{loop['barriers']} barrier" + ("" if loop["barriers"] == 1 else "s")
-    return f"{loop['instructions']} ({loop['kib']:.1f} KiB), {loop['hgmma']} wgmma, {barriers}"
+    return (f"{loop['instructions']} ({loop['kib']:.1f} KiB), {loop['cycles']} cycles, {loop['hgmma']} wgmma, "
+            f"{loop['shuffles']} shuffles, {barriers}")
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [f"# The Gluon forward's key loops, sm_90a, Triton {triton.__version__}", "",
              "Compiled without a GPU (`python benchmarks/gluon_code.py`); stages freed by every thread. block: one "
-             "key block an iteration; pairs: the stages' barriers in two arrays, two blocks an iteration. Key loop: "
-             "instructions (code size), wgmma, warpgroup barriers.", "",
+             "key block an iteration; pairs: the stages' barriers in two arrays, two blocks an iteration; "
+             "thread_sums: one block an iteration, the running sums and the argmax kept per thread. Key loop: "
+             "instructions (code size), cycles (ptxas's stall counts, summed: the module's docstring), wgmma, "
+             "shuffles, warpgroup barriers.", "",
              "| head_dim | path | variant | registers | spilled | key loop |", "|---" * 6 + "|"]
     for r in rows:
         lines.append(f"| {r['head_dim']} | {r['path']} | {r['variant']} | {r['registers']} | {r['spill_bytes']} B | "
