@@ -61,8 +61,9 @@ STAGE_PAIRS = {64: "lse", 128: "never"}
 PAIRS_MODES = ("lse", "always", "never")
 # per head_dim, whether the forward's consumers keep each thread's part of the running sums, the argmax and its
 # maximum through the key loop, joined once before the diagonal block (`gluon_forward._meet`), instead of whole
-# rows each block: no shuffles across a quad for them in the loop (FlashAttention-3 keeps its row sum so). Compiled
-# (head_dim 64, one-pass: 708 instructions a key block against 738), not yet timed on a GPU (NOTES.md, change 30)
+# rows each block: no shuffles across a quad for them in the loop (FlashAttention-3 keeps its row sum so). At 64 it
+# took 1-4% off the uncapped one-pass statistics and made the capped ones 7-12% and the lse alone 2-8% slower (an
+# H100, one process; benchmarks/forward_stages.py, NOTES.md change 30), so no default takes it
 THREAD_SUMS = {64: False, 128: False}
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
