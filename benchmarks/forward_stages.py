@@ -34,9 +34,9 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# (stages, who releases a stage, which forwards take the barriers in pairs) tried per head_dim: one thread after a
-# warpgroup barrier, or every thread; the pairs at head_dim 64 alone (at 128 they spill with the statistics,
-# benchmarks/NOTES.md change 27)
+# (stages, who releases a stage, which forwards take the barriers in pairs, whether the running sums are kept per
+# thread) tried per head_dim: one thread after a warpgroup barrier, or every thread; the pairs at head_dim 64 alone
+# (at 128 they spill with the statistics, benchmarks/NOTES.md change 27); the sums per thread, change 30
 VARIANTS = {64: ((2, "warpgroup", "never", False), (3, "warpgroup", "never", False), (4, "warpgroup", "never", False),
                  (3, "thread", "never", False), (4, "thread", "never", False), (4, "thread", "lse", False),
                  (4, "thread", "always", False), (4, "thread", "lse", True)),
@@ -108,7 +108,8 @@ def markdown(gpu: str, rows: list[dict]) -> str:
     lines = [f"# The Gluon forward's key/value stages and their release, {gpu}", "",
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
              "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own; "
-             "pairs: the stages' barriers in two arrays, the key loop two blocks at a time. "
+             "pairs: the stages' barriers in two arrays, the key loop two blocks at a time; sums by thread: the "
+             "running sums and the argmax kept per thread through the key loop. "
              "A star marks the variant the default runs; same: the paths whose output and statistics are bit for "
              "bit the default's.", "",
              "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]

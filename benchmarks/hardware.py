@@ -1,7 +1,7 @@
 """The machine a benchmark ran on, as its result files name it: the GPU's or the CPU's model name, and the
 file-name form of a name; what Triton's cuobjdump reads off a compiled kernel; and the command line and row loop
-the benchmarks of the Gluon kernels share. Imported by
-the benchmark scripts (run as `python benchmarks/NAME.py`, which puts this folder on the import path)."""
+the benchmarks of the Gluon kernels share. Imported by the benchmark scripts (run as `python benchmarks/NAME.py`,
+which puts this folder on the import path)."""
 
 from __future__ import annotations
 

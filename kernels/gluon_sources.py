@@ -63,4 +63,3 @@ def ptxas_report(ptx: str) -> str:
     if done.returncode != 0 or "Used" not in done.stderr:
         raise RuntimeError(f"ptxas failed: {done.stderr[-2000:]}")
     return done.stderr
-

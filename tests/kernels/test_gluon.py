@@ -158,8 +158,8 @@ def test_layouts_the_forward_reads():
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
 @pytest.mark.parametrize("variant", ["thread", "warpgroup", "pairs", "sums"])
 def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, variant, monkeypatch):
-    """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier), and the stages'
-    barriers in pairs (`use_variant`)."""
+    """Either way of releasing a key/value stage (every thread, or one after a warpgroup barrier), the stages'
+    barriers in pairs, and the running sums kept per thread (`use_variant`)."""
     use_variant(monkeypatch, variant)
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=256, head_dim=head_dim, seed=head_dim + heads,
                             device="cuda")
