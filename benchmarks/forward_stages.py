@@ -34,24 +34,28 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# (stages, who releases a stage, which forwards take the barriers in pairs, whether the running sums are kept per
-# thread) tried per head_dim: one thread after a warpgroup barrier, or every thread; the pairs at head_dim 64 alone
-# (at 128 they spill with the statistics, benchmarks/NOTES.md change 27); the sums per thread, change 30
-VARIANTS = {64: ((2, "warpgroup", "never", False), (3, "warpgroup", "never", False), (4, "warpgroup", "never", False),
-                 (3, "thread", "never", False), (4, "thread", "never", False), (4, "thread", "lse", False),
-                 (4, "thread", "always", False), (4, "thread", "lse", True)),
-            128: ((2, "warpgroup", "never", False), (3, "warpgroup", "never", False), (2, "thread", "never", False),
-                  (3, "thread", "never", False), (2, "thread", "never", True))}
+# (stages, who releases a stage, which forwards take the barriers in pairs, which keep the running sums per thread)
+# tried per head_dim: one thread after a warpgroup barrier, or every thread; the pairs at head_dim 64 alone (at 128
+# they spill with the statistics, benchmarks/NOTES.md change 27); the sums per thread (`gluon_attention.SUMS_MODES`),
+# changes 30-31
+VARIANTS = {64: ((2, "warpgroup", "never", "never"), (3, "warpgroup", "never", "never"),
+                 (4, "warpgroup", "never", "never"), (3, "thread", "never", "never"), (4, "thread", "never", "never"),
+                 (4, "thread", "lse", "never"), (4, "thread", "always", "never"), (4, "thread", "lse", "always"),
+                 (4, "thread", "lse", "full")),
+            128: ((2, "warpgroup", "never", "never"), (3, "warpgroup", "never", "never"),
+                  (2, "thread", "never", "never"), (3, "thread", "never", "never"), (2, "thread", "never", "always"))}
 PAIRS_NAMES = {"never": "", "always": "_pairs", "lse": "_pairs_lse"}
 PAIRS_LABELS = {"never": "", "always": ", pairs", "lse": ", pairs on the lse alone"}
+SUMS_NAMES = {"never": "", "always": "_thread_sums", "full": "_thread_sums_full"}
+SUMS_LABELS = {"never": "", "always": ", sums by thread", "full": ", sums by thread where all are kept"}
 PATHS = {"one_pass": dict(stats=QUERY_STATS), "capped": dict(stats=QUERY_STATS, distance_cap=128),
          "lse": dict(stats=("lse",))}
 
 
-def use(head_dim: int, stages: int, release: str, pairs: str, thread_sums: bool) -> None:
+def use(head_dim: int, stages: int, release: str, pairs: str, thread_sums: str) -> None:
     """Make the forward compile with `stages` at head_dim, `release` ("thread" or "warpgroup"), the stages'
     barriers in pairs where `pairs` says (one of `gluon_attention.PAIRS_MODES`) and the running sums kept per
-    thread or not (`gluon_attention.THREAD_SUMS`); the compiled kernels are forgotten."""
+    thread where `thread_sums` says (one of `gluon_attention.SUMS_MODES`); the compiled kernels are forgotten."""
     gluon_attention.STAGES = {**gluon_attention.STAGES, head_dim: stages}
     gluon_attention.RELEASE = release
     gluon_attention.STAGE_PAIRS = {**gluon_attention.STAGE_PAIRS, head_dim: pairs}
@@ -59,8 +63,8 @@ def use(head_dim: int, stages: int, release: str, pairs: str, thread_sums: bool)
     gluon_attention._COMPILES.clear()
 
 
-def name(variant: tuple[int, str, str, bool]) -> str:
-    return f"{variant[0]}_{variant[1]}{PAIRS_NAMES[variant[2]]}" + ("_thread_sums" if variant[3] else "")
+def name(variant: tuple[int, str, str, str]) -> str:
+    return f"{variant[0]}_{variant[1]}{PAIRS_NAMES[variant[2]]}{SUMS_NAMES[variant[3]]}"
 
 
 def row(shape: tuple[int, int, int], length: int, rounds: int, only: set[str]) -> dict:
@@ -109,13 +113,14 @@ def markdown(gpu: str, rows: list[dict]) -> str:
              "Median ms over the rounds (in brackets the ratio to the run's anchor); capped: window distance capped "
              "at 128 tokens; release: one thread after a barrier across its warpgroup, or every thread on its own; "
              "pairs: the stages' barriers in two arrays, the key loop two blocks at a time; sums by thread: the "
-             "running sums and the argmax kept per thread through the key loop. "
+             "running sums and the argmax kept per thread through the key loop (where all are kept: on the "
+             "one-pass path alone). "
              "A star marks the variant the default runs; same: the paths whose output and statistics are bit for "
              "bit the default's.", "",
              "| shape | L | anchor | stages, release | one-pass | capped | lse only | same |", "|---" * 8 + "|"]
     for r in rows:
         for variant in (v for v in VARIANTS[int(r["shape"].split("x")[2])] if f"{name(v)}_ran" in r):
-            label = f"{variant[0]}, {variant[1]}{PAIRS_LABELS[variant[2]]}" + (", sums by thread" if variant[3] else "")
+            label = f"{variant[0]}, {variant[1]}{PAIRS_LABELS[variant[2]]}{SUMS_LABELS[variant[3]]}"
             if not r[f"{name(variant)}_ran"]:
                 lines.append(f"| {r['shape']} | {r['L']} | | {label} | does not compile | | | |")
                 continue

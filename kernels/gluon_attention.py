@@ -59,12 +59,17 @@ RELEASE = "thread"
 # process); at 128 it spills with the statistics (benchmarks/forward_stages.py; NOTES.md, changes 27-28)
 STAGE_PAIRS = {64: "lse", 128: "never"}
 PAIRS_MODES = ("lse", "always", "never")
-# per head_dim, whether the forward's consumers keep each thread's part of the running sums, the argmax and its
-# maximum through the key loop, joined once before the diagonal block (`gluon_forward._meet`), instead of whole
-# rows each block: no shuffles across a quad for them in the loop (FlashAttention-3 keeps its row sum so). At 64 it
-# took 1-4% off the uncapped one-pass statistics and made the capped ones 7-12% and the lse alone 2-8% slower (an
-# H100, one process; benchmarks/forward_stages.py, NOTES.md change 30), so no default takes it
-THREAD_SUMS = {64: False, 128: False}
+# per head_dim, which forwards keep each thread's part of the running sums, the argmax and its maximum through the
+# key loop, joined once before the diagonal block (`gluon_forward._meet`), instead of whole rows each block: no
+# shuffles across a quad for them in the loop (FlashAttention-3 keeps its row sum so). "full": those that keep every
+# sum and the argmax, with the window distance uncapped (FULL_SUMS, the one-pass set `workbench.trace` computes);
+# "always" or "never". At 64 it took 1-4% off the uncapped one-pass statistics and made the capped ones 7-12% and
+# the lse alone 2-8% slower (an H100, one process); compiled, ptxas's schedule of the key loop shortens only where
+# the loop keeps all three sums and the argmax, and lengthens for every smaller set (benchmarks/forward_stages.py,
+# benchmarks/gluon_code.py; NOTES.md change 30-31). At 128 the one-pass loop spills with it
+THREAD_SUMS = {64: "full", 128: "never"}
+SUMS_MODES = ("full", "always", "never")
+FULL_SUMS = frozenset({"entropy", "window_distance", "max_prob"})
 # query blocks in flight, and of a group of the received pass's loop: 3 in flight in pairs measured best on an H100,
 # as fast as groups of 4 at head_dim 64 and faster at 128 (benchmarks/NOTES.md, change 19). In groups of 2 or more a
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
@@ -144,7 +149,7 @@ def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | Non
     """The names of the forward's FLAGS (`flags`) for the statistics `names`: those, norm where
     the received pass follows, distance_cap where window_distance is capped, thread_release where every
     consumer thread frees its stages (RELEASE), stage_pairs where STAGE_PAIRS asks for it at head_dim and
-    thread_sums where THREAD_SUMS does."""
+    thread_sums where THREAD_SUMS does. A mode outside PAIRS_MODES or SUMS_MODES is refused, naming it."""
     wanted = set(names) | ({"norm"} if norm else set())
     if distance_cap is not None and "window_distance" in names:
         wanted.add("distance_cap")
@@ -158,7 +163,10 @@ def forward_flags(names: Collection[str], *, norm: bool, distance_cap: int | Non
         wanted.add("stage_pairs")
     if RELEASE == "thread":
         wanted.add("thread_release")
-    if THREAD_SUMS[head_dim]:
+    sums = THREAD_SUMS[head_dim]
+    if sums not in SUMS_MODES:
+        raise ValueError(f"THREAD_SUMS[{head_dim}]={sums!r}: expected one of {SUMS_MODES}")
+    if sums == "always" or (sums == "full" and FULL_SUMS <= wanted and "distance_cap" not in wanted):
         wanted.add("thread_sums")
     return wanted
 

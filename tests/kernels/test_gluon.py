@@ -65,7 +65,8 @@ def use_variant(monkeypatch, variant: str) -> None:
     monkeypatch.setattr(gluon_attention, "RELEASE", "warpgroup" if variant == "warpgroup" else "thread")
     monkeypatch.setattr(gluon_attention, "STAGE_PAIRS",
                         dict.fromkeys(gluon_attention.HEAD_DIMS, "always" if variant == "pairs" else "never"))
-    monkeypatch.setattr(gluon_attention, "THREAD_SUMS", dict.fromkeys(gluon_attention.HEAD_DIMS, variant == "sums"))
+    monkeypatch.setattr(gluon_attention, "THREAD_SUMS",
+                        dict.fromkeys(gluon_attention.HEAD_DIMS, "always" if variant == "sums" else "never"))
 
 
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
@@ -123,6 +124,26 @@ def test_stage_pairs_where_no_statistic_but_the_lse(monkeypatch):
     monkeypatch.setitem(gluon_attention.STAGE_PAIRS, 64, "often")
     with pytest.raises(ValueError, match=r"STAGE_PAIRS\[64\]='often': expected one of"):
         pairs(())
+
+
+def test_thread_sums_where_every_sum_is_kept(monkeypatch):
+    """By default the running sums go per thread at head_dim 64 for the forwards that keep the entropy's, the
+    uncapped window distance's and the argmax (with or without the received pass after them), and for no smaller
+    set; THREAD_SUMS is checked, with its value named, before anything compiles."""
+    def sums(names, norm=False, distance_cap=None, head_dim=64):
+        wanted = gluon_attention.forward_flags(names, norm=norm, distance_cap=distance_cap, head_dim=head_dim)
+        return "thread_sums" in wanted
+
+    every = ("lse", "entropy", "sink_mass", "max_prob", "argmax_key", "window_distance", "self_mass")
+    assert sums(every) and sums(every, norm=True) and sums(("entropy", "window_distance", "max_prob"))
+    assert not sums(every, distance_cap=128) and not sums(every, head_dim=128)
+    assert not any(sums(tuple(name for name in every if name != left)) for left in ("entropy", "window_distance"))
+    assert not sums(("entropy", "window_distance")) and not sums(()) and not sums(("lse",))
+    monkeypatch.setitem(gluon_attention.THREAD_SUMS, 64, "always")
+    assert sums(("lse",)) and sums(every, distance_cap=128)
+    monkeypatch.setitem(gluon_attention.THREAD_SUMS, 64, True)
+    with pytest.raises(ValueError, match=r"THREAD_SUMS\[64\]=True: expected one of"):
+        sums(())
 
 
 def test_received_pass_settings_are_checked(monkeypatch):
