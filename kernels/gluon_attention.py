@@ -66,7 +66,7 @@ PAIRS_MODES = ("lse", "always", "never")
 # "always" or "never". At 64 it took 1-4% off the uncapped one-pass statistics and made the capped ones 7-12% and
 # the lse alone 2-8% slower (an H100, one process); compiled, ptxas's schedule of the key loop shortens only where
 # the loop keeps all three sums and the argmax, and lengthens for every smaller set (benchmarks/forward_stages.py,
-# benchmarks/gluon_code.py; NOTES.md change 30-31). At 128 the one-pass loop spills with it
+# benchmarks/gluon_code.py; NOTES.md changes 30-31); "full" is that kernel on that path alone. 128: not yet timed
 THREAD_SUMS = {64: "full", 128: "never"}
 SUMS_MODES = ("full", "always", "never")
 FULL_SUMS = frozenset({"entropy", "window_distance", "max_prob"})
