@@ -24,8 +24,9 @@ Model level: random-init models of the shapes in benchmarks/configs/ (--model-co
 Gemma-3-270M, Llama-3-8B; speed does not depend on the weights) in bf16, the plain sdpa forward (as users run
 it) against `workbench.capture` with no statistics (which runs the fastest attention, see
 `workbench.kernels.fastest`), with the one-pass statistics, and with every statistic (`received` too); the
-statistics are moved to host memory at the end by `workbench.tracer.to_host`, as `workbench.trace` does (median
-of 3 to 50 forwards, each between CUDA events, after one untimed forward).
+statistics are handed to the host by `Capture.statistics`, as `workbench.trace` does (copied while the later
+layers run, `workbench.host_records`; median of 3 to 50 forwards, each between CUDA events, after one untimed
+forward).
 
 Before timing, every autotuned configuration of the kernels is compiled in parallel, one process per
 configuration (WORKBENCH_TRITON_CONFIG pins it), into Triton's disk cache: the autotuner then only loads.
@@ -313,7 +314,6 @@ def model_level(lengths: list[int], config_name: str, distance_cap: int | None =
 def model_row(subject, L: int, params: int, distance_cap: int | None = None) -> dict:
     """Plain sdpa forward against captures of no, the one-pass and all statistics, at context length L."""
     import workbench
-    from workbench.tracer import to_host
 
     model = subject.model
     ids = torch.randint(0, model.config.vocab_size, (1, L), device="cuda")
@@ -325,7 +325,7 @@ def model_row(subject, L: int, params: int, distance_cap: int | None = None) -> 
                     return model(input_ids=ids, logits_to_keep=1, use_cache=False).logits
                 with workbench.capture(subject, stats=stats, distance_cap=distance_cap) as cap:
                     model(input_ids=ids, logits_to_keep=1, use_cache=False)
-                return {name: to_host([layer[name] for layer in cap.records.values()]) for name in stats}
+                return cap.statistics(subject.adapter.n_layers)
         return forward
 
     row = {"L": L, "params": params, "plain_sdpa": measure_forward(run())}

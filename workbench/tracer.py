@@ -24,6 +24,7 @@ from workbench import context_parallel as cp
 from workbench import kernels
 from workbench.bridge import hf_attention
 from workbench.errors import WorkbenchError
+from workbench.host_records import HostSlabs
 from workbench.kernels import HeadEdits
 from workbench.subject import Subject
 from workbench.trace import Trace
@@ -63,12 +64,16 @@ class Capture:
     records: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     pattern_records: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     input_records: dict[int, AttentionInputs] = field(default_factory=dict)
-    slabs: dict[str, torch.Tensor] = field(default_factory=dict)  # CPU records of every layer, see `_filed`
+    host: HostSlabs = field(init=False)  # each statistic's records of every layer on the host, `host_records`
+
+    def __post_init__(self) -> None:
+        self.host = HostSlabs(max(self.layer_of.values(), default=-1) + 1)
 
     def keep(self, layer: int, stats: dict[str, torch.Tensor], pattern_of) -> None:
         """File this capture's share of one attention call's statistics, and its patterns, under `layer`.
 
-        They stay on the model's device (no synchronization per layer); `trace` moves them to the host once.
+        Records on a GPU stay there and are copied to the host while the later layers run, with no
+        synchronization (`host_records`); `statistics` hands them out once the forward is done.
         """
         self.records[layer] = {name: self._filed(name, layer, stats[name].detach()) for name in self.stats}
         heads = self.patterns.get(layer)
@@ -78,22 +83,11 @@ class Capture:
                 self.pattern_records[(layer, head)] = pattern[:, i]
 
     def _filed(self, name: str, layer: int, record: torch.Tensor) -> torch.Tensor:
-        """The record as kept: itself on an accelerator; on the CPU, a copy into this capture's slab of `name`
-        for every layer (allocated when the first layer records it, again if the shape changes).
-
-        The records are small and live to the end of the forward, while its large buffers come and go around
-        them: allocated one by one, they pin pieces of the C allocator's heap that the buffers then cannot
-        reuse whole, which cost up to a quarter more peak memory than the plain forward on a long input
-        (benchmarks/cpu_trace.py). A later forward of the same capture overwrites the slab, as it replaces the
-        records; `statistics` copies them out.
-        """
-        if record.device.type != "cpu":
+        """The record as kept (`HostSlabs.put`); in a context-parallel run, a share on an accelerator as it is,
+        since only the shares of every rank combined make the host's record (`_whole`)."""
+        if self.shards is not None and record.device.type != "cpu":
             return record
-        slab = self.slabs.get(name)
-        if slab is None or slab.shape[1:] != record.shape or slab.dtype != record.dtype:
-            slab = self.slabs[name] = torch.empty((max(self.layer_of.values()) + 1, *record.shape), dtype=record.dtype)
-        slab[layer].copy_(record)
-        return slab[layer]
+        return self.host.put(name, layer, record)
 
     def statistics(self, n_layers: int) -> dict[str, torch.Tensor]:
         """Every recorded statistic stacked over the layers and brought to the host: [layer, batch, head, q]
@@ -104,8 +98,12 @@ class Capture:
         missing = sorted(set(range(n_layers)) - set(self.records))
         if missing:
             raise WorkbenchError(f"layers {missing} did not go through the workbench attention")
-        return {name: to_host([self._whole(name, self.records[i][name]) for i in range(n_layers)])
-                for name in self.stats}
+        out = {}
+        for name in self.stats:
+            whole = self.host.take(name, n_layers) if self.shards is None else None
+            out[name] = whole if whole is not None else to_host(
+                [self._whole(name, self.records[i][name]) for i in range(n_layers)])
+        return out
 
     def _whole(self, name: str, record: torch.Tensor) -> torch.Tensor:
         """The record of the whole input: this rank's share combined with the others' in a context-parallel run."""
