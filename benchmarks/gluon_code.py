@@ -12,9 +12,13 @@ the 128-bit word on Volta to Hopper): how long one warp alone waits between issu
 (fixed latencies and its model of the pipes' rates), not the waits on variable-latency results (wgmma,
 exponentials, shuffles, memory) or on other warps. Nothing is timed.
 
+Besides the paths, --sets compiles sets of statistics of their own (uncapped), each a path named by its statistics
+joined with "+" (max_prob stands for the argmax too): which sets a variant shortens (NOTES.md, change 31).
+
 Usage: python benchmarks/gluon_code.py [--head-dims 64] [--paths none,lse,one_pass,capped]
-  [--variants block,pairs,thread_sums] [--out benchmarks/results]
-Writes gluon_code_sm90a_triton-<version>.json and .md into --out (the version's dots as dashes).
+  [--sets "entropy;entropy,window_distance;..."] [--variants block,pairs,thread_sums] [--tag NAME]
+  [--out benchmarks/results]
+Writes gluon_code_sm90a_triton-<version>[_<tag>].json and .md into --out (the version's dots as dashes).
 """
 
 from __future__ import annotations
@@ -75,10 +79,10 @@ def key_loop(found: list[Loop]) -> Loop | None:
     return max(inner, key=lambda lp: (lp.hgmma, -lp.start), default=None)
 
 
-def measure(head_dim: int, path: str, variant: str) -> dict:
-    """Registers, spilled bytes and the key loop of the forward at head_dim on `path` with `variant`, its stages
-    freed by every thread (the default)."""
-    wanted = PATHS[path] | VARIANTS[variant] | {"thread_release"}
+def measure(head_dim: int, path: str, stats: set[str], variant: str) -> dict:
+    """Registers, spilled bytes and the key loop of the forward at head_dim computing `stats` (named `path`) with
+    `variant`, its stages freed by every thread (the default)."""
+    wanted = stats | VARIANTS[variant] | {"thread_release"}
     compiled = gluon_sources.compile_for_hopper(
         "forward", head_dim, {"FLAGS": gluon_forward.flags(wanted, 1), "STAGES": gluon_attention.STAGES[head_dim]})
     report = gluon_sources.ptxas_report(compiled.asm["ptx"])
@@ -120,21 +124,31 @@ def names(text: str, known: dict | tuple, option: str) -> list[str]:
     return chosen
 
 
+def statistic_sets(text: str) -> dict[str, set[str]]:
+    """Semicolon-separated sets of QUERY_STATS, each comma-separated, by their names joined with "+"."""
+    return {"+".join(chosen): set(chosen) for chosen in (names(part, QUERY_STATS, "--sets")
+                                                          for part in text.split(";") if part)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--head-dims", type=lambda t: [int(x) for x in names(t, ("64", "128"), "--head-dims")],
                         default=[64])
-    parser.add_argument("--paths", type=lambda t: names(t, PATHS, "--paths"), default=list(PATHS))
+    parser.add_argument("--paths", type=lambda t: names(t, PATHS, "--paths"),
+                        help="default: every path, none where --sets is given")
+    parser.add_argument("--sets", type=statistic_sets, default={}, help="sets of statistics compiled as paths")
     parser.add_argument("--variants", type=lambda t: names(t, VARIANTS, "--variants"), default=list(VARIANTS))
+    parser.add_argument("--tag", default="", help="added to the file names")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    paths = {path: PATHS[path] for path in (args.paths or ([] if args.sets else PATHS))} | args.sets
     rows = []
     for head_dim in args.head_dims:
-        for path in args.paths:
+        for path, stats in paths.items():
             for variant in args.variants:
-                rows.append(measure(head_dim, path, variant))
+                rows.append(measure(head_dim, path, stats, variant))
                 print(json.dumps(rows[-1]), flush=True)
-    stem = f"gluon_code_sm90a_{slug('triton ' + triton.__version__)}"
+    stem = f"gluon_code_sm90a_{slug('triton ' + triton.__version__)}" + (f"_{args.tag}" if args.tag else "")
     replace_file(args.out / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=1) + "\n"))
     replace_file(args.out / f"{stem}.md", lambda tmp: tmp.write_text(markdown(rows)))
     print(markdown(rows))
