@@ -4,7 +4,8 @@
 after the forward. Here both passes follow the same Gluon forward with the one-pass statistics, in one process,
 on the same inputs (batch 1, causal, bf16, `triton.testing.do_bench` median): the forward alone, then the
 forward with `received` from the Triton pass and from the Gluon pass with 2, 3 or 4 query blocks in flight, in
-groups of 4 blocks, and with 3 in groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES and _GROUP). A pass's time is the
+groups of 4 blocks, with 3 in groups of 2, and with two programs a multiprocessor on 64-query blocks, 4 in flight in
+groups of 2 (WORKBENCH_GLUON_RECEIVED_STAGES, _GROUP and _PROGRAMS). A pass's time is the
 difference to the forward alone. The anchor is the fastest attention of the run (FlashAttention-4 where it is
 installed, else cuDNN SDPA), timed on the same inputs.
 
@@ -22,8 +23,11 @@ from hardware import gluon_command_line, write_rows
 from workbench.kernels import KEY_STATS, QUERY_STATS, gluon_attention
 from workbench.kernels.triton_attention import attention
 
-# query blocks in flight, and the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs)
-VARIANTS = {"gluon_2": (2, 4), "gluon_3": (3, 4), "gluon_4": (4, 4), "gluon_3_pairs": (3, 2)}
+# query blocks in flight, the blocks of a group of the loop (gluon_received's GROUP; the default is 3 in pairs) and
+# the programs a multiprocessor (its PROGRAMS)
+VARIANTS = {"gluon_2": (2, 4, 1), "gluon_3": (3, 4, 1), "gluon_4": (4, 4, 1), "gluon_3_pairs": (3, 2, 1),
+            "gluon_4_pairs_two_programs": (4, 2, 2)}
+SETTINGS = ("RECEIVED_STAGES", "RECEIVED_GROUP", "RECEIVED_PROGRAMS")
 
 
 def bench(fn) -> float:
@@ -44,14 +48,15 @@ def row(shape: tuple[int, int, int], length: int) -> dict:
     out["triton"] = bench(lambda: attention(q, k, v, stats=every))
     reference = attention(q, k, v, stats=every)[1]["received"]
     gluon_attention.RECEIVED_ALLOWED = True
-    default = (gluon_attention.RECEIVED_STAGES, gluon_attention.RECEIVED_GROUP)
-    for name, (stages, group) in VARIANTS.items():
-        gluon_attention.RECEIVED_STAGES = stages
-        gluon_attention.RECEIVED_GROUP = group
+    default = [getattr(gluon_attention, setting) for setting in SETTINGS]
+    for name, values in VARIANTS.items():
+        for setting, value in zip(SETTINGS, values, strict=True):
+            setattr(gluon_attention, setting, value)
         got = attention(q, k, v, stats=every)[1]["received"]
         out[f"{name}_max_rel_diff"] = ((got - reference).abs() / reference.abs().clamp_min(1e-6)).max().item()
         out[name] = bench(lambda: attention(q, k, v, stats=every))
-    gluon_attention.RECEIVED_STAGES, gluon_attention.RECEIVED_GROUP = default
+    for setting, value in zip(SETTINGS, default, strict=True):
+        setattr(gluon_attention, setting, value)
     anchor = out.get("fa4", out["cudnn"])
     out["forward_vs_anchor"] = out["forward"] / anchor
     for name in ("triton", *VARIANTS):

@@ -27,17 +27,19 @@ try:  # Gluon, Triton's explicit layout and warp-specialization language (checke
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from workbench.kernels.gluon_forward import flags, gluon_stats_forward
-    from workbench.kernels.gluon_received import C_LAYOUT, gluon_received_pass
+    from workbench.kernels.gluon_received import BLOCK_QUERIES, C_LAYOUT, gluon_received_pass, launch_options
 except (ImportError, AttributeError):  # a Triton without (this) Gluon: the Triton kernels run everywhere
     gluon_stats_forward = gluon_received_pass = None
 
 
-def _count_setting(variable: str, default: int, least: int) -> int:
-    """The whole number in the environment variable `variable` (default when unset), at least `least`; a
-    ValueError naming the variable and its value otherwise, at import, before any kernel is compiled."""
+def _count_setting(variable: str, default: int, least: int, most: int | None = None) -> int:
+    """The whole number in the environment variable `variable` (default when unset), at least `least` and at most
+    `most` where given; a ValueError naming the variable and its value otherwise, at import, before any kernel is
+    compiled."""
     text = os.environ.get(variable, str(default))
-    if not text.strip().isdigit() or int(text) < least:
-        raise ValueError(f"{variable}={text!r}: expected a whole number, at least {least}")
+    if not text.strip().isdigit() or int(text) < least or (most is not None and int(text) > most):
+        raise ValueError(f"{variable}={text!r}: expected a whole number, at least {least}"
+                         + (f" and at most {most}" if most is not None else ""))
     return int(text)
 
 
@@ -75,6 +77,10 @@ FULL_SUMS = frozenset({"entropy", "window_distance", "max_prob"})
 # consumer holds two blocks' stages at once, so one stage would never free the next block's
 RECEIVED_STAGES = _count_setting("WORKBENCH_GLUON_RECEIVED_STAGES", 3, least=2)
 RECEIVED_GROUP = _count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
+# the received pass's programs a multiprocessor: 1, on 128-query blocks, or 2, on 64-query blocks with the
+# registers capped (`gluon_received.LAUNCH_REGISTERS`), so that each scheduler has four consumer warps to switch
+# between instead of two; compiled for the benchmarks (benchmarks/NOTES.md change 33), not yet timed
+RECEIVED_PROGRAMS = _count_setting("WORKBENCH_GLUON_RECEIVED_PROGRAMS", 1, least=1, most=2)
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
@@ -208,13 +214,16 @@ def received(views: Views, shape: torch.Size, kv_heads: int, norm: tuple[torch.T
         return False
     batch, heads, length, dim = shape
     (q2, qb, qh, qc), (k2, kb, kh, kc), _ = views
-    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, q2.dtype, dim)
+    programs = RECEIVED_PROGRAMS
+    key = ("received pass", RECEIVED_STAGES, RECEIVED_GROUP, programs, q2.dtype, dim)
+    queries = BLOCK_QUERIES[programs]
 
     def launch() -> None:
         lse2 = (norm[0] + norm[1]).view(-1)  # each query's base-2 log normaliser
-        lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [128], C_LAYOUT)
+        lse_desc = TensorDescriptor(lse2, list(lse2.shape), [1], [queries], C_LAYOUT)
         gluon_received_pass[(length // 128, batch * heads)](
-            _descriptor(q2, 128, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
-            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, num_warps=4)
+            _descriptor(q2, queries, dim), _descriptor(k2, 64, dim), lse_desc, out, heads, heads // kv_heads, length,
+            qb, qh, qc, kb, kh, kc, scale * LOG2E, STAGES=RECEIVED_STAGES, GROUP=RECEIVED_GROUP, PROGRAMS=programs,
+            **launch_options(programs))
 
     return _launch(key, launch)

@@ -24,6 +24,13 @@ At head_dim 64 the special function units' 16 exponentials a clock are the pass'
 about 33 scores a clock). Moving a share of the exponentials onto the idle FMA units as a polynomial
 (FlashAttention-4's partial emulation of the exponential) did not lift it: one group of 8 query columns in 4, 3
 or 2 so made the pass alone 10-41% slower on an H100 at 8k and 32k (change 21).
+
+Two programs a multiprocessor (the kernel's PROGRAMS, `gluon_attention.RECEIVED_PROGRAMS`) take blocks of 64
+queries with the registers capped at launch (LAUNCH_REGISTERS), so each scheduler switches between four consumer
+warps instead of two: with two, the pass runs at about two thirds of the special function units' rate, short of
+both that and its issue rate, so it waits on latencies more warps may hide (benchmarks/NOTES.md, change 33).
+With 64-query blocks the first two meet the program's diagonal, and the second consumer's keys see none of the
+first block's queries.
 """
 
 from triton.experimental import gluon
@@ -32,8 +39,21 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from workbench.kernels.gluon_forward import MASKED, ROWS, TMA_LOAD, Role, _mma_layout, _two_tiles
 
-BLOCK_M = gl.constexpr(128)  # queries of a block, the N of the consumers' wgmma
-C_LAYOUT = gl.NVMMASharedLayout(0, 32, rank=1)  # a block's normalisers c, [128] float32, unswizzled
+C_LAYOUT = gl.NVMMASharedLayout(0, 32, rank=1)  # a block's normalisers c, [queries] float32, unswizzled
+# per programs a multiprocessor (the kernel's PROGRAMS): the queries of a block (the N of the consumers' wgmma) and
+# the registers a thread is launched with (None: as many as ptxas needs; the kernel's `warp_specialize` then gives
+# the consumers 232 and the producer 40, or 104 and 24 with two programs). Two programs fit in the registers with
+# 64-query blocks only: ptxas compiles every partition within the launch's 80 registers (2 x 384 threads a
+# multiprocessor), which a 128-query block's accumulator does not fit (its note C7602)
+BLOCK_QUERIES = {1: 128, 2: 64}
+LAUNCH_REGISTERS = {1: None, 2: 80}
+
+
+def launch_options(programs: int) -> dict[str, int]:
+    """The launch options of the pass for `programs` a multiprocessor: 4 warps a partition, and the registers a
+    thread where LAUNCH_REGISTERS caps them."""
+    registers = LAUNCH_REGISTERS[programs]
+    return {"num_warps": 4, **({"maxnreg": registers} if registers else {})}
 
 
 @gluon.jit
@@ -41,6 +61,7 @@ def _issue(k, q_smem, c_smem, q_ready, j):
     """Query block j: its K Q^T, issued to the tensor cores once its stage has landed (not waited for), and its
     normalisers c from the same stage, laid out as the columns of its scores."""
     STAGES: gl.constexpr = q_smem.type.shape[0]
+    BLOCK_M: gl.constexpr = q_smem.type.shape[1]
     s = j % STAGES
     layout: gl.constexpr = _mma_layout(BLOCK_M)
     mbarrier.wait(q_ready.index(s), (j // STAGES) & 1)
@@ -57,7 +78,7 @@ def _row_sums(qk, c, m0, keys, post, DIAGONAL: gl.constexpr):
     x = qk * post - c[None, :]
     if DIAGONAL:
         layout: gl.constexpr = qk.type.layout
-        cols = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout))
+        cols = m0 + gl.arange(0, qk.type.shape[1], layout=gl.SliceLayout(0, layout))
         x = gl.where(cols[None, :] >= gl.convert_layout(keys, gl.SliceLayout(1, layout))[:, None], x, MASKED)
     return gl.convert_layout(gl.sum(gl.exp2(x), 1), keys.type.layout)
 
@@ -77,19 +98,24 @@ def _taken(qk, c, j, m0, keys, post, q_empty, PENDING: gl.constexpr, DIAGONAL: g
 @gluon.jit
 def _consumer(k_smem, q_smem, c_smem, k_bar, q_ready, q_empty, received_ptr, n0, n_blocks, post, role):
     """Keys n0 + 64 role.WG .. of the program: their sums over every query block, stored as `received`. The
-    diagonal block first, alone, then the blocks that fill no group of role.GROUP (the kernel's GROUP), each
+    diagonal block(s) first, each alone, then the blocks that fill no group of role.GROUP (the kernel's GROUP), each
     alone, then the groups: each K Q^T of a group but the first is issued before the exponentials of the block
     before it, and the group's last is waited for within it."""
     WG: gl.constexpr = role.WG
     GROUP: gl.constexpr = role.GROUP
+    BLOCK_M: gl.constexpr = q_smem.type.shape[1]
+    DIAGONALS: gl.constexpr = 2 * ROWS // BLOCK_M  # the query blocks that meet the program's keys' diagonal
     layout: gl.constexpr = gl.SliceLayout(1, _mma_layout(BLOCK_M))
     keys = n0 + WG * ROWS + gl.arange(0, ROWS, layout=layout)
     k = k_smem.index(WG)
     mbarrier.wait(k_bar, 0)
     qk, c = _issue(k, q_smem, c_smem, q_ready, 0)
     total = _taken(qk, c, 0, n0, keys, post, q_empty, 0, True)
-    first = 1 + (n_blocks - 1) % GROUP
-    for j in range(1, first):
+    for j in gl.static_range(1, DIAGONALS):  # 64-query blocks: the second one meets it too
+        qk, c = _issue(k, q_smem, c_smem, q_ready, j)
+        total += _taken(qk, c, j, n0 + j * BLOCK_M, keys, post, q_empty, 0, True)
+    first = DIAGONALS + (n_blocks - DIAGONALS) % GROUP
+    for j in range(DIAGONALS, first):
         qk, c = _issue(k, q_smem, c_smem, q_ready, j)
         total += _taken(qk, c, j, 0, keys, post, q_empty, 0, False)
     for j in range(first, n_blocks, GROUP):
@@ -108,6 +134,7 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
               c_row, n_blocks):
     """One warp: the program's keys, then each query block and its normalisers once a stage is free."""
     STAGES: gl.constexpr = q_smem.type.shape[0]
+    BLOCK_M: gl.constexpr = q_smem.type.shape[1]
     _two_tiles(k_desc, kv_row, kv_col, k_bar, k_smem)
     for j in range(n_blocks):
         s = j % STAGES
@@ -120,16 +147,18 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
 @gluon.jit
 def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
                         q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols, post,
-                        STAGES: gl.constexpr, GROUP: gl.constexpr):
+                        STAGES: gl.constexpr, GROUP: gl.constexpr, PROGRAMS: gl.constexpr = 1):
     """received [batch, heads, length] of 128 keys of one (batch, query head) under causal self-attention; grid
     (length / 128, batch x heads), the keys that most queries see first.
 
-    q_desc ([128, head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D views of
-    `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc ([128] tiles) sees each
-    query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e) scale. GROUP: the
+    q_desc ([BLOCK_QUERIES[PROGRAMS], head_dim] tiles) and k_desc ([64, head_dim] tiles) see q and k as the 2-D
+    views of `workbench.kernels.gluon_attention` (the forward's row and column arithmetic); c_desc (tiles of as many
+    queries) sees each query's base-2 log normaliser m + log2 l, [batch x heads x length] float32; post = log2(e)
+    scale. PROGRAMS: the programs a multiprocessor is launched for (LAUNCH_REGISTERS). GROUP: the
     query blocks of a group of the consumers' loop (`_consumer`), 2 or more.
     """
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     pid_n = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // n_heads
@@ -153,4 +182,4 @@ def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, le
              b * q_batch_rows + head * q_head_rows + n0, head * q_head_cols,
              b * kv_batch_rows + kv_head * kv_head_rows + n0, kv_head * kv_head_cols, row_base + n0, n_blocks)
     gl.warp_specialize([(_consumer, cargs + (Role(0, 0, GROUP), )), (_consumer, cargs + (Role(1, 0, GROUP), )),
-                        (_producer, pargs)], [4, 1], [232, 40])
+                        (_producer, pargs)], [4, 1], [232 if PROGRAMS == 1 else 104, 40 if PROGRAMS == 1 else 24])

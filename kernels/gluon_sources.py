@@ -37,18 +37,21 @@ def hopper_source(kernel: str, head_dim: int, constexprs: dict[str, int]) -> Glu
                      FLAGS="constexpr", STAGES="constexpr")
     else:
         fn = gluon_received.gluon_received_pass
-        types = dict(q_desc=desc[128], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
-                     c_desc=f"tensordesc<fp32[128],{gluon_received.C_LAYOUT!r}>")
+        constexprs = {"PROGRAMS": 1, **constexprs}
+        rows = gluon_received.BLOCK_QUERIES[constexprs["PROGRAMS"]]
+        types = dict(q_desc=desc[rows], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
+                     PROGRAMS="constexpr", c_desc=f"tensordesc<fp32[{rows}],{gluon_received.C_LAYOUT!r}>")
     signature = {name: "i32" for name in fn.arg_names}
     signature.update({name: "*fp32" for name in fn.arg_names if name.endswith("_ptr")}, **types)
     return GluonASTSource(fn, signature, constexprs=constexprs)
 
 
 def compile_for_hopper(kernel: str, head_dim: int, constexprs: dict[str, int]):
-    """`hopper_source` compiled for sm_90a with 4 warps a partition (Triton's CompiledKernel: its PTX, cubin and
-    metadata)."""
+    """`hopper_source` compiled for sm_90a with 4 warps a partition, and the received pass's registers a thread
+    where its PROGRAMS caps them (Triton's CompiledKernel: its PTX, cubin and metadata)."""
+    options = gluon_received.launch_options(constexprs.get("PROGRAMS", 1)) if kernel == "received" else {"num_warps": 4}
     return triton.compile(hopper_source(kernel, head_dim, constexprs), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": 4})
+                          options=options)
 
 
 def ptxas_report(ptx: str) -> str:

@@ -31,7 +31,7 @@ from workbench.kernels import (  # noqa: E402
 GPU = (os.environ.get("WORKBENCH_GPU_TESTS") == "1" and torch.cuda.is_available()
        and torch.cuda.get_device_capability() == (9, 0))
 NO_BLOCKS = tuple(name for name in ALL_STATS if name not in BLOCK_STATS)  # `received` from the Gluon pass
-GROUPS = (2, 4)  # the received pass's groups of query blocks compiled
+RECEIVED = ((3, 2, 1), (3, 4, 1), (4, 2, 2))  # the received pass's stages, groups and programs compiled
 # Compiles the Gluon kernels for sm_90 without a GPU (`gluon_sources`), in a process of its own: the suite runs
 # Triton's interpreter, whose decorators (Triton's own reductions included, made when Triton is first imported) give
 # functions that do not compile. Prints each kernel's warps, whether it uses wgmma, its count of ex2 instructions,
@@ -41,7 +41,7 @@ COMPILE = """
 import sys
 from workbench.kernels import gluon_attention, gluon_forward, gluon_sources
 
-kernel, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's groups, as 2,4
+kernel, head_dim = sys.argv[1], int(sys.argv[2])  # and the received pass's stages:group:programs, as 3:2:1,...
 if kernel == "forward":
     every = set(gluon_forward.FLAG_BITS) - {"stage_pairs", "thread_sums"}  # every statistic, stages freed by every
     pairs = (every | {"stage_pairs"}, {"lse", "thread_release", "stage_pairs"})  # thread, by one; the barriers in
@@ -49,7 +49,8 @@ if kernel == "forward":
     variants = [{"FLAGS": gluon_forward.flags(wanted, 2), "STAGES": gluon_attention.STAGES[head_dim]}
                 for wanted in kinds]
 else:
-    variants = [{"STAGES": gluon_attention.RECEIVED_STAGES, "GROUP": int(group)} for group in sys.argv[3].split(",")]
+    variants = [dict(zip(("STAGES", "GROUP", "PROGRAMS"), map(int, kind.split(":")), strict=True))
+                for kind in sys.argv[3].split(",")]
 for constexprs in variants:
     compiled = gluon_sources.compile_for_hopper(kernel, head_dim, constexprs)
     ptx = compiled.asm["ptx"]
@@ -72,7 +73,8 @@ def use_variant(monkeypatch, variant: str) -> None:
 def compile_for_hopper(kernel: str, head_dim: int) -> list[list[str]]:
     """COMPILE's lines for the Gluon `kernel` ("forward" or "received") at head_dim, split into words."""
     env = dict(os.environ, TRITON_INTERPRET="0")
-    done = subprocess.run([sys.executable, "-c", COMPILE, kernel, str(head_dim), ",".join(map(str, GROUPS))],
+    received = ",".join(":".join(map(str, kind)) for kind in RECEIVED)
+    done = subprocess.run([sys.executable, "-c", COMPILE, kernel, str(head_dim), received],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["12"]]
@@ -92,12 +94,13 @@ def test_compiles_for_hopper_with_every_statistic(head_dim):
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_received_pass_compiles_for_hopper(head_dim):
     lines = compile_for_hopper("received", head_dim)
-    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(GROUPS)
+    assert [(warps, wgmma) for warps, wgmma, _, _ in lines] == [("12", "True")] * len(RECEIVED)
     # nothing in flight across the loop's back edge, so ptxas keeps the wgmma asynchronous
-    assert [serialized for *_, serialized in lines] == ["False"] * len(GROUPS)
-    # 64 exponentials a thread for each of a consumer's copies of a block: more than G + 1 in groups of G (the
-    # diagonal, the one alone, the group's)
-    assert all(int(special) > 2 * (group + 1) * 64 for (_, _, special, _), group in zip(lines, GROUPS, strict=True))
+    assert [serialized for *_, serialized in lines] == ["False"] * len(RECEIVED)
+    # 64 exponentials a thread for each of a consumer's copies of a 128-query block (32 of a 64-query block, with
+    # two programs): more than G + 1 copies in groups of G (the diagonal's, the one alone, the group's)
+    assert all(int(special) > 2 * (group + 1) * 64 // programs
+               for (_, _, special, _), (_, group, programs) in zip(lines, RECEIVED, strict=True))
 
 
 def test_flags_name_every_statistic_once():
@@ -147,8 +150,8 @@ def test_thread_sums_where_every_sum_is_kept(monkeypatch):
 
 
 def test_received_pass_settings_are_checked(monkeypatch):
-    """The received pass's stages and groups from the environment: whole numbers, and at least two stages (a
-    consumer holds two blocks' stages at once), refused with the variable and its value."""
+    """The received pass's stages, groups and programs from the environment: whole numbers, at least two stages (a
+    consumer holds two blocks' stages at once) and one or two programs, refused with the variable and its value."""
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "4")
     assert gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1) == 4
     monkeypatch.delenv("WORKBENCH_GLUON_RECEIVED_GROUP")
@@ -159,6 +162,9 @@ def test_received_pass_settings_are_checked(monkeypatch):
     monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_GROUP", "two")
     with pytest.raises(ValueError, match="WORKBENCH_GLUON_RECEIVED_GROUP='two'"):
         gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_GROUP", 2, least=1)
+    monkeypatch.setenv("WORKBENCH_GLUON_RECEIVED_PROGRAMS", "3")
+    with pytest.raises(ValueError, match="PROGRAMS='3': expected a whole number, at least 1 and at most 2"):
+        gluon_attention._count_setting("WORKBENCH_GLUON_RECEIVED_PROGRAMS", 1, least=1, most=2)
 
 
 def test_layouts_the_forward_reads():
@@ -196,11 +202,12 @@ def test_gpu_matches_reference(dtype, head_dim, heads, kv_heads, transposed, var
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 4, 2), (128, 4, 4)], ids=["gqa64", "mha128"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["bhld", "blhd"])
-@pytest.mark.parametrize("stages,group", [(2, 4), (3, 4), (4, 4), (3, 2)],
-                         ids=["2-fours", "3-fours", "4-fours", "3-pairs"])
-def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, monkeypatch):
-    """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks
-    (in groups of G: up to G - 1 blocks alone, none, one or two groups after them)."""
+@pytest.mark.parametrize("stages,group,programs", [(2, 4, 1), (3, 4, 1), (4, 4, 1), (3, 2, 1), (4, 2, 2)],
+                         ids=["2-fours", "3-fours", "4-fours", "3-pairs", "4-pairs-two-programs"])
+def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages, group, programs, monkeypatch):
+    """Without block statistics `received` comes from the Gluon pass, whose key blocks see 1 to 8 query blocks of
+    128 (in groups of G: up to G - 1 blocks alone, none, one or two groups after them), or 2 to 16 of 64 with two
+    programs a multiprocessor (the first two meet the diagonal)."""
     q, k, v = matrix.inputs(B=2, H=heads, Hkv=kv_heads, Lq=1024, head_dim=head_dim, seed=head_dim + 3,
                             device="cuda")
     if transposed:
@@ -209,8 +216,9 @@ def test_gpu_received_pass(dtype, head_dim, heads, kv_heads, transposed, stages,
     monkeypatch.setattr(gluon_attention, "RECEIVED_ALLOWED", True)
     monkeypatch.setattr(gluon_attention, "RECEIVED_STAGES", stages)
     monkeypatch.setattr(gluon_attention, "RECEIVED_GROUP", group)
+    monkeypatch.setattr(gluon_attention, "RECEIVED_PROGRAMS", programs)
     matrix.check(triton_attention.attention, q, k, v, dtype=dtype, stats=NO_BLOCKS, causal=True, sink_keys=(0, 3))
-    assert gluon_attention._COMPILES[("received pass", stages, group, dtype, head_dim)] is True
+    assert gluon_attention._COMPILES[("received pass", stages, group, programs, dtype, head_dim)] is True
 
 
 @pytest.mark.skipif(not GPU, reason="the Gluon forward runs on Hopper GPUs (WORKBENCH_GPU_TESTS=1)")
