@@ -27,8 +27,9 @@ or 2 so made the pass alone 10-41% slower on an H100 at 8k and 32k (change 21).
 
 Two programs a multiprocessor (the kernel's PROGRAMS, `gluon_attention.RECEIVED_PROGRAMS`) take blocks of 64
 queries with the registers capped at launch (LAUNCH_REGISTERS), so each scheduler switches between four consumer
-warps instead of two: with two, the pass runs at about two thirds of the special function units' rate, short of
-both that and its issue rate, so it waits on latencies more warps may hide (benchmarks/NOTES.md, change 33).
+warps instead of two: with two a scheduler, the pass runs at about two thirds of the special function units'
+rate, short of both that and its issue rate, so it waits on latencies more warps may hide (benchmarks/NOTES.md,
+change 33).
 With 64-query blocks the first two meet the program's diagonal, and the second consumer's keys see none of the
 first block's queries.
 """
