@@ -148,7 +148,7 @@ def _producer(q_desc, k_desc, c_desc, k_smem, q_smem, c_smem, k_bar, q_ready, q_
 @gluon.jit
 def gluon_received_pass(q_desc, k_desc, c_desc, received_ptr, n_heads, group, length, q_batch_rows, q_head_rows,
                         q_head_cols, kv_batch_rows, kv_head_rows, kv_head_cols, post,
-                        STAGES: gl.constexpr, GROUP: gl.constexpr, PROGRAMS: gl.constexpr = 1):
+                        STAGES: gl.constexpr, GROUP: gl.constexpr, PROGRAMS: gl.constexpr):
     """received [batch, heads, length] of 128 keys of one (batch, query head) under causal self-attention; grid
     (length / 128, batch x heads), the keys that most queries see first.
 

@@ -25,7 +25,8 @@ KERNELS = ("forward", "received")
 
 def hopper_source(kernel: str, head_dim: int, constexprs: dict[str, int]) -> GluonASTSource:
     """The Gluon `kernel` ("forward": `gluon_forward.gluon_stats_forward`, "received":
-    `gluon_received.gluon_received_pass`) at head_dim, bf16, with its constexpr arguments."""
+    `gluon_received.gluon_received_pass`) at head_dim, bf16, with its constexpr arguments (the received pass's
+    STAGES, GROUP and PROGRAMS)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r}: expected one of {KERNELS}")
     desc = {rows: f"tensordesc<bf16[{rows}, {head_dim}],"
@@ -37,7 +38,6 @@ def hopper_source(kernel: str, head_dim: int, constexprs: dict[str, int]) -> Glu
                      FLAGS="constexpr", STAGES="constexpr")
     else:
         fn = gluon_received.gluon_received_pass
-        constexprs = {"PROGRAMS": 1, **constexprs}
         rows = gluon_received.BLOCK_QUERIES[constexprs["PROGRAMS"]]
         types = dict(q_desc=desc[rows], k_desc=desc[64], post="fp32", STAGES="constexpr", GROUP="constexpr",
                      PROGRAMS="constexpr", c_desc=f"tensordesc<fp32[{rows}],{gluon_received.C_LAYOUT!r}>")
@@ -49,7 +49,7 @@ def hopper_source(kernel: str, head_dim: int, constexprs: dict[str, int]) -> Glu
 def compile_for_hopper(kernel: str, head_dim: int, constexprs: dict[str, int]):
     """`hopper_source` compiled for sm_90a with 4 warps a partition, and the received pass's registers a thread
     where its PROGRAMS caps them (Triton's CompiledKernel: its PTX, cubin and metadata)."""
-    options = gluon_received.launch_options(constexprs.get("PROGRAMS", 1)) if kernel == "received" else {"num_warps": 4}
+    options = gluon_received.launch_options(constexprs["PROGRAMS"]) if kernel == "received" else {"num_warps": 4}
     return triton.compile(hopper_source(kernel, head_dim, constexprs), target=GPUTarget("cuda", 90, 32),
                           options=options)
 
